@@ -1,1 +1,55 @@
-fn main(){}
+//! `bvfs`: the BitVault virtual-filesystem sync client and server.
+//!
+//! This binary only parses arguments, wires crates together and prints results; the work is done by
+//! `bvfs-server` (serve, admin) and the engine/vfs/platform crates (mount).
+
+mod admin_cmd;
+mod paths;
+mod serve_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// BitVault: your cloud namespace as a folder, with files on demand.
+#[derive(Parser)]
+#[command(name = "bvfs", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=bvfs=debug) for more detail.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the BitVault server that devices sync with.
+    Serve(serve_cmd::ServeArgs),
+    /// Manage the server's users and device tokens (works beside a running server).
+    #[command(subcommand)]
+    Admin(admin_cmd::AdminCommand),
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Serve(args) => serve_cmd::run(args),
+        Command::Admin(cmd) => admin_cmd::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bvfs: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -20,3 +20,5 @@ pub const AUTHORIZATION: &str = "authorization";
 /// The largest gRPC message either side accepts. A chunk is at most 256 KiB, so pages and chunk
 /// messages stay far below this.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+pub mod names;

@@ -1,1 +1,18 @@
-//! placeholder
+//! The BitVault server (`bvfs serve`).
+//!
+//! It holds each tenant's namespace (nodes keyed by 128-bit ids), the change journal that orders every
+//! commit (the cursor clients sync from), the version history, and content-addressed chunk storage
+//! deduplicated per tenant. It pushes "namespace advanced" notifications to subscribed devices.
+//!
+//! Layout: [`service`] speaks gRPC and authenticates; [`namespace`] holds the commit rules; [`store`]
+//! defines the storage traits and the embedded backends (SQLite, files); [`serve`] runs it all.
+//! The server never depends on the client engine.
+
+pub mod auth;
+pub mod namespace;
+pub mod notify;
+pub mod serve;
+pub mod service;
+pub mod store;
+
+pub use serve::{BoundServer, DataDir, ServeOptions, TlsFiles, shutdown_signal};

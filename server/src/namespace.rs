@@ -1,0 +1,536 @@
+//! The namespace rules: how a commit is validated and applied, as one transaction.
+//!
+//! Checks come in two passes. First, everything that needs no state (well-formed ids, valid names,
+//! attributes that fit the node kind, chunks already stored); then, inside the write transaction and
+//! in op order, everything that depends on the namespace: compare-and-swap on base revisions, duplicate
+//! ids, sibling-name collisions, parents that are missing or not directories, moves that would create
+//! a cycle, deletes of non-empty directories. The first failure rejects the whole commit.
+//!
+//! Every rejection is a gRPC status with a precise code, a message naming the op, and two metadata
+//! entries a client can act on: `bvfs-reason` (a stable word such as `stale-revision`) and
+//! `bvfs-op-index`.
+
+use std::collections::HashMap;
+
+use bvfs_proto::names::validate_name;
+use bvfs_proto::v1::{self, ChangeKind, Node, NodeAttrs, NodeKind, op::Op as OpKind};
+use tonic::{Code, Status};
+
+use crate::store::{ChunkKey, ChunkStore, JournalEntry, MetaTxn, NodeKey, ROOT_ID, TenantId};
+use crate::store::sqlite::store_status;
+
+/// The most ops one commit may carry; larger batches must be split.
+pub const MAX_OPS_PER_COMMIT: usize = 10_000;
+/// The largest chunk the server accepts.
+pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// The longest symlink target (Linux `PATH_MAX`).
+pub const MAX_SYMLINK_TARGET: usize = 4096;
+
+/// Why a request was refused, as a stable machine-readable word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Malformed,
+    InvalidName,
+    StaleRevision,
+    DuplicateId,
+    NameCollision,
+    NotFound,
+    ParentNotDirectory,
+    Cycle,
+    DirectoryNotEmpty,
+    MissingChunks,
+    RootImmutable,
+    TooLarge,
+    KindMismatch,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::InvalidName => "invalid-name",
+            Reason::StaleRevision => "stale-revision",
+            Reason::DuplicateId => "duplicate-id",
+            Reason::NameCollision => "name-collision",
+            Reason::NotFound => "not-found",
+            Reason::ParentNotDirectory => "parent-not-directory",
+            Reason::Cycle => "cycle",
+            Reason::DirectoryNotEmpty => "directory-not-empty",
+            Reason::MissingChunks => "missing-chunks",
+            Reason::RootImmutable => "root-immutable",
+            Reason::TooLarge => "too-large",
+            Reason::KindMismatch => "kind-mismatch",
+        }
+    }
+
+    fn code(self) -> Code {
+        match self {
+            Reason::Malformed | Reason::InvalidName | Reason::RootImmutable | Reason::TooLarge => {
+                Code::InvalidArgument
+            }
+            Reason::StaleRevision => Code::Aborted,
+            Reason::DuplicateId | Reason::NameCollision => Code::AlreadyExists,
+            Reason::NotFound => Code::NotFound,
+            Reason::ParentNotDirectory
+            | Reason::Cycle
+            | Reason::DirectoryNotEmpty
+            | Reason::MissingChunks
+            | Reason::KindMismatch => Code::FailedPrecondition,
+        }
+    }
+}
+
+/// Metadata key of the machine-readable reason of a rejection.
+pub const REASON_KEY: &str = "bvfs-reason";
+/// Metadata key of the index of the op that was rejected.
+pub const OP_INDEX_KEY: &str = "bvfs-op-index";
+
+/// A rejection of a request, with its reason in the status metadata.
+pub fn reject(reason: Reason, op_index: Option<usize>, message: impl Into<String>) -> Status {
+    let mut message = message.into();
+    if let Some(i) = op_index {
+        message = format!("op {i}: {message}");
+    }
+    let mut status = Status::new(reason.code(), message);
+    let meta = status.metadata_mut();
+    meta.insert(REASON_KEY, reason.as_str().parse().expect("reasons are ASCII"));
+    if let Some(i) = op_index {
+        meta.insert(OP_INDEX_KEY, i.to_string().parse().expect("digits are ASCII"));
+    }
+    status
+}
+
+/// Parses a node id field.
+pub fn node_key(bytes: &[u8], what: &str, op: Option<usize>) -> Result<NodeKey, Status> {
+    bytes.try_into().map_err(|_| {
+        reject(
+            Reason::Malformed,
+            op,
+            format!("{what} must be 16 bytes, got {}", bytes.len()),
+        )
+    })
+}
+
+/// Parses a chunk id or hash field.
+pub fn chunk_key(bytes: &[u8], what: &str, op: Option<usize>) -> Result<ChunkKey, Status> {
+    bytes.try_into().map_err(|_| {
+        reject(
+            Reason::Malformed,
+            op,
+            format!("{what} must be 32 bytes, got {}", bytes.len()),
+        )
+    })
+}
+
+fn short(id: &[u8]) -> String {
+    hex::encode(&id[..id.len().min(8)])
+}
+
+fn check_name(name: &str, op: Option<usize>) -> Result<(), Status> {
+    validate_name(name).map_err(|e| reject(Reason::InvalidName, op, format!("invalid name {name:?}: {e}")))
+}
+
+fn kind_of(kind: i32, op: usize) -> Result<NodeKind, Status> {
+    match NodeKind::try_from(kind) {
+        Ok(NodeKind::Unspecified) | Err(_) => {
+            Err(reject(Reason::Malformed, Some(op), format!("unknown node kind {kind}")))
+        }
+        Ok(kind) => Ok(kind),
+    }
+}
+
+/// Checks that `attrs` fit a node of `kind` and normalises what the kind does not use.
+fn check_attrs(kind: NodeKind, attrs: Option<&NodeAttrs>, op: usize) -> Result<NodeAttrs, Status> {
+    let attrs = attrs
+        .cloned()
+        .ok_or_else(|| reject(Reason::Malformed, Some(op), "attrs are missing"))?;
+    let bad = |msg: &str| Err(reject(Reason::Malformed, Some(op), msg.to_string()));
+    match kind {
+        NodeKind::File => {
+            let Some(content) = &attrs.content else {
+                return bad("a file needs content (hash and chunk manifest)");
+            };
+            chunk_key(&content.hash, "content hash", Some(op))?;
+            let mut total: u64 = 0;
+            for chunk in &content.chunks {
+                chunk_key(&chunk.id, "chunk id", Some(op))?;
+                if chunk.length == 0 || chunk.length as usize > MAX_CHUNK_BYTES {
+                    return bad("a chunk length must be between 1 byte and 4 MiB");
+                }
+                total += u64::from(chunk.length);
+            }
+            if total != attrs.size {
+                return Err(reject(
+                    Reason::Malformed,
+                    Some(op),
+                    format!("size {} does not match the chunk lengths, which add up to {total}", attrs.size),
+                ));
+            }
+            if !attrs.symlink_target.is_empty() {
+                return bad("a file has no symlink target");
+            }
+            Ok(attrs)
+        }
+        NodeKind::Directory => {
+            if attrs.content.is_some() || !attrs.symlink_target.is_empty() {
+                return bad("a directory has no content and no symlink target");
+            }
+            Ok(NodeAttrs { size: 0, executable: false, ..attrs })
+        }
+        NodeKind::Symlink => {
+            let target = &attrs.symlink_target;
+            if target.is_empty() || target.len() > MAX_SYMLINK_TARGET || target.contains('\0') {
+                return bad("a symlink target must be 1 to 4096 bytes without NUL");
+            }
+            if attrs.content.is_some() {
+                return bad("a symlink has no content");
+            }
+            Ok(NodeAttrs {
+                size: target.len() as u64,
+                executable: false,
+                ..attrs
+            })
+        }
+        NodeKind::Unspecified => unreachable!("rejected by kind_of"),
+    }
+}
+
+/// Checks, before the transaction, that every chunk named by a commit is stored with its length.
+pub fn check_chunks_stored(
+    chunks: &dyn ChunkStore,
+    tenant: TenantId,
+    ops: &[v1::Op],
+) -> Result<(), Status> {
+    let mut missing = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let content = match &op.op {
+            Some(OpKind::Create(c)) => c.attrs.as_ref().and_then(|a| a.content.as_ref()),
+            Some(OpKind::Update(u)) => u.attrs.as_ref().and_then(|a| a.content.as_ref()),
+            _ => None,
+        };
+        for chunk in content.map(|c| &c.chunks[..]).unwrap_or_default() {
+            let id = chunk_key(&chunk.id, "chunk id", Some(i))?;
+            let stored = chunks.stored_len(tenant, &id).map_err(store_status)?;
+            if stored != Some(u64::from(chunk.length)) {
+                missing.push((i, id));
+            }
+        }
+    }
+    match missing.first() {
+        None => Ok(()),
+        Some((i, id)) => Err(reject(
+            Reason::MissingChunks,
+            Some(*i),
+            format!(
+                "{} chunk(s) named by this commit are not stored (first: {}); upload them with \
+                 PutChunks before committing",
+                missing.len(),
+                hex::encode(id)
+            ),
+        )),
+    }
+}
+
+/// The result of an applied commit.
+pub struct Applied {
+    /// The journal head after the commit.
+    pub cursor: u64,
+    /// The nodes after each op (the deleted node for a delete).
+    pub nodes: Vec<Node>,
+}
+
+/// Applies a commit's ops in order inside `txn`. Any error aborts the whole transaction.
+pub fn apply_commit(
+    txn: &mut dyn MetaTxn,
+    ops: &[v1::Op],
+    device: &str,
+    now_ns: i64,
+) -> Result<Applied, Status> {
+    if ops.is_empty() {
+        return Err(reject(Reason::Malformed, None, "a commit needs at least one op"));
+    }
+    if ops.len() > MAX_OPS_PER_COMMIT {
+        return Err(reject(
+            Reason::TooLarge,
+            None,
+            format!("a commit may carry at most {MAX_OPS_PER_COMMIT} ops, got {}; split it", ops.len()),
+        ));
+    }
+    let mut applier = Applier {
+        txn,
+        device,
+        now_ns,
+        revision_at_start: HashMap::new(),
+    };
+    let mut nodes = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        let node = match &op.op {
+            Some(OpKind::Create(c)) => applier.create(i, c)?,
+            Some(OpKind::Update(u)) => applier.update(i, u)?,
+            Some(OpKind::Move(m)) => applier.move_node(i, m)?,
+            Some(OpKind::Delete(d)) => applier.delete(i, d)?,
+            None => return Err(reject(Reason::Malformed, Some(i), "the op is empty")),
+        };
+        nodes.push(node);
+    }
+    let cursor = applier.txn.head().map_err(store_status)?;
+    Ok(Applied { cursor, nodes })
+}
+
+/// Applies ops one by one, remembering each node's revision at the start of the commit so that
+/// several ops on one node all compare against the state the client planned from.
+struct Applier<'a> {
+    txn: &'a mut dyn MetaTxn,
+    device: &'a str,
+    now_ns: i64,
+    /// Revisions before this commit touched a node (0 for nodes it created).
+    revision_at_start: HashMap<NodeKey, u64>,
+}
+
+impl Applier<'_> {
+    fn live(&mut self, id: &NodeKey, op: Option<usize>) -> Result<Node, Status> {
+        self.txn
+            .node(id)
+            .map_err(store_status)?
+            .ok_or_else(|| reject(Reason::NotFound, op, format!("node {} does not exist", short(id))))
+    }
+
+    fn check_base(&mut self, node: &Node, base: u64, op: Option<usize>) -> Result<(), Status> {
+        let id: NodeKey = node_key(&node.id, "stored id", op)?;
+        let current = *self.revision_at_start.entry(id).or_insert(node.revision);
+        if base != current {
+            return Err(reject(
+                Reason::StaleRevision,
+                op,
+                format!(
+                    "node {} is at revision {current}, the op was based on {base}; pull changes and retry",
+                    short(&id)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that `parent` is a live directory and that it has no other child called `name`.
+    fn check_slot(
+        &mut self,
+        parent: &NodeKey,
+        name: &str,
+        moving: Option<&NodeKey>,
+        op: Option<usize>,
+    ) -> Result<(), Status> {
+        let dir = self.txn.node(parent).map_err(store_status)?.ok_or_else(|| {
+            reject(Reason::NotFound, op, format!("parent {} does not exist", short(parent)))
+        })?;
+        if dir.kind != NodeKind::Directory as i32 {
+            return Err(reject(
+                Reason::ParentNotDirectory,
+                op,
+                format!("parent {} is not a directory", short(parent)),
+            ));
+        }
+        if let Some(other) = self.txn.child_by_name(parent, name).map_err(store_status)?
+            && Some(&other) != moving
+        {
+            return Err(reject(
+                Reason::NameCollision,
+                op,
+                format!("{name:?} already exists in directory {}", short(parent)),
+            ));
+        }
+        Ok(())
+    }
+
+    fn next_seq(&mut self) -> Result<u64, Status> {
+        Ok(self.txn.head().map_err(store_status)? + 1)
+    }
+
+    fn record(&mut self, kind: ChangeKind, node: &Node) -> Result<(), Status> {
+        let entry = JournalEntry {
+            seq: node.revision,
+            kind,
+            node: node.clone(),
+            device: self.device.to_string(),
+            committed_at_ns: self.now_ns,
+        };
+        self.txn.append(&entry).map_err(store_status)?;
+        if kind == ChangeKind::Upsert {
+            self.txn.put_node(node).map_err(store_status)?;
+        } else {
+            self.txn
+                .remove_node(&node_key(&node.id, "stored id", None)?)
+                .map_err(store_status)?;
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, op: usize, c: &v1::CreateOp) -> Result<Node, Status> {
+        let id = node_key(&c.id, "id", Some(op))?;
+        let parent = node_key(&c.parent_id, "parent id", Some(op))?;
+        check_name(&c.name, Some(op))?;
+        let kind = kind_of(c.kind, op)?;
+        let attrs = check_attrs(kind, c.attrs.as_ref(), op)?;
+        if id == ROOT_ID || self.txn.id_ever_used(&id).map_err(store_status)? {
+            return Err(reject(
+                Reason::DuplicateId,
+                Some(op),
+                format!("node id {} is already in use", short(&id)),
+            ));
+        }
+        self.check_slot(&parent, &c.name, None, Some(op))?;
+        self.revision_at_start.insert(id, 0);
+        let node = Node {
+            id: id.to_vec(),
+            parent_id: parent.to_vec(),
+            name: c.name.clone(),
+            kind: kind as i32,
+            attrs: Some(attrs),
+            revision: self.next_seq()?,
+        };
+        self.record(ChangeKind::Upsert, &node)?;
+        Ok(node)
+    }
+
+    fn update(&mut self, op: usize, u: &v1::UpdateOp) -> Result<Node, Status> {
+        let id = node_key(&u.id, "id", Some(op))?;
+        if id == ROOT_ID {
+            return Err(reject(Reason::RootImmutable, Some(op), "the root cannot be updated"));
+        }
+        let mut node = self.live(&id, Some(op))?;
+        self.check_base(&node, u.base_revision, Some(op))?;
+        let kind = kind_of(node.kind, op)?;
+        node.attrs = Some(check_attrs(kind, u.attrs.as_ref(), op)?);
+        node.revision = self.next_seq()?;
+        self.record(ChangeKind::Upsert, &node)?;
+        Ok(node)
+    }
+
+    fn move_node(&mut self, op: usize, m: &v1::MoveOp) -> Result<Node, Status> {
+        let id = node_key(&m.id, "id", Some(op))?;
+        let new_parent = node_key(&m.new_parent_id, "new parent id", Some(op))?;
+        check_name(&m.new_name, Some(op))?;
+        if id == ROOT_ID {
+            return Err(reject(Reason::RootImmutable, Some(op), "the root cannot be moved"));
+        }
+        let mut node = self.live(&id, Some(op))?;
+        self.check_base(&node, m.base_revision, Some(op))?;
+        self.check_slot(&new_parent, &m.new_name, Some(&id), Some(op))?;
+        // Walk up from the new parent: meeting the node itself means it would move into its own subtree.
+        let mut cursor = new_parent;
+        while cursor != ROOT_ID {
+            if cursor == id {
+                return Err(reject(
+                    Reason::Cycle,
+                    Some(op),
+                    format!("moving {} into its own subtree would create a cycle", short(&id)),
+                ));
+            }
+            let ancestor = self.live(&cursor, Some(op))?;
+            cursor = node_key(&ancestor.parent_id, "stored parent id", Some(op))?;
+        }
+        node.parent_id = new_parent.to_vec();
+        node.name = m.new_name.clone();
+        node.revision = self.next_seq()?;
+        self.record(ChangeKind::Upsert, &node)?;
+        Ok(node)
+    }
+
+    fn delete(&mut self, op: usize, d: &v1::DeleteOp) -> Result<Node, Status> {
+        let id = node_key(&d.id, "id", Some(op))?;
+        if id == ROOT_ID {
+            return Err(reject(Reason::RootImmutable, Some(op), "the root cannot be deleted"));
+        }
+        let mut node = self.live(&id, Some(op))?;
+        self.check_base(&node, d.base_revision, Some(op))?;
+        if node.kind == NodeKind::Directory as i32 && self.txn.has_children(&id).map_err(store_status)? {
+            return Err(reject(
+                Reason::DirectoryNotEmpty,
+                Some(op),
+                format!("directory {} is not empty; delete its children first in the same commit", short(&id)),
+            ));
+        }
+        node.revision = self.next_seq()?;
+        self.record(ChangeKind::Delete, &node)?;
+        Ok(node)
+    }
+}
+
+/// Makes an earlier version's attributes current again (compare-and-swap on `base_revision`).
+pub fn restore_version(
+    txn: &mut dyn MetaTxn,
+    version: &JournalEntry,
+    base_revision: u64,
+    device: &str,
+    now_ns: i64,
+) -> Result<Applied, Status> {
+    let id = node_key(&version.node.id, "stored id", None)?;
+    let mut applier = Applier {
+        txn,
+        device,
+        now_ns,
+        revision_at_start: HashMap::new(),
+    };
+    let Some(mut node) = applier.txn.node(&id).map_err(store_status)? else {
+        return Err(reject(
+            Reason::NotFound,
+            None,
+            format!("node {} is deleted; undelete it before restoring a version", short(&id)),
+        ));
+    };
+    applier.check_base(&node, base_revision, None)?;
+    if node.kind != version.node.kind {
+        return Err(reject(
+            Reason::KindMismatch,
+            None,
+            "that version is of another node kind than the current node",
+        ));
+    }
+    node.attrs = version.node.attrs.clone();
+    node.revision = applier.next_seq()?;
+    applier.record(ChangeKind::Upsert, &node)?;
+    Ok(Applied {
+        cursor: node.revision,
+        nodes: vec![node],
+    })
+}
+
+/// Brings back a deleted node with its id, under `parent`/`name` or, by default, where it was.
+pub fn undelete(
+    txn: &mut dyn MetaTxn,
+    last: &JournalEntry,
+    parent: Option<NodeKey>,
+    name: Option<&str>,
+    device: &str,
+    now_ns: i64,
+) -> Result<Applied, Status> {
+    let id = node_key(&last.node.id, "stored id", None)?;
+    let mut applier = Applier {
+        txn,
+        device,
+        now_ns,
+        revision_at_start: HashMap::new(),
+    };
+    if applier.txn.node(&id).map_err(store_status)?.is_some() || last.kind != ChangeKind::Delete {
+        return Err(reject(
+            Reason::DuplicateId,
+            None,
+            format!("node {} is not deleted", short(&id)),
+        ));
+    }
+    let parent = match parent {
+        Some(p) => p,
+        None => node_key(&last.node.parent_id, "stored parent id", None)?,
+    };
+    let name = name.unwrap_or(&last.node.name).to_string();
+    check_name(&name, None)?;
+    applier.check_slot(&parent, &name, None, None)?;
+    let mut node = last.node.clone();
+    node.parent_id = parent.to_vec();
+    node.name = name;
+    node.revision = applier.next_seq()?;
+    applier.record(ChangeKind::Upsert, &node)?;
+    Ok(Applied {
+        cursor: node.revision,
+        nodes: vec![node],
+    })
+}

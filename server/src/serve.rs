@@ -1,0 +1,195 @@
+//! Running the server: the data directory, the listener, TLS, limits and graceful shutdown.
+
+use std::fs::{self, File};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bvfs_proto::MAX_MESSAGE_BYTES;
+use bvfs_proto::v1::sync_server::SyncServer;
+use tokio::net::TcpListener;
+use tonic::transport::{Identity, ServerTlsConfig};
+
+use crate::notify::HeadNotifier;
+use crate::service::SyncService;
+use crate::store::fs_chunks::FsChunkStore;
+use crate::store::sqlite::SqliteMetaStore;
+use crate::store::{ChunkStore, MetaStore};
+
+/// How long one unary request (or one client-streamed upload) may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// After a shutdown signal, how long requests in flight may take to finish before connections are
+/// dropped. Commits are transactions, so a dropped one is simply not acknowledged.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// The server's durable state on disk: `DIR/meta.sqlite` and `DIR/chunks/`.
+pub struct DataDir {
+    pub meta: Arc<SqliteMetaStore>,
+    pub chunks: Arc<FsChunkStore>,
+    /// Held for the server's lifetime: one server per data directory.
+    _lock: Option<File>,
+}
+
+impl DataDir {
+    /// Opens the data directory for serving, creating it if needed. Fails if another server holds it.
+    pub fn open_exclusive(dir: &Path) -> anyhow::Result<Self> {
+        let mut data = Self::open(dir)?;
+        let lock_path = dir.join("lock");
+        let lock = File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            bail!(
+                "another bvfs server is using {}; stop it or choose another --data directory",
+                dir.display()
+            );
+        }
+        data._lock = Some(lock);
+        Ok(data)
+    }
+
+    /// Opens the data directory without the server lock (for admin commands beside a running server).
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        let meta = SqliteMetaStore::open(&dir.join("meta.sqlite"))
+            .with_context(|| format!("cannot open the metadata database in {}", dir.display()))?;
+        let chunks = FsChunkStore::open(&dir.join("chunks"))
+            .with_context(|| format!("cannot open the chunk store in {}", dir.display()))?;
+        Ok(Self {
+            meta: Arc::new(meta),
+            chunks: Arc::new(chunks),
+            _lock: None,
+        })
+    }
+}
+
+/// TLS certificate and key files (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    /// Allow plaintext on a non-loopback address (tokens would cross the network in the clear).
+    pub allow_plaintext: bool,
+}
+
+/// A bound server, ready to run.
+pub struct BoundServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    tls: Option<ServerTlsConfig>,
+    service: SyncService,
+    heads: Arc<HeadNotifier>,
+}
+
+impl BoundServer {
+    /// Checks the options, loads TLS material and binds the listener.
+    pub async fn bind(data: &DataDir, options: &ServeOptions) -> anyhow::Result<Self> {
+        if options.tls.is_none() && !options.listen.ip().is_loopback() && !options.allow_plaintext {
+            bail!(
+                "refusing to serve plaintext on the non-loopback address {}: tokens and files would cross \
+                 the network unencrypted. Give --tls-cert and --tls-key, listen on 127.0.0.1, or pass \
+                 --allow-plaintext if a trusted proxy terminates TLS",
+                options.listen
+            );
+        }
+        let tls = match &options.tls {
+            None => None,
+            Some(files) => {
+                let cert = fs::read(&files.cert)
+                    .with_context(|| format!("cannot read the TLS certificate {}", files.cert.display()))?;
+                let key = fs::read(&files.key)
+                    .with_context(|| format!("cannot read the TLS key {}", files.key.display()))?;
+                Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            }
+        };
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", options.listen))?;
+        let local_addr = listener.local_addr()?;
+        let meta: Arc<dyn MetaStore> = data.meta.clone();
+        let chunks: Arc<dyn ChunkStore> = data.chunks.clone();
+        let heads = Arc::new(HeadNotifier::default());
+        let service = SyncService::new(meta, chunks, heads.clone());
+        Ok(Self {
+            listener,
+            local_addr,
+            tls,
+            service,
+            heads,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The URL clients should use.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish, and
+    /// returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let mut builder = tonic::transport::Server::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true)
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .concurrency_limit_per_connection(256);
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls).context("invalid TLS certificate or key")?;
+        }
+        let service = SyncServer::new(self.service)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = builder.add_service(service).serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+        tokio::pin!(serving);
+        tokio::select! {
+            result = &mut serving => return result.context("the server stopped with an error"),
+            () = shutdown => {}
+        }
+        tracing::info!("shutting down: finishing requests in flight");
+        // Subscriptions never end on their own; close them so their connections can drain.
+        self.heads.close();
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
+            Ok(result) => result.context("the server stopped with an error"),
+            Err(_) => {
+                tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

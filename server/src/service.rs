@@ -1,0 +1,487 @@
+//! The gRPC `Sync` service: authentication, request limits, and the glue between the wire and the
+//! namespace rules. Storage calls are blocking (SQLite, files) and run on tokio's blocking pool.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bvfs_proto::v1::sync_server::Sync;
+use bvfs_proto::v1::{
+    self, Change, ChunkData, CommitRequest, CommitResponse, DeletedNode, FindMissingChunksRequest,
+    FindMissingChunksResponse, GetChunksRequest, HelloRequest, HelloResponse, ListChangesRequest,
+    ListChangesResponse, ListDeletedRequest, ListDeletedResponse, ListVersionsRequest,
+    ListVersionsResponse, PutChunkRequest, PutChunksResponse, RestoreVersionRequest, SnapshotRequest,
+    SnapshotResponse, SubscribeEvent, SubscribeRequest, UndeleteRequest, Version,
+};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{authenticate, authorization_header};
+use crate::namespace::{self, MAX_CHUNK_BYTES, Reason, chunk_key, node_key, reject};
+use crate::notify::HeadNotifier;
+use crate::store::sqlite::store_status;
+use crate::store::{ChunkStore, JournalEntry, MetaStore, Principal, ROOT_ID, StoreError};
+
+/// Default and largest page of `ListChanges`.
+const CHANGES_PAGE: (u32, u32) = (1_000, 10_000);
+/// Default and largest page of `Snapshot`.
+const SNAPSHOT_PAGE: (u32, u32) = (5_000, 50_000);
+/// Default and largest page of `ListDeleted`.
+const DELETED_PAGE: (u32, u32) = (100, 1_000);
+/// The most ids in one `FindMissingChunks` or `GetChunks` request.
+const MAX_IDS_PER_REQUEST: usize = 10_000;
+
+/// The service state shared by all requests.
+pub struct SyncService {
+    meta: Arc<dyn MetaStore>,
+    chunks: Arc<dyn ChunkStore>,
+    heads: Arc<HeadNotifier>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn page(limit: u32, (default, max): (u32, u32)) -> usize {
+    if limit == 0 { default as usize } else { limit.min(max) as usize }
+}
+
+fn change(entry: JournalEntry) -> Change {
+    Change {
+        seq: entry.seq,
+        kind: entry.kind as i32,
+        node: Some(entry.node),
+        device: entry.device,
+        committed_at_ns: entry.committed_at_ns,
+    }
+}
+
+/// Runs blocking storage work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("the server failed while handling the request: {e}")))?
+}
+
+fn cursor_ahead(cursor: u64, head: u64) -> Status {
+    let mut status = Status::out_of_range(format!(
+        "cursor {cursor} is ahead of this namespace's journal (head {head}); the client state belongs to \
+         another server or a lost one and must be rebuilt"
+    ));
+    status
+        .metadata_mut()
+        .insert(namespace::REASON_KEY, "cursor-ahead".parse().expect("ASCII"));
+    status
+}
+
+impl SyncService {
+    pub fn new(meta: Arc<dyn MetaStore>, chunks: Arc<dyn ChunkStore>, heads: Arc<HeadNotifier>) -> Self {
+        Self { meta, chunks, heads }
+    }
+
+    async fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let meta = self.meta.clone();
+        let header = authorization_header(request);
+        blocking(move || authenticate(meta.as_ref(), header.as_deref())).await
+    }
+
+    async fn meta_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn MetaStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let meta = self.meta.clone();
+        blocking(move || f(meta.as_ref()).map_err(store_status)).await
+    }
+}
+
+#[tonic::async_trait]
+impl Sync for SyncService {
+    async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        let who = self.principal(&request).await?;
+        let head = self.meta_call(move |m| m.head(who.tenant)).await?;
+        Ok(Response::new(HelloResponse {
+            tenant: who.tenant_name,
+            device: who.device,
+            root_id: ROOT_ID.to_vec(),
+            head,
+        }))
+    }
+
+    async fn commit(&self, request: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
+        let who = self.principal(&request).await?;
+        let ops = request.into_inner().ops;
+        let (meta, chunks) = (self.meta.clone(), self.chunks.clone());
+        let applied = blocking(move || {
+            namespace::check_chunks_stored(chunks.as_ref(), who.tenant, &ops)?;
+            let mut result = None;
+            meta.write(who.tenant, &mut |txn| {
+                result = Some(namespace::apply_commit(txn, &ops, &who.device, now_ns())?);
+                Ok(())
+            })?;
+            let applied = result.expect("a committed write produced a result");
+            tracing::debug!(tenant = who.tenant, device = %who.device, ops = ops.len(), cursor = applied.cursor, "commit");
+            Ok((who.tenant, applied))
+        })
+        .await?;
+        let (tenant, applied) = applied;
+        self.heads.publish(tenant, applied.cursor);
+        Ok(Response::new(CommitResponse {
+            cursor: applied.cursor,
+            nodes: applied.nodes,
+        }))
+    }
+
+    async fn list_changes(
+        &self,
+        request: Request<ListChangesRequest>,
+    ) -> Result<Response<ListChangesResponse>, Status> {
+        let who = self.principal(&request).await?;
+        let req = request.into_inner();
+        let limit = page(req.limit, CHANGES_PAGE);
+        let (entries, head) = self
+            .meta_call(move |m| {
+                let head = m.head(who.tenant)?;
+                Ok((m.changes_after(who.tenant, req.cursor, limit)?, head))
+            })
+            .await?;
+        if req.cursor > head {
+            return Err(cursor_ahead(req.cursor, head));
+        }
+        let next_cursor = entries.last().map_or(req.cursor, |e| e.seq);
+        debug_assert!(
+            entries.iter().zip(req.cursor + 1..).all(|(e, seq)| e.seq == seq),
+            "the journal has a gap after {}",
+            req.cursor
+        );
+        Ok(Response::new(ListChangesResponse {
+            has_more: next_cursor < head,
+            changes: entries.into_iter().map(change).collect(),
+            next_cursor,
+        }))
+    }
+
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotResponse>, Status> {
+        let who = self.principal(&request).await?;
+        let req = request.into_inner();
+        let after = if req.after_id.is_empty() {
+            None
+        } else {
+            Some(node_key(&req.after_id, "after_id", None)?)
+        };
+        let limit = page(req.limit, SNAPSHOT_PAGE);
+        let (at, nodes, next) = self
+            .meta_call(move |m| {
+                let head = m.head(who.tenant)?;
+                let at = if req.at_cursor == 0 { head } else { req.at_cursor };
+                if at > head {
+                    return Ok((at, Err(head)));
+                }
+                Ok((at, Ok(m.snapshot_page(who.tenant, at, after.as_ref(), limit)?)))
+            })
+            .await
+            .and_then(|(at, page)| match page {
+                Ok((nodes, next)) => Ok((at, nodes, next)),
+                Err(head) => Err(cursor_ahead(at, head)),
+            })?;
+        Ok(Response::new(SnapshotResponse {
+            at_cursor: at,
+            nodes,
+            next_after_id: next.map(|k| k.to_vec()).unwrap_or_default(),
+        }))
+    }
+
+    type SubscribeStream = BoxStream<SubscribeEvent>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let who = self.principal(&request).await?;
+        let mut cursor = request.into_inner().cursor;
+        let tenant = who.tenant;
+        let head = self.meta_call(move |m| m.head(tenant)).await?;
+        let mut heads = self.heads.subscribe(tenant, head);
+        let stream = async_stream(move |tx| async move {
+            loop {
+                let head = *heads.borrow_and_update();
+                if head > cursor {
+                    cursor = head;
+                    if tx.send(Ok(SubscribeEvent { head })).await.is_err() {
+                        return;
+                    }
+                }
+                if heads.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn find_missing_chunks(
+        &self,
+        request: Request<FindMissingChunksRequest>,
+    ) -> Result<Response<FindMissingChunksResponse>, Status> {
+        let who = self.principal(&request).await?;
+        let ids = request.into_inner().ids;
+        if ids.len() > MAX_IDS_PER_REQUEST {
+            return Err(reject(
+                Reason::TooLarge,
+                None,
+                format!("at most {MAX_IDS_PER_REQUEST} ids per request, got {}", ids.len()),
+            ));
+        }
+        let keys = ids
+            .iter()
+            .map(|id| chunk_key(id, "chunk id", None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let chunks = self.chunks.clone();
+        let missing = blocking(move || {
+            let mut missing = Vec::new();
+            for key in keys {
+                if chunks.stored_len(who.tenant, &key).map_err(store_status)?.is_none() {
+                    missing.push(key.to_vec());
+                }
+            }
+            Ok(missing)
+        })
+        .await?;
+        Ok(Response::new(FindMissingChunksResponse { missing }))
+    }
+
+    async fn put_chunks(
+        &self,
+        request: Request<Streaming<PutChunkRequest>>,
+    ) -> Result<Response<PutChunksResponse>, Status> {
+        let who = self.principal(&request).await?;
+        let mut incoming = request.into_inner();
+        let mut reply = PutChunksResponse::default();
+        while let Some(message) = incoming.next().await {
+            let PutChunkRequest { id, data } = message?;
+            let key = chunk_key(&id, "chunk id", None)?;
+            if data.is_empty() || data.len() > MAX_CHUNK_BYTES {
+                return Err(reject(
+                    Reason::Malformed,
+                    None,
+                    format!("chunk {}: a chunk is 1 byte to 4 MiB, got {}", hex::encode(key), data.len()),
+                ));
+            }
+            let chunks = self.chunks.clone();
+            let stored = blocking(move || {
+                let actual = blake3::hash(&data);
+                if actual.as_bytes() != &key {
+                    return Err(Status::data_loss(format!(
+                        "chunk {}: its bytes hash to {}; the upload was corrupted, send it again",
+                        hex::encode(key),
+                        actual.to_hex()
+                    )));
+                }
+                chunks.put(who.tenant, &key, &data).map_err(store_status)
+            })
+            .await?;
+            if stored {
+                reply.stored += 1;
+            } else {
+                reply.already_present += 1;
+            }
+        }
+        let chunks = self.chunks.clone();
+        blocking(move || chunks.sync().map_err(store_status)).await?;
+        Ok(Response::new(reply))
+    }
+
+    type GetChunksStream = BoxStream<ChunkData>;
+
+    async fn get_chunks(
+        &self,
+        request: Request<GetChunksRequest>,
+    ) -> Result<Response<Self::GetChunksStream>, Status> {
+        let who = self.principal(&request).await?;
+        let ids = request.into_inner().ids;
+        if ids.len() > MAX_IDS_PER_REQUEST {
+            return Err(reject(
+                Reason::TooLarge,
+                None,
+                format!("at most {MAX_IDS_PER_REQUEST} ids per request, got {}", ids.len()),
+            ));
+        }
+        let keys = ids
+            .iter()
+            .map(|id| chunk_key(id, "chunk id", None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let chunks = self.chunks.clone();
+        let stream = async_stream(move |tx| async move {
+            for key in keys {
+                let chunks = chunks.clone();
+                let result = blocking(move || {
+                    let data = chunks
+                        .get(who.tenant, &key)
+                        .map_err(store_status)?
+                        .ok_or_else(|| {
+                            Status::not_found(format!("chunk {} is not stored", hex::encode(key)))
+                        })?;
+                    if blake3::hash(&data).as_bytes() != &key {
+                        tracing::error!(chunk = %hex::encode(key), "stored chunk is corrupt");
+                        return Err(Status::data_loss(format!(
+                            "chunk {} is corrupt in the server's store",
+                            hex::encode(key)
+                        )));
+                    }
+                    Ok(ChunkData { id: key.to_vec(), data })
+                })
+                .await;
+                let failed = result.is_err();
+                if tx.send(result).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<ListVersionsRequest>,
+    ) -> Result<Response<ListVersionsResponse>, Status> {
+        let who = self.principal(&request).await?;
+        let id = node_key(&request.into_inner().id, "id", None)?;
+        let entries = self.meta_call(move |m| m.versions(who.tenant, &id)).await?;
+        if entries.is_empty() {
+            return Err(reject(Reason::NotFound, None, "no such node"));
+        }
+        let versions = entries
+            .into_iter()
+            .map(|e| Version {
+                seq: e.seq,
+                kind: e.kind as i32,
+                node: Some(e.node),
+                device: e.device,
+                committed_at_ns: e.committed_at_ns,
+            })
+            .collect();
+        Ok(Response::new(ListVersionsResponse { versions }))
+    }
+
+    async fn restore_version(
+        &self,
+        request: Request<RestoreVersionRequest>,
+    ) -> Result<Response<CommitResponse>, Status> {
+        let who = self.principal(&request).await?;
+        let req = request.into_inner();
+        let id = node_key(&req.id, "id", None)?;
+        let meta = self.meta.clone();
+        let tenant = who.tenant;
+        let applied = blocking(move || {
+            let version = meta
+                .entry(who.tenant, req.seq)
+                .map_err(store_status)?
+                .filter(|e| e.node.id == id && e.kind == v1::ChangeKind::Upsert)
+                .ok_or_else(|| reject(Reason::NotFound, None, "no such version of this node"))?;
+            let mut result = None;
+            meta.write(who.tenant, &mut |txn| {
+                result = Some(namespace::restore_version(
+                    txn,
+                    &version,
+                    req.base_revision,
+                    &who.device,
+                    now_ns(),
+                )?);
+                Ok(())
+            })?;
+            Ok(result.expect("a committed write produced a result"))
+        })
+        .await?;
+        self.heads.publish(tenant, applied.cursor);
+        Ok(Response::new(CommitResponse {
+            cursor: applied.cursor,
+            nodes: applied.nodes,
+        }))
+    }
+
+    async fn list_deleted(
+        &self,
+        request: Request<ListDeletedRequest>,
+    ) -> Result<Response<ListDeletedResponse>, Status> {
+        let who = self.principal(&request).await?;
+        let req = request.into_inner();
+        let limit = page(req.limit, DELETED_PAGE);
+        let before = if req.before_seq == 0 { u64::MAX >> 1 } else { req.before_seq };
+        let entries = self
+            .meta_call(move |m| m.deleted(who.tenant, before, limit))
+            .await?;
+        let next_before_seq = if entries.len() == limit {
+            entries.last().map_or(0, |e| e.seq)
+        } else {
+            0
+        };
+        let nodes = entries
+            .into_iter()
+            .map(|e| DeletedNode {
+                deleted_seq: e.seq,
+                node: Some(e.node),
+                device: e.device,
+                deleted_at_ns: e.committed_at_ns,
+            })
+            .collect();
+        Ok(Response::new(ListDeletedResponse { nodes, next_before_seq }))
+    }
+
+    async fn undelete(&self, request: Request<UndeleteRequest>) -> Result<Response<CommitResponse>, Status> {
+        let who = self.principal(&request).await?;
+        let req = request.into_inner();
+        let id = node_key(&req.id, "id", None)?;
+        let parent = if req.parent_id.is_empty() {
+            None
+        } else {
+            Some(node_key(&req.parent_id, "parent id", None)?)
+        };
+        let name = (!req.name.is_empty()).then_some(req.name);
+        let meta = self.meta.clone();
+        let tenant = who.tenant;
+        let applied = blocking(move || {
+            let last = meta
+                .versions(who.tenant, &id)
+                .map_err(store_status)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| reject(Reason::NotFound, None, "no such node"))?;
+            let mut result = None;
+            meta.write(who.tenant, &mut |txn| {
+                result = Some(namespace::undelete(
+                    txn,
+                    &last,
+                    parent,
+                    name.as_deref(),
+                    &who.device,
+                    now_ns(),
+                )?);
+                Ok(())
+            })?;
+            Ok(result.expect("a committed write produced a result"))
+        })
+        .await?;
+        self.heads.publish(tenant, applied.cursor);
+        Ok(Response::new(CommitResponse {
+            cursor: applied.cursor,
+            nodes: applied.nodes,
+        }))
+    }
+}
+
+/// A response stream fed by a task through a small channel; the task stops when the client goes away.
+fn async_stream<T, F, Fut>(producer: F) -> BoxStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(producer(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

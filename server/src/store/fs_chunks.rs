@@ -1,0 +1,111 @@
+//! The embedded chunk store: one file per chunk under `DIR/<tenant>/<first byte>/<id hex>`.
+//!
+//! A chunk is written to a temporary file, fsynced and renamed into place, so a reader never sees a
+//! partial chunk; [`ChunkStore::sync`] fsyncs the directories that received renames, which makes them
+//! durable before the server acknowledges an upload. Tenants have separate directories: dedup is per
+//! tenant and one tenant can never reach another's bytes.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::{ChunkKey, ChunkStore, StoreError, StoreResult, TenantId};
+
+/// Chunks as files in a directory tree.
+pub struct FsChunkStore {
+    root: PathBuf,
+    tmp: PathBuf,
+    /// Directories with renames not yet fsynced.
+    unsynced_dirs: Mutex<BTreeSet<PathBuf>>,
+    tmp_counter: AtomicU64,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::ChunkIo {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl FsChunkStore {
+    /// Opens the store rooted at `root`, creating it if needed and clearing leftover temporary files
+    /// of an earlier crash.
+    pub fn open(root: &Path) -> StoreResult<Self> {
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
+            let path = entry.map_err(io_err(&tmp))?.path();
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+        Ok(Self {
+            root: root.to_owned(),
+            tmp,
+            unsynced_dirs: Mutex::new(BTreeSet::new()),
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    fn chunk_path(&self, tenant: TenantId, id: &ChunkKey) -> PathBuf {
+        let hex = hex::encode(id);
+        self.root.join(tenant.to_string()).join(&hex[..2]).join(hex)
+    }
+}
+
+impl ChunkStore for FsChunkStore {
+    fn stored_len(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<Option<u64>> {
+        let path = self.chunk_path(tenant, id);
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    fn put(&self, tenant: TenantId, id: &ChunkKey, data: &[u8]) -> StoreResult<bool> {
+        let path = self.chunk_path(tenant, id);
+        if self.stored_len(tenant, id)? == Some(data.len() as u64) {
+            return Ok(false);
+        }
+        let dir = path.parent().expect("chunk paths have a parent");
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{}-{n}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&tmp)?;
+            file.write_all(data)?;
+            file.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(&tmp)(e));
+        }
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        // The chunk's directory holds the new entry; its parents may hold newly created directories.
+        let mut unsynced = self.unsynced_dirs.lock();
+        unsynced.extend(dir.ancestors().take(3).map(Path::to_owned));
+        Ok(true)
+    }
+
+    fn sync(&self) -> StoreResult<()> {
+        let dirs = std::mem::take(&mut *self.unsynced_dirs.lock());
+        for dir in dirs {
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&dir))?;
+        }
+        Ok(())
+    }
+
+    fn get(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<Option<Vec<u8>>> {
+        let path = self.chunk_path(tenant, id);
+        match fs::read(&path) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Storage behind the server: a metadata store (namespace, journal, history, tenants, tokens) and a
+//! chunk store (content-addressed bytes, per tenant).
+//!
+//! The service logic (validation, compare-and-swap, cycle checks) lives in [`crate::namespace`] and
+//! speaks only these traits, so backends can be swapped: the embedded ones are SQLite
+//! ([`sqlite::SqliteMetaStore`]) and a directory of files ([`fs_chunks::FsChunkStore`]).
+
+pub mod fs_chunks;
+pub mod sqlite;
+
+use bvfs_proto::v1::{ChangeKind, Node};
+
+/// A tenant's internal key. Never sent to clients.
+pub type TenantId = i64;
+
+/// A node id as stored (16 bytes).
+pub type NodeKey = [u8; 16];
+
+/// A chunk id (BLAKE3 of the chunk's bytes).
+pub type ChunkKey = [u8; 32];
+
+/// The id of every tenant's root directory.
+pub const ROOT_ID: NodeKey = [0; 16];
+
+/// Failures of a storage backend. These are infrastructure faults (disk, corruption), never client
+/// errors: the service maps them to `INTERNAL`/`UNAVAILABLE` and logs them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("metadata store: {0}")]
+    Meta(String),
+    #[error("chunk store I/O on {path}: {source}")]
+    ChunkIo {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Who a bearer token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant: TenantId,
+    pub tenant_name: String,
+    pub device: String,
+}
+
+/// One journal entry: a node's state after a change (or its last state, for a delete).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntry {
+    pub seq: u64,
+    pub kind: ChangeKind,
+    pub node: Node,
+    pub device: String,
+    pub committed_at_ns: i64,
+}
+
+/// The metadata store: tenants, tokens and one namespace + journal per tenant.
+pub trait MetaStore: Send + Sync + 'static {
+    /// Creates a tenant with an empty root directory; fails if the name is taken.
+    fn create_tenant(&self, name: &str) -> StoreResult<TenantId>;
+    /// Looks up a tenant by name.
+    fn tenant_by_name(&self, name: &str) -> StoreResult<Option<TenantId>>;
+    /// Lists tenants by name.
+    fn tenants(&self) -> StoreResult<Vec<(TenantId, String)>>;
+    /// Stores a device token (by its hash) for a tenant.
+    fn add_token(&self, tenant: TenantId, token_hash: &[u8; 32], device: &str) -> StoreResult<()>;
+    /// Resolves a token hash to its principal.
+    fn principal(&self, token_hash: &[u8; 32]) -> StoreResult<Option<Principal>>;
+
+    /// The tenant's journal head (0 before the first commit).
+    fn head(&self, tenant: TenantId) -> StoreResult<u64>;
+    /// Journal entries with `seq > cursor`, in order, at most `limit`.
+    fn changes_after(&self, tenant: TenantId, cursor: u64, limit: usize) -> StoreResult<Vec<JournalEntry>>;
+    /// The namespace as of `at` (live nodes only), ordered by id, ids strictly after `after`; the root
+    /// comes first on the first page. At most `limit` ids are examined; the second value is the id to
+    /// continue after, `None` on the last page.
+    fn snapshot_page(
+        &self,
+        tenant: TenantId,
+        at: u64,
+        after: Option<&NodeKey>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Node>, Option<NodeKey>)>;
+    /// Every journal entry of one node, newest first.
+    fn versions(&self, tenant: TenantId, id: &NodeKey) -> StoreResult<Vec<JournalEntry>>;
+    /// One journal entry by sequence.
+    fn entry(&self, tenant: TenantId, seq: u64) -> StoreResult<Option<JournalEntry>>;
+    /// Deletions of nodes that are still deleted, newest first, with `seq < before`, at most `limit`.
+    fn deleted(&self, tenant: TenantId, before: u64, limit: usize) -> StoreResult<Vec<JournalEntry>>;
+
+    /// Runs `f` inside one write transaction of the tenant's namespace. If `f` returns `Ok`, everything
+    /// it wrote is committed durably before this returns; on `Err` nothing is, and the error is returned.
+    /// Store failures become `INTERNAL` statuses.
+    fn write(&self, tenant: TenantId, f: &mut WriteFn<'_>) -> Result<(), tonic::Status>;
+}
+
+/// The body of a write transaction; a returned error rolls it back.
+pub type WriteFn<'a> = dyn FnMut(&mut dyn MetaTxn) -> Result<(), tonic::Status> + 'a;
+
+/// Reads and writes of one namespace inside a write transaction.
+pub trait MetaTxn {
+    /// A live node by id.
+    fn node(&mut self, id: &NodeKey) -> StoreResult<Option<Node>>;
+    /// Whether this id was ever used in this namespace (live or in the journal).
+    fn id_ever_used(&mut self, id: &NodeKey) -> StoreResult<bool>;
+    /// The live child of `parent` named `name`.
+    fn child_by_name(&mut self, parent: &NodeKey, name: &str) -> StoreResult<Option<NodeKey>>;
+    /// Whether `dir` has any live child.
+    fn has_children(&mut self, dir: &NodeKey) -> StoreResult<bool>;
+    /// Inserts or replaces a live node.
+    fn put_node(&mut self, node: &Node) -> StoreResult<()>;
+    /// Removes a live node.
+    fn remove_node(&mut self, id: &NodeKey) -> StoreResult<()>;
+    /// The journal head inside this transaction.
+    fn head(&mut self) -> StoreResult<u64>;
+    /// Appends a journal entry; `entry.seq` must be the head + 1.
+    fn append(&mut self, entry: &JournalEntry) -> StoreResult<()>;
+}
+
+/// Content-addressed chunk storage, scoped by tenant.
+pub trait ChunkStore: Send + Sync + 'static {
+    /// The stored length of a chunk, if the tenant has it.
+    fn stored_len(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<Option<u64>>;
+    /// Stores a chunk whose id the caller has verified. Idempotent. Returns false if it was present.
+    fn put(&self, tenant: TenantId, id: &ChunkKey, data: &[u8]) -> StoreResult<bool>;
+    /// Makes every `put` so far durable (e.g. fsync of directories).
+    fn sync(&self) -> StoreResult<()>;
+    /// Reads a chunk.
+    fn get(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<Option<Vec<u8>>>;
+}

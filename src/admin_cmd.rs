@@ -1,0 +1,86 @@
+//! `bvfs admin`: users (tenants) and device tokens of a server's data directory.
+
+use std::path::PathBuf;
+
+use bvfs_server::DataDir;
+use bvfs_server::auth::add_device;
+use bvfs_server::store::MetaStore;
+use clap::{Args, Subcommand};
+
+use crate::paths::default_server_dir;
+
+#[derive(Args)]
+pub struct DataArg {
+    /// The server's data directory [default: $XDG_DATA_HOME/bvfs/server]
+    #[arg(long, value_name = "DIR", env = "BVFS_SERVER_DATA")]
+    data: Option<PathBuf>,
+}
+
+impl DataArg {
+    fn open(&self) -> anyhow::Result<DataDir> {
+        DataDir::open(&self.data.clone().unwrap_or_else(default_server_dir))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Create a user (if new) and a token for one of its devices; prints the token once.
+    #[command(after_help = "Example:\n  bvfs admin add-user alice --device laptop\n  \
+bvfs mount --server http://127.0.0.1:7878 --token \"$TOKEN\" ~/BitVault")]
+    AddUser {
+        #[command(flatten)]
+        data: DataArg,
+        /// The user (tenant) name
+        user: String,
+        /// A name for the device this token is for (shown in conflicted-copy names)
+        #[arg(long, default_value = "device")]
+        device: String,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the users of this server.
+    ListUsers {
+        #[command(flatten)]
+        data: DataArg,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::AddUser { data, user, device, json } => {
+            let dir = data.open()?;
+            let created = add_device(dir.meta.as_ref(), &user, &device)?;
+            if json {
+                let line = serde_json::json!({
+                    "user": created.user,
+                    "device": created.device,
+                    "token": created.token,
+                    "created_user": created.created_user,
+                });
+                println!("{line}");
+            } else {
+                let what = if created.created_user { "created user" } else { "user" };
+                eprintln!("{what} {:?}, new token for device {:?} (shown only once):", created.user, created.device);
+                println!("{}", created.token);
+            }
+            Ok(())
+        }
+        AdminCommand::ListUsers { data, json } => {
+            let dir = data.open()?;
+            let tenants = dir.meta.tenants()?;
+            if json {
+                let names: Vec<_> = tenants.iter().map(|(_, name)| name).collect();
+                println!("{}", serde_json::json!({ "users": names }));
+            } else {
+                for (_, name) in tenants {
+                    println!("{name}");
+                }
+            }
+            Ok(())
+        }
+    }
+}

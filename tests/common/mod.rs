@@ -1,0 +1,238 @@
+//! Shared test harness: real `bvfs serve` processes on loopback, users and tokens, and proto builders.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bvfs_engine::remote::{RemoteConfig, SyncApi, connect};
+use bvfs_proto::v1::{self, NodeAttrs, NodeKind};
+
+/// The `bvfs` binary under test.
+pub fn bvfs() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bvfs"))
+}
+
+/// A `bvfs serve` child process; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub url: String,
+    pub data: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts a server on a free loopback port with the given data directory.
+    pub fn start(data: &Path, extra: &[&str]) -> Self {
+        let mut child = bvfs()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn bvfs serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+            .unwrap_or_else(|| panic!("no URL in the server's first line: {line:?}"))
+            .to_string();
+        Self {
+            child,
+            url,
+            data: data.to_owned(),
+        }
+    }
+
+    /// Kills the server with SIGKILL (a crash) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the server with SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        self.kill9();
+        panic!("the server did not stop within 5 s of SIGTERM");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGTERM);
+            }
+            for _ in 0..100 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.kill9();
+        }
+    }
+}
+
+/// Creates a user (if new) and a device token with `bvfs admin add-user --json`.
+pub fn add_user(data: &Path, user: &str, device: &str) -> String {
+    let out = bvfs()
+        .args(["admin", "add-user", "--json", "--data"])
+        .arg(data)
+        .arg(user)
+        .args(["--device", device])
+        .output()
+        .expect("run bvfs admin add-user");
+    assert!(out.status.success(), "add-user failed: {}", String::from_utf8_lossy(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json from add-user");
+    value["token"].as_str().expect("a token").to_string()
+}
+
+/// A connected client.
+pub async fn client(url: &str, token: &str) -> SyncApi {
+    connect(&RemoteConfig::new(url, token)).await.expect("connect")
+}
+
+pub fn new_id() -> Vec<u8> {
+    uuid::Uuid::new_v4().as_bytes().to_vec()
+}
+
+pub fn root() -> Vec<u8> {
+    vec![0; 16]
+}
+
+pub fn dir_attrs() -> NodeAttrs {
+    NodeAttrs {
+        mtime_ns: 1_700_000_000_000_000_000,
+        ..Default::default()
+    }
+}
+
+/// Attributes of a file holding `data` as one chunk (or none when empty).
+pub fn file_attrs(data: &[u8]) -> NodeAttrs {
+    let chunks = if data.is_empty() {
+        vec![]
+    } else {
+        vec![v1::ChunkRef {
+            id: blake3::hash(data).as_bytes().to_vec(),
+            length: data.len() as u32,
+        }]
+    };
+    NodeAttrs {
+        size: data.len() as u64,
+        mtime_ns: 1_700_000_000_000_000_000,
+        executable: false,
+        content: Some(v1::Content {
+            hash: blake3::hash(data).as_bytes().to_vec(),
+            chunks,
+        }),
+        symlink_target: String::new(),
+    }
+}
+
+pub fn create(id: &[u8], parent: &[u8], name: &str, kind: NodeKind, attrs: NodeAttrs) -> v1::Op {
+    v1::Op {
+        op: Some(v1::op::Op::Create(v1::CreateOp {
+            id: id.to_vec(),
+            parent_id: parent.to_vec(),
+            name: name.to_string(),
+            kind: kind as i32,
+            attrs: Some(attrs),
+        })),
+    }
+}
+
+pub fn mkdir(id: &[u8], parent: &[u8], name: &str) -> v1::Op {
+    create(id, parent, name, NodeKind::Directory, dir_attrs())
+}
+
+pub fn update(id: &[u8], base: u64, attrs: NodeAttrs) -> v1::Op {
+    v1::Op {
+        op: Some(v1::op::Op::Update(v1::UpdateOp {
+            id: id.to_vec(),
+            base_revision: base,
+            attrs: Some(attrs),
+        })),
+    }
+}
+
+pub fn mv(id: &[u8], base: u64, parent: &[u8], name: &str) -> v1::Op {
+    v1::Op {
+        op: Some(v1::op::Op::Move(v1::MoveOp {
+            id: id.to_vec(),
+            base_revision: base,
+            new_parent_id: parent.to_vec(),
+            new_name: name.to_string(),
+        })),
+    }
+}
+
+pub fn delete(id: &[u8], base: u64) -> v1::Op {
+    v1::Op {
+        op: Some(v1::op::Op::Delete(v1::DeleteOp {
+            id: id.to_vec(),
+            base_revision: base,
+        })),
+    }
+}
+
+/// Commits ops and returns the response or the status.
+pub async fn commit(api: &mut SyncApi, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, tonic::Status> {
+    api.commit(v1::CommitRequest { ops }).await.map(|r| r.into_inner())
+}
+
+/// Uploads whole chunks.
+pub async fn put_chunks(api: &mut SyncApi, chunks: Vec<(Vec<u8>, Vec<u8>)>) -> Result<v1::PutChunksResponse, tonic::Status> {
+    let messages = chunks
+        .into_iter()
+        .map(|(id, data)| v1::PutChunkRequest { id, data })
+        .collect::<Vec<_>>();
+    api.put_chunks(tokio_stream::iter(messages)).await.map(|r| r.into_inner())
+}
+
+/// Uploads `data` as one chunk.
+pub async fn put_blob(api: &mut SyncApi, data: &[u8]) {
+    put_chunks(api, vec![(blake3::hash(data).as_bytes().to_vec(), data.to_vec())])
+        .await
+        .expect("put chunk");
+}
+
+/// Every change after `cursor`, following pages.
+pub async fn all_changes(api: &mut SyncApi, mut cursor: u64) -> Vec<v1::Change> {
+    let mut out = Vec::new();
+    loop {
+        let page = api
+            .list_changes(v1::ListChangesRequest { cursor, limit: 0 })
+            .await
+            .expect("list changes")
+            .into_inner();
+        out.extend(page.changes);
+        cursor = page.next_cursor;
+        if !page.has_more {
+            return out;
+        }
+    }
+}
+
+/// The `bvfs-reason` metadata of a rejection.
+pub fn reason(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get("bvfs-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
