@@ -4,6 +4,7 @@
 //! `bvfs-server` (serve, admin) and the engine/vfs/platform crates (mount).
 
 mod admin_cmd;
+mod hash_cmd;
 mod paths;
 mod serve_cmd;
 
@@ -27,6 +28,8 @@ enum Command {
     /// Manage the server's users and device tokens (works beside a running server).
     #[command(subcommand)]
     Admin(admin_cmd::AdminCommand),
+    /// Print the BitVault content hash (BLAKE3, as b3sum) and chunk manifest of files.
+    Hash(hash_cmd::HashArgs),
 }
 
 fn init_logging() {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Admin(cmd) => admin_cmd::run(cmd),
+        Command::Hash(args) => hash_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

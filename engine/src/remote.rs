@@ -4,12 +4,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bvfs_proto::v1::sync_client::SyncClient;
+use bvfs_proto::v1::{self, sync_client::SyncClient};
 use bvfs_proto::{AUTHORIZATION, MAX_MESSAGE_BYTES};
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::chunking::ChunkId;
 
 /// Where the server is and how to prove who we are.
 #[derive(Debug, Clone)]
@@ -147,4 +149,214 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// What went wrong talking to the server, in the terms the engine acts on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoteError {
+    /// The server could not be reached or did not answer: go offline, retry later. The request may or
+    /// may not have been applied.
+    #[error("the server is unreachable: {0}")]
+    Unavailable(String),
+    /// The server refused the request; `reason` is its `bvfs-reason` (e.g. `stale-revision`).
+    #[error("the server refused the request ({reason}): {message}")]
+    Rejected {
+        code: tonic::Code,
+        reason: String,
+        message: String,
+        op_index: Option<usize>,
+    },
+    /// The token is not valid: the user must fix the configuration.
+    #[error("the server does not accept this device's token: {0}")]
+    Unauthenticated(String),
+    /// Data arrived corrupted (a chunk's bytes do not match its id), or the server reports corruption.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+impl RemoteError {
+    /// Whether retrying later may succeed without anything else changing.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RemoteError::Unavailable(_) | RemoteError::Corrupt(_))
+    }
+
+    /// Whether the server refused a commit because a base revision was stale.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, RemoteError::Rejected { reason, .. } if reason == "stale-revision")
+    }
+}
+
+impl From<tonic::Status> for RemoteError {
+    fn from(status: tonic::Status) -> Self {
+        let meta = |key: &str| {
+            status
+                .metadata()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        match status.code() {
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::ResourceExhausted => RemoteError::Unavailable(status.message().to_string()),
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                RemoteError::Unauthenticated(status.message().to_string())
+            }
+            tonic::Code::DataLoss => RemoteError::Corrupt(status.message().to_string()),
+            code => RemoteError::Rejected {
+                code,
+                reason: meta("bvfs-reason").unwrap_or_default(),
+                message: status.message().to_string(),
+                op_index: meta("bvfs-op-index").and_then(|i| i.parse().ok()),
+            },
+        }
+    }
+}
+
+/// Who the server says we are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub tenant: String,
+    pub device: String,
+    pub head: u64,
+}
+
+/// A stream of "the namespace advanced to N" notifications.
+pub type HeadStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<u64, RemoteError>> + Send>>;
+
+/// The engine's view of the server. The real one is [`GrpcRemote`]; simulations wrap it to inject
+/// faults. Chunk bytes returned by [`Remote::get_chunks`] are NOT yet verified: callers check them.
+#[async_trait::async_trait]
+pub trait Remote: Send + Sync + 'static {
+    async fn hello(&self) -> Result<Hello, RemoteError>;
+    async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError>;
+    async fn list_changes(&self, cursor: u64, limit: u32) -> Result<v1::ListChangesResponse, RemoteError>;
+    async fn snapshot(&self, at_cursor: u64, after_id: Vec<u8>, limit: u32) -> Result<v1::SnapshotResponse, RemoteError>;
+    async fn subscribe(&self, cursor: u64) -> Result<HeadStream, RemoteError>;
+    /// Which of these chunks the server lacks.
+    async fn find_missing(&self, ids: Vec<ChunkId>) -> Result<Vec<ChunkId>, RemoteError>;
+    /// Uploads whole chunks (one stream).
+    async fn put_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<(), RemoteError>;
+    /// Downloads chunks, in the order asked.
+    async fn get_chunks(&self, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError>;
+}
+
+/// The real server over gRPC.
+#[derive(Clone)]
+pub struct GrpcRemote {
+    api: SyncApi,
+}
+
+impl GrpcRemote {
+    /// A remote that connects lazily and reconnects on its own, so the engine can start offline.
+    pub fn new(config: &RemoteConfig) -> Result<Self, ConnectError> {
+        Ok(Self {
+            api: connect_lazy(config)?,
+        })
+    }
+
+    pub fn from_api(api: SyncApi) -> Self {
+        Self { api }
+    }
+}
+
+fn chunk_id(bytes: &[u8]) -> Result<ChunkId, RemoteError> {
+    ChunkId::from_slice(bytes).ok_or_else(|| RemoteError::Corrupt("the server sent a malformed chunk id".into()))
+}
+
+#[async_trait::async_trait]
+impl Remote for GrpcRemote {
+    async fn hello(&self) -> Result<Hello, RemoteError> {
+        let reply = self.api.clone().hello(v1::HelloRequest {}).await?.into_inner();
+        Ok(Hello {
+            tenant: reply.tenant,
+            device: reply.device,
+            head: reply.head,
+        })
+    }
+
+    async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError> {
+        Ok(self.api.clone().commit(v1::CommitRequest { ops }).await?.into_inner())
+    }
+
+    async fn list_changes(&self, cursor: u64, limit: u32) -> Result<v1::ListChangesResponse, RemoteError> {
+        Ok(self
+            .api
+            .clone()
+            .list_changes(v1::ListChangesRequest { cursor, limit })
+            .await?
+            .into_inner())
+    }
+
+    async fn snapshot(&self, at_cursor: u64, after_id: Vec<u8>, limit: u32) -> Result<v1::SnapshotResponse, RemoteError> {
+        Ok(self
+            .api
+            .clone()
+            .snapshot(v1::SnapshotRequest {
+                at_cursor,
+                after_id,
+                limit,
+            })
+            .await?
+            .into_inner())
+    }
+
+    async fn subscribe(&self, cursor: u64) -> Result<HeadStream, RemoteError> {
+        use futures::StreamExt;
+        let stream = self
+            .api
+            .clone()
+            .subscribe(v1::SubscribeRequest { cursor })
+            .await?
+            .into_inner();
+        Ok(Box::pin(stream.map(|event| event.map(|e| e.head).map_err(RemoteError::from))))
+    }
+
+    async fn find_missing(&self, ids: Vec<ChunkId>) -> Result<Vec<ChunkId>, RemoteError> {
+        let ids = ids.iter().map(|id| id.0.to_vec()).collect();
+        let reply = self
+            .api
+            .clone()
+            .find_missing_chunks(v1::FindMissingChunksRequest { ids })
+            .await?
+            .into_inner();
+        reply.missing.iter().map(|id| chunk_id(id)).collect()
+    }
+
+    async fn put_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<(), RemoteError> {
+        let messages: Vec<_> = chunks
+            .into_iter()
+            .map(|(id, data)| v1::PutChunkRequest { id: id.0.to_vec(), data })
+            .collect();
+        self.api.clone().put_chunks(futures::stream::iter(messages)).await?;
+        Ok(())
+    }
+
+    async fn get_chunks(&self, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
+        use futures::StreamExt;
+        let mut stream = self
+            .api
+            .clone()
+            .get_chunks(v1::GetChunksRequest {
+                ids: ids.iter().map(|id| id.0.to_vec()).collect(),
+            })
+            .await?
+            .into_inner();
+        let mut out = Vec::with_capacity(ids.len());
+        while let Some(message) = stream.next().await {
+            let message = message?;
+            out.push((chunk_id(&message.id)?, message.data));
+        }
+        if out.len() != ids.len() {
+            return Err(RemoteError::Unavailable(format!(
+                "the chunk stream ended after {} of {} chunks",
+                out.len(),
+                ids.len()
+            )));
+        }
+        Ok(out)
+    }
 }

@@ -256,12 +256,7 @@ pub fn apply_commit(
             format!("a commit may carry at most {MAX_OPS_PER_COMMIT} ops, got {}; split it", ops.len()),
         ));
     }
-    let mut applier = Applier {
-        txn,
-        device,
-        now_ns,
-        revision_at_start: HashMap::new(),
-    };
+    let mut applier = Applier::new(txn, device, now_ns)?;
     let mut nodes = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
         let node = match &op.op {
@@ -273,7 +268,7 @@ pub fn apply_commit(
         };
         nodes.push(node);
     }
-    let cursor = applier.txn.head().map_err(store_status)?;
+    let cursor = applier.finish()?;
     Ok(Applied { cursor, nodes })
 }
 
@@ -285,9 +280,11 @@ struct Applier<'a> {
     now_ns: i64,
     /// Revisions before this commit touched a node (0 for nodes it created).
     revision_at_start: HashMap<NodeKey, u64>,
+    /// The journal head, advanced by each recorded change.
+    head: u64,
 }
 
-impl Applier<'_> {
+impl<'a> Applier<'a> {
     fn live(&mut self, id: &NodeKey, op: Option<usize>) -> Result<Node, Status> {
         self.txn
             .node(id)
@@ -341,11 +338,31 @@ impl Applier<'_> {
         Ok(())
     }
 
-    fn next_seq(&mut self) -> Result<u64, Status> {
-        Ok(self.txn.head().map_err(store_status)? + 1)
+    fn new(txn: &'a mut dyn MetaTxn, device: &'a str, now_ns: i64) -> Result<Self, Status> {
+        let head = txn.head().map_err(store_status)?;
+        Ok(Self {
+            txn,
+            device,
+            now_ns,
+            revision_at_start: HashMap::new(),
+            head,
+        })
+    }
+
+    /// The sequence the next recorded change will get.
+    fn next_seq(&self) -> u64 {
+        self.head + 1
+    }
+
+    /// Stores the new head; call once after the last change.
+    fn finish(self) -> Result<u64, Status> {
+        self.txn.set_head(self.head).map_err(store_status)?;
+        Ok(self.head)
     }
 
     fn record(&mut self, kind: ChangeKind, node: &Node) -> Result<(), Status> {
+        debug_assert_eq!(node.revision, self.head + 1, "journal sequences are consecutive");
+        self.head = node.revision;
         let entry = JournalEntry {
             seq: node.revision,
             kind,
@@ -385,7 +402,7 @@ impl Applier<'_> {
             name: c.name.clone(),
             kind: kind as i32,
             attrs: Some(attrs),
-            revision: self.next_seq()?,
+            revision: self.next_seq(),
         };
         self.record(ChangeKind::Upsert, &node)?;
         Ok(node)
@@ -400,7 +417,7 @@ impl Applier<'_> {
         self.check_base(&node, u.base_revision, Some(op))?;
         let kind = kind_of(node.kind, op)?;
         node.attrs = Some(check_attrs(kind, u.attrs.as_ref(), op)?);
-        node.revision = self.next_seq()?;
+        node.revision = self.next_seq();
         self.record(ChangeKind::Upsert, &node)?;
         Ok(node)
     }
@@ -430,7 +447,7 @@ impl Applier<'_> {
         }
         node.parent_id = new_parent.to_vec();
         node.name = m.new_name.clone();
-        node.revision = self.next_seq()?;
+        node.revision = self.next_seq();
         self.record(ChangeKind::Upsert, &node)?;
         Ok(node)
     }
@@ -449,7 +466,7 @@ impl Applier<'_> {
                 format!("directory {} is not empty; delete its children first in the same commit", short(&id)),
             ));
         }
-        node.revision = self.next_seq()?;
+        node.revision = self.next_seq();
         self.record(ChangeKind::Delete, &node)?;
         Ok(node)
     }
@@ -464,12 +481,7 @@ pub fn restore_version(
     now_ns: i64,
 ) -> Result<Applied, Status> {
     let id = node_key(&version.node.id, "stored id", None)?;
-    let mut applier = Applier {
-        txn,
-        device,
-        now_ns,
-        revision_at_start: HashMap::new(),
-    };
+    let mut applier = Applier::new(txn, device, now_ns)?;
     let Some(mut node) = applier.txn.node(&id).map_err(store_status)? else {
         return Err(reject(
             Reason::NotFound,
@@ -486,10 +498,11 @@ pub fn restore_version(
         ));
     }
     node.attrs = version.node.attrs.clone();
-    node.revision = applier.next_seq()?;
+    node.revision = applier.next_seq();
     applier.record(ChangeKind::Upsert, &node)?;
+    let cursor = applier.finish()?;
     Ok(Applied {
-        cursor: node.revision,
+        cursor,
         nodes: vec![node],
     })
 }
@@ -504,12 +517,7 @@ pub fn undelete(
     now_ns: i64,
 ) -> Result<Applied, Status> {
     let id = node_key(&last.node.id, "stored id", None)?;
-    let mut applier = Applier {
-        txn,
-        device,
-        now_ns,
-        revision_at_start: HashMap::new(),
-    };
+    let mut applier = Applier::new(txn, device, now_ns)?;
     if applier.txn.node(&id).map_err(store_status)?.is_some() || last.kind != ChangeKind::Delete {
         return Err(reject(
             Reason::DuplicateId,
@@ -527,10 +535,11 @@ pub fn undelete(
     let mut node = last.node.clone();
     node.parent_id = parent.to_vec();
     node.name = name;
-    node.revision = applier.next_seq()?;
+    node.revision = applier.next_seq();
     applier.record(ChangeKind::Upsert, &node)?;
+    let cursor = applier.finish()?;
     Ok(Applied {
-        cursor: node.revision,
+        cursor,
         nodes: vec![node],
     })
 }

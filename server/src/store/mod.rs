@@ -115,10 +115,13 @@ pub trait MetaTxn {
     fn put_node(&mut self, node: &Node) -> StoreResult<()>;
     /// Removes a live node.
     fn remove_node(&mut self, id: &NodeKey) -> StoreResult<()>;
-    /// The journal head inside this transaction.
+    /// The journal head as of the start of this transaction.
     fn head(&mut self) -> StoreResult<u64>;
-    /// Appends a journal entry; `entry.seq` must be the head + 1.
+    /// Appends a journal entry. Entries of one transaction must carry consecutive sequences starting
+    /// at the head + 1 (a duplicate sequence is a store error); [`MetaTxn::set_head`] ends the run.
     fn append(&mut self, entry: &JournalEntry) -> StoreResult<()>;
+    /// Records the new head after the entries appended in this transaction.
+    fn set_head(&mut self, head: u64) -> StoreResult<()>;
 }
 
 /// Content-addressed chunk storage, scoped by tenant.

@@ -57,8 +57,11 @@ CREATE TABLE journal (
     PRIMARY KEY (tenant_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX journal_by_node ON journal (tenant_id, node_id, seq);
-CREATE INDEX journal_deletes ON journal (tenant_id, kind, seq);
+CREATE INDEX journal_deletes ON journal (tenant_id, seq) WHERE kind = 2;
 ";
+
+// The partial index and the deleted-nodes query spell the delete kind as the literal 2.
+const _: () = assert!(ChangeKind::Delete as i32 == 2);
 
 /// How many read connections to keep open.
 const READERS: usize = 4;
@@ -349,16 +352,16 @@ impl MetaStore for SqliteMetaStore {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT j.seq, j.kind, j.node, j.device, j.committed_ns FROM journal j
-                     WHERE j.tenant_id = ?1 AND j.kind = ?2 AND j.seq < ?3
+                     WHERE j.tenant_id = ?1 AND j.kind = 2 AND j.seq < ?2
                        AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.tenant_id = ?1 AND n.id = j.node_id)
                        AND j.seq = (SELECT MAX(seq) FROM journal k
                                     WHERE k.tenant_id = ?1 AND k.node_id = j.node_id)
-                     ORDER BY j.seq DESC LIMIT ?4",
+                     ORDER BY j.seq DESC LIMIT ?3",
                 )
                 .map_err(meta_err)?;
             let rows = stmt
                 .query_map(
-                    params![tenant, ChangeKind::Delete as i64, before as i64, limit as i64],
+                    params![tenant, before as i64, limit as i64],
                     entry_from_row,
                 )
                 .map_err(meta_err)?;
@@ -471,13 +474,6 @@ impl MetaTxn for SqliteTxn<'_> {
     }
 
     fn append(&mut self, entry: &JournalEntry) -> StoreResult<()> {
-        let head = self.head()?;
-        if entry.seq != head + 1 {
-            return Err(StoreError::Corrupt(format!(
-                "journal append out of order: head {head}, entry {}",
-                entry.seq
-            )));
-        }
         self.tx
             .prepare_cached(
                 "INSERT INTO journal (tenant_id, seq, node_id, kind, node, device, committed_ns)
@@ -494,10 +490,14 @@ impl MetaTxn for SqliteTxn<'_> {
                 entry.committed_at_ns
             ])
             .map_err(meta_err)?;
+        Ok(())
+    }
+
+    fn set_head(&mut self, head: u64) -> StoreResult<()> {
         self.tx
             .prepare_cached("UPDATE heads SET head = ?2 WHERE tenant_id = ?1")
             .map_err(meta_err)?
-            .execute(params![self.tenant, entry.seq as i64])
+            .execute(params![self.tenant, head as i64])
             .map_err(meta_err)?;
         Ok(())
     }

@@ -1,0 +1,546 @@
+//! [`Engine`]: the sync engine as the mount and the CLI use it.
+//!
+//! The mount calls the methods here from many threads: lookups and listings read the LOCAL tree; every
+//! mutation is one SQLite transaction, durable before it returns (D9), and wakes the sync loop; reads
+//! come from the materialized copy or from chunks (cache, else server). The sync loop
+//! ([`Engine::sync_round`], driven by [`crate::runtime`]) reconciles LOCAL with the server.
+//!
+//! Concurrency: one `parking_lot` mutex guards the state database; it is never held across network
+//! I/O or an `.await`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::cache::{CacheLimits, ChunkCache};
+use crate::chunking::Manifest;
+use crate::fetch::ChunkFetcher;
+use crate::files::LocalFiles;
+use crate::model::{Attrs, NodeId, NodeKind};
+use crate::planner::DeleteBrake;
+use crate::remote::Remote;
+use crate::state::local::{LocalEntry, LocalError};
+use crate::state::{State, StateError, Table};
+
+/// Where the engine keeps its files and how it behaves.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Holds `state.sqlite`, `files/` (materialized copies) and, by default, `chunks/`.
+    pub dir: PathBuf,
+    /// The chunk cache directory (default: `dir/chunks`).
+    pub cache_dir: Option<PathBuf>,
+    pub cache_limits: CacheLimits,
+    /// This device's name, shown in conflicted-copy names.
+    pub device: String,
+    pub brake: DeleteBrake,
+    /// How many uploads or downloads run at once.
+    pub transfer_concurrency: usize,
+    /// At most this many ops per commit.
+    pub commit_batch: usize,
+}
+
+impl EngineConfig {
+    pub fn new(dir: impl Into<PathBuf>, device: impl Into<String>) -> Self {
+        Self {
+            dir: dir.into(),
+            cache_dir: None,
+            cache_limits: CacheLimits::default(),
+            device: device.into(),
+            brake: DeleteBrake::default(),
+            transfer_concurrency: 4,
+            commit_batch: 1000,
+        }
+    }
+}
+
+/// The source of time (conflicted-copy names, mtimes of new nodes). Simulations inject their own.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ns(&self) -> i64;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ns(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// The source of new node ids. Simulations inject a seeded one.
+pub trait IdSource: Send + Sync + 'static {
+    fn new_id(&self) -> NodeId;
+}
+
+/// Random UUIDv4 ids.
+pub struct RandomIds;
+
+impl IdSource for RandomIds {
+    fn new_id(&self) -> NodeId {
+        NodeId::new_random()
+    }
+}
+
+/// Why an engine call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("local file I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
+    #[error("the content of this file is not known locally (manifest {0} missing)")]
+    UnknownContent(String),
+}
+
+impl From<crate::state::pull::PullError> for EngineError {
+    fn from(e: crate::state::pull::PullError) -> Self {
+        match e {
+            crate::state::pull::PullError::State(s) => EngineError::State(s),
+            other => EngineError::Io(std::io::Error::other(other.to_string())),
+        }
+    }
+}
+
+pub type EngineResult<T> = Result<T, EngineError>;
+
+/// What the mount must tell the kernel to forget after the engine changed LOCAL on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The attributes or content of an inode changed.
+    Inode(u64),
+    /// The name `name` in directory `parent` now points elsewhere or nowhere.
+    Entry { parent: u64, name: String },
+}
+
+/// The sync engine of one device.
+pub struct Engine {
+    pub(crate) state: Mutex<State>,
+    pub(crate) remote: Arc<dyn Remote>,
+    pub(crate) files: LocalFiles,
+    pub(crate) cache: Arc<ChunkCache>,
+    pub(crate) fetcher: Arc<ChunkFetcher>,
+    pub(crate) config: EngineConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) ids: Arc<dyn IdSource>,
+    /// Inodes open for writing, with how many handles: their local content may change any moment, so
+    /// the sync loop leaves their content alone until they are closed.
+    pub(crate) writers: Mutex<HashMap<u64, usize>>,
+    pub(crate) invalidations: Mutex<Vec<Invalidation>>,
+    /// Wakes the sync loop after a local change.
+    pub(crate) wake: tokio::sync::Notify,
+    pub(crate) online: AtomicBool,
+}
+
+impl Engine {
+    /// Opens the engine's state in `config.dir`, creating it on first use.
+    pub fn open(config: EngineConfig, remote: Arc<dyn Remote>) -> EngineResult<Arc<Self>> {
+        Self::open_with(config, remote, Arc::new(SystemClock), Arc::new(RandomIds))
+    }
+
+    /// [`Engine::open`] with an injected clock and id source (simulations).
+    pub fn open_with(
+        config: EngineConfig,
+        remote: Arc<dyn Remote>,
+        clock: Arc<dyn Clock>,
+        ids: Arc<dyn IdSource>,
+    ) -> EngineResult<Arc<Self>> {
+        std::fs::create_dir_all(&config.dir)?;
+        let (state, rebuilt) = open_or_rebuild(&config.dir.join("state.sqlite"))?;
+        let files = LocalFiles::open(&config.dir.join("files"))?;
+        let cache_dir = config.cache_dir.clone().unwrap_or_else(|| config.dir.join("chunks"));
+        let cache = Arc::new(ChunkCache::open(&cache_dir, config.cache_limits)?);
+        let fetcher = Arc::new(ChunkFetcher::new(cache.clone(), remote.clone()));
+        let engine = Arc::new(Self {
+            state: Mutex::new(state),
+            remote,
+            files,
+            cache,
+            fetcher,
+            config,
+            clock,
+            ids,
+            writers: Mutex::new(HashMap::new()),
+            invalidations: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            online: AtomicBool::new(false),
+        });
+        if rebuilt {
+            engine
+                .state
+                .lock()
+                .transaction(|t| t.set_meta(crate::recover::REBUILD_PENDING, 1i64))?;
+        }
+        engine.recover_materialized()?;
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// Whether the last exchange with the server succeeded.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+
+    pub fn fetcher(&self) -> &Arc<ChunkFetcher> {
+        &self.fetcher
+    }
+
+    /// Kernel-cache invalidations queued since the last call.
+    pub fn take_invalidations(&self) -> Vec<Invalidation> {
+        std::mem::take(&mut *self.invalidations.lock())
+    }
+
+    pub(crate) fn invalidate(&self, items: impl IntoIterator<Item = Invalidation>) {
+        self.invalidations.lock().extend(items);
+    }
+
+    fn changed_locally(&self) {
+        self.wake.notify_one();
+    }
+
+    // ----- reads of the LOCAL tree -----
+
+    /// The entry `name` in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &str) -> EngineResult<Option<LocalEntry>> {
+        Ok(self.state.lock().read(|t| t.local_lookup(parent, name))?)
+    }
+
+    /// The entry with inode `ino`.
+    pub fn getattr(&self, ino: u64) -> EngineResult<Option<LocalEntry>> {
+        Ok(self.state.lock().read(|t| t.local_by_ino(ino))?)
+    }
+
+    /// Up to `limit` children of `dir` after the name `after`, in name order.
+    pub fn list(&self, dir: u64, after: Option<&str>, limit: usize) -> EngineResult<Vec<LocalEntry>> {
+        Ok(self.state.lock().read(|t| t.local_children(dir, after, limit))?)
+    }
+
+    /// The manifest of a file's current content.
+    pub fn manifest(&self, entry: &LocalEntry) -> EngineResult<Manifest> {
+        let Some(hash) = entry.node.attrs.content else {
+            return Ok(Manifest::empty());
+        };
+        self.state
+            .lock()
+            .manifest(&hash)?
+            .ok_or_else(|| EngineError::UnknownContent(hash.to_hex()))
+    }
+
+    /// The path of the materialized copy of `ino`, if it has one.
+    pub fn materialized_path(&self, ino: u64) -> Option<PathBuf> {
+        let path = self.files.path(ino);
+        path.exists().then_some(path)
+    }
+
+    // ----- mutations through the mount -----
+
+    fn mutate<T>(&self, f: impl FnOnce(&crate::state::Txn<'_>) -> Result<T, LocalError>) -> EngineResult<T> {
+        let value = self.state.lock().transaction(f)?;
+        self.changed_locally();
+        Ok(value)
+    }
+
+    /// Creates a file, directory or symlink in `parent`.
+    pub fn create(&self, parent: u64, name: &str, kind: NodeKind, executable: bool, symlink_target: Option<String>) -> EngineResult<LocalEntry> {
+        let now = self.clock.now_ns();
+        let attrs = match kind {
+            NodeKind::File => Attrs {
+                size: 0,
+                mtime_ns: now,
+                executable,
+                content: Some(Manifest::empty().hash),
+                symlink_target: None,
+            },
+            NodeKind::Directory => Attrs {
+                mtime_ns: now,
+                ..Attrs::default()
+            },
+            NodeKind::Symlink => {
+                let target = symlink_target.unwrap_or_default();
+                Attrs {
+                    size: target.len() as u64,
+                    mtime_ns: now,
+                    symlink_target: Some(target),
+                    ..Attrs::default()
+                }
+            }
+        };
+        let id = self.ids.new_id();
+        let entry = self.mutate(|t| {
+            if kind == NodeKind::File {
+                t.put_manifest(&Manifest::empty())?;
+            }
+            t.local_create(parent, name, kind, attrs, id)
+        })?;
+        if kind == NodeKind::File {
+            // An empty copy: the file exists locally from now on and needs no download.
+            self.files.create(entry.ino, |_| Ok(()))?;
+            self.files.set_owner(entry.ino, entry.node.id, name)?;
+        }
+        Ok(entry)
+    }
+
+    /// Sets the executable bit and/or mtime of `ino`.
+    pub fn set_attrs(&self, ino: u64, executable: Option<bool>, mtime_ns: Option<i64>) -> EngineResult<LocalEntry> {
+        self.mutate(|t| {
+            let entry = t.local_by_ino(ino)?.ok_or(LocalError::NotFound)?;
+            let mut attrs = entry.node.attrs.clone();
+            if let Some(x) = executable {
+                attrs.executable = x && entry.node.kind == NodeKind::File;
+            }
+            if let Some(m) = mtime_ns {
+                attrs.mtime_ns = m;
+            }
+            t.local_set_attrs(ino, attrs)
+        })
+    }
+
+    /// Renames `ino` to `name` in `new_parent` (rename(2) semantics; see [`crate::state::Txn::local_rename`]).
+    pub fn rename(&self, ino: u64, new_parent: u64, name: &str, no_replace: bool) -> EngineResult<()> {
+        let replaced = self.mutate(|t| t.local_rename(ino, new_parent, name, no_replace))?;
+        if let Some(replaced) = replaced {
+            self.drop_local_copy(replaced.ino)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a file or symlink (unlink) or an empty directory (rmdir).
+    pub fn remove(&self, parent: u64, name: &str, dir: bool) -> EngineResult<LocalEntry> {
+        let entry = self.mutate(|t| {
+            let entry = t.local_lookup(parent, name)?.ok_or(LocalError::NotFound)?;
+            match (dir, entry.node.kind == NodeKind::Directory) {
+                (true, false) => return Err(LocalError::NotDir),
+                (false, true) => return Err(LocalError::IsDir),
+                _ => {}
+            }
+            t.local_remove(entry.ino)
+        })?;
+        self.drop_local_copy(entry.ino)?;
+        Ok(entry)
+    }
+
+    /// Drops the materialized copy of an inode that no longer exists, unless it is open (the last
+    /// release drops it then).
+    fn drop_local_copy(&self, ino: u64) -> EngineResult<()> {
+        if !self.writers.lock().contains_key(&ino) {
+            self.files.remove(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Pins (keeps local, recursively, inherited by new children) or unpins `ino`.
+    pub fn set_pinned(&self, ino: u64, pinned: bool) -> EngineResult<usize> {
+        let touched = self.state.lock().transaction(|t| t.local_set_pinned(ino, pinned))?;
+        if pinned {
+            let mut ids = Vec::new();
+            for entry in &touched {
+                if entry.node.kind == NodeKind::File
+                    && let Ok(manifest) = self.manifest(entry)
+                {
+                    ids.extend(manifest.chunks.iter().map(|c| c.id));
+                }
+            }
+            self.fetcher.prefetch(ids);
+        }
+        Ok(touched.len())
+    }
+
+    // ----- content -----
+
+    /// Makes a writable copy of `ino` (copy-on-write from its chunks, or empty when `truncate`) and
+    /// returns its path. Fetches any chunks not cached; a partial copy is never visible.
+    pub async fn materialize(&self, ino: u64, truncate: bool) -> EngineResult<PathBuf> {
+        if !truncate && let Some(path) = self.materialized_path(ino) {
+            return Ok(path);
+        }
+        let entry = self.getattr(ino)?.ok_or(LocalError::NotFound)?;
+        if entry.node.kind != NodeKind::File {
+            return Err(LocalError::IsDir.into());
+        }
+        let mut pending = self.files.begin(ino)?;
+        if !truncate {
+            use std::io::Write;
+            let manifest = self.manifest(&entry)?;
+            for chunk in &manifest.chunks {
+                let bytes = self.fetcher.chunk(chunk.id, crate::fetch::Priority::OnDemand).await?;
+                pending.file().write_all(&bytes)?;
+            }
+        }
+        let path = pending.commit()?;
+        self.files.set_owner(ino, entry.node.id, &entry.node.name)?;
+        Ok(path)
+    }
+
+    /// [`Engine::materialize`] for threads outside the runtime (FUSE workers).
+    pub fn materialize_blocking(&self, handle: &tokio::runtime::Handle, ino: u64, truncate: bool) -> EngineResult<PathBuf> {
+        handle.block_on(self.materialize(ino, truncate))
+    }
+
+    /// A handle opened `ino` for writing.
+    pub fn open_writer(&self, ino: u64) {
+        *self.writers.lock().entry(ino).or_default() += 1;
+    }
+
+    /// A writing handle of `ino` was closed; when it was the last, the content is committed.
+    pub fn close_writer(&self, ino: u64, mtime_ns: Option<i64>) -> EngineResult<()> {
+        let last = {
+            let mut writers = self.writers.lock();
+            match writers.get_mut(&ino) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    writers.remove(&ino);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.commit_written(ino, mtime_ns)?;
+        }
+        Ok(())
+    }
+
+    /// Re-chunks the materialized copy of `ino` and makes it the LOCAL content (on flush, fsync and
+    /// the last close). Returns the new entry, or `None` if the node no longer exists.
+    pub fn commit_written(&self, ino: u64, mtime_ns: Option<i64>) -> EngineResult<Option<LocalEntry>> {
+        if !self.files.exists(ino) {
+            return Ok(None);
+        }
+        let manifest = match self.files.chunk(ino, |_, _| Ok(())) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let now = mtime_ns.unwrap_or_else(|| self.clock.now_ns());
+        let result = self.mutate(|t| {
+            let Some(entry) = t.local_by_ino(ino)? else {
+                return Ok(None);
+            };
+            if entry.node.attrs.content == Some(manifest.hash) && entry.node.attrs.size == manifest.size {
+                return Ok(Some(entry));
+            }
+            t.put_manifest(&manifest)?;
+            let mut attrs = entry.node.attrs.clone();
+            attrs.content = Some(manifest.hash);
+            attrs.size = manifest.size;
+            attrs.mtime_ns = now;
+            t.local_set_attrs(ino, attrs).map(Some)
+        })?;
+        if result.is_none() && !self.writers.lock().contains_key(&ino) {
+            // The node was deleted while open: its copy goes with the last handle.
+            self.files.remove(ino)?;
+        }
+        Ok(result)
+    }
+
+    /// Reads `[offset, offset+len)` of `ino`'s current content: from the materialized copy, else from
+    /// chunks (cache, else server).
+    pub async fn read(&self, entry: &LocalEntry, offset: u64, len: u32) -> EngineResult<Vec<u8>> {
+        if let Some(path) = self.materialized_path(entry.ino) {
+            return Ok(read_file_range(&path, offset, len)?);
+        }
+        let manifest = self.manifest(entry)?;
+        let offsets = manifest.offsets();
+        Ok(self.fetcher.read(&manifest, &offsets, offset, len).await?)
+    }
+
+    // ----- status -----
+
+    /// A summary for `bvfs status` and the mount's xattrs.
+    pub fn status(&self) -> EngineResult<Status> {
+        let state = self.state.lock();
+        let conn = state.conn();
+        let count = |sql: &str| -> EngineResult<u64> {
+            Ok(conn
+                .query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map_err(|e| state.sql_err(e))? as u64)
+        };
+        Ok(Status {
+            online: self.is_online(),
+            cursor: state.meta_u64(crate::state::pull::CURSOR)?.unwrap_or(0),
+            pending_changes: count("SELECT count(*) FROM changed")?,
+            conflicts: count("SELECT count(*) FROM conflicts")?,
+            held_deletes: count("SELECT count(*) FROM held_deletes")?,
+            errors: count("SELECT count(*) FROM sync_errors")?,
+            local_nodes: state.tree(Table::Local).count()?,
+            cache: self.cache.usage(),
+        })
+    }
+}
+
+/// Opens the state database; a missing one is created, a corrupt one is moved aside and replaced (the
+/// engine then rebuilds from the server and its materialized copies). Returns whether it was rebuilt.
+fn open_or_rebuild(path: &Path) -> EngineResult<(State, bool)> {
+    let existed = path.exists();
+    match State::open(path) {
+        Ok(state) => Ok((state, !existed)),
+        Err(e @ StateError::Schema(_)) => Err(e.into()),
+        Err(e) => {
+            let aside = path.with_extension(format!(
+                "corrupt-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            ));
+            tracing::error!("the engine database cannot be used ({e}); keeping it as {} and rebuilding", aside.display());
+            std::fs::rename(path, &aside)?;
+            for suffix in ["-wal", "-shm"] {
+                let side = PathBuf::from(format!("{}{suffix}", path.display()));
+                let _ = std::fs::remove_file(side);
+            }
+            Ok((State::open(path)?, true))
+        }
+    }
+}
+
+/// The engine's summary.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub online: bool,
+    pub cursor: u64,
+    pub pending_changes: u64,
+    pub conflicts: u64,
+    pub held_deletes: u64,
+    pub errors: u64,
+    pub local_nodes: u64,
+    pub cache: crate::cache::CacheUsage,
+}
+
+fn read_file_range(path: &Path, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let mut buf = vec![0; len as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}

@@ -1,0 +1,245 @@
+//! Applying the planner's local ops to the LOCAL tree (placeholders: database rows) and the
+//! materialized copies, and advancing SYNCED as each op says.
+//!
+//! Local ops run inside the round's transaction. File moves and removals are collected and done after
+//! the transaction commits, so a failed transaction never leaves files moved for rows that were not.
+//! An op whose node is open for writing waits: its local content may be changing under it.
+
+use crate::api::{Engine, EngineError, Invalidation};
+use crate::chunking::ChunkId;
+use crate::model::{NodeId, NodeKind};
+use crate::planner::{OpKind, PlannedOp};
+use crate::state::Txn;
+use crate::state::local::LocalEntry;
+
+/// A change to the materialized copies, done after the transaction commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    /// The copy of this inode is stale: drop it.
+    Remove(u64),
+    /// The copy moves to another inode (a conflicted copy takes the local bytes).
+    Rename { from: u64, to: u64 },
+}
+
+/// What applying local ops produced besides database changes.
+#[derive(Default)]
+pub struct LocalEffects {
+    pub invalidations: Vec<Invalidation>,
+    pub fetch: Vec<ChunkId>,
+    pub files: Vec<FileOp>,
+}
+
+fn entry_of(t: &Txn<'_>, id: NodeId) -> Result<Option<LocalEntry>, EngineError> {
+    Ok(t.local_by_id(id)?)
+}
+
+fn ino_of(t: &Txn<'_>, id: NodeId) -> Result<Option<u64>, EngineError> {
+    Ok(t.local_ino(id)?)
+}
+
+/// Whether `name` in the LOCAL directory `parent` is free (or already `id`'s).
+fn name_free(t: &Txn<'_>, parent: NodeId, name: &str, id: NodeId) -> Result<bool, EngineError> {
+    let taken = t.tree(crate::state::Table::Local).child_id(parent, name)?;
+    Ok(taken.is_none_or(|other| other == id))
+}
+
+impl Engine {
+    fn is_open_for_writing(&self, ino: u64) -> bool {
+        self.writers.lock().contains_key(&ino)
+    }
+
+    fn queue_fetch(&self, t: &Txn<'_>, attrs: &crate::model::Attrs, fetch: &mut Vec<ChunkId>) -> Result<(), EngineError> {
+        if let Some(hash) = attrs.content
+            && let Some(manifest) = t.manifest(&hash)?
+        {
+            fetch.extend(manifest.chunks.iter().map(|c| c.id));
+        }
+        Ok(())
+    }
+
+    /// Applies one local op. Returns false if it has to wait for a later round.
+    pub(crate) fn apply_local_op(&self, t: &Txn<'_>, op: &PlannedOp, fx: &mut LocalEffects) -> Result<bool, EngineError> {
+        match &op.kind {
+            OpKind::LocalCreate { node, fetch_content } => {
+                if let Some(existing) = entry_of(t, node.id)? {
+                    // Re-running an op whose effect is already there (a round interrupted after it).
+                    debug_assert_eq!(existing.node.kind, node.kind);
+                } else {
+                    let Some(parent_ino) = ino_of(t, node.parent)? else {
+                        return Ok(false);
+                    };
+                    if !name_free(t, node.parent, &node.name, node.id)? {
+                        tracing::warn!(id = %node.id, name = %node.name, "the planned local create finds its name taken; waiting");
+                        return Ok(false);
+                    }
+                    t.insert_local(node)?;
+                    fx.invalidations.push(Invalidation::Entry {
+                        parent: parent_ino,
+                        name: node.name.clone(),
+                    });
+                }
+                if *fetch_content {
+                    self.queue_fetch(t, &node.attrs, &mut fx.fetch)?;
+                }
+            }
+            OpKind::LocalUpdate { id, attrs, fetch_content } => {
+                let Some(mut entry) = entry_of(t, *id)? else {
+                    return Ok(false);
+                };
+                let content_changes = !entry.node.attrs.same_content(attrs);
+                if content_changes && self.is_open_for_writing(entry.ino) {
+                    return Ok(false);
+                }
+                entry.node.attrs = attrs.clone();
+                t.update_local(&entry.node)?;
+                if content_changes && entry.node.kind == NodeKind::File {
+                    fx.files.push(FileOp::Remove(entry.ino));
+                }
+                if *fetch_content {
+                    self.queue_fetch(t, attrs, &mut fx.fetch)?;
+                }
+                fx.invalidations.push(Invalidation::Inode(entry.ino));
+            }
+            OpKind::LocalMove { id, parent, name } => {
+                let Some(mut entry) = entry_of(t, *id)? else {
+                    return Ok(false);
+                };
+                let (Some(old_parent_ino), Some(new_parent_ino)) = (ino_of(t, entry.node.parent)?, ino_of(t, *parent)?) else {
+                    return Ok(false);
+                };
+                if !name_free(t, *parent, name, *id)? {
+                    return Ok(false);
+                }
+                fx.invalidations.push(Invalidation::Entry {
+                    parent: old_parent_ino,
+                    name: entry.node.name.clone(),
+                });
+                entry.node.parent = *parent;
+                entry.node.name = name.clone();
+                t.update_local(&entry.node)?;
+                fx.invalidations.push(Invalidation::Entry {
+                    parent: new_parent_ino,
+                    name: name.clone(),
+                });
+            }
+            OpKind::LocalDelete { id } => {
+                let Some(entry) = entry_of(t, *id)? else {
+                    return Ok(true);
+                };
+                if self.is_open_for_writing(entry.ino) {
+                    return Ok(false);
+                }
+                if entry.node.kind == NodeKind::Directory && !t.local_children(entry.ino, None, 1)?.is_empty() {
+                    return Ok(false);
+                }
+                let parent_ino = ino_of(t, entry.node.parent)?;
+                t.remove_node(crate::state::Table::Local, *id)?;
+                fx.files.push(FileOp::Remove(entry.ino));
+                if let Some(parent) = parent_ino {
+                    fx.invalidations.push(Invalidation::Entry {
+                        parent,
+                        name: entry.node.name.clone(),
+                    });
+                }
+                fx.invalidations.push(Invalidation::Inode(entry.ino));
+            }
+            OpKind::LocalConflictCopy { original, copy, original_attrs, fetch_content } => {
+                let Some(mut entry) = entry_of(t, *original)? else {
+                    return Ok(false);
+                };
+                if self.is_open_for_writing(entry.ino) {
+                    return Ok(false);
+                }
+                let Some(parent_ino) = ino_of(t, copy.parent)? else {
+                    return Ok(false);
+                };
+                if entry_of(t, copy.id)?.is_none() {
+                    if !name_free(t, copy.parent, &copy.name, copy.id)? {
+                        return Ok(false);
+                    }
+                    let copy_ino = t.insert_local(copy)?;
+                    if self.files.exists(entry.ino) {
+                        fx.files.push(FileOp::Rename {
+                            from: entry.ino,
+                            to: copy_ino,
+                        });
+                    }
+                    fx.invalidations.push(Invalidation::Entry {
+                        parent: parent_ino,
+                        name: copy.name.clone(),
+                    });
+                    t.record_conflict(
+                        self.clock.now_ns(),
+                        *original,
+                        Some(copy.id),
+                        &format!("edited here and on another device: this device's version is now {:?}", copy.name),
+                    )?;
+                    tracing::warn!(name = %copy.name, "conflict: kept this device's version as a conflicted copy");
+                }
+                entry.node.attrs = original_attrs.clone();
+                t.update_local(&entry.node)?;
+                if *fetch_content {
+                    self.queue_fetch(t, original_attrs, &mut fx.fetch)?;
+                }
+                fx.invalidations.push(Invalidation::Inode(entry.ino));
+            }
+            OpKind::LocalReidentify { old, new, parent, name, attrs } => {
+                if entry_of(t, *new)?.is_none() {
+                    if entry_of(t, *old)?.is_none() {
+                        return Ok(false);
+                    }
+                    t.reidentify_local(*old, *new)?;
+                }
+                let Some(mut entry) = entry_of(t, *new)? else {
+                    return Ok(false);
+                };
+                let (Some(old_parent_ino), Some(new_parent_ino)) = (ino_of(t, entry.node.parent)?, ino_of(t, *parent)?) else {
+                    return Ok(false);
+                };
+                if !name_free(t, *parent, name, *new)? {
+                    return Ok(false);
+                }
+                fx.invalidations.push(Invalidation::Entry {
+                    parent: old_parent_ino,
+                    name: entry.node.name.clone(),
+                });
+                entry.node.parent = *parent;
+                entry.node.name = name.clone();
+                if let Some(attrs) = attrs {
+                    entry.node.attrs = attrs.clone();
+                }
+                t.update_local(&entry.node)?;
+                t.mark_changed(*old)?;
+                fx.invalidations.push(Invalidation::Entry {
+                    parent: new_parent_ino,
+                    name: name.clone(),
+                });
+                fx.invalidations.push(Invalidation::Inode(entry.ino));
+            }
+            OpKind::RecordSynced => {}
+            OpKind::RemoteCreate { .. }
+            | OpKind::RemoteUpdate { .. }
+            | OpKind::RemoteMove { .. }
+            | OpKind::RemoteDelete { .. } => unreachable!("remote ops are not applied locally"),
+        }
+        t.apply_synced(&op.synced, None)?;
+        if let Some(id) = op.kind.node().or(op.synced.node()) {
+            t.mark_changed(id)?;
+        }
+        Ok(true)
+    }
+
+    /// Does the file changes of committed local ops.
+    pub(crate) fn apply_file_ops(&self, ops: &[FileOp]) {
+        for op in ops {
+            let result = match *op {
+                FileOp::Remove(ino) if self.is_open_for_writing(ino) => Ok(()),
+                FileOp::Remove(ino) => self.files.remove(ino),
+                FileOp::Rename { from, to } => self.files.rename(from, to),
+            };
+            if let Err(e) = result {
+                tracing::error!(?op, "materialized file change failed: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,574 @@
+//! Stage 1: gather the nodes a plan touches and merge each one three ways.
+//!
+//! For every changed id the planner reads the node from REMOTE, LOCAL and SYNCED and decides its
+//! [`Fate`] in the converged tree: kept (with a target place and attributes), gone, or one of the
+//! in-between states that later stages settle. The rules are DESIGN §5 applied per aspect:
+//!
+//! - existence: a delete wins over an unchanged node; an edit (content differs from SYNCED) wins over
+//!   a delete; a directory deleted on one side waits for [`super::resolve`] to know whether something
+//!   that stays is inside it;
+//! - place: a one-sided move wins; when both sides moved, the server's order wins (REMOTE) and the
+//!   local move is undone;
+//! - attributes: content (hash and symlink target) merges three ways and both-sides-changed is a
+//!   conflict, settled by a conflicted copy of the local version; mtime and the executable bit merge
+//!   field by field, REMOTE winning a tie.
+
+use std::borrow::Cow;
+use std::ops::Deref;
+
+use crate::model::{Attrs, Node, NodeId, NodeIdMap, NodeKind};
+use crate::tree::TreeView;
+
+use super::{Report, Side};
+
+/// The three trees a plan reads.
+pub(super) struct Trees<'t, T> {
+    pub remote: &'t T,
+    pub local: &'t T,
+    pub synced: &'t T,
+}
+
+/// One of the three trees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum TreeRole {
+    Remote,
+    Local,
+    Synced,
+}
+
+impl<'t, T: TreeView> Trees<'t, T> {
+    pub(super) fn get(&self, role: TreeRole) -> &'t T {
+        match role {
+            TreeRole::Remote => self.remote,
+            TreeRole::Local => self.local,
+            TreeRole::Synced => self.synced,
+        }
+    }
+}
+
+/// A node as one tree holds it: borrowed from an in-memory tree, or boxed when a view had to build it
+/// (boxing keeps entries small: a plan over a million changes holds three of these per change).
+pub(super) enum NodeRef<'t> {
+    Borrowed(&'t Node),
+    Owned(Box<Node>),
+}
+
+impl<'t> From<Cow<'t, Node>> for NodeRef<'t> {
+    fn from(node: Cow<'t, Node>) -> NodeRef<'t> {
+        match node {
+            Cow::Borrowed(node) => NodeRef::Borrowed(node),
+            Cow::Owned(node) => NodeRef::Owned(Box::new(node)),
+        }
+    }
+}
+
+impl Deref for NodeRef<'_> {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        match self {
+            NodeRef::Borrowed(node) => node,
+            NodeRef::Owned(node) => node,
+        }
+    }
+}
+
+/// A place in a tree: parent directory and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Loc {
+    pub parent: NodeId,
+    pub name: String,
+}
+
+impl Loc {
+    pub(super) fn of(node: &Node) -> Loc {
+        Loc { parent: node.parent, name: node.name.clone() }
+    }
+
+    /// Whether `node` sits exactly here.
+    pub(super) fn is(&self, node: &Node) -> bool {
+        self.parent == node.parent && self.name == node.name
+    }
+}
+
+/// Where a kept node ends up and what it holds.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    /// Its place in REMOTE after the plan.
+    pub remote: Loc,
+    /// Its place in LOCAL after the plan: the same as `remote`, unless this platform cannot show the
+    /// remote place and the node is held where LOCAL has it.
+    pub local: Loc,
+    pub attrs: Attrs,
+    /// The place came from LOCAL (a local create or move): such a place yields to the server's.
+    pub from_local: bool,
+    /// The conflicted copy that takes the local content (edit/edit conflict).
+    pub copy: Option<NodeId>,
+    /// A local create with the same name and content that merges into this remote create.
+    pub merged_from: Option<NodeId>,
+}
+
+/// What becomes of a node.
+#[derive(Debug, Clone)]
+pub(super) enum Fate {
+    Kept(Target),
+    /// Deleted wherever it still exists.
+    Gone,
+    /// Deleted by one side and unchanged on the other; gone unless something that stays ends up inside.
+    TentativelyGone { deleted_by: Side },
+    /// Deleted remotely while changed locally: the local node comes back as this new node.
+    RebornAs(NodeId),
+    /// A local create that becomes the equal remote create (whose target names it in `merged_from`).
+    MergedInto,
+    /// A remote node this device cannot show (see [`Entry::report`]).
+    RemoteOnly,
+    /// Left alone (see [`Entry::report`]).
+    Skipped,
+}
+
+/// How a node the planner mints comes about.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Derived {
+    /// The local node `from` survives a remote delete under this new id.
+    Reborn { from: NodeId },
+    /// The conflicted copy of `of`'s local version.
+    ConflictCopy { of: NodeId },
+}
+
+/// One node the plan touches.
+pub(super) struct Entry<'t> {
+    pub id: NodeId,
+    pub kind: NodeKind,
+    pub remote: Option<NodeRef<'t>>,
+    pub local: Option<NodeRef<'t>>,
+    pub synced: Option<NodeRef<'t>>,
+    pub fate: Fate,
+    /// Set for nodes that exist in none of the trees yet.
+    pub derived: Option<Derived>,
+    /// Why the node is (partly) held, for [`super::Plan::reported`].
+    pub report: Option<Report>,
+}
+
+impl Entry<'_> {
+    pub(super) fn target(&self) -> Option<&Target> {
+        match &self.fate {
+            Fate::Kept(target) => Some(target),
+            _ => None,
+        }
+    }
+
+    pub(super) fn target_mut(&mut self) -> Option<&mut Target> {
+        match &mut self.fate {
+            Fate::Kept(target) => Some(target),
+            _ => None,
+        }
+    }
+
+    /// The node as `role`'s tree holds it now.
+    pub(super) fn in_tree(&self, role: TreeRole) -> Option<&Node> {
+        match role {
+            TreeRole::Remote => self.remote.as_deref(),
+            TreeRole::Local => self.local.as_deref(),
+            TreeRole::Synced => self.synced.as_deref(),
+        }
+    }
+}
+
+/// The entries of a plan, in id order (minted nodes after the rest), with an index by id.
+pub(super) struct Entries<'t> {
+    pub list: Vec<Entry<'t>>,
+    index: NodeIdMap<usize>,
+    /// Local nodes that a plan op re-identifies (re-created or merged), old id → new id.
+    renamed: NodeIdMap<NodeId>,
+    /// The same, new id → old id.
+    renamed_from: NodeIdMap<NodeId>,
+}
+
+impl<'t> Entries<'t> {
+    /// Reads the changed ids from the trees, adds what deleting or creating a directory drags in (its
+    /// children on the sides that have it), and merges each node.
+    pub(super) fn collect<T: TreeView>(
+        trees: &Trees<'t, T>,
+        changed: impl IntoIterator<Item = NodeId>,
+    ) -> Entries<'t> {
+        let mut pending: Vec<NodeId> = changed.into_iter().filter(|id| !id.is_root()).collect();
+        pending.sort_unstable();
+        pending.dedup();
+        let mut entries = Entries {
+            list: Vec::with_capacity(pending.len()),
+            index: NodeIdMap::default(),
+            renamed: NodeIdMap::default(),
+            renamed_from: NodeIdMap::default(),
+        };
+        entries.index.reserve(pending.len());
+        let mut next = 0;
+        while next < pending.len() {
+            let id = pending[next];
+            next += 1;
+            if entries.index.contains_key(&id) {
+                continue;
+            }
+            let remote = trees.remote.get(id).map(NodeRef::from);
+            let local = trees.local.get(id).map(NodeRef::from);
+            let synced = trees.synced.get(id).map(NodeRef::from);
+            let present = [&remote, &local, &synced].map(Option::is_some);
+            if present == [false; 3] || unchanged(&remote, &local, &synced) {
+                continue;
+            }
+            // A directory that exists on some sides only: what is under it must be decided too.
+            if present.contains(&false) {
+                for (role, node) in [(TreeRole::Remote, &remote), (TreeRole::Local, &local), (TreeRole::Synced, &synced)]
+                {
+                    if node.as_ref().is_some_and(|node| node.is_dir()) {
+                        pending.extend(trees.get(role).children(id));
+                    }
+                }
+            }
+            entries.index.insert(id, entries.list.len());
+            entries.list.push(Entry {
+                id,
+                kind: NodeKind::File,
+                remote,
+                local,
+                synced,
+                fate: Fate::Gone,
+                derived: None,
+                report: None,
+            });
+        }
+        entries.list.sort_unstable_by_key(|entry| entry.id);
+        for (position, entry) in entries.list.iter().enumerate() {
+            entries.index.insert(entry.id, position);
+        }
+        for position in 0..entries.list.len() {
+            entries.merge(trees, position);
+        }
+        entries
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(super) fn position(&self, id: NodeId) -> Option<usize> {
+        self.index.get(&id).copied()
+    }
+
+    pub(super) fn get(&self, id: NodeId) -> Option<&Entry<'t>> {
+        self.index.get(&id).map(|&position| &self.list[position])
+    }
+
+    /// Records that the local node `old` becomes `new` (the plan re-identifies it).
+    pub(super) fn rename(&mut self, old: NodeId, new: NodeId) {
+        self.renamed.insert(old, new);
+        self.renamed_from.insert(new, old);
+    }
+
+    /// The id a local node has once the plan's re-identifications ran.
+    pub(super) fn local_id_after(&self, id: NodeId) -> NodeId {
+        self.renamed.get(&id).copied().unwrap_or(id)
+    }
+
+    /// The id LOCAL has now for a node the plan re-identifies into `id`.
+    pub(super) fn local_id_now(&self, id: NodeId) -> NodeId {
+        self.renamed_from.get(&id).copied().unwrap_or(id)
+    }
+
+    /// Where LOCAL has this node, with its parent's id after re-identifications.
+    pub(super) fn local_place(&self, entry: &Entry<'_>) -> Option<Loc> {
+        let local = entry.local.as_deref()?;
+        Some(Loc { parent: self.local_id_after(local.parent), name: local.name.clone() })
+    }
+
+    /// Whether LOCAL already has the node at `loc` (re-identifications aside).
+    pub(super) fn is_local_at(&self, entry: &Entry<'_>, loc: &Loc) -> bool {
+        entry
+            .local
+            .as_deref()
+            .is_some_and(|local| local.name == loc.name && self.local_id_after(local.parent) == loc.parent)
+    }
+
+    /// Points targets under re-identified local nodes at their new ids.
+    pub(super) fn remap_parents(&mut self) {
+        if self.renamed.is_empty() {
+            return;
+        }
+        let renamed = &self.renamed;
+        for entry in &mut self.list {
+            if let Fate::Kept(target) = &mut entry.fate {
+                for loc in [&mut target.remote, &mut target.local] {
+                    if let Some(&new) = renamed.get(&loc.parent) {
+                        loc.parent = new;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds a node the planner mints (a conflicted copy or a re-created node).
+    pub(super) fn push_derived(&mut self, id: NodeId, kind: NodeKind, derived: Derived, target: Target) {
+        debug_assert!(!self.index.contains_key(&id), "minted id {id:?} twice");
+        self.index.insert(id, self.list.len());
+        self.list.push(Entry {
+            id,
+            kind,
+            remote: None,
+            local: None,
+            synced: None,
+            fate: Fate::Kept(target),
+            derived: Some(derived),
+            report: None,
+        });
+    }
+
+    /// The local node at `position` survives a remote delete: it comes back as a new node at its local
+    /// place, with its local attributes. Returns the new id.
+    pub(super) fn rebirth<T: TreeView>(&mut self, trees: &Trees<'t, T>, position: usize) -> NodeId {
+        let entry = &self.list[position];
+        let local = entry.local.as_deref().expect("only local nodes are reborn");
+        let new_id = self.mint(trees, "re-created", &[&entry.id.to_bytes()]);
+        let target = Target {
+            remote: Loc::of(local),
+            local: Loc::of(local),
+            attrs: local.attrs.clone(),
+            from_local: true,
+            copy: None,
+            merged_from: None,
+        };
+        let (id, kind) = (entry.id, entry.kind);
+        self.list[position].fate = Fate::RebornAs(new_id);
+        self.rename(id, new_id);
+        self.push_derived(new_id, kind, Derived::Reborn { from: id }, target);
+        new_id
+    }
+
+    /// A new id, derived from `parts` (so re-planning mints the same one), that no tree and no entry
+    /// has yet.
+    fn mint<T: TreeView>(&self, trees: &Trees<'t, T>, purpose: &str, parts: &[&[u8]]) -> NodeId {
+        (0u64..)
+            .map(|attempt| {
+                let attempt = attempt.to_le_bytes();
+                let parts: Vec<&[u8]> = parts.iter().copied().chain([&attempt[..]]).collect();
+                NodeId::derive(purpose, &parts)
+            })
+            .find(|&id| {
+                !self.index.contains_key(&id)
+                    && !trees.remote.contains(id)
+                    && !trees.local.contains(id)
+                    && !trees.synced.contains(id)
+            })
+            .expect("some attempt is free")
+    }
+
+    /// Stage 1 for one node.
+    fn merge<T: TreeView>(&mut self, trees: &Trees<'t, T>, position: usize) {
+        let entry = &self.list[position];
+        let (id, remote, local, synced) =
+            (entry.id, entry.remote.as_deref(), entry.local.as_deref(), entry.synced.as_deref());
+        let kind = [remote, local, synced].into_iter().flatten().next().expect("present somewhere").kind;
+        let same_kind_base = |node: &Node| synced.filter(|base| base.kind == node.kind);
+        let decision = match (remote, local) {
+            (Some(remote), Some(local)) if remote.kind != local.kind => Decision::KindMismatch,
+            (Some(remote), Some(local)) => {
+                let base = same_kind_base(remote);
+                let (place, from_local) = merge_place(base, remote, local);
+                let merged = merge_attrs(base.map(|base| &base.attrs), &remote.attrs, &local.attrs);
+                let conflict = merged.is_none();
+                let target = Target {
+                    remote: place.clone(),
+                    local: place,
+                    attrs: merged.unwrap_or_else(|| remote.attrs.clone()),
+                    from_local,
+                    copy: None,
+                    merged_from: None,
+                };
+                if conflict {
+                    Decision::EditConflict { target, local_attrs: local.attrs.clone() }
+                } else {
+                    Decision::Fate(Fate::Kept(target))
+                }
+            }
+            (Some(remote), None) => Decision::Fate(match same_kind_base(remote) {
+                Some(base) if remote.attrs.same_content(&base.attrs) => {
+                    if remote.is_dir() {
+                        Fate::TentativelyGone { deleted_by: Side::Local }
+                    } else {
+                        Fate::Gone
+                    }
+                }
+                // A remote create, or a remote edit that beats the local delete.
+                _ => Fate::Kept(kept_as_is(remote, false)),
+            }),
+            (None, Some(local)) => match same_kind_base(local) {
+                // Revision 0: SYNCED knows it, but it never reached the server (a re-created node).
+                Some(base) if base.revision == 0 => Decision::Fate(Fate::Kept(kept_as_is(local, true))),
+                Some(base) if local.attrs.same_content(&base.attrs) => Decision::Fate(if local.is_dir() {
+                    Fate::TentativelyGone { deleted_by: Side::Remote }
+                } else {
+                    Fate::Gone
+                }),
+                None if synced.is_none() => Decision::Fate(Fate::Kept(kept_as_is(local, true))),
+                // A local edit that beats the remote delete: it comes back as a new node.
+                _ => Decision::Reborn,
+            },
+            (None, None) => Decision::Fate(Fate::Gone),
+        };
+        self.list[position].kind = kind;
+        match decision {
+            Decision::Fate(fate) => self.list[position].fate = fate,
+            Decision::KindMismatch => {
+                let entry = &mut self.list[position];
+                entry.fate = Fate::Skipped;
+                entry.report = Some(Report::KindMismatch { id });
+            }
+            Decision::Reborn => {
+                self.rebirth(trees, position);
+            }
+            Decision::EditConflict { target, local_attrs } => {
+                self.list[position].fate = Fate::Kept(target);
+                self.fork_conflicted_copy(trees, position, local_attrs);
+            }
+        }
+    }
+
+    /// Edit/edit: the local version becomes a new node next to the original, which takes the remote
+    /// version. The copy's place is settled with the other names in [`super::resolve`].
+    fn fork_conflicted_copy<T: TreeView>(&mut self, trees: &Trees<'t, T>, position: usize, local_attrs: Attrs) {
+        let entry = &self.list[position];
+        // Named by the versions in conflict, not by revisions, so any history to this state mints it.
+        let versions = [entry.synced.as_deref(), entry.remote.as_deref()]
+            .map(|node| node.map_or_else(Vec::new, |node| content_key(&node.attrs)));
+        let local = content_key(&local_attrs);
+        let copy_id = self.mint(trees, "conflicted copy", &[&entry.id.to_bytes(), &versions[0], &versions[1], &local]);
+        let (of, kind) = (entry.id, entry.kind);
+        let placeholder = Loc { parent: NodeId::ROOT, name: String::new() };
+        let copy = Target {
+            remote: placeholder.clone(),
+            local: placeholder,
+            attrs: local_attrs,
+            from_local: true,
+            copy: None,
+            merged_from: None,
+        };
+        self.push_derived(copy_id, kind, Derived::ConflictCopy { of }, copy);
+        if let Some(target) = self.list[position].target_mut() {
+            target.copy = Some(copy_id);
+        }
+    }
+}
+
+/// Stage 1's verdict on one node, before it is written back.
+enum Decision {
+    Fate(Fate),
+    KindMismatch,
+    Reborn,
+    EditConflict { target: Target, local_attrs: Attrs },
+}
+
+/// The bytes that identify a version's content.
+fn content_key(attrs: &Attrs) -> Vec<u8> {
+    let mut key = attrs.content.map_or_else(Vec::new, |hash| hash.0.to_vec());
+    key.extend(attrs.symlink_target.as_deref().unwrap_or("").as_bytes());
+    key
+}
+
+fn kept_as_is(node: &Node, from_local: bool) -> Target {
+    Target {
+        remote: Loc::of(node),
+        local: Loc::of(node),
+        attrs: node.attrs.clone(),
+        from_local,
+        copy: None,
+        merged_from: None,
+    }
+}
+
+/// Whether the three states agree on everything the planner compares (revisions aside).
+fn unchanged(remote: &Option<NodeRef<'_>>, local: &Option<NodeRef<'_>>, synced: &Option<NodeRef<'_>>) -> bool {
+    match (remote.as_deref(), local.as_deref(), synced.as_deref()) {
+        (Some(remote), Some(local), Some(synced)) => same_state(remote, local) && same_state(remote, synced),
+        _ => false,
+    }
+}
+
+/// Equal place, kind and attributes.
+pub(super) fn same_state(a: &Node, b: &Node) -> bool {
+    a.parent == b.parent && a.name == b.name && a.kind == b.kind && a.attrs == b.attrs
+}
+
+/// The merged place of a node both sides have, and whether it came from LOCAL.
+fn merge_place(base: Option<&Node>, remote: &Node, local: &Node) -> (Loc, bool) {
+    let same = |a: &Node, b: &Node| a.parent == b.parent && a.name == b.name;
+    if same(remote, local) || base.is_some_and(|base| same(base, local)) {
+        (Loc::of(remote), false)
+    } else if base.is_some_and(|base| same(base, remote)) {
+        (Loc::of(local), true)
+    } else {
+        // Both moved it: the move the server committed first wins; the local one is undone.
+        (Loc::of(remote), false)
+    }
+}
+
+/// The merged attributes, or `None` when both sides changed the content differently.
+fn merge_attrs(base: Option<&Attrs>, remote: &Attrs, local: &Attrs) -> Option<Attrs> {
+    let changed = |side: &Attrs| base.is_none_or(|base| !side.same_content(base));
+    let mut merged = if remote.same_content(local) {
+        Attrs {
+            size: three_way(base.map(|base| base.size), remote.size, local.size),
+            mtime_ns: three_way(base.map(|base| base.mtime_ns), remote.mtime_ns, local.mtime_ns),
+            ..remote.clone()
+        }
+    } else if !changed(local) {
+        remote.clone()
+    } else if !changed(remote) {
+        // The content, its size and its mtime travel together.
+        local.clone()
+    } else {
+        return None;
+    };
+    merged.executable = three_way(base.map(|base| base.executable), remote.executable, local.executable);
+    Some(merged)
+}
+
+/// One field, three ways: a one-sided change wins; when both changed it differently, REMOTE wins.
+fn three_way<V: PartialEq>(base: Option<V>, remote: V, local: V) -> V {
+    match base {
+        Some(base) if remote == base => local,
+        _ => remote,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ContentHash;
+
+    fn attrs(content: u8, mtime_ns: i64, executable: bool) -> Attrs {
+        Attrs { size: 1, mtime_ns, executable, content: Some(ContentHash::of(&[content])), symlink_target: None }
+    }
+
+    #[test]
+    fn one_sided_content_changes_win_and_carry_their_mtime() {
+        let base = attrs(1, 10, false);
+        assert_eq!(merge_attrs(Some(&base), &attrs(2, 20, false), &base), Some(attrs(2, 20, false)));
+        assert_eq!(merge_attrs(Some(&base), &base, &attrs(3, 30, false)), Some(attrs(3, 30, false)));
+    }
+
+    #[test]
+    fn metadata_merges_field_by_field() {
+        let base = attrs(1, 10, false);
+        let remote = attrs(1, 20, false);
+        let local = attrs(1, 10, true);
+        assert_eq!(merge_attrs(Some(&base), &remote, &local), Some(attrs(1, 20, true)));
+        // Both changed the mtime: the server's wins, the executable bit still merges.
+        assert_eq!(merge_attrs(Some(&base), &remote, &attrs(1, 30, true)), Some(attrs(1, 20, true)));
+    }
+
+    #[test]
+    fn different_edits_on_both_sides_conflict_and_equal_ones_do_not() {
+        let base = attrs(1, 10, false);
+        assert_eq!(merge_attrs(Some(&base), &attrs(2, 20, false), &attrs(3, 30, false)), None);
+        assert_eq!(merge_attrs(Some(&base), &attrs(2, 20, false), &attrs(2, 30, false)), Some(attrs(2, 20, false)));
+        assert_eq!(merge_attrs(None, &attrs(2, 20, false), &attrs(3, 20, false)), None);
+    }
+}

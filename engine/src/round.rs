@@ -1,0 +1,427 @@
+//! One sync round: pull the server's journal into REMOTE, plan, run the plan.
+//!
+//! A round is idempotent and re-entrant (ADR-0022): it can stop at any point (crash, network loss) and
+//! the next round recomputes the plan from the persisted trees. It never plans from a half-pulled
+//! REMOTE: our own commits raise a pull target, and planning waits until the cursor reaches it.
+//!
+//! Execution order follows the plan's dependencies. Local ops are database changes (placeholders) and
+//! run at once under the state lock, in plan order. Remote ops run after them: content is uploaded
+//! first (only chunks the server lacks), then the ops are committed in order, in batches, each batch one
+//! transaction on the server. Ops that depend on something not run this round wait for the next round.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use bvfs_proto::v1;
+
+use crate::api::{Engine, EngineError};
+use crate::execute::LocalEffects;
+use crate::model::{NodeId, NodeIdSet};
+use crate::planner::{ConflictTime, OpId, OpKind, Plan, PlanContext, PlannedOp, Planner, Report, Side};
+use crate::remote::RemoteError;
+use crate::residency::StateResidency;
+use crate::state::Table;
+use crate::state::pull::{PULL_TARGET, SNAPSHOT_AFTER, SNAPSHOT_AT};
+
+/// How a round ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Journal changes applied to REMOTE.
+    pub pulled: usize,
+    /// Ops planned.
+    pub planned: usize,
+    /// Local ops applied.
+    pub local_applied: usize,
+    /// Remote ops committed.
+    pub committed: usize,
+    /// Whether anything is left for another round (ops deferred, or a commit was refused).
+    pub more: bool,
+}
+
+impl RoundReport {
+    /// Whether the round found the trees converged.
+    pub fn idle(&self) -> bool {
+        self.planned == 0 && !self.more
+    }
+}
+
+/// Why a round stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<crate::state::StateError> for RoundError {
+    fn from(e: crate::state::StateError) -> Self {
+        RoundError::Engine(e.into())
+    }
+}
+
+impl From<crate::state::pull::PullError> for RoundError {
+    fn from(e: crate::state::pull::PullError) -> Self {
+        RoundError::Engine(e.into())
+    }
+}
+
+/// Page sizes of pulls.
+const CHANGES_PAGE: u32 = 1_000;
+const SNAPSHOT_PAGE: u32 = 5_000;
+
+impl Engine {
+    /// Runs one round: pull, plan, execute. Errors leave everything consistent; call again later.
+    pub async fn sync_round(&self) -> Result<RoundReport, RoundError> {
+        let mut report = RoundReport::default();
+        let result = self.round(&mut report).await;
+        match &result {
+            Err(RoundError::Remote(e)) if e.is_transient() => self.online.store(false, Ordering::Relaxed),
+            Err(_) => {}
+            Ok(()) => self.online.store(true, Ordering::Relaxed),
+        }
+        result.map(|()| report)
+    }
+
+    async fn round(&self, report: &mut RoundReport) -> Result<(), RoundError> {
+        report.pulled = self.pull().await?;
+        self.adopt_orphans()?;
+        let plan = self.plan_and_apply_local(report)?;
+        let Some(plan) = plan else {
+            return Ok(());
+        };
+        self.run_remote_ops(&plan, report).await
+    }
+
+    /// Pulls until REMOTE is at (or past) the pull target and the journal head seen. Returns how many
+    /// changes were applied.
+    pub async fn pull(&self) -> Result<usize, RoundError> {
+        let mut applied = 0;
+        loop {
+            let (cursor, snapshot_at, snapshot_after, target) = {
+                let state = self.state.lock();
+                (
+                    state.meta_u64(crate::state::pull::CURSOR)?.unwrap_or(0),
+                    state.meta_u64(SNAPSHOT_AT)?,
+                    state.meta_text(SNAPSHOT_AFTER).ok().flatten(),
+                    state.meta_u64(PULL_TARGET)?.unwrap_or(0),
+                )
+            };
+            let _ = snapshot_after;
+            if cursor == 0 && snapshot_at.is_none() {
+                // First sync (or a rebuild): take a consistent snapshot rather than replaying history.
+                let hello = self.remote.hello().await?;
+                self.online.store(true, Ordering::Relaxed);
+                if hello.head > 0 {
+                    self.start_snapshot(hello.head)?;
+                    continue;
+                }
+                return Ok(applied);
+            }
+            if let Some(at) = snapshot_at {
+                applied += self.pull_snapshot_page(at).await?;
+                continue;
+            }
+            let page = match self.remote.list_changes(cursor, CHANGES_PAGE).await {
+                Err(RemoteError::Rejected { reason, .. }) if reason == "cursor-ahead" => {
+                    tracing::warn!(cursor, "the server's journal is behind this device: rebuilding from a snapshot");
+                    self.state.lock().transaction(|t| t.set_meta(crate::state::pull::CURSOR, 0i64))?;
+                    continue;
+                }
+                other => other?,
+            };
+            self.online.store(true, Ordering::Relaxed);
+            applied += page.changes.len();
+            self.state
+                .lock()
+                .transaction(|t| t.apply_changes(&page.changes, page.next_cursor))?;
+            if !page.has_more && page.next_cursor >= target {
+                return Ok(applied);
+            }
+            if !page.has_more && page.changes.is_empty() {
+                // The server has not yet shown our own commit (it cannot lag; but never spin).
+                return Ok(applied);
+            }
+        }
+    }
+
+    fn start_snapshot(&self, at: u64) -> Result<(), RoundError> {
+        self.state.lock().transaction(|t| {
+            // REMOTE is rebuilt from the snapshot: forget what it held, planning each id again.
+            let ids = t.tree(Table::Remote).all_ids()?;
+            for id in ids.into_iter().filter(|id| !id.is_root()) {
+                t.remove_node(Table::Remote, id)?;
+                t.mark_changed(id)?;
+            }
+            t.set_meta(SNAPSHOT_AT, at as i64)
+        })?;
+        Ok(())
+    }
+
+    async fn pull_snapshot_page(&self, at: u64) -> Result<usize, RoundError> {
+        let after = self
+            .state
+            .lock()
+            .read(|t| t.meta_blob(SNAPSHOT_AFTER))?
+            .unwrap_or_default();
+        let page = self.remote.snapshot(at, after, SNAPSHOT_PAGE).await?;
+        let next = if page.next_after_id.is_empty() {
+            None
+        } else {
+            Some(crate::wire::node_id(&page.next_after_id).map_err(|e| EngineError::Io(std::io::Error::other(e)))?)
+        };
+        let count = page.nodes.len();
+        self.state
+            .lock()
+            .transaction(|t| t.apply_snapshot_page(&page.nodes, next))?
+            .map_err(|e| EngineError::Io(std::io::Error::other(e)))?;
+        Ok(count)
+    }
+
+    /// Plans and applies the local side. Returns the plan when remote ops remain to run.
+    fn plan_and_apply_local(&self, report: &mut RoundReport) -> Result<Option<Plan>, RoundError> {
+        let mut state = self.state.lock();
+        let (changed, mark) = state.changed_ids()?;
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        let confirmed: NodeIdSet = state.read(|t| t.confirmed_deletes())?;
+        let blocked: NodeIdSet = state.read(|t| t.blocked_ids())?;
+        let plan = {
+            let remote = state.tree(Table::Remote);
+            let local = state.tree(Table::Local);
+            let synced = state.tree(Table::Synced);
+            let residency = StateResidency::new(&state, &self.cache, &self.files);
+            let ctx = PlanContext {
+                device: &self.config.device,
+                conflict_time: ConflictTime::from_unix_utc(self.clock.now_ns().div_euclid(1_000_000_000)),
+                names: crate::model::NamePolicy::default(),
+                brake: self.config.brake,
+                namespace_size: remote.count()?,
+                residency: &residency,
+                confirmed_deletes: &confirmed,
+            };
+            let plan = Planner::plan(&remote, &local, &synced, changed, &ctx);
+            for view in [&remote, &local, &synced] {
+                if let Some(e) = view.take_error() {
+                    return Err(e.into());
+                }
+            }
+            plan
+        };
+        report.planned = plan.ops.len();
+        state.transaction(|t| t.record_plan_outcome(&plan))?;
+        if plan.ops.is_empty() {
+            let keep: Vec<NodeId> = plan
+                .held_deletes
+                .iter()
+                .map(|h| h.id)
+                .chain(plan.reported.iter().map(Report::node))
+                .collect();
+            state.transaction(|t| t.clear_changed_through(mark, &keep))?;
+            return Ok(None);
+        }
+        let mut done: HashSet<OpId> = HashSet::new();
+        let mut effects = LocalEffects::default();
+        state.transaction(|t| -> Result<(), EngineError> {
+            for op in &plan.ops {
+                if op.kind.side() == Some(Side::Remote) || !op.deps.iter().all(|d| done.contains(d)) {
+                    continue;
+                }
+                if op.kind.node().is_some_and(|id| blocked.contains(&id)) {
+                    continue;
+                }
+                if self.apply_local_op(t, op, &mut effects)? {
+                    done.insert(op.id);
+                    report.local_applied += 1;
+                }
+            }
+            Ok(())
+        })?;
+        drop(state);
+        self.apply_file_ops(&effects.files);
+        self.invalidate(effects.invalidations);
+        if !effects.fetch.is_empty() {
+            self.fetcher.prefetch(effects.fetch);
+        }
+        let remote_left = plan.ops.iter().any(|op| !done.contains(&op.id));
+        report.more = remote_left;
+        if !remote_left {
+            return Ok(None);
+        }
+        // Remote ops see the local ops done this round as satisfied dependencies.
+        let mut plan = plan;
+        for op in &mut plan.ops {
+            op.deps.retain(|d| !done.contains(d));
+        }
+        plan.ops.retain(|op| !done.contains(&op.id));
+        Ok(Some(plan))
+    }
+
+    /// Runs the remote ops whose dependencies are met, in plan order: upload, then commit in batches.
+    async fn run_remote_ops(&self, plan: &Plan, report: &mut RoundReport) -> Result<(), RoundError> {
+        let mut runnable: Vec<&PlannedOp> = Vec::new();
+        let mut in_batch: HashSet<OpId> = HashSet::new();
+        let blocked = self.state.lock().read(|t| t.blocked_ids())?;
+        for op in &plan.ops {
+            let ready = op.kind.side() == Some(Side::Remote)
+                && op.deps.iter().all(|d| in_batch.contains(d))
+                && !op.kind.node().is_some_and(|id| blocked.contains(&id));
+            if ready {
+                in_batch.insert(op.id);
+                runnable.push(op);
+            }
+        }
+        report.more = true;
+        let mut wire_ops = Vec::with_capacity(runnable.len());
+        let mut committed_ops = Vec::with_capacity(runnable.len());
+        for op in runnable {
+            match self.prepare_remote_op(op).await {
+                Ok(Some(wire)) => {
+                    wire_ops.push(wire);
+                    committed_ops.push(op);
+                }
+                // The local content moved on since planning: the next round plans the new content.
+                Ok(None) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        for (wire, ops) in wire_ops
+            .chunks(self.config.commit_batch.max(1))
+            .zip(committed_ops.chunks(self.config.commit_batch.max(1)))
+        {
+            match self.remote.commit(wire.to_vec()).await {
+                Ok(response) => {
+                    report.committed += ops.len();
+                    self.record_commit(ops, &response)?;
+                }
+                Err(e @ RemoteError::Rejected { .. }) => {
+                    self.record_rejection(ops, &e)?;
+                    // Whatever changed on the server, the next round pulls it and plans again.
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The wire op for a remote op, after uploading its content. `None` if the content to upload is no
+    /// longer what the plan saw.
+    async fn prepare_remote_op(&self, op: &PlannedOp) -> Result<Option<v1::Op>, RoundError> {
+        use v1::op::Op as W;
+        let wire = match &op.kind {
+            OpKind::RemoteCreate { node, upload } => {
+                let manifest = self.content_manifest(node.kind, &node.attrs)?;
+                if *upload && !self.upload(node.id, manifest.as_ref()).await? {
+                    return Ok(None);
+                }
+                W::Create(v1::CreateOp {
+                    id: node.id.to_bytes().to_vec(),
+                    parent_id: node.parent.to_bytes().to_vec(),
+                    name: node.name.clone(),
+                    kind: crate::wire::kind_to_proto(node.kind) as i32,
+                    attrs: Some(crate::wire::attrs_to_proto(node.kind, &node.attrs, manifest.as_ref())),
+                })
+            }
+            OpKind::RemoteUpdate { id, base_revision, attrs, upload } => {
+                let kind = self.remote_kind(*id)?;
+                let manifest = self.content_manifest(kind, attrs)?;
+                if *upload && !self.upload(*id, manifest.as_ref()).await? {
+                    return Ok(None);
+                }
+                W::Update(v1::UpdateOp {
+                    id: id.to_bytes().to_vec(),
+                    base_revision: *base_revision,
+                    attrs: Some(crate::wire::attrs_to_proto(kind, attrs, manifest.as_ref())),
+                })
+            }
+            OpKind::RemoteMove { id, base_revision, parent, name } => W::Move(v1::MoveOp {
+                id: id.to_bytes().to_vec(),
+                base_revision: *base_revision,
+                new_parent_id: parent.to_bytes().to_vec(),
+                new_name: name.clone(),
+            }),
+            OpKind::RemoteDelete { id, base_revision } => W::Delete(v1::DeleteOp {
+                id: id.to_bytes().to_vec(),
+                base_revision: *base_revision,
+            }),
+            _ => unreachable!("only remote ops are prepared"),
+        };
+        Ok(Some(v1::Op { op: Some(wire) }))
+    }
+
+    fn remote_kind(&self, id: NodeId) -> Result<crate::model::NodeKind, RoundError> {
+        let state = self.state.lock();
+        let node = state.tree(Table::Remote).node(id)?;
+        let node = match node {
+            Some(n) => n,
+            None => state
+                .tree(Table::Local)
+                .node(id)?
+                .ok_or_else(|| EngineError::Local(crate::state::local::LocalError::NotFound))?,
+        };
+        Ok(node.kind)
+    }
+
+    fn content_manifest(
+        &self,
+        kind: crate::model::NodeKind,
+        attrs: &crate::model::Attrs,
+    ) -> Result<Option<crate::chunking::Manifest>, RoundError> {
+        if kind != crate::model::NodeKind::File {
+            return Ok(None);
+        }
+        let hash = attrs.content.unwrap_or(crate::chunking::Manifest::empty().hash);
+        let manifest = self.state.lock().manifest(&hash)?;
+        match manifest {
+            Some(m) => Ok(Some(m)),
+            None if hash == crate::chunking::Manifest::empty().hash => Ok(Some(crate::chunking::Manifest::empty())),
+            None => Err(EngineError::UnknownContent(hash.to_hex()).into()),
+        }
+    }
+
+    /// Records a successful commit: REMOTE and SYNCED take the committed states.
+    fn record_commit(&self, ops: &[&PlannedOp], response: &v1::CommitResponse) -> Result<(), RoundError> {
+        self.state.lock().transaction(|t| -> Result<(), EngineError> {
+            for (op, node) in ops.iter().zip(&response.nodes) {
+                let (node, manifest) =
+                    crate::wire::node_from_proto(node).map_err(|e| EngineError::Io(std::io::Error::other(e)))?;
+                if let Some(m) = &manifest {
+                    t.put_manifest(m)?;
+                }
+                if matches!(op.kind, OpKind::RemoteDelete { .. }) {
+                    t.remove_node(Table::Remote, node.id)?;
+                } else {
+                    t.put_node(Table::Remote, &node)?;
+                }
+                t.apply_synced(&op.synced, Some(node.revision))?;
+                t.clear_sync_error(node.id)?;
+                t.mark_changed(node.id)?;
+            }
+            let target = t.meta_u64(PULL_TARGET)?.unwrap_or(0).max(response.cursor);
+            t.set_meta(PULL_TARGET, target as i64)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Records a refused commit against the op it names, so a node that keeps failing for a reason a
+    /// retry cannot fix stops blocking the others.
+    fn record_rejection(&self, ops: &[&PlannedOp], error: &RemoteError) -> Result<(), RoundError> {
+        let RemoteError::Rejected { op_index, reason, message, .. } = error else {
+            return Ok(());
+        };
+        tracing::info!(%reason, %message, "the server refused a commit; pulling and planning again");
+        if error.is_stale() {
+            return Ok(());
+        }
+        let op = op_index.and_then(|i| ops.get(i)).or(ops.first());
+        if let Some(id) = op.and_then(|op| op.kind.node()) {
+            self.state
+                .lock()
+                .transaction(|t| t.record_sync_error(id, &format!("{reason}: {message}")))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! The background sync loop: when to run a round.
+//!
+//! A round runs when a local change wakes the engine (after a short debounce, so a burst of writes
+//! becomes one upload), when the server pushes "namespace advanced" (`Subscribe`, a hint only), and
+//! periodically as a safety net. Failures back off exponentially with jitter, up to a minute; the
+//! first success after an outage brings the device back online and catches up on everything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::Engine;
+use crate::round::RoundError;
+
+/// Timing of the loop.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopTiming {
+    /// Wait this long after a local change for more before syncing.
+    pub debounce: Duration,
+    /// Run a round at least this often even without any signal.
+    pub poll: Duration,
+    /// First and largest wait after a failure.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for LoopTiming {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(200),
+            poll: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The running loop; dropping it does not stop it, [`SyncLoop::stop`] does.
+pub struct SyncLoop {
+    stop: watch::Sender<bool>,
+    rounds: JoinHandle<()>,
+    notifications: JoinHandle<()>,
+}
+
+impl SyncLoop {
+    /// Starts the loop on the current tokio runtime.
+    pub fn start(engine: Arc<Engine>, timing: LoopTiming) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let notifications = tokio::spawn(listen_for_heads(engine.clone(), stop_rx.clone(), timing));
+        let rounds = tokio::spawn(run_rounds(engine, stop_rx, timing));
+        Self {
+            stop,
+            rounds,
+            notifications,
+        }
+    }
+
+    /// Stops the loop after the round in progress (if any) and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.rounds.await;
+        self.notifications.abort();
+        let _ = self.notifications.await;
+    }
+}
+
+/// A wait in `[d/2, d]`, so that devices retrying after one outage do not all come back at once.
+fn jittered(d: Duration) -> Duration {
+    let nanos = d.as_nanos() as u64;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos() as u64)
+        .unwrap_or(0);
+    Duration::from_nanos(nanos / 2 + seed % (nanos / 2 + 1))
+}
+
+async fn run_rounds(engine: Arc<Engine>, mut stop: watch::Receiver<bool>, timing: LoopTiming) {
+    let mut backoff = timing.backoff_min;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let outcome = engine.sync_round().await;
+        let wait = match outcome {
+            Ok(report) if !report.idle() => {
+                backoff = timing.backoff_min;
+                tracing::debug!(?report, "sync round");
+                continue;
+            }
+            Ok(_) => {
+                backoff = timing.backoff_min;
+                None
+            }
+            Err(RoundError::Remote(e)) if e.is_transient() => {
+                tracing::info!("offline: {e}; retrying in about {backoff:?}");
+                Some(backoff)
+            }
+            Err(e) => {
+                tracing::error!("sync round failed: {e}");
+                Some(backoff)
+            }
+        };
+        if let Some(wait) = wait {
+            backoff = (backoff * 2).min(timing.backoff_max);
+            tokio::select! {
+                _ = tokio::time::sleep(jittered(wait)) => {}
+                _ = engine.wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
+        // Idle: wait for a local change (debounced), a push, or the poll interval.
+        tokio::select! {
+            _ = engine.wake.notified() => {
+                tokio::time::sleep(timing.debounce).await;
+            }
+            _ = tokio::time::sleep(timing.poll) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Keeps a `Subscribe` stream open and wakes the round loop on every head it reports.
+async fn listen_for_heads(engine: Arc<Engine>, mut stop: watch::Receiver<bool>, timing: LoopTiming) {
+    let mut backoff = timing.backoff_min;
+    loop {
+        let cursor = engine.cursor().unwrap_or(0);
+        match engine.remote.subscribe(cursor).await {
+            Ok(mut stream) => {
+                backoff = timing.backoff_min;
+                loop {
+                    tokio::select! {
+                        event = stream.next() => match event {
+                            Some(Ok(_head)) => engine.wake.notify_one(),
+                            Some(Err(e)) => {
+                                tracing::debug!("notification stream ended: {e}");
+                                break;
+                            }
+                            None => break,
+                        },
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("cannot subscribe to notifications: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(jittered(backoff)) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(timing.backoff_max);
+    }
+}
+
+impl Engine {
+    /// The cursor REMOTE has reached.
+    pub fn cursor(&self) -> crate::state::StateResult<u64> {
+        Ok(self.state.lock().meta_u64(crate::state::pull::CURSOR)?.unwrap_or(0))
+    }
+
+    /// Runs rounds until one finds nothing to do (or `max_rounds`), for tests and `bvfs sync --once`.
+    pub async fn sync_until_idle(&self, max_rounds: usize) -> Result<usize, RoundError> {
+        for round in 1..=max_rounds {
+            if self.sync_round().await?.idle() {
+                return Ok(round);
+            }
+        }
+        Ok(max_rounds)
+    }
+}

@@ -1,0 +1,342 @@
+//! The engine's durable state in SQLite (DESIGN D1, D4, D9): the three trees, the cursor, stable inode
+//! numbers, pins, manifests, the set of changed ids, materialized files, conflicts, held deletes.
+//!
+//! One connection, used under the engine's lock; WAL mode with `synchronous=FULL`, so a local mutation
+//! is durable when its transaction commits, before the filesystem call returns. The database is a
+//! rebuildable cache of the server and the materialized files ([`crate::rebuild`]).
+//!
+//! Submodules: [`schema`] (tables, migrations), [`trees`] (row ⇄ node, the planner's `TreeView`),
+//! [`local`] (the mutations the mount makes), [`pull`] (applying the server's journal to REMOTE).
+
+pub mod local;
+pub mod outcomes;
+pub mod pull;
+pub mod schema;
+pub mod trees;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::chunking::{ChunkId, ChunkRef, Manifest};
+use crate::model::{ContentHash, NodeId};
+
+pub use trees::{SqlTree, Table};
+
+/// Failures of the state database.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("engine database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("engine database {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{0}")]
+    Schema(String),
+}
+
+pub type StateResult<T> = Result<T, StateError>;
+
+/// The engine database.
+pub struct State {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Inode number of the root directory (FUSE's root id).
+pub const ROOT_INO: u64 = 1;
+
+impl State {
+    /// Opens or creates the database at `path` and checks it is sound.
+    pub fn open(path: &Path) -> StateResult<Self> {
+        let err = |source| StateError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA cache_size = -32768;
+             PRAGMA temp_store = MEMORY;",
+        )
+        .map_err(err)?;
+        let quick: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(err)?;
+        if quick != "ok" {
+            return Err(StateError::Corrupt {
+                path: path.to_owned(),
+                detail: quick,
+            });
+        }
+        schema::migrate(&mut conn).map_err(err)?.map_err(StateError::Schema)?;
+        let state = Self {
+            conn,
+            path: path.to_owned(),
+        };
+        state.ensure_roots()?;
+        Ok(state)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The raw connection, for the modules of this crate.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn sql_err(&self, source: rusqlite::Error) -> StateError {
+        StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Runs `f` in one transaction (`BEGIN IMMEDIATE`): everything or nothing, durable on return.
+    /// An error from `f` rolls the transaction back.
+    pub fn transaction<T, E: From<StateError>>(&mut self, f: impl FnOnce(&Txn<'_>) -> Result<T, E>) -> Result<T, E> {
+        let path = self.path.clone();
+        let err = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let txn = Txn { tx, path: &path };
+        let value = f(&txn)?;
+        txn.tx.commit().map_err(err)?;
+        Ok(value)
+    }
+
+    /// Runs `f` in a read transaction: a consistent view, no writes expected.
+    pub fn read<T, E: From<StateError>>(&self, f: impl FnOnce(&Txn<'_>) -> Result<T, E>) -> Result<T, E> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.sql_err(e))?;
+        let txn = Txn { tx, path: &self.path };
+        let value = f(&txn);
+        // Nothing was written: ending the transaction either way releases the snapshot.
+        let _ = txn.tx.rollback();
+        value
+    }
+
+    /// A read-only view of one tree.
+    pub fn tree(&self, table: Table) -> SqlTree<'_> {
+        SqlTree::new(&self.conn, table, &self.path)
+    }
+
+    fn ensure_roots(&self) -> StateResult<()> {
+        let root = NodeId::ROOT.to_bytes();
+        for table in [Table::Remote, Table::Synced] {
+            self.conn
+                .execute(
+                    &format!(
+                        "INSERT OR IGNORE INTO {} (id, parent, name, kind, size, mtime_ns, executable, revision)
+                         VALUES (?1, ?1, '', 1, 0, 0, 0, 0)",
+                        table.name()
+                    ),
+                    [&root[..]],
+                )
+                .map_err(|e| self.sql_err(e))?;
+        }
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO local (id, parent, name, kind, size, mtime_ns, executable, revision, ino)
+                 VALUES (?1, ?1, '', 1, 0, 0, 0, 0, ?2)",
+                params![&root[..], ROOT_INO as i64],
+            )
+            .map_err(|e| self.sql_err(e))?;
+        Ok(())
+    }
+
+    /// A meta value.
+    pub fn meta_u64(&self, key: &str) -> StateResult<Option<u64>> {
+        meta_u64(&self.conn, key).map_err(|e| self.sql_err(e))
+    }
+
+    pub fn meta_text(&self, key: &str) -> StateResult<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// The manifest of a content hash, if known.
+    pub fn manifest(&self, hash: &ContentHash) -> StateResult<Option<Manifest>> {
+        manifest(&self.conn, hash, &self.path)
+    }
+
+    /// How many ids are waiting to be planned.
+    pub fn changed_count(&self) -> StateResult<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM changed", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// The ids waiting to be planned, and the highest mark among them.
+    pub fn changed_ids(&self) -> StateResult<(Vec<NodeId>, i64)> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, id FROM changed ORDER BY seq")
+            .map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .map_err(|e| self.sql_err(e))?;
+        let (mut ids, mut last) = (Vec::new(), 0);
+        for row in rows {
+            let (seq, bytes) = row.map_err(|e| self.sql_err(e))?;
+            ids.push(NodeId::from_bytes(&bytes).ok_or_else(|| self.corrupt("a changed id is not 16 bytes"))?);
+            last = seq;
+        }
+        Ok((ids, last))
+    }
+
+    pub(crate) fn corrupt(&self, detail: &str) -> StateError {
+        StateError::Corrupt {
+            path: self.path.clone(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// One write transaction of the state database.
+pub struct Txn<'a> {
+    tx: rusqlite::Transaction<'a>,
+    path: &'a Path,
+}
+
+impl Txn<'_> {
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.tx
+    }
+
+    pub(crate) fn err(&self, source: rusqlite::Error) -> StateError {
+        StateError::Sqlite {
+            path: self.path.to_owned(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(&self, detail: &str) -> StateError {
+        StateError::Corrupt {
+            path: self.path.to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+
+    pub fn tree(&self, table: Table) -> SqlTree<'_> {
+        SqlTree::new(&self.tx, table, self.path)
+    }
+
+    /// Marks an id for the next plan.
+    pub fn mark_changed(&self, id: NodeId) -> StateResult<()> {
+        self.tx
+            .prepare_cached("INSERT OR REPLACE INTO changed (id) VALUES (?1)")
+            .and_then(|mut s| s.execute([&id.to_bytes()[..]]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Forgets the ids marked at or before `seq` (a plan covering them found nothing to do), except
+    /// `keep` (ids the plan held or reported, which stay pending).
+    pub fn clear_changed_through(&self, seq: i64, keep: &[NodeId]) -> StateResult<()> {
+        self.tx
+            .execute("DELETE FROM changed WHERE seq <= ?1", [seq])
+            .map_err(|e| self.err(e))?;
+        for id in keep {
+            self.tx
+                .prepare_cached("INSERT OR IGNORE INTO changed (id) VALUES (?1)")
+                .and_then(|mut s| s.execute([&id.to_bytes()[..]]))
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    pub fn set_meta(&self, key: &str, value: impl rusqlite::ToSql) -> StateResult<()> {
+        self.tx
+            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![key, value]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn meta_u64(&self, key: &str) -> StateResult<Option<u64>> {
+        meta_u64(&self.tx, key).map_err(|e| self.err(e))
+    }
+
+    pub fn delete_meta(&self, key: &str) -> StateResult<()> {
+        self.tx
+            .execute("DELETE FROM meta WHERE key = ?1", [key])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Stores a manifest (idempotent).
+    pub fn put_manifest(&self, manifest: &Manifest) -> StateResult<()> {
+        let mut packed = Vec::with_capacity(manifest.chunks.len() * 36);
+        for chunk in &manifest.chunks {
+            packed.extend_from_slice(&chunk.id.0);
+            packed.extend_from_slice(&chunk.len.to_le_bytes());
+        }
+        self.tx
+            .prepare_cached("INSERT OR IGNORE INTO manifests (hash, size, chunks) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![&manifest.hash.0[..], manifest.size as i64, packed]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn manifest(&self, hash: &ContentHash) -> StateResult<Option<Manifest>> {
+        manifest(&self.tx, hash, self.path)
+    }
+}
+
+fn meta_u64(conn: &Connection, key: &str) -> rusqlite::Result<Option<u64>> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map(|v| v as u64))
+}
+
+fn manifest(conn: &Connection, hash: &ContentHash, path: &Path) -> StateResult<Option<Manifest>> {
+    let err = |source| StateError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let row: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT size, chunks FROM manifests WHERE hash = ?1")
+        .map_err(err)?
+        .query_row([&hash.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(err)?;
+    let Some((size, packed)) = row else {
+        return Ok(None);
+    };
+    if packed.len() % 36 != 0 {
+        return Err(StateError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("manifest {hash} is {} bytes, not a multiple of 36", packed.len()),
+        });
+    }
+    let chunks = packed
+        .chunks_exact(36)
+        .map(|c| ChunkRef {
+            id: ChunkId(c[..32].try_into().expect("36-byte record")),
+            len: u32::from_le_bytes(c[32..].try_into().expect("36-byte record")),
+        })
+        .collect();
+    Ok(Some(Manifest {
+        hash: *hash,
+        size: size as u64,
+        chunks,
+    }))
+}

@@ -1,0 +1,103 @@
+//! Applying what the server says to the REMOTE tree: journal pages (`ListChanges`) and snapshot pages
+//! (first sync). Each page is one transaction together with the cursor it reaches, so a crash resumes
+//! from the last applied page and the cursor never moves backwards.
+
+use bvfs_proto::v1;
+
+use super::{StateResult, Table, Txn};
+use crate::model::NodeId;
+use crate::wire::{WireError, node_from_proto};
+
+/// Meta keys of the pull position.
+pub const CURSOR: &str = "cursor";
+/// While a first sync runs: the cursor the snapshot is taken at, and the id to continue after.
+pub const SNAPSHOT_AT: &str = "snapshot_at";
+pub const SNAPSHOT_AFTER: &str = "snapshot_after";
+/// The lowest cursor REMOTE must reach before the next plan (set by our own commits).
+pub const PULL_TARGET: &str = "pull_target";
+
+/// Why a page could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    State(#[from] super::StateError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("the server's journal jumped from cursor {cursor} to {seq}: refusing a gap")]
+    Gap { cursor: u64, seq: u64 },
+}
+
+impl Txn<'_> {
+    /// The cursor: the last journal sequence applied to REMOTE.
+    pub fn cursor(&self) -> StateResult<u64> {
+        Ok(self.meta_u64(CURSOR)?.unwrap_or(0))
+    }
+
+    /// Applies one page of journal changes in order and advances the cursor to `next_cursor`.
+    pub fn apply_changes(&self, changes: &[v1::Change], next_cursor: u64) -> Result<(), PullError> {
+        let mut cursor = self.cursor()?;
+        for change in changes {
+            if change.seq <= cursor {
+                continue; // Already applied (a repeated page after a lost response).
+            }
+            if change.seq != cursor + 1 {
+                return Err(PullError::Gap { cursor, seq: change.seq });
+            }
+            let node = change
+                .node
+                .as_ref()
+                .ok_or_else(|| WireError(format!("change {} has no node", change.seq)))?;
+            let (node, manifest) = node_from_proto(node)?;
+            if node.id.is_root() {
+                return Err(WireError("a change to the root".into()).into());
+            }
+            if let Some(manifest) = &manifest {
+                self.put_manifest(manifest)?;
+            }
+            match v1::ChangeKind::try_from(change.kind) {
+                Ok(v1::ChangeKind::Upsert) => self.put_node(Table::Remote, &node)?,
+                Ok(v1::ChangeKind::Delete) => self.remove_node(Table::Remote, node.id)?,
+                _ => return Err(WireError(format!("change {} has an unknown kind", change.seq)).into()),
+            }
+            self.mark_changed(node.id)?;
+            cursor = change.seq;
+        }
+        if next_cursor > cursor {
+            return Err(PullError::Gap {
+                cursor,
+                seq: next_cursor,
+            });
+        }
+        self.set_meta(CURSOR, cursor as i64)?;
+        Ok(())
+    }
+
+    /// Applies one snapshot page: every node in it is put into REMOTE as of the snapshot cursor.
+    pub fn apply_snapshot_page(&self, nodes: &[v1::Node], next_after: Option<NodeId>) -> StateResult<Result<(), WireError>> {
+        for node in nodes {
+            let (node, manifest) = match node_from_proto(node) {
+                Ok(parsed) => parsed,
+                Err(e) => return Ok(Err(e)),
+            };
+            if node.id.is_root() {
+                continue;
+            }
+            if let Some(manifest) = &manifest {
+                self.put_manifest(manifest)?;
+            }
+            self.put_node(Table::Remote, &node)?;
+            self.mark_changed(node.id)?;
+        }
+        match next_after {
+            Some(id) => self.set_meta(SNAPSHOT_AFTER, id.to_bytes().to_vec())?,
+            None => {
+                // The snapshot is complete: the cursor is its cursor, and the journal continues from it.
+                let at = self.meta_u64(SNAPSHOT_AT)?.unwrap_or(0);
+                self.set_meta(CURSOR, at as i64)?;
+                self.delete_meta(SNAPSHOT_AT)?;
+                self.delete_meta(SNAPSHOT_AFTER)?;
+            }
+        }
+        Ok(Ok(()))
+    }
+}

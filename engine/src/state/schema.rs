@@ -1,0 +1,100 @@
+//! The engine database schema and its migrations (`PRAGMA user_version`).
+
+use rusqlite::Connection;
+
+/// The schema this build writes.
+pub const VERSION: i64 = 1;
+
+/// The three trees share one shape; LOCAL adds the per-device columns.
+const TREE_COLUMNS: &str = "
+    id BLOB PRIMARY KEY,
+    parent BLOB NOT NULL,
+    name TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    executable INTEGER NOT NULL,
+    content BLOB,
+    symlink TEXT,
+    revision INTEGER NOT NULL";
+
+fn v1() -> String {
+    format!(
+        "
+CREATE TABLE remote ({TREE_COLUMNS}) WITHOUT ROWID;
+CREATE INDEX remote_children ON remote (parent, name);
+CREATE TABLE synced ({TREE_COLUMNS}) WITHOUT ROWID;
+CREATE INDEX synced_children ON synced (parent, name);
+CREATE TABLE local ({TREE_COLUMNS},
+    -- Stable inode number of this local object (kept across renames and re-identification).
+    ino INTEGER NOT NULL UNIQUE,
+    -- Pinned: keep the content local; new children inherit it.
+    pinned INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX local_children ON local (parent, name);
+
+-- Chunk manifests by content hash: chunks is the packed list of (32-byte id, 4-byte LE length).
+CREATE TABLE manifests (
+    hash BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    chunks BLOB NOT NULL
+) WITHOUT ROWID;
+
+-- Ids whose REMOTE, LOCAL and SYNCED states may differ: the planner's input. Marking an id again
+-- gives it a new seq, so a round clears only what it planned (seq <= the seq it started from).
+CREATE TABLE changed (seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB NOT NULL UNIQUE);
+
+-- Files with a writable local copy (cache/files/<ino>): written through the mount.
+CREATE TABLE materialized (
+    ino INTEGER PRIMARY KEY,
+    -- The content hash the copy held when last chunked (NULL: never chunked yet).
+    content BLOB
+);
+
+-- Single values: cursor, snapshot progress, identity.
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+
+-- What happened that the user should know about.
+CREATE TABLE conflicts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ns INTEGER NOT NULL,
+    node BLOB NOT NULL,
+    copy BLOB,
+    description TEXT NOT NULL
+);
+
+-- Deletes the bulk-delete brake holds, and the ones the user confirmed.
+CREATE TABLE held_deletes (
+    id BLOB PRIMARY KEY,
+    side TEXT NOT NULL,
+    path TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE confirmed_deletes (id BLOB PRIMARY KEY) WITHOUT ROWID;
+
+-- Nodes that failed to sync for a reason that retrying will not fix, with the reason.
+CREATE TABLE sync_errors (
+    id BLOB PRIMARY KEY,
+    message TEXT NOT NULL,
+    attempts INTEGER NOT NULL
+) WITHOUT ROWID;
+"
+    )
+}
+
+/// Brings the database to [`VERSION`].
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    match version {
+        0 => {
+            let tx = conn.transaction()?;
+            tx.execute_batch(&v1())?;
+            tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))?;
+            tx.commit()?;
+            Ok(Ok(()))
+        }
+        VERSION => Ok(Ok(())),
+        newer => Ok(Err(format!(
+            "the engine database has schema version {newer}, newer than this bvfs understands ({VERSION})"
+        ))),
+    }
+}

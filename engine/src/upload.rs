@@ -1,0 +1,91 @@
+//! Uploading content before the commit that names it (never "commit first, upload later").
+//!
+//! Only chunks the server lacks are sent (`FindMissingChunks`), so an interrupted upload resumes
+//! without resending what was stored, and an edit in the middle of a large file sends only the chunks
+//! around it. Chunk bytes come from the file's materialized copy (checked against the chunk id: the
+//! file may have been written since it was chunked) or from the chunk cache.
+
+use std::collections::HashSet;
+
+use futures::{StreamExt, TryStreamExt};
+
+use crate::api::{Engine, EngineError};
+use crate::chunking::{ChunkId, Manifest};
+use crate::model::NodeId;
+use crate::round::RoundError;
+
+/// Chunks per `PutChunks` stream, and bytes at most.
+const PUT_BATCH_CHUNKS: usize = 16;
+const PUT_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Ids per `FindMissingChunks` request.
+const FIND_BATCH: usize = 10_000;
+
+impl Engine {
+    /// Makes sure the server has every chunk of `manifest`, the content of node `id`. Returns false if
+    /// the local bytes no longer match the manifest (written since): the caller re-plans.
+    pub(crate) async fn upload(&self, id: NodeId, manifest: Option<&Manifest>) -> Result<bool, RoundError> {
+        let Some(manifest) = manifest.filter(|m| !m.chunks.is_empty()) else {
+            return Ok(true);
+        };
+        let mut unique = Vec::new();
+        let mut seen = HashSet::new();
+        for chunk in &manifest.chunks {
+            if seen.insert(chunk.id) {
+                unique.push(chunk.id);
+            }
+        }
+        let mut missing: HashSet<ChunkId> = HashSet::new();
+        for batch in unique.chunks(FIND_BATCH) {
+            missing.extend(self.remote.find_missing(batch.to_vec()).await?);
+        }
+        if missing.is_empty() {
+            return Ok(true);
+        }
+        let ino = self.state.lock().read(|t| t.local_ino(id))?;
+        // Collect the missing chunks in manifest order, in batches, reading their bytes lazily.
+        let mut batches: Vec<Vec<(ChunkId, u64, u32)>> = vec![Vec::new()];
+        let mut batch_bytes = 0;
+        let mut offset = 0u64;
+        for chunk in &manifest.chunks {
+            if missing.remove(&chunk.id) {
+                let batch = batches.last_mut().expect("never empty");
+                if batch.len() >= PUT_BATCH_CHUNKS || batch_bytes + chunk.len as usize > PUT_BATCH_BYTES {
+                    batches.push(Vec::new());
+                    batch_bytes = 0;
+                }
+                batches.last_mut().expect("never empty").push((chunk.id, offset, chunk.len));
+                batch_bytes += chunk.len as usize;
+            }
+            offset += u64::from(chunk.len);
+        }
+        let sent = futures::stream::iter(batches.into_iter().filter(|b| !b.is_empty()))
+            .map(|batch| self.put_batch(ino, batch))
+            .buffer_unordered(self.config.transfer_concurrency.max(1))
+            .try_collect::<Vec<bool>>()
+            .await?;
+        Ok(sent.into_iter().all(|ok| ok))
+    }
+
+    async fn put_batch(&self, ino: Option<u64>, batch: Vec<(ChunkId, u64, u32)>) -> Result<bool, RoundError> {
+        let mut chunks = Vec::with_capacity(batch.len());
+        for (id, offset, len) in batch {
+            let from_copy = match ino {
+                Some(ino) => self.files.read_chunk(ino, offset, len, id).map_err(EngineError::from)?,
+                None => None,
+            };
+            let data = match from_copy {
+                Some(data) => data,
+                None => match self.cache.get(&id).map_err(EngineError::from)? {
+                    Some(data) => data,
+                    None => {
+                        tracing::info!(chunk = %id, "content changed since it was chunked; planning again");
+                        return Ok(false);
+                    }
+                },
+            };
+            chunks.push((id, data));
+        }
+        self.remote.put_chunks(chunks).await?;
+        Ok(true)
+    }
+}

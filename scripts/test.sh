@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, installing first what the tests need on a Debian machine:
+# fuse3 and attr (real mounts, xattrs), b3sum (hash cross-checks). Run as root for the mount tests.
+#
+#   scripts/test.sh [extra cargo-nextest/cargo-test arguments]
+#
+# Long modes are opt-in: BVFS_PLANNER_CASES=1000000, BVFS_SIM_SEEDS=100000.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v setfattr >/dev/null || need+=(attr)
+command -v b3sum >/dev/null || need+=(b3sum)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "scripts/test.sh: installing ${need[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    echo "scripts/test.sh: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
+  fi
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo test --workspace --doc --quiet
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
