@@ -155,7 +155,7 @@ impl Engine {
         ids: Arc<dyn IdSource>,
     ) -> EngineResult<Arc<Self>> {
         std::fs::create_dir_all(&config.dir)?;
-        let (state, rebuilt) = open_or_rebuild(&config.dir.join("state.sqlite"))?;
+        let state = open_or_rebuild(&config.dir.join("state.sqlite"))?;
         let files = LocalFiles::open(&config.dir.join("files"))?;
         let cache_dir = config.cache_dir.clone().unwrap_or_else(|| config.dir.join("chunks"));
         let cache = Arc::new(ChunkCache::open(&cache_dir, config.cache_limits)?);
@@ -174,12 +174,6 @@ impl Engine {
             wake: tokio::sync::Notify::new(),
             online: AtomicBool::new(false),
         });
-        if rebuilt {
-            engine
-                .state
-                .lock()
-                .transaction(|t| t.set_meta(crate::recover::REBUILD_PENDING, 1i64))?;
-        }
         engine.recover_materialized()?;
         Ok(engine)
     }
@@ -492,11 +486,17 @@ impl Engine {
 }
 
 /// Opens the state database; a missing one is created, a corrupt one is moved aside and replaced (the
-/// engine then rebuilds from the server and its materialized copies). Returns whether it was rebuilt.
-fn open_or_rebuild(path: &Path) -> EngineResult<(State, bool)> {
+/// engine then rebuilds from the server and its materialized copies). A new database is marked for
+/// rebuild at once, in its first transaction, so a crash right after cannot lose the mark.
+fn open_or_rebuild(path: &Path) -> EngineResult<State> {
     let existed = path.exists();
+    let mark = |mut state: State| -> EngineResult<State> {
+        state.transaction(|t| t.set_meta(crate::recover::REBUILD_PENDING, 1i64))?;
+        Ok(state)
+    };
     match State::open(path) {
-        Ok(state) => Ok((state, !existed)),
+        Ok(state) if existed => Ok(state),
+        Ok(state) => mark(state),
         Err(e @ StateError::Schema(_)) => Err(e.into()),
         Err(e) => {
             let aside = path.with_extension(format!(
@@ -512,7 +512,7 @@ fn open_or_rebuild(path: &Path) -> EngineResult<(State, bool)> {
                 let side = PathBuf::from(format!("{}{suffix}", path.display()));
                 let _ = std::fs::remove_file(side);
             }
-            Ok((State::open(path)?, true))
+            mark(State::open(path)?)
         }
     }
 }

@@ -178,6 +178,8 @@ impl Engine {
                 }
                 entry.node.attrs = original_attrs.clone();
                 t.update_local(&entry.node)?;
+                // The copy is a new local node: the next plan uploads it.
+                t.mark_changed(copy.id)?;
                 if *fetch_content {
                     self.queue_fetch(t, original_attrs, &mut fx.fetch)?;
                 }

@@ -34,14 +34,16 @@ pub struct RoundReport {
     pub local_applied: usize,
     /// Remote ops committed.
     pub committed: usize,
-    /// Whether anything is left for another round (ops deferred, or a commit was refused).
+    /// Whether another round right away can make progress (a commit was refused and the server's
+    /// newer state must be pulled and planned against).
     pub more: bool,
 }
 
 impl RoundReport {
-    /// Whether the round found the trees converged.
+    /// Whether the round changed nothing and another one now would not either: the trees have
+    /// converged, or what is left waits for the user (held deletes) or for a new change.
     pub fn idle(&self) -> bool {
-        self.planned == 0 && !self.more
+        self.pulled == 0 && self.local_applied == 0 && self.committed == 0 && !self.more
     }
 }
 
@@ -210,6 +212,9 @@ impl Engine {
             plan
         };
         report.planned = plan.ops.len();
+        for op in &plan.ops {
+            tracing::trace!(device = %self.config.device, op = ?op.kind, "planned");
+        }
         state.transaction(|t| t.record_plan_outcome(&plan))?;
         if plan.ops.is_empty() {
             let keep: Vec<NodeId> = plan
@@ -245,7 +250,6 @@ impl Engine {
             self.fetcher.prefetch(effects.fetch);
         }
         let remote_left = plan.ops.iter().any(|op| !done.contains(&op.id));
-        report.more = remote_left;
         if !remote_left {
             return Ok(None);
         }
@@ -272,7 +276,6 @@ impl Engine {
                 runnable.push(op);
             }
         }
-        report.more = true;
         let mut wire_ops = Vec::with_capacity(runnable.len());
         let mut committed_ops = Vec::with_capacity(runnable.len());
         for op in runnable {
@@ -297,6 +300,7 @@ impl Engine {
                 }
                 Err(e @ RemoteError::Rejected { .. }) => {
                     self.record_rejection(ops, &e)?;
+                    report.more = true;
                     // Whatever changed on the server, the next round pulls it and plans again.
                     return Ok(());
                 }
@@ -417,6 +421,22 @@ impl Engine {
             return Ok(());
         }
         let op = op_index.and_then(|i| ops.get(i)).or(ops.first());
+        if reason == "duplicate-id"
+            && let Some(OpKind::RemoteCreate { node, .. }) = op.map(|op| &op.kind)
+        {
+            // The server used this id before: our create reached it unheard and was deleted since, or a
+            // delayed copy of it was. The local node lives on under a fresh id and is created anew.
+            let fresh = self.ids.new_id();
+            self.state.lock().transaction(|t| -> Result<(), EngineError> {
+                if t.local_by_id(node.id)?.is_some() && t.tree(Table::Synced).node(node.id)?.is_none() {
+                    t.reidentify_local(node.id, fresh)?;
+                    t.mark_changed(node.id)?;
+                    t.mark_changed(fresh)?;
+                }
+                Ok(())
+            })?;
+            return Ok(());
+        }
         if let Some(id) = op.and_then(|op| op.kind.node()) {
             self.state
                 .lock()

@@ -43,7 +43,11 @@ fn on_disk(dir: &Path) -> (u64, u64) {
 
 fn assert_accounting(cache: &ChunkCache) {
     let usage = cache.usage();
-    assert_eq!((usage.bytes, usage.chunks), on_disk(cache.dir()), "index and disk disagree");
+    assert_eq!(
+        (usage.bytes, usage.chunks),
+        on_disk(cache.dir()),
+        "index and disk disagree"
+    );
 }
 
 #[test]
@@ -59,9 +63,18 @@ fn insert_then_get_round_trips_and_is_idempotent() {
     assert!(!cache.contains(&absent));
     assert_eq!(cache.get(&id).unwrap().as_deref(), Some(&data[..]));
     let usage = cache.usage();
-    assert_eq!((usage.bytes, usage.chunks, usage.held_bytes, usage.max_bytes), (5000, 1, 0, 1 << 20));
+    assert_eq!(
+        (usage.bytes, usage.chunks, usage.held_bytes, usage.max_bytes),
+        (5000, 1, 0, 1 << 20)
+    );
     assert_accounting(&cache);
-    assert!(std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none(), "no temp file left");
+    assert!(
+        std::fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no temp file left"
+    );
 }
 
 #[test]
@@ -72,7 +85,11 @@ fn eviction_takes_least_recently_used_first_down_to_low_water() {
     for (id, data) in &chunks[..10] {
         cache.insert(*id, data).unwrap();
     }
-    assert_eq!(cache.usage().chunks, 10, "at the limit, not over it: nothing evicted");
+    assert_eq!(
+        cache.usage().chunks,
+        10,
+        "at the limit, not over it: nothing evicted"
+    );
     cache.get(&chunks[0].0).unwrap().unwrap();
     assert!(cache.contains(&chunks[1].0));
     cache.insert(chunks[1].0, &chunks[1].1).unwrap(); // an idempotent insert refreshes too
@@ -92,14 +109,26 @@ fn hysteresis_starts_over_the_limit_and_stops_at_low_water() {
         let (id, data) = chunk(n, 1000);
         cache.insert(id, &data).unwrap();
     }
-    assert_eq!(cache.usage().bytes, 5000, "one insert over the limit drains to low water");
+    assert_eq!(
+        cache.usage().bytes,
+        5000,
+        "one insert over the limit drains to low water"
+    );
     for n in 11..16 {
         let (id, data) = chunk(n, 1000);
         cache.insert(id, &data).unwrap();
     }
-    assert_eq!(cache.usage().bytes, 10_000, "back under the limit, nothing more is evicted");
+    assert_eq!(
+        cache.usage().bytes,
+        10_000,
+        "back under the limit, nothing more is evicted"
+    );
     let stats = cache.evict();
-    assert_eq!((stats.evicted_chunks, stats.remaining_bytes), (0, 10_000), "not over: evict does nothing");
+    assert_eq!(
+        (stats.evicted_chunks, stats.remaining_bytes),
+        (0, 10_000),
+        "not over: evict does nothing"
+    );
     assert_accounting(&cache);
 }
 
@@ -113,7 +142,10 @@ fn the_limit_holds_after_many_inserts_of_mixed_sizes() {
         let (id, data) = chunk(n, 100 + (n as usize * 7919) % 4000);
         cache.insert(id, &data).unwrap();
         inserted.push((id, data));
-        assert!(cache.usage().bytes <= max, "over the limit after insert {n}");
+        assert!(
+            cache.usage().bytes <= max,
+            "over the limit after insert {n}"
+        );
     }
     assert_accounting(&cache);
     // The most recent insert is always kept, and whatever is kept is intact.
@@ -153,7 +185,10 @@ fn held_chunks_are_never_evicted_and_holds_are_counted() {
         cache.insert(id, &data).unwrap();
     }
     assert!(cache.contains(&pinned), "one holder is left");
-    assert!(!cache.contains(&open), "released by the guard, then evicted");
+    assert!(
+        !cache.contains(&open),
+        "released by the guard, then evicted"
+    );
     cache.release([pinned]);
     for n in 60..70 {
         let (id, data) = chunk(n, 1000);
@@ -228,7 +263,11 @@ fn a_corrupt_or_truncated_file_is_a_miss_and_is_removed() {
     let (flipped, flipped_data) = chunk(1, 4096);
     let (short, short_data) = chunk(2, 4096);
     let (gone, gone_data) = chunk(3, 4096);
-    for (id, data) in [(flipped, &flipped_data), (short, &short_data), (gone, &gone_data)] {
+    for (id, data) in [
+        (flipped, &flipped_data),
+        (short, &short_data),
+        (gone, &gone_data),
+    ] {
         cache.insert(id, data).unwrap();
     }
 
@@ -246,7 +285,10 @@ fn a_corrupt_or_truncated_file_is_a_miss_and_is_removed() {
     assert_eq!(cache.usage().bytes, 0);
     // The cache heals: inserting the good bytes again serves them.
     cache.insert(flipped, &flipped_data).unwrap();
-    assert_eq!(cache.get(&flipped).unwrap().as_deref(), Some(&flipped_data[..]));
+    assert_eq!(
+        cache.get(&flipped).unwrap().as_deref(),
+        Some(&flipped_data[..])
+    );
 }
 
 #[test]
@@ -261,7 +303,10 @@ fn reopening_keeps_contents_and_recency() {
         cache.get(&chunks[0].0).unwrap().unwrap();
     }
     let cache = ChunkCache::open(dir.path(), limits(10_000, 0.8)).unwrap();
-    assert!(!dir.path().join("index").exists(), "the snapshot is consumed on open");
+    assert!(
+        !dir.path().join("index").exists(),
+        "the snapshot is consumed on open"
+    );
     for (id, data) in &chunks {
         assert_eq!(cache.get(id).unwrap().as_deref(), Some(&data[..]));
     }
@@ -288,7 +333,11 @@ fn recency_survives_a_reopen_without_reads() {
     let (extra, extra_data) = chunk(99, 1000);
     cache.insert(extra, &extra_data).unwrap();
     let kept: Vec<usize> = (0..10).filter(|&n| cache.contains(&chunks[n].0)).collect();
-    assert_eq!(kept, vec![0, 3, 4, 5, 6, 7, 8, 9], "1 and 2 were the least recently used");
+    assert_eq!(
+        kept,
+        vec![0, 3, 4, 5, 6, 7, 8, 9],
+        "1 and 2 were the least recently used"
+    );
 }
 
 #[test]
@@ -311,10 +360,23 @@ fn losing_or_damaging_the_index_rebuilds_it_from_the_chunk_files() {
         for (id, data) in &chunks {
             assert_eq!(cache.get(id).unwrap().as_deref(), Some(&data[..]));
         }
-        assert!(std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none(), "temp files cleared");
-        assert!(dir.path().join("chunks").join("not-a-chunk").exists(), "unknown files are left alone");
+        assert!(
+            std::fs::read_dir(dir.path().join("tmp"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "temp files cleared"
+        );
+        assert!(
+            dir.path().join("chunks").join("not-a-chunk").exists(),
+            "unknown files are left alone"
+        );
     }
-    std::fs::write(dir.path().join("index"), b"BVFSCIX1 but then garbage that is long enough to parse").unwrap();
+    std::fs::write(
+        dir.path().join("index"),
+        b"BVFSCIX1 but then garbage that is long enough to parse",
+    )
+    .unwrap();
     let cache = ChunkCache::open(dir.path(), limits(1 << 20, 0.9)).unwrap();
     assert_eq!(cache.usage().chunks, 20);
     assert!(chunks.iter().all(|(id, _)| cache.contains(id)));
@@ -351,7 +413,11 @@ fn one_directory_serves_one_cache_at_a_time() {
 fn concurrent_inserts_reads_holds_and_evictions_stay_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let cache = Arc::new(ChunkCache::open(dir.path(), limits(40_000, 0.7)).unwrap());
-    let chunks: Arc<Vec<_>> = Arc::new((0..64).map(|n| chunk(n, 500 + (n as usize % 7) * 300)).collect());
+    let chunks: Arc<Vec<_>> = Arc::new(
+        (0..64)
+            .map(|n| chunk(n, 500 + (n as usize % 7) * 300))
+            .collect(),
+    );
     let pinned = chunks[0].0;
     cache.hold([pinned]);
     cache.insert(pinned, &chunks[0].1).unwrap();
@@ -389,4 +455,27 @@ fn concurrent_inserts_reads_holds_and_evictions_stay_consistent() {
     cache.evict();
     assert_accounting(&cache);
     assert!(cache.usage().bytes <= 40_000);
+}
+
+#[test]
+fn an_unreadable_chunk_file_is_an_error_not_a_panic_and_is_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::open(dir.path(), limits(1 << 20, 0.9)).unwrap();
+    let (id, data) = chunk(1, 3000);
+    cache.insert(id, &data).unwrap();
+    // A directory where the file should be: reading fails with EISDIR, a real I/O error.
+    let path = cache.chunk_path(&id);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("x"), b"x").unwrap();
+
+    assert!(cache.get(&id).is_err());
+    assert!(
+        !cache.contains(&id),
+        "forgotten, so that the next insert rewrites it"
+    );
+    assert_eq!(cache.usage().bytes, 0);
+    std::fs::remove_dir_all(&path).unwrap();
+    cache.insert(id, &data).unwrap();
+    assert_eq!(cache.get(&id).unwrap().as_deref(), Some(&data[..]));
 }

@@ -21,7 +21,9 @@ fn pool() -> Vec<(ChunkId, Vec<u8>)> {
     (0..POOL)
         .map(|n| {
             let len = 50 + n * 350;
-            let data: Vec<u8> = (0..len).map(|i| (i * 31 + n * 7) as u8 ^ (i >> 8) as u8).collect();
+            let data: Vec<u8> = (0..len)
+                .map(|i| (i * 31 + n * 7) as u8 ^ (i >> 8) as u8)
+                .collect();
             (ChunkId::of(&data), data)
         })
         .collect()
@@ -76,8 +78,16 @@ fn within_limit(cache: &ChunkCache) -> bool {
     usage.bytes <= MAX_BYTES || usage.bytes == usage.held_bytes
 }
 
+/// `default` cases, or `PROPTEST_CASES` for a longer run.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
 
     #[test]
     fn cache_keeps_its_invariants(ops in prop::collection::vec(op(), 1..80)) {

@@ -89,7 +89,12 @@ impl Remote for FakeRemote {
     async fn list_changes(&self, _: u64, _: u32) -> Result<v1::ListChangesResponse, RemoteError> {
         Err(not_here())
     }
-    async fn snapshot(&self, _: u64, _: Vec<u8>, _: u32) -> Result<v1::SnapshotResponse, RemoteError> {
+    async fn snapshot(
+        &self,
+        _: u64,
+        _: Vec<u8>,
+        _: u32,
+    ) -> Result<v1::SnapshotResponse, RemoteError> {
         Err(not_here())
     }
     async fn subscribe(&self, _: u64) -> Result<HeadStream, RemoteError> {
@@ -169,12 +174,16 @@ fn fixture(size: usize, max_bytes: u64, config: FetchConfig) -> Fixture {
 impl Fixture {
     fn expected(&self, offset: u64, len: u32) -> &[u8] {
         let start = (offset as usize).min(self.content.len());
-        let end = (offset as usize).saturating_add(len as usize).min(self.content.len());
+        let end = (offset as usize)
+            .saturating_add(len as usize)
+            .min(self.content.len());
         &self.content[start..end]
     }
 
     async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, FetchError> {
-        self.fetcher.read(&self.manifest, &self.offsets, offset, len).await
+        self.fetcher
+            .read(&self.manifest, &self.offsets, offset, len)
+            .await
     }
 
     fn id(&self, index: usize) -> ChunkId {
@@ -203,8 +212,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// `default` cases, or `PROPTEST_CASES` for a longer run.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(40), ..ProptestConfig::default() })]
 
     /// Any range, through the async and the blocking entry points, with a cache small enough to
     /// evict: exactly the bytes of the content.
@@ -241,8 +258,15 @@ async fn a_read_fetches_only_the_chunks_covering_it_once() {
     assert_eq!(f.remote.calls().len(), 1, "4 chunks are one batch");
 
     f.read(start, (end - start) as u32).await.unwrap();
-    assert_eq!(f.remote.calls().len(), 1, "the second read is served from the cache");
-    assert!(f.read(f.content.len() as u64, 10).await.unwrap().is_empty(), "reading at the end");
+    assert_eq!(
+        f.remote.calls().len(),
+        1,
+        "the second read is served from the cache"
+    );
+    assert!(
+        f.read(f.content.len() as u64, 10).await.unwrap().is_empty(),
+        "reading at the end"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,8 +279,16 @@ async fn large_reads_are_split_into_bounded_batches() {
     let got = f.read(0, 150_000).await.unwrap();
     assert_eq!(got, f.content);
     let calls = f.remote.calls();
-    assert!(calls.iter().all(|call| call.len() <= 4), "batches: {:?}", calls.iter().map(Vec::len).collect::<Vec<_>>());
-    assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), f.manifest.chunks.len(), "each chunk once");
+    assert!(
+        calls.iter().all(|call| call.len() <= 4),
+        "batches: {:?}",
+        calls.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        calls.iter().map(Vec::len).sum::<usize>(),
+        f.manifest.chunks.len(),
+        "each chunk once"
+    );
 }
 
 #[test]
@@ -273,7 +305,11 @@ fn fifty_concurrent_readers_of_a_cold_chunk_share_one_fetch() {
             let f = Arc::clone(&f);
             rt.spawn(async move {
                 if n % 2 == 0 {
-                    f.fetcher.chunk(id, Priority::OnDemand).await.unwrap().to_vec()
+                    f.fetcher
+                        .chunk(id, Priority::OnDemand)
+                        .await
+                        .unwrap()
+                        .to_vec()
                 } else {
                     f.read(offset, len).await.unwrap()
                 }
@@ -318,10 +354,17 @@ async fn corrupt_bytes_are_retried_once_and_never_returned_or_cached() {
     assert_eq!(f.remote.calls().len(), 4, "one retry, then give up");
     assert!(!f.cache.contains(&bad), "bad bytes are never cached");
     let (offset, len) = f.span(1);
-    assert!(matches!(f.read(offset, len).await, Err(FetchError::Corrupt(_))));
+    assert!(matches!(
+        f.read(offset, len).await,
+        Err(FetchError::Corrupt(_))
+    ));
 
     f.remote.corrupt_calls.store(0, Ordering::SeqCst);
-    assert_eq!(f.read(offset, len).await.unwrap(), f.expected(offset, len), "and it heals");
+    assert_eq!(
+        f.read(offset, len).await.unwrap(),
+        f.expected(offset, len),
+        "and it heals"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,7 +377,11 @@ async fn offline_reads_of_uncached_data_fail_fast_and_cached_data_still_reads() 
     let (offset, len) = f.span(3);
     let started = Instant::now();
     let err = f.read(offset, len).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(matches!(err, FetchError::Offline(_)), "{err}");
     assert_eq!(err.errno(), libc::ENETUNREACH);
     assert!(f.fetcher.is_offline());
@@ -342,9 +389,15 @@ async fn offline_reads_of_uncached_data_fail_fast_and_cached_data_still_reads() 
     // While known offline, a miss fails without even asking the server.
     let calls = f.remote.calls().len();
     let (offset2, len2) = f.span(4);
-    assert!(matches!(f.read(offset2, len2).await, Err(FetchError::Offline(_))));
+    assert!(matches!(
+        f.read(offset2, len2).await,
+        Err(FetchError::Offline(_))
+    ));
     assert_eq!(f.remote.calls().len(), calls);
-    assert_eq!(f.read(cached_offset, cached_len).await.unwrap(), f.expected(cached_offset, cached_len));
+    assert_eq!(
+        f.read(cached_offset, cached_len).await.unwrap(),
+        f.expected(cached_offset, cached_len)
+    );
 
     f.remote.unavailable.store(false, Ordering::SeqCst);
     f.fetcher.mark_online();
@@ -365,7 +418,11 @@ async fn a_server_that_never_answers_times_out_as_offline() {
     let started = Instant::now();
     let err = f.read(offset, len).await.unwrap_err();
     assert!(matches!(err, FetchError::Offline(_)), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(!f.cache.contains(&f.id(1)));
 }
 
@@ -444,8 +501,17 @@ async fn background_prefetch_yields_to_on_demand_reads() {
     let (offset, len) = f.span(0);
     let started = Instant::now();
     f.read(offset, len).await.unwrap();
-    assert_eq!(f.remote.call_of(&f.id(0)), Some(2), "{:?}", f.remote.calls());
-    assert!(started.elapsed() < Duration::from_millis(400), "took {:?}", started.elapsed());
+    assert_eq!(
+        f.remote.call_of(&f.id(0)),
+        Some(2),
+        "{:?}",
+        f.remote.calls()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "took {:?}",
+        started.elapsed()
+    );
 
     // A queued background chunk wanted on demand jumps the queue.
     let last = f.manifest.chunks.len() - 1;
@@ -454,9 +520,19 @@ async fn background_prefetch_yields_to_on_demand_reads() {
     let calls = f.remote.calls();
     let position = f.remote.call_of(&f.id(last)).unwrap();
     // At most 2 more background calls can have started meanwhile (calls 3 and 4).
-    assert!(position <= 5, "chunk {last} was fetched by call {position}: {calls:?}");
-    assert_eq!(calls[position], vec![f.id(last)], "fetched on demand, not with its background batch");
-    assert!(calls.len() < background.len() / 4, "the background queue is still far from done");
+    assert!(
+        position <= 5,
+        "chunk {last} was fetched by call {position}: {calls:?}"
+    );
+    assert_eq!(
+        calls[position],
+        vec![f.id(last)],
+        "fetched on demand, not with its background batch"
+    );
+    assert!(
+        calls.len() < background.len() / 4,
+        "the background queue is still far from done"
+    );
     assert!(calls.iter().all(|call| call.len() <= 4));
 }
 
@@ -468,7 +544,11 @@ async fn hydrate_caches_everything_and_one_missing_chunk_spares_its_batch() {
     f.fetcher.hydrate(all.clone()).await.unwrap();
     assert!(all.iter().all(|id| f.cache.contains(id)));
     let fetched = f.remote.fetched();
-    assert_eq!(fetched.len(), all.iter().collect::<HashSet<_>>().len(), "each chunk fetched once");
+    assert_eq!(
+        fetched.len(),
+        all.iter().collect::<HashSet<_>>().len(),
+        "each chunk fetched once"
+    );
     assert!(f.remote.calls().iter().all(|call| call.len() <= 8));
 
     // Another file whose chunk 3 the server lost.
@@ -486,7 +566,11 @@ async fn hydrate_caches_everything_and_one_missing_chunk_spares_its_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inconsistent_manifest_is_an_error_not_a_panic() {
     let f = fixture(30_000, 1 << 30, FetchConfig::default());
-    let err = f.fetcher.read(&f.manifest, &f.offsets[1..], 0, 10).await.unwrap_err();
+    let err = f
+        .fetcher
+        .read(&f.manifest, &f.offsets[1..], 0, 10)
+        .await
+        .unwrap_err();
     assert!(matches!(err, FetchError::Manifest(_)), "{err}");
     let mut wrong_size = f.manifest.clone();
     wrong_size.size += 1;
@@ -519,12 +603,21 @@ fn read_blocking_serves_cached_ranges_without_the_runtime_and_refuses_a_current_
     let mut readahead = ReadAhead::default();
     let got = f
         .fetcher
-        .read_blocking(rt.handle(), &f.manifest, &f.offsets, 100, 5000, Some(&mut readahead))
+        .read_blocking(
+            rt.handle(),
+            &f.manifest,
+            &f.offsets,
+            100,
+            5000,
+            Some(&mut readahead),
+        )
         .unwrap();
     assert_eq!(&got[..], f.expected(100, 5000));
     assert_eq!(f.remote.calls().len(), calls);
 
-    let single = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let single = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let handle = rt.handle().clone();
     let err = single.block_on(async {
         f.fetcher

@@ -26,8 +26,10 @@ use planner_support::{Editor, Outcome, Rounds, Settings, World, file_attrs, shap
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-/// Names that collide often: exactly, after case folding ("a"/"A"), or not at all on Windows.
+/// Names that collide often: exactly, after case folding ("a"/"A"), or not at all on Windows. The
+/// first tree also uses a few more, so that it grows larger than seven nodes per directory.
 const NAMES: [&str; 7] = ["a", "b", "c", "a.txt", "A", "con", "x:y"];
+const MORE_NAMES: [&str; 6] = ["d", "e", "f", "g", "h", "i"];
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -47,6 +49,8 @@ enum Edit {
     Delete { node: u8 },
     /// Delete a node and create one of another kind at its name.
     Replace { node: u8, kind: Kind, content: u8 },
+    /// Two nodes trade places (through a temporary name, as a user would).
+    Swap { node: u8, other: u8 },
 }
 
 /// Which sides change.
@@ -69,6 +73,92 @@ struct Case {
     seed: u64,
 }
 
+/// A case in one line, to replay it: `BVFS_PLANNER_REPLAY='<line>' cargo test -p bvfs-engine --test
+/// planner_props replay -- --ignored --nocapture` (with `BVFS_PLANNER_TRACE=1` to print every plan).
+impl std::fmt::Display for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = |kind: &Kind| match kind {
+            Kind::File => 'F',
+            Kind::Directory => 'D',
+            Kind::Symlink => 'S',
+        };
+        let edits = |edits: &[Edit]| {
+            edits
+                .iter()
+                .map(|edit| match edit {
+                    Edit::Create { parent, name, kind: k, content } => format!("c{parent},{name},{},{content}", kind(k)),
+                    Edit::Write { node, content } => format!("w{node},{content}"),
+                    Edit::Chmod { node } => format!("x{node}"),
+                    Edit::Touch { node, mtime } => format!("t{node},{mtime}"),
+                    Edit::Move { node, parent, name } => format!("m{node},{parent},{name}"),
+                    Edit::Delete { node } => format!("d{node}"),
+                    Edit::Replace { node, kind: k, content } => format!("r{node},{},{content}", kind(k)),
+                    Edit::Swap { node, other } => format!("s{node},{other}"),
+                })
+                .collect::<Vec<_>>()
+                .join(";")
+        };
+        let mode = match self.mode {
+            Mode::Both => 'B',
+            Mode::RemoteOnly => 'R',
+            Mode::LocalOnly => 'L',
+            Mode::Identical => 'I',
+        };
+        write!(f, "{}|{}|{}|{mode}|{}|{}", edits(&self.base), edits(&self.remote), edits(&self.local), u8::from(self.windows), self.seed)
+    }
+}
+
+impl std::str::FromStr for Case {
+    type Err = String;
+
+    fn from_str(line: &str) -> Result<Case, String> {
+        let fields: Vec<&str> = line.trim().split('|').collect();
+        let [base, remote, local, mode, windows, seed] = fields[..] else { return Err("six fields".into()) };
+        let kind = |text: &str| match text {
+            "F" => Ok(Kind::File),
+            "D" => Ok(Kind::Directory),
+            "S" => Ok(Kind::Symlink),
+            other => Err(format!("kind {other:?}")),
+        };
+        let edits = |text: &str| -> Result<Vec<Edit>, String> {
+            text.split(';')
+                .filter(|edit| !edit.is_empty())
+                .map(|edit| {
+                    let (tag, rest) = edit.split_at(1);
+                    let parts: Vec<&str> = rest.split(',').collect();
+                    let n = |i: usize| parts.get(i).and_then(|part| part.parse::<u8>().ok()).ok_or(format!("bad {edit:?}"));
+                    Ok(match tag {
+                        "c" => Edit::Create { parent: n(0)?, name: n(1)?, kind: kind(parts[2])?, content: n(3)? },
+                        "w" => Edit::Write { node: n(0)?, content: n(1)? },
+                        "x" => Edit::Chmod { node: n(0)? },
+                        "t" => Edit::Touch { node: n(0)?, mtime: n(1)? },
+                        "m" => Edit::Move { node: n(0)?, parent: n(1)?, name: n(2)? },
+                        "d" => Edit::Delete { node: n(0)? },
+                        "r" => Edit::Replace { node: n(0)?, kind: kind(parts[1])?, content: n(2)? },
+                        "s" => Edit::Swap { node: n(0)?, other: n(1)? },
+                        other => return Err(format!("edit {other:?}")),
+                    })
+                })
+                .collect()
+        };
+        let mode = match mode {
+            "B" => Mode::Both,
+            "R" => Mode::RemoteOnly,
+            "L" => Mode::LocalOnly,
+            "I" => Mode::Identical,
+            other => return Err(format!("mode {other:?}")),
+        };
+        Ok(Case {
+            base: edits(base)?,
+            remote: edits(remote)?,
+            local: edits(local)?,
+            mode,
+            windows: windows == "1",
+            seed: seed.parse().map_err(|_| "seed")?,
+        })
+    }
+}
+
 fn kind() -> impl Strategy<Value = Kind> {
     prop_oneof![3 => Just(Kind::File), 2 => Just(Kind::Directory), 1 => Just(Kind::Symlink)]
 }
@@ -78,21 +168,27 @@ fn create() -> impl Strategy<Value = Edit> {
         .prop_map(|(parent, name, kind, content)| Edit::Create { parent, name, kind, content })
 }
 
+/// Picks a node: mostly among the first few, so both sides often touch the same ones.
+fn node() -> impl Strategy<Value = u8> {
+    prop_oneof![2 => 0u8..6, 1 => any::<u8>()]
+}
+
 fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         3 => create(),
-        3 => (any::<u8>(), any::<u8>()).prop_map(|(node, content)| Edit::Write { node, content }),
-        1 => any::<u8>().prop_map(|node| Edit::Chmod { node }),
-        1 => (any::<u8>(), any::<u8>()).prop_map(|(node, mtime)| Edit::Touch { node, mtime }),
-        4 => (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(node, parent, name)| Edit::Move { node, parent, name }),
-        2 => any::<u8>().prop_map(|node| Edit::Delete { node }),
-        1 => (any::<u8>(), kind(), any::<u8>()).prop_map(|(node, kind, content)| Edit::Replace { node, kind, content }),
+        3 => (node(), any::<u8>()).prop_map(|(node, content)| Edit::Write { node, content }),
+        1 => node().prop_map(|node| Edit::Chmod { node }),
+        1 => (node(), any::<u8>()).prop_map(|(node, mtime)| Edit::Touch { node, mtime }),
+        4 => (node(), node(), any::<u8>()).prop_map(|(node, parent, name)| Edit::Move { node, parent, name }),
+        2 => node().prop_map(|node| Edit::Delete { node }),
+        1 => (node(), kind(), any::<u8>()).prop_map(|(node, kind, content)| Edit::Replace { node, kind, content }),
+        1 => (node(), node()).prop_map(|(node, other)| Edit::Swap { node, other }),
     ]
 }
 
 fn case() -> impl Strategy<Value = Case> {
     let mode = prop_oneof![7 => Just(Mode::Both), 1 => Just(Mode::RemoteOnly), 1 => Just(Mode::LocalOnly), 1 => Just(Mode::Identical)];
-    (vec(create(), 0..12), vec(edit(), 0..8), vec(edit(), 0..8), mode, prop::bool::weighted(0.2), any::<u64>())
+    (vec(create(), 0..32), vec(edit(), 0..12), vec(edit(), 0..12), mode, prop::bool::weighted(0.2), any::<u64>())
         .prop_map(|(base, remote, local, mode, windows, seed)| Case { base, remote, local, mode, windows, seed })
 }
 
@@ -101,6 +197,8 @@ struct User<'e, 'a> {
     editor: &'e mut Editor<'a>,
     /// The platform rule this side's names obey (REMOTE: the server's only).
     policy: Option<NamePolicy>,
+    /// How many names creates pick from.
+    names: usize,
     next_id: &'e mut u128,
 }
 
@@ -149,7 +247,9 @@ impl User<'_, '_> {
         match *edit {
             Edit::Create { parent, name, kind, content } => {
                 let parent = Self::pick(&dirs, parent).expect("the root is a directory");
-                self.create(parent, NAMES[name as usize % NAMES.len()], kind, content);
+                let name = name as usize % self.names;
+                let name = NAMES.get(name).unwrap_or_else(|| &MORE_NAMES[name - NAMES.len()]);
+                self.create(parent, name, kind, content);
             }
             Edit::Write { node, content } => {
                 if let Some(node) = Self::pick(&nodes, node) {
@@ -191,6 +291,19 @@ impl User<'_, '_> {
                 };
                 self.create(old.parent, &old.name, kind, content);
             }
+            Edit::Swap { node, other } => {
+                let (Some(a), Some(b)) = (Self::pick(&nodes, node), Self::pick(&nodes, other)) else { return };
+                let tree = self.editor.tree();
+                let (Some(a_node), Some(b_node)) = (tree.get(a).cloned(), tree.get(b).cloned()) else { return };
+                if a == b || tree.is_within(a_node.parent, b) || tree.is_within(b_node.parent, a) {
+                    return;
+                }
+                let parked = "swap";
+                if self.name_ok(a_node.parent, parked, Some(a)) && self.editor.move_to(a, a_node.parent, parked) {
+                    self.editor.move_to(b, a_node.parent, &a_node.name);
+                    self.editor.move_to(a, b_node.parent, &b_node.name);
+                }
+            }
         }
     }
 }
@@ -202,7 +315,7 @@ fn build(case: &Case) -> (ThreeTrees, Settings) {
     let mut world = World::new();
     let mut next_base = 0;
     world.base(|editor| {
-        let mut user = User { editor, policy: local_rule, next_id: &mut next_base };
+        let mut user = User { editor, policy: local_rule, names: NAMES.len() + MORE_NAMES.len(), next_id: &mut next_base };
         case.base.iter().for_each(|edit| user.apply(edit));
     });
     let (mut next_remote, mut next_local) = (1000, 2000);
@@ -215,11 +328,11 @@ fn build(case: &Case) -> (ThreeTrees, Settings) {
     // Identical changes happen on both sides, so they obey this platform's rule too.
     let remote_rule = if case.mode == Mode::Identical { local_rule } else { None };
     world.remote(|editor| {
-        let mut user = User { editor, policy: remote_rule, next_id: &mut next_remote };
+        let mut user = User { editor, policy: remote_rule, names: NAMES.len(), next_id: &mut next_remote };
         remote.iter().for_each(|edit| user.apply(edit));
     });
     world.local(|editor| {
-        let mut user = User { editor, policy: local_rule, next_id: &mut next_local };
+        let mut user = User { editor, policy: local_rule, names: NAMES.len(), next_id: &mut next_local };
         local.iter().for_each(|edit| user.apply(edit));
     });
     if case.mode == Mode::Identical {
@@ -337,7 +450,10 @@ fn same_end(a: &Outcome, b: &Outcome, what: &str) -> Result<(), String> {
         (&a.trees.synced, &b.trees.synced, "SYNCED"),
     ] {
         if shape(tree_a) != shape(tree_b) {
-            return Err(format!("{what} ends with another {role}:\n{tree_a:?}\n{tree_b:?}"));
+            let (a, b) = (shape(tree_a), shape(tree_b));
+            let differing: Vec<_> = a.iter().filter(|(id, node)| b.get(id) != Some(node)).map(|(id, node)| (id, node, b.get(id))).collect();
+            let only_b: Vec<_> = b.keys().filter(|id| !a.contains_key(id)).collect();
+            return Err(format!("{what} ends with another {role}: {differing:?}, and only in the other: {only_b:?}"));
         }
     }
     Ok(())
@@ -345,7 +461,54 @@ fn same_end(a: &Outcome, b: &Outcome, what: &str) -> Result<(), String> {
 
 fn check(case: &Case) -> Result<(), String> {
     let (start, settings) = build(case);
-    check_from(&start, &settings, case).map_err(|error| format!("{error}\n{}", planner_support::describe(&start)))
+    check_from(&start, &settings, case)
+        .map_err(|error| format!("{error}\n{}replay: BVFS_PLANNER_REPLAY='{case}'", planner_support::describe(&start)))
+}
+
+/// The brake (property 7) with `max_deletes`: held deletes never run, content still syncs, and once the
+/// user confirms them the trees converge.
+fn check_brake(case: &Case, max_deletes: u64) -> Result<(), String> {
+    let (start, mut settings) = build(case);
+    let context = |error: String| format!("{error}\nreplay: BVFS_PLANNER_BRAKE={max_deletes} BVFS_PLANNER_REPLAY='{case}'");
+    settings.brake = DeleteBrake { max_deletes, max_fraction: f64::INFINITY, fraction_floor: u64::MAX };
+    let braked = simulate(start, &settings, Rounds::Whole, case.seed).map_err(context)?;
+    for kind in &braked.ops {
+        if let OpKind::LocalDelete { id } | OpKind::RemoteDelete { id, .. } = kind
+            && braked.held.contains(id)
+        {
+            return Err(context(format!("held delete of {id:?} ran")));
+        }
+    }
+    for local in braked.trees.local.iter() {
+        // Content syncs while deletes wait, unless it waits for a move that waits for a delete.
+        if let Some(remote) = braked.trees.remote.get(local.id)
+            && remote.parent == local.parent
+            && remote.name == local.name
+            && local.attrs != remote.attrs
+        {
+            return Err(context(format!("content of {:?} waits for the brake", local.id)));
+        }
+    }
+    settings.confirmed = braked.held.clone();
+    settings.brake = DeleteBrake::OFF;
+    let done = simulate(braked.trees, &settings, Rounds::Whole, case.seed).map_err(context)?;
+    converged(&done, settings.names).map_err(context)
+}
+
+/// Replays one case given on one line (see [`Case`]'s `Display`); with `BVFS_PLANNER_BRAKE`, the brake
+/// property.
+#[test]
+#[ignore]
+fn replay() {
+    let line = std::env::var("BVFS_PLANNER_REPLAY").expect("BVFS_PLANNER_REPLAY holds a case");
+    let case: Case = line.parse().expect("a case line");
+    let result = match std::env::var("BVFS_PLANNER_BRAKE") {
+        Ok(max_deletes) => check_brake(&case, max_deletes.parse().expect("a number")),
+        Err(_) => check(&case),
+    };
+    if let Err(error) = result {
+        panic!("{error}");
+    }
 }
 
 fn check_from(start: &ThreeTrees, settings: &Settings, case: &Case) -> Result<(), String> {
@@ -383,26 +546,6 @@ proptest! {
     /// user confirms them; then the trees converge.
     #[test]
     fn the_brake_holds_deletes_until_confirmed(case in case(), max_deletes in 0u64..3) {
-        let (start, mut settings) = build(&case);
-        settings.brake = DeleteBrake { max_deletes, max_fraction: f64::INFINITY, fraction_floor: u64::MAX };
-        let braked = simulate(start, &settings, Rounds::Whole, case.seed).map_err(TestCaseError::fail)?;
-        for kind in &braked.ops {
-            if let OpKind::LocalDelete { id } | OpKind::RemoteDelete { id, .. } = kind {
-                prop_assert!(!braked.held.contains(id), "held delete of {id:?} ran");
-            }
-        }
-        for local in braked.trees.local.iter() {
-            // Content syncs while deletes wait, unless it waits for a move that waits for a delete.
-            if let Some(remote) = braked.trees.remote.get(local.id)
-                && remote.parent == local.parent
-                && remote.name == local.name
-            {
-                prop_assert_eq!(&local.attrs, &remote.attrs, "content waits for the brake");
-            }
-        }
-        settings.confirmed = braked.held.clone();
-        settings.brake = DeleteBrake::OFF;
-        let done = simulate(braked.trees, &settings, Rounds::Whole, case.seed).map_err(TestCaseError::fail)?;
-        converged(&done, settings.names).map_err(TestCaseError::fail)?;
+        check_brake(&case, max_deletes).map_err(TestCaseError::fail)?;
     }
 }

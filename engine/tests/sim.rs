@@ -285,7 +285,19 @@ impl World {
             net: self.net.clone(),
             device: d,
         });
-        let engine = Engine::open_with(config, remote, device.clock.clone(), device.ids.clone()).unwrap();
+        // After a simulated crash, fetches the old engine had in flight may still hold its cache for
+        // a moment (a real crash ends the process, and the lock with it).
+        let mut attempts = 0;
+        let engine = loop {
+            match Engine::open_with(config.clone(), remote.clone(), device.clock.clone(), device.ids.clone()) {
+                Ok(engine) => break engine,
+                Err(e) if e.to_string().contains("in use") && attempts < 500 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("seed {}: device {d} cannot reopen: {e}", self.seed),
+            }
+        };
         device.engine = Some(engine);
     }
 
@@ -446,6 +458,35 @@ impl World {
         };
         self.log(line);
         self.check_cursor(d);
+        self.track_conflicted_copies(d);
+    }
+
+    /// Local bytes move when the engine keeps them as a conflicted copy (a conflict, or a rebuild after
+    /// a database loss adopting kept copies under new inodes). The user then edits them there, so their
+    /// acknowledgements follow them.
+    fn track_conflicted_copies(&mut self, d: usize) {
+        let entries = self.local_entries(d);
+        let by_ino: HashMap<u64, &LocalEntry> = entries.iter().map(|e| (e.ino, e)).collect();
+        let moved: Vec<_> = self
+            .acknowledged
+            .iter()
+            .filter(|((dev, ino), hash)| {
+                *dev % 1000 == d
+                    && (*dev >= 1000 || by_ino.get(ino).is_none_or(|e| e.node.attrs.content.map(|c| c.0) != Some(**hash)))
+            })
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (key, hash) in moved {
+            let copy = entries.iter().find(|e| {
+                e.node.attrs.content.map(|c| c.0) == Some(hash)
+                    && e.node.name.contains("conflicted copy")
+                    && !self.acknowledged.contains_key(&(d, e.ino))
+            });
+            if let Some(entry) = copy {
+                self.acknowledged.remove(&key);
+                self.acknowledged.insert((d, entry.ino), hash);
+            }
+        }
     }
 
     fn check_cursor(&mut self, d: usize) {

@@ -82,7 +82,9 @@ impl Index {
             Some(held) => {
                 let previous = held.len.replace(len);
                 match previous {
-                    Some(old) => self.held_bytes = self.held_bytes - u64::from(old) + u64::from(len),
+                    Some(old) => {
+                        self.held_bytes = self.held_bytes - u64::from(old) + u64::from(len)
+                    }
                     None => {
                         self.held_bytes += u64::from(len);
                         self.held_present += 1;
@@ -164,7 +166,10 @@ impl Index {
     /// Removes and returns the least recently used unheld chunk.
     pub(super) fn pop_lru(&mut self) -> Option<(ChunkId, u32)> {
         let (id, len) = self.lru.pop_lru()?;
-        debug_assert!(!self.held.contains_key(&id), "eviction candidate {id:?} is held");
+        debug_assert!(
+            !self.held.contains_key(&id),
+            "eviction candidate {id:?} is held"
+        );
         self.bytes -= u64::from(len);
         self.debug_check();
         Some((id, len))
@@ -175,7 +180,11 @@ impl Index {
     pub(super) fn entries(&self) -> Vec<(ChunkId, u32)> {
         let mut out = Vec::with_capacity(self.chunks() as usize);
         out.extend(self.lru.iter().rev().map(|(id, len)| (*id, *len)));
-        out.extend(self.held.iter().filter_map(|(id, held)| held.len.map(|len| (*id, len))));
+        out.extend(
+            self.held
+                .iter()
+                .filter_map(|(id, held)| held.len.map(|len| (*id, len))),
+        );
         out
     }
 
@@ -190,7 +199,12 @@ impl Index {
     #[cfg(test)]
     fn audit(&self) {
         let lru_bytes: u64 = self.lru.iter().map(|(_, len)| u64::from(*len)).sum();
-        let held_bytes: u64 = self.held.values().filter_map(|h| h.len).map(u64::from).sum();
+        let held_bytes: u64 = self
+            .held
+            .values()
+            .filter_map(|h| h.len)
+            .map(u64::from)
+            .sum();
         let held_present = self.held.values().filter(|h| h.len.is_some()).count() as u64;
         assert_eq!(self.held_bytes, held_bytes);
         assert_eq!(self.held_present, held_present);
@@ -220,7 +234,10 @@ mod tests {
         assert_eq!(index.pop_lru(), Some((id(3), 10)));
         assert_eq!(index.pop_lru(), Some((id(0), 10)));
         assert_eq!(index.pop_lru(), None, "only the held chunk is left");
-        assert_eq!((index.bytes(), index.held_bytes(), index.chunks()), (10, 10, 1));
+        assert_eq!(
+            (index.bytes(), index.held_bytes(), index.chunks()),
+            (10, 10, 1)
+        );
         index.audit();
     }
 
@@ -252,7 +269,10 @@ mod tests {
         assert_eq!(index.remove(&id(2)), None);
         assert!(index.is_held(&id(2)));
         assert!(!index.add(id(1), 6));
-        assert_eq!((index.bytes(), index.held_bytes(), index.chunks()), (6, 0, 1));
+        assert_eq!(
+            (index.bytes(), index.held_bytes(), index.chunks()),
+            (6, 0, 1)
+        );
         assert_eq!(index.entries(), vec![(id(1), 6)]);
         index.audit();
     }

@@ -7,11 +7,11 @@
 //!   BLAKE3 id, written to `tmp/` and renamed into place, so a partial chunk is never visible under
 //!   its name. [`ChunkCache::get`] hashes the bytes before returning them; a corrupt or truncated file
 //!   is removed and reported as a miss, so the caller refetches. Bad bytes are never served.
-//! - **The index is in memory** ([`index`]): an LRU list of present chunks plus hold counts, under one
+//! - **The index is in memory** (`index.rs`): an LRU list of present chunks plus hold counts, under one
 //!   mutex held for O(1) bookkeeping only, never across file I/O. A read costs no database write (an
 //!   SQLite index would turn every cache hit into a write to keep recency). Memory is about 100 bytes
 //!   per chunk: 1M chunks (≈64 GiB of cached content at the 64 KiB average) take ≈100 MB.
-//! - **Recovery needs no index** ([`persist`]): a clean close writes the LRU order to `index`, which
+//! - **Recovery needs no index** (`persist.rs`): a clean close writes the LRU order to `index`, which
 //!   the next open loads and deletes at once. After a crash there is no `index`, and the open rebuilds
 //!   it by scanning `chunks/` (one `stat` per file; insert time stands in for recency). Losing or
 //!   damaging `index` therefore costs one scan, never correctness. Temp files are deleted on open.
@@ -65,7 +65,11 @@ impl Default for CacheLimits {
 
 impl CacheLimits {
     fn low_water(&self) -> f64 {
-        if self.low_water.is_nan() { 0.9 } else { self.low_water.clamp(0.0, 1.0) }
+        if self.low_water.is_nan() {
+            0.9
+        } else {
+            self.low_water.clamp(0.0, 1.0)
+        }
     }
 }
 
@@ -106,6 +110,13 @@ pub enum Removal {
     /// The chunk is held; it was left in place.
     Held,
 }
+
+// Shared by FUSE worker threads and tokio tasks.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<ChunkCache>();
+    shareable::<HoldGuard>();
+};
 
 /// How many stripes serialize per-chunk file operations (a power of two).
 const STRIPES: usize = 64;
@@ -231,11 +242,14 @@ impl ChunkCache {
 
     fn insert_with(&self, id: ChunkId, data: &[u8], durable: bool) -> io::Result<()> {
         debug_assert_eq!(ChunkId::of(data), id, "inserting bytes under the wrong id");
-        let len = u32::try_from(data.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a chunk cannot exceed 4 GiB"))?;
+        let len = u32::try_from(data.len()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "a chunk cannot exceed 4 GiB")
+        })?;
         // Already cached: only its recency changes. A durable insert still rewrites, since the
-        // existing file may not have been synced.
+        // existing file may not have been synced. Either way the eviction check runs: a release
+        // since the last insert may have made an over-limit cache evictable.
         if !durable && self.index.lock().touch(&id).is_some() {
+            self.evict_step();
             return Ok(());
         }
         match self.publish(id, data, len, durable) {
@@ -308,7 +322,17 @@ impl ChunkCache {
                 }
                 Ok(None)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                // Unreadable (EIO…). Forget it unless held, so that the next insert rewrites it and
+                // the cache heals; the file stays, since the error may be transient and held content
+                // may exist nowhere else.
+                let _stripe = self.stripe(id).lock();
+                let mut index = self.index.lock();
+                if !index.is_held(id) {
+                    index.remove(id);
+                }
+                Err(e)
+            }
         }
     }
 
@@ -320,9 +344,14 @@ impl ChunkCache {
             return Ok(Err(format!("{size} bytes is too large for a chunk")));
         }
         let mut data = Vec::with_capacity(size as usize);
-        Read::by_ref(&mut file).take(MAX_CHUNK_FILE).read_to_end(&mut data)?;
+        Read::by_ref(&mut file)
+            .take(MAX_CHUNK_FILE)
+            .read_to_end(&mut data)?;
         if ChunkId::of(&data) != *id {
-            return Ok(Err(format!("its {} bytes do not hash to its name", data.len())));
+            return Ok(Err(format!(
+                "its {} bytes do not hash to its name",
+                data.len()
+            )));
         }
         Ok(Ok(data))
     }
@@ -357,7 +386,11 @@ impl ChunkCache {
         {
             let mut index = self.index.lock();
             if index.is_held(id) {
-                return Ok(if index.peek(id).is_some() { Removal::Held } else { Removal::Absent });
+                return Ok(if index.peek(id).is_some() {
+                    Removal::Held
+                } else {
+                    Removal::Absent
+                });
             }
             if index.remove(id).is_none() {
                 return Ok(Removal::Absent);
@@ -391,8 +424,9 @@ impl ChunkCache {
         }
     }
 
-    /// Drops one hold on each of `ids`. Releasing a chunk that is not held is a caller bug: logged
-    /// (and an assertion failure in debug builds).
+    /// Drops one hold on each of `ids`. Released chunks become evictable at the next insert or
+    /// [`ChunkCache::evict`] (release itself does no file I/O). Releasing a chunk that is not held
+    /// is a caller bug: logged (and an assertion failure in debug builds).
     pub fn release(&self, ids: impl IntoIterator<Item = ChunkId>) {
         let mut index = self.index.lock();
         for id in ids {
@@ -436,7 +470,9 @@ impl ChunkCache {
         };
         let target = match self.eviction_target() {
             Some(target) => target,
-            None if self.draining.load(Ordering::Relaxed) => self.low_water_of(self.effective_limit()),
+            None if self.draining.load(Ordering::Relaxed) => {
+                self.low_water_of(self.effective_limit())
+            }
             None => return,
         };
         let stats = self.evict_to(target, EVICT_STEP);

@@ -43,7 +43,9 @@ pub(super) fn save_index(path: &Path, entries: &[(ChunkId, u32)]) -> io::Result<
             put(&len.to_le_bytes())?;
         }
         out.write_all(hasher.finalize().as_bytes())?;
-        out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
+        out.into_inner()
+            .map_err(io::IntoInnerError::into_error)?
+            .sync_all()?;
         fs::rename(&tmp, path)?;
         sync_dir(path.parent().unwrap_or(Path::new(".")))
     })();
@@ -80,7 +82,9 @@ pub(super) fn load_index(path: &Path) -> Result<Option<Vec<(ChunkId, u32)>>, Bad
     let count = u64::from_le_bytes(body[MAGIC.len()..HEADER].try_into().expect("8 bytes"));
     let entries = &body[HEADER..];
     if entries.len() as u64 != count.saturating_mul(ENTRY as u64) {
-        return Err(BadIndex::Invalid("entry count does not match the file size"));
+        return Err(BadIndex::Invalid(
+            "entry count does not match the file size",
+        ));
     }
     let out = entries
         .chunks_exact(ENTRY)
@@ -110,7 +114,10 @@ pub(super) fn scan_chunks(chunks_dir: &Path) -> io::Result<Scan> {
     for shard in fs::read_dir(chunks_dir)? {
         let shard = shard?;
         let shard_name = shard.file_name();
-        let Some(prefix) = shard_name.to_str().filter(|n| n.len() == 2 && is_lower_hex(n)) else {
+        let Some(prefix) = shard_name
+            .to_str()
+            .filter(|n| n.len() == 2 && is_lower_hex(n))
+        else {
             scan.strays += 1;
             continue;
         };
@@ -160,7 +167,8 @@ pub(super) fn scan_chunks(chunks_dir: &Path) -> io::Result<Scan> {
 }
 
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Removes everything in `dir` (the temp directory), logging what cannot be removed.
@@ -168,10 +176,16 @@ pub(super) fn clear_dir(dir: &Path) -> io::Result<usize> {
     let mut removed = 0;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        let result = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        let result = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
         match result {
             Ok(()) => removed += 1,
-            Err(e) => tracing::warn!(path = %path.display(), "cannot remove leftover temp file: {e}"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot remove leftover temp file: {e}")
+            }
         }
     }
     Ok(removed)
@@ -211,7 +225,11 @@ pub(super) fn free_bytes(_path: &Path) -> io::Result<u64> {
 #[cfg(unix)]
 pub(super) fn lock_exclusive(path: &Path) -> io::Result<File> {
     use std::os::fd::AsRawFd;
-    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
     // SAFETY: flock on a valid, open file descriptor.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = io::Error::last_os_error();
@@ -231,7 +249,11 @@ pub(super) fn lock_exclusive(path: &Path) -> io::Result<File> {
 
 #[cfg(not(unix))]
 pub(super) fn lock_exclusive(path: &Path) -> io::Result<File> {
-    fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
 }
 
 /// Whether `err` means the disk (or the user's quota) is full.
@@ -240,7 +262,10 @@ pub(super) fn is_out_of_space(err: &io::Error) -> bool {
     if matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
         return true;
     }
-    matches!(err.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+    matches!(
+        err.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 #[cfg(test)]

@@ -106,6 +106,9 @@ pub(super) struct Target {
     pub copy: Option<NodeId>,
     /// A local create with the same name and content that merges into this remote create.
     pub merged_from: Option<NodeId>,
+    /// REMOTE deleted the node but LOCAL keeps it: it comes back under a new id (minted once the plan's
+    /// shape is settled, see [`Entries::mint_reborn`]).
+    pub reborn: bool,
 }
 
 /// What becomes of a node.
@@ -116,7 +119,7 @@ pub(super) enum Fate {
     Gone,
     /// Deleted by one side and unchanged on the other; gone unless something that stays ends up inside.
     TentativelyGone { deleted_by: Side },
-    /// Deleted remotely while changed locally: the local node comes back as this new node.
+    /// Deleted remotely but kept locally: the local node comes back as this new node.
     RebornAs(NodeId),
     /// A local create that becomes the equal remote create (whose target names it in `merged_from`).
     MergedInto,
@@ -147,6 +150,9 @@ pub(super) struct Entry<'t> {
     pub derived: Option<Derived>,
     /// Why the node is (partly) held, for [`super::Plan::reported`].
     pub report: Option<Report>,
+    /// For a directory one side deleted while the other left it unchanged: that side. Whether it stays
+    /// depends on what ends up inside, see [`super::resolve`].
+    pub deleted_by: Option<Side>,
 }
 
 impl Entry<'_> {
@@ -234,6 +240,7 @@ impl<'t> Entries<'t> {
                 fate: Fate::Gone,
                 derived: None,
                 report: None,
+                deleted_by: None,
             });
         }
         entries.list.sort_unstable_by_key(|entry| entry.id);
@@ -318,28 +325,24 @@ impl<'t> Entries<'t> {
             fate: Fate::Kept(target),
             derived: Some(derived),
             report: None,
+            deleted_by: None,
         });
     }
 
-    /// The local node at `position` survives a remote delete: it comes back as a new node at its local
-    /// place, with its local attributes. Returns the new id.
-    pub(super) fn rebirth<T: TreeView>(&mut self, trees: &Trees<'t, T>, position: usize) -> NodeId {
-        let entry = &self.list[position];
-        let local = entry.local.as_deref().expect("only local nodes are reborn");
-        let new_id = self.mint(trees, "re-created", &[&entry.id.to_bytes()]);
-        let target = Target {
-            remote: Loc::of(local),
-            local: Loc::of(local),
-            attrs: local.attrs.clone(),
-            from_local: true,
-            copy: None,
-            merged_from: None,
-        };
-        let (id, kind) = (entry.id, entry.kind);
-        self.list[position].fate = Fate::RebornAs(new_id);
-        self.rename(id, new_id);
-        self.push_derived(new_id, kind, Derived::Reborn { from: id }, target);
-        new_id
+    /// Gives every node that comes back after a remote delete its new id: a new entry takes over its
+    /// target, and targets under it follow.
+    pub(super) fn mint_reborn<T: TreeView>(&mut self, trees: &Trees<'t, T>) {
+        for position in 0..self.list.len() {
+            let entry = &self.list[position];
+            let Some(target) = entry.target().filter(|target| target.reborn) else { continue };
+            let new_id = self.mint(trees, "re-created", &[&entry.id.to_bytes()]);
+            let (old_id, kind) = (entry.id, entry.kind);
+            let target = Target { reborn: false, ..target.clone() };
+            self.list[position].fate = Fate::RebornAs(new_id);
+            self.rename(old_id, new_id);
+            self.push_derived(new_id, kind, Derived::Reborn { from: old_id }, target);
+        }
+        self.remap_parents();
     }
 
     /// A new id, derived from `parts` (so re-planning mints the same one), that no tree and no entry
@@ -381,6 +384,7 @@ impl<'t> Entries<'t> {
                     from_local,
                     copy: None,
                     merged_from: None,
+                    reborn: false,
                 };
                 if conflict {
                     Decision::EditConflict { target, local_attrs: local.attrs.clone() }
@@ -415,14 +419,20 @@ impl<'t> Entries<'t> {
         };
         self.list[position].kind = kind;
         match decision {
-            Decision::Fate(fate) => self.list[position].fate = fate,
+            Decision::Fate(fate) => {
+                if let Fate::TentativelyGone { deleted_by } = fate {
+                    self.list[position].deleted_by = Some(deleted_by);
+                }
+                self.list[position].fate = fate;
+            }
             Decision::KindMismatch => {
                 let entry = &mut self.list[position];
                 entry.fate = Fate::Skipped;
                 entry.report = Some(Report::KindMismatch { id });
             }
             Decision::Reborn => {
-                self.rebirth(trees, position);
+                let local = self.list[position].local.as_deref().expect("a local edit");
+                self.list[position].fate = Fate::Kept(Target { reborn: true, ..kept_as_is(local, true) });
             }
             Decision::EditConflict { target, local_attrs } => {
                 self.list[position].fate = Fate::Kept(target);
@@ -449,6 +459,7 @@ impl<'t> Entries<'t> {
             from_local: true,
             copy: None,
             merged_from: None,
+            reborn: false,
         };
         self.push_derived(copy_id, kind, Derived::ConflictCopy { of }, copy);
         if let Some(target) = self.list[position].target_mut() {
@@ -480,6 +491,7 @@ fn kept_as_is(node: &Node, from_local: bool) -> Target {
         from_local,
         copy: None,
         merged_from: None,
+        reborn: false,
     }
 }
 

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::model::{NamePolicy, NodeId, NodeIdHasher, NodeIdMap, NodeIdSet, NodeKind};
+use crate::model::{NamePolicy, NodeId, NodeIdHasher, NodeIdMap, NodeIdSet};
 use crate::tree::TreeView;
 
 use super::Report;
@@ -35,9 +35,9 @@ pub(super) fn resolve<'t, T: TreeView>(
     ctx: &PlanContext<'_>,
 ) -> Vec<Report> {
     let namer = ConflictNamer::new(ctx.device, ctx.conflict_time, ctx.names);
-    entries.remap_parents();
+    let deleted: Vec<usize> = (0..entries.len()).filter(|&position| entries.list[position].deleted_by.is_some()).collect();
     let names = loop {
-        keep_directories_with_content(trees, entries);
+        settle_deleted_directories(trees, entries, &deleted);
         let mut again = hold_unplaceable(entries, ctx.names);
         again |= undo_cycles(trees, entries, TreeRole::Remote);
         again |= undo_cycles(trees, entries, TreeRole::Local);
@@ -47,6 +47,7 @@ pub(super) fn resolve<'t, T: TreeView>(
         }
     };
     name_conflicted_copies(trees, entries, ctx.names, &namer, names);
+    entries.mint_reborn(trees);
     if std::env::var_os("BVFS_PLANNER_DEBUG").is_some() {
         for entry in &entries.list {
             eprintln!("entry {:?}: {:?} derived={:?}", entry.id, entry.fate, entry.derived);
@@ -78,47 +79,45 @@ enum ChildVerdict {
     StaysIfKept,
 }
 
-/// Keeps every tentatively deleted directory that something staying ends up in: deleted remotely, it
-/// comes back as a new node; deleted locally, it is downloaded back.
-fn keep_directories_with_content<'t, T: TreeView>(trees: &Trees<'t, T>, entries: &mut Entries<'t>) {
-    let tentative: Vec<usize> = (0..entries.len())
-        .filter(|&position| matches!(entries.list[position].fate, Fate::TentativelyGone { .. }))
+/// Keeps every directory deleted on one side that something staying ends up in (deleted remotely, it
+/// comes back as a new node; deleted locally, it is downloaded back), and lets go of the others.
+/// Decided afresh on every pass, from the targets as they stand.
+fn settle_deleted_directories<T: TreeView>(trees: &Trees<'_, T>, entries: &mut Entries<'_>, deleted: &[usize]) {
+    let mut memo = NodeIdMap::default();
+    let verdicts: Vec<bool> = deleted
+        .iter()
+        .map(|&position| holds_something_that_stays(trees, entries, entries.list[position].id, &mut memo))
         .collect();
-    if tentative.is_empty() {
-        return;
-    }
-    let mut kept = NodeIdMap::default();
-    let survivors: Vec<usize> = tentative
-        .into_iter()
-        .filter(|&position| holds_something_that_stays(trees, entries, entries.list[position].id, &mut kept))
-        .collect();
-    for position in survivors {
-        let Fate::TentativelyGone { deleted_by } = entries.list[position].fate else { unreachable!() };
-        match deleted_by {
-            // Deleted locally: download it back where REMOTE has it.
-            Side::Local => {
-                let entry = &mut entries.list[position];
-                let remote = entry.remote.as_deref().expect("deleted locally, so REMOTE has it");
-                entry.fate = Fate::Kept(Target {
-                    remote: Loc::of(remote),
-                    local: Loc::of(remote),
-                    attrs: remote.attrs.clone(),
-                    from_local: false,
-                    copy: None,
-                    merged_from: None,
-                });
-            }
-            // Deleted remotely: re-create it as a new node.
-            Side::Remote => {
-                entries.rebirth(trees, position);
-            }
+    for (&position, stays) in deleted.iter().zip(verdicts) {
+        let entry = &mut entries.list[position];
+        let deleted_by = entry.deleted_by.expect("deleted directories are marked");
+        let kept = !matches!(entry.fate, Fate::TentativelyGone { .. });
+        if stays == kept {
+            continue;
         }
+        entry.report = None;
+        entry.fate = if !stays {
+            Fate::TentativelyGone { deleted_by }
+        } else {
+            let (node, from_local) = match deleted_by {
+                Side::Local => (entry.remote.as_deref().expect("deleted locally, so REMOTE has it"), false),
+                Side::Remote => (entry.local.as_deref().expect("deleted remotely, so LOCAL has it"), true),
+            };
+            Fate::Kept(Target {
+                remote: Loc::of(node),
+                local: Loc::of(node),
+                attrs: node.attrs.clone(),
+                from_local,
+                copy: None,
+                merged_from: None,
+                reborn: deleted_by == Side::Remote,
+            })
+        };
     }
-    entries.remap_parents();
 }
 
-/// Whether anything that stays ends up inside the tentatively deleted directory `dir`, looking through
-/// nested tentatively deleted directories (iteratively: deleted trees can be deep).
+/// Whether anything that stays ends up inside the directory `dir` that one side deleted, looking through
+/// nested deleted directories (iteratively: deleted trees can be deep).
 fn holds_something_that_stays<T: TreeView>(
     trees: &Trees<'_, T>,
     entries: &Entries<'_>,
@@ -132,8 +131,7 @@ fn holds_something_that_stays<T: TreeView>(
         found: bool,
     }
     let frame = |dir: NodeId| {
-        let entry = entries.get(dir).expect("tentative directories are entries");
-        let Fate::TentativelyGone { deleted_by } = entry.fate else { unreachable!() };
+        let deleted_by = entries.get(dir).and_then(|entry| entry.deleted_by).expect("a deleted directory");
         let survivor = match deleted_by {
             Side::Local => trees.remote,
             Side::Remote => trees.local,
@@ -173,31 +171,24 @@ fn child_verdict(entries: &Entries<'_>, dir: NodeId, child: NodeId) -> ChildVerd
         // Unchanged under a deleted directory cannot happen with a complete change set; keep it safe.
         return ChildVerdict::Stays;
     };
-    let deleted_by = match entries.get(dir).map(|dir| &dir.fate) {
-        Some(Fate::TentativelyGone { deleted_by }) => *deleted_by,
-        _ => unreachable!("only tentative directories are searched"),
+    let survivor = match entries.get(dir).and_then(|dir| dir.deleted_by) {
+        Some(Side::Local) => TreeRole::Remote,
+        Some(Side::Remote) => TreeRole::Local,
+        None => unreachable!("only deleted directories are searched"),
     };
-    let survivor = match deleted_by {
-        Side::Local => TreeRole::Remote,
-        Side::Remote => TreeRole::Local,
-    };
-    let stays_in = |id: NodeId| {
-        let target = entries.get(id).and_then(|entry| entry.target());
-        if target.is_some_and(|target| place(target, survivor).parent == dir) {
-            ChildVerdict::Stays
-        } else {
-            ChildVerdict::Leaves
-        }
-    };
+    if entry.deleted_by.is_some() {
+        return ChildVerdict::StaysIfKept;
+    }
     match &entry.fate {
-        Fate::Kept(_) => stays_in(child),
-        Fate::RebornAs(new) => stays_in(*new),
-        Fate::TentativelyGone { .. } if entry.kind == NodeKind::Directory => ChildVerdict::StaysIfKept,
+        Fate::Kept(target) if place(target, survivor).parent == dir => ChildVerdict::Stays,
         Fate::RemoteOnly if survivor == TreeRole::Remote => ChildVerdict::Stays,
         Fate::Skipped => ChildVerdict::Stays,
-        Fate::TentativelyGone { .. } | Fate::RemoteOnly | Fate::Gone | Fate::MergedInto => {
-            ChildVerdict::Leaves
-        }
+        Fate::Kept(_)
+        | Fate::RebornAs(_)
+        | Fate::TentativelyGone { .. }
+        | Fate::RemoteOnly
+        | Fate::Gone
+        | Fate::MergedInto => ChildVerdict::Leaves,
     }
 }
 
@@ -328,39 +319,45 @@ fn undo_cycles<T: TreeView>(trees: &Trees<'_, T>, entries: &mut Entries<'_>, rol
     changed
 }
 
-/// Breaks one cycle: the local moves in it are undone (the node goes where REMOTE has it). A cycle in
-/// LOCAL's target made only of remote moves runs through a held node; those remote moves are held too.
+/// Breaks one cycle by undoing one local move in it (the node goes back where REMOTE has it): the one
+/// of the lowest id, so that a plan interrupted half-way and planned again picks the same one (the other
+/// local moves of the cycle can only have become agreed since). A cycle in LOCAL's target made only of
+/// remote moves runs through a held node; then one of those remote moves is held too.
 fn undo_cycle(entries: &mut Entries<'_>, cycle: &[NodeId], role: TreeRole) -> bool {
-    let mut undone = false;
-    for &id in cycle {
-        let Some(position) = entries.position(id) else { continue };
+    let lowest = |qualifies: &dyn Fn(&super::merge::Entry<'_>) -> bool| {
+        cycle
+            .iter()
+            .filter_map(|&id| entries.position(id))
+            .filter(|&position| qualifies(&entries.list[position]))
+            .min_by_key(|&position| entries.list[position].id)
+    };
+    let local_move = |entry: &super::merge::Entry<'_>| {
+        entry.remote.is_some() && entry.derived.is_none() && entry.target().is_some_and(|target| target.from_local)
+    };
+    if let Some(position) = lowest(&local_move) {
         let entry = &mut entries.list[position];
-        let remote = entry.remote.as_deref().map(Loc::of);
-        if let (Some(remote), None, Fate::Kept(target)) = (remote, entry.derived, &mut entry.fate)
-            && target.from_local
-        {
-            target.remote = remote.clone();
-            target.local = remote;
-            target.from_local = false;
-            undone = true;
-        }
+        let remote = Loc::of(entry.remote.as_deref().expect("a local move of a remote node"));
+        let target = entry.target_mut().expect("kept");
+        target.remote = remote.clone();
+        target.local = remote;
+        target.from_local = false;
+        return true;
     }
-    if undone || role != TreeRole::Local {
-        debug_assert!(undone, "a cycle in REMOTE's target without a local move: {cycle:?}");
-        return undone;
-    }
-    for &id in cycle {
-        let Some(position) = entries.position(id) else { continue };
-        let entry = &entries.list[position];
-        let holds = entry.local.is_some()
-            && entry.target().is_some_and(|target| !entries.is_local_at(entry, &target.local));
-        if holds {
+    debug_assert_eq!(role, TreeRole::Local, "a cycle in REMOTE's target without a local move: {cycle:?}");
+    let held_move = |entry: &super::merge::Entry<'_>| {
+        entry.local.is_some() && entry.target().is_some_and(|target| !entries.is_local_at(entry, &target.local))
+    };
+    match lowest(&held_move) {
+        Some(position) => {
+            let id = entries.list[position].id;
             hold_locally(entries, position, Report::HeldMove { id });
-            undone = true;
+            true
+        }
+        None => {
+            debug_assert!(false, "an unbreakable cycle in LOCAL's target: {cycle:?}");
+            false
         }
     }
-    debug_assert!(undone, "an unbreakable cycle in LOCAL's target: {cycle:?}");
-    undone
 }
 
 // --- 4. names taken twice -----------------------------------------------------------------------------
@@ -526,7 +523,9 @@ fn settle_names<'t, T: TreeView>(
         target.local.name = name;
     }
     if changed {
+        // Merged directories brought their children together: settle REMOTE's names again first.
         entries.remap_parents();
+        return (names, true);
     }
 
     // LOCAL: names that fold together here keep one node; the other remote nodes are held.

@@ -33,8 +33,9 @@ pub(super) fn schedule<T: TreeView>(
 ) -> Plan {
     let index = EffectIndex::build(trees, &drafts);
     let mut graph = DepGraph::derive(trees, &drafts, &index, ctx.names);
-    graph.break_cycles(trees, &index, ctx.names, &mut drafts);
+    // Held deletes go first, so no cycle is broken for the sake of ops that wait for them anyway.
     let held_deletes = graph.brake(trees, &drafts, ctx);
+    graph.break_cycles(trees, &index, ctx.names, &mut drafts);
     graph.into_plan(drafts, held_deletes, reported)
 }
 
@@ -102,6 +103,8 @@ struct EffectIndex {
     leaving: [NodeIdMap<u32>; 3],
     /// Nodes the plan re-identifies: new id → old id.
     reidentified: [NodeIdMap<NodeId>; 3],
+    /// The same, old id → new id.
+    renamed: [NodeIdMap<NodeId>; 3],
 }
 
 impl EffectIndex {
@@ -110,11 +113,13 @@ impl EffectIndex {
             placed: Default::default(),
             leaving: Default::default(),
             reidentified: Default::default(),
+            renamed: Default::default(),
         };
         for draft in drafts {
             for (role, effect) in effects(draft).into_iter().flatten() {
                 if let Effect::Reidentify { old, new, .. } = effect {
                     index.reidentified[slot(role)].insert(new, old);
+                    index.renamed[slot(role)].insert(old, new);
                 }
             }
         }
@@ -171,6 +176,11 @@ impl EffectIndex {
     /// Where this tree holds the children of `parent` now.
     fn now(&self, role: TreeRole, parent: NodeId) -> NodeId {
         self.holder(role, parent)
+    }
+
+    /// The id `role`'s node `id` has once the plan's re-identifications ran.
+    fn after(&self, role: TreeRole, id: NodeId) -> NodeId {
+        self.renamed[slot(role)].get(&id).copied().unwrap_or(id)
     }
 }
 
@@ -256,11 +266,11 @@ fn waits_of<T: TreeView>(
     trees: &Trees<'_, T>,
     index: &EffectIndex,
     policy: NamePolicy,
-    op: u32,
-    draft: &Draft,
+    (op, draft): (u32, &Draft),
     edges: &mut Vec<Edge>,
+    dropped: &[bool],
 ) -> bool {
-    let mut waits = Waits { op, edges, satisfiable: true };
+    let mut waits = Waits { op, edges, dropped, satisfiable: true };
     if let Some(after) = draft.after {
         waits.on(Some(after as u32), Why::Chain);
     }
@@ -312,7 +322,7 @@ impl DepGraph {
     fn derive<T: TreeView>(trees: &Trees<'_, T>, drafts: &[Draft], index: &EffectIndex, policy: NamePolicy) -> DepGraph {
         let mut edges = Vec::with_capacity(drafts.len());
         let unsatisfiable: Vec<u32> = (0..drafts.len() as u32)
-            .filter(|&op| !waits_of(trees, index, policy, op, &drafts[op as usize], &mut edges))
+            .filter(|&op| !waits_of(trees, index, policy, (op, &drafts[op as usize]), &mut edges, &[]))
             .collect();
         let mut graph = DepGraph {
             waits: Adjacency::build(drafts.len(), &edges, |edge| edge.from),
@@ -374,11 +384,16 @@ impl DepGraph {
                     continue; // Broken already by an earlier change; the next pass looks again.
                 }
                 let in_cycle = |edge: &Edge| self.is_live(edge) && cycle.contains(&edge.on) && cycle.contains(&edge.from);
-                let waits_in_cycle = |op: u32, why: fn(Why) -> bool| {
-                    self.waits.of(op).iter().map(|&edge| self.edges[edge as usize]).any(|edge| in_cycle(&edge) && why(edge.why))
+                // Whether every edge by which `op` waits inside the cycle is of this kind.
+                let waits_only_for = |op: u32, why: fn(Why) -> bool| {
+                    self.waits.of(op).iter().map(|&edge| self.edges[edge as usize]).filter(in_cycle).all(|edge| why(edge.why))
                 };
-                let awaited_in_cycle = |op: u32, why: fn(Why) -> bool| {
-                    self.awaited.of(op).iter().map(|&edge| self.edges[edge as usize]).any(|edge| in_cycle(&edge) && why(edge.why))
+                let name_awaited = |op: u32| {
+                    self.awaited
+                        .of(op)
+                        .iter()
+                        .map(|&edge| self.edges[edge as usize])
+                        .any(|edge| in_cycle(&edge) && matches!(edge.why, Why::Vacate(_)))
                 };
                 let first = |candidates: Vec<(u32, Parked)>| {
                     candidates.into_iter().min_by_key(|(op, _)| (drafts[*op as usize].kind.node(), *op))
@@ -388,8 +403,8 @@ impl DepGraph {
                     cycle
                         .iter()
                         .filter(unchanged)
-                        .filter(|&&op| !self.detached[op as usize])
-                        .filter(|&&op| waits_in_cycle(op, |why| why.tree() == Some(TreeRole::Synced)))
+                        .filter(|&&op| !self.detached[op as usize] && drafts[op as usize].kind != OpKind::RecordSynced)
+                        .filter(|&&op| waits_only_for(op, |why| why.tree() == Some(TreeRole::Synced)))
                         .filter_map(|&op| detached(trees, index, &drafts[op as usize]).map(|parked| (op, parked)))
                         .collect(),
                 );
@@ -399,14 +414,17 @@ impl DepGraph {
                             .iter()
                             .filter(unchanged)
                             .filter(|&&op| qualifies(op))
-                            .filter_map(|&op| parked(trees, &drafts[op as usize], park).map(|parked| (op, parked)))
+                            .filter_map(|&op| parked(trees, index, &drafts[op as usize], park).map(|parked| (op, parked)))
                             .collect(),
                     )
                 };
-                let is_vacate = |why: Why| matches!(why, Why::Vacate(_));
                 let choice = detach
-                    .or_else(|| park(Park::InTarget, &|op| waits_in_cycle(op, is_vacate)))
-                    .or_else(|| park(Park::InPlace, &|op| awaited_in_cycle(op, is_vacate)));
+                    .or_else(|| park(Park::InTarget, &|op| waits_only_for(op, |why| matches!(why, Why::Vacate(_)))))
+                    .or_else(|| park(Park::InPlace, &name_awaited))
+                    .or_else(|| park(Park::InRoot, &|_| true));
+                if std::env::var_os("BVFS_PLANNER_DEBUG").is_some() {
+                    eprintln!("cycle {cycle:?}: {:?}", choice.as_ref().map(|(op, parked)| (op, parked.park, &parked.draft)));
+                }
                 match choice {
                     Some((op, parked)) => self.park(trees, index, policy, drafts, op, parked),
                     None => {
@@ -440,13 +458,13 @@ impl DepGraph {
         drafts[op as usize] = parked.draft;
         match parked.park {
             Park::SyncedOnly => self.detached[op as usize] = true,
-            Park::InTarget | Park::InPlace => self.parked[op as usize] = true,
+            Park::InTarget | Park::InPlace | Park::InRoot => self.parked[op as usize] = true,
         }
         for &edge in self.waits.of(op) {
             self.edges[edge as usize].live = false;
         }
         self.drop_with_dependents(doomed);
-        if !waits_of(trees, index, policy, op, &drafts[op as usize], &mut self.edges) {
+        if !waits_of(trees, index, policy, (op, &drafts[op as usize]), &mut self.edges, &self.dropped) {
             self.drop_with_dependents([op]);
         }
     }
@@ -626,12 +644,15 @@ impl Tarjan {
 struct Waits<'a> {
     op: u32,
     edges: &'a mut Vec<Edge>,
+    /// Ops dropped already: waiting for one is unsatisfiable.
+    dropped: &'a [bool],
     satisfiable: bool,
 }
 
 impl Waits<'_> {
     fn on(&mut self, other: Option<u32>, why: Why) {
         match other {
+            Some(other) if self.dropped.get(other as usize).copied().unwrap_or(false) => self.satisfiable = false,
             Some(other) if other != self.op => self.edges.push(Edge { from: self.op, on: other, why, live: true }),
             Some(_) => {}
             None => self.satisfiable = false,
@@ -701,6 +722,8 @@ enum Park {
     InTarget,
     /// A move goes to a temporary name in the directory it is in now.
     InPlace,
+    /// A move goes to a temporary name in the root: out of its directory, without waiting for anything.
+    InRoot,
     /// Only SYNCED's change is let go: a place in SYNCED becomes a temporary name where SYNCED has the
     /// node; any other change waits for the next plan.
     SyncedOnly,
@@ -722,6 +745,7 @@ impl Parked {
             // Parked in its target directory, the node is where its descendants-to-be expect it.
             Why::Ancestor(role) | Why::Emptied(role) => match self.park {
                 Park::InTarget => role != TreeRole::Synced || self.vacates.contains(&role),
+                Park::InRoot => matches!(why, Why::Emptied(_)) && self.vacates.contains(&role),
                 Park::InPlace => false,
                 Park::SyncedOnly => role != TreeRole::Synced,
             },
@@ -737,7 +761,10 @@ fn detached<T: TreeView>(trees: &Trees<'_, T>, index: &EffectIndex, draft: &Draf
     let synced = match &draft.synced {
         SyncedChange::Put(Node { id, .. }) | SyncedChange::Place { id, .. } => {
             match trees.synced.get(index.holder(TreeRole::Synced, *id)) {
-                Some(now) => SyncedChange::Place { id: *id, parent: now.parent, name: park_name(*id) },
+                Some(now) => {
+                    let parent = index.after(TreeRole::Synced, now.parent);
+                    SyncedChange::Place { id: *id, parent, name: park_name(*id) }
+                }
                 None => SyncedChange::Unchanged,
             }
         }
@@ -754,46 +781,48 @@ fn detached<T: TreeView>(trees: &Trees<'_, T>, index: &EffectIndex, draft: &Draf
 
 /// The parked form of a move. SYNCED takes the temporary place too, so that the next plan still sees
 /// the same change to make: after a local move LOCAL equals SYNCED and REMOTE's place wins again; after
-/// a remote move REMOTE equals SYNCED and LOCAL's place wins again. Where SYNCED cannot follow, the move
-/// is not parked.
-fn parked<T: TreeView>(trees: &Trees<'_, T>, draft: &Draft, park: Park) -> Option<Parked> {
-    // The directory the node parks in, given the tree it moves in and its target directory.
-    let directory = |tree: &T, id: NodeId, target: NodeId| match park {
-        Park::InTarget => Some(target),
-        Park::InPlace => tree.get(id).map(|node| node.parent),
-        Park::SyncedOnly => None,
-    };
-    let synced_place = |id: NodeId, parent: NodeId| -> Option<SyncedChange> {
-        trees.synced.get(id)?;
-        (park == Park::InTarget || trees.synced.contains(parent))
-            .then(|| SyncedChange::Place { id, parent, name: park_name(id) })
-    };
-    let (kind, synced, side) = match &draft.kind {
-        &OpKind::RemoteMove { id, base_revision, parent, .. } => {
-            let parent = directory(trees.remote, id, parent)?;
-            let synced = synced_place(id, parent)?;
-            (OpKind::RemoteMove { id, base_revision, parent, name: park_name(id) }, synced, Some(TreeRole::Remote))
-        }
-        &OpKind::LocalMove { id, parent, .. } => {
-            let parent = directory(trees.local, id, parent)?;
-            let synced = match trees.synced.get(id) {
-                Some(_) => synced_place(id, parent)?,
-                // SYNCED lacks it: next time both sides differ from SYNCED and REMOTE wins again.
-                None => SyncedChange::Unchanged,
-            };
-            (OpKind::LocalMove { id, parent, name: park_name(id) }, synced, Some(TreeRole::Local))
-        }
-        OpKind::RecordSynced => {
-            let (id, parent) = match &draft.synced {
-                SyncedChange::Put(node) => (node.id, node.parent),
-                SyncedChange::Place { id, parent, .. } => (*id, *parent),
-                _ => return None,
-            };
-            let parent = directory(trees.synced, id, parent)?;
-            (OpKind::RecordSynced, synced_place(id, parent)?, None)
-        }
+/// a remote move REMOTE equals SYNCED and LOCAL's place wins again. Where SYNCED cannot follow, or where
+/// the node is parked there already (parking again would change nothing, plan after plan), the move is
+/// not parked.
+fn parked<T: TreeView>(trees: &Trees<'_, T>, index: &EffectIndex, draft: &Draft, park: Park) -> Option<Parked> {
+    let (role, id, target) = match &draft.kind {
+        OpKind::RemoteMove { id, parent, .. } => (TreeRole::Remote, *id, *parent),
+        OpKind::LocalMove { id, parent, .. } => (TreeRole::Local, *id, *parent),
+        OpKind::RecordSynced => match &draft.synced {
+            SyncedChange::Put(node) => (TreeRole::Synced, node.id, node.parent),
+            SyncedChange::Place { id, parent, .. } => (TreeRole::Synced, *id, *parent),
+            _ => return None,
+        },
         _ => return None,
     };
+    let now = trees.get(role).get(index.holder(role, id))?;
+    let parent = match park {
+        Park::InTarget => target,
+        Park::InPlace => index.after(role, now.parent),
+        Park::InRoot => NodeId::ROOT,
+        Park::SyncedOnly => return None,
+    };
+    let name = park_name(id);
+    if now.parent == parent && now.name == name {
+        return None;
+    }
+    let synced_parent = index.holder(TreeRole::Synced, parent);
+    let synced = match trees.synced.get(index.holder(TreeRole::Synced, id)) {
+        Some(_) if park == Park::InTarget || trees.synced.contains(synced_parent) => {
+            SyncedChange::Place { id, parent, name: name.clone() }
+        }
+        Some(_) => return None,
+        // SYNCED lacks it: next time both sides differ from SYNCED and REMOTE wins again; a remote move
+        // cannot park that way (REMOTE would win with the temporary name).
+        None if role == TreeRole::Local => SyncedChange::Unchanged,
+        None => return None,
+    };
+    let kind = match draft.kind {
+        OpKind::RemoteMove { base_revision, .. } => OpKind::RemoteMove { id, base_revision, parent, name },
+        OpKind::LocalMove { .. } => OpKind::LocalMove { id, parent, name },
+        _ => OpKind::RecordSynced,
+    };
+    let side = (role != TreeRole::Synced).then_some(role);
     let vacates = side.into_iter().chain((synced != SyncedChange::Unchanged).then_some(TreeRole::Synced)).collect();
     Some(Parked { draft: Draft { kind, synced, after: None }, park, vacates })
 }

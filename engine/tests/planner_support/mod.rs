@@ -471,25 +471,33 @@ pub fn simulate(mut trees: ThreeTrees, settings: &Settings, rounds: Rounds, seed
 
 /// All three trees as text, for failure messages: `#id /path kind content`.
 pub fn describe(trees: &ThreeTrees) -> String {
-    let mut text = String::new();
-    for (role, tree) in [("REMOTE", &trees.remote), ("LOCAL", &trees.local), ("SYNCED", &trees.synced)] {
-        let mut lines: Vec<String> = tree
-            .iter()
-            .filter(|node| !node.id.is_root())
-            .map(|node| {
-                let what = match node.kind {
-                    NodeKind::Directory => "/".to_owned(),
-                    NodeKind::Symlink => format!("-> {}", node.attrs.symlink_target.as_deref().unwrap_or("")),
-                    NodeKind::File => format!("= {}", node.attrs.content.map(|hash| hash.to_hex()[..6].to_owned()).unwrap_or_default()),
-                };
-                let x = if node.attrs.executable { " x" } else { "" };
-                format!("  {:?} {} {what}{x} mtime={}", node.id, tree.path(node.id).unwrap_or_default(), node.attrs.mtime_ns)
-            })
-            .collect();
-        lines.sort_by(|a, b| a.split(' ').nth(3).cmp(&b.split(' ').nth(3)));
-        text.push_str(&format!("{role}:\n{}\n", lines.join("\n")));
-    }
-    text
+    [("REMOTE", &trees.remote), ("LOCAL", &trees.local), ("SYNCED", &trees.synced)]
+        .iter()
+        .map(|(role, tree)| format!("{role}:\n{}", describe_tree(tree)))
+        .collect()
+}
+
+/// One tree as text, one node a line, by path.
+pub fn describe_tree(tree: &Tree) -> String {
+    let mut lines: Vec<(String, String)> = tree
+        .iter()
+        .filter(|node| !node.id.is_root())
+        .map(|node| {
+            let what = match node.kind {
+                NodeKind::Directory => "/".to_owned(),
+                NodeKind::Symlink => format!("-> {}", node.attrs.symlink_target.as_deref().unwrap_or("")),
+                NodeKind::File => {
+                    format!("= {}", node.attrs.content.map(|hash| hash.to_hex()[..6].to_owned()).unwrap_or_default())
+                }
+            };
+            let x = if node.attrs.executable { " x" } else { "" };
+            let path = tree.path(node.id).unwrap_or_default();
+            let line = format!("  {:?} {path} {what}{x} mtime={}\n", node.id, node.attrs.mtime_ns);
+            (path, line)
+        })
+        .collect();
+    lines.sort();
+    lines.into_iter().map(|(_, line)| line).collect()
 }
 
 /// A tree without revisions, for comparing end states.
