@@ -175,6 +175,7 @@ impl Engine {
             online: AtomicBool::new(false),
         });
         engine.recover_materialized()?;
+        engine.hold_pinned_content()?;
         Ok(engine)
     }
 
@@ -342,21 +343,23 @@ impl Engine {
         Ok(())
     }
 
-    /// Pins (keeps local, recursively, inherited by new children) or unpins `ino`.
+    /// Pins (keeps local, recursively, inherited by new children) or unpins `ino`. Pinned files' chunks
+    /// are held in the cache and fetched in the background. Returns how many nodes changed.
     pub fn set_pinned(&self, ino: u64, pinned: bool) -> EngineResult<usize> {
-        let touched = self.state.lock().transaction(|t| t.local_set_pinned(ino, pinned))?;
-        if pinned {
-            let mut ids = Vec::new();
-            for entry in &touched {
-                if entry.node.kind == NodeKind::File
-                    && let Ok(manifest) = self.manifest(entry)
-                {
-                    ids.extend(manifest.chunks.iter().map(|c| c.id));
-                }
+        let changed = self.state.lock().transaction(|t| t.local_set_pinned(ino, pinned))?;
+        let mut ids = Vec::new();
+        for entry in changed.iter().filter(|e| e.node.kind == NodeKind::File) {
+            if let Ok(manifest) = self.manifest(entry) {
+                ids.extend(manifest.chunks.iter().map(|c| c.id));
             }
-            self.fetcher.prefetch(ids);
         }
-        Ok(touched.len())
+        if pinned {
+            self.cache.hold(ids.iter().copied());
+            self.fetcher.prefetch(ids);
+        } else {
+            self.cache.release(ids);
+        }
+        Ok(changed.len())
     }
 
     // ----- content -----
@@ -375,6 +378,8 @@ impl Engine {
         if !truncate {
             use std::io::Write;
             let manifest = self.manifest(&entry)?;
+            // One batched, concurrent fetch of whatever is not cached, then the copy in order.
+            self.fetcher.hydrate(manifest.chunks.iter().map(|c| c.id)).await?;
             for chunk in &manifest.chunks {
                 let bytes = self.fetcher.chunk(chunk.id, crate::fetch::Priority::OnDemand).await?;
                 pending.file().write_all(&bytes)?;
@@ -388,6 +393,28 @@ impl Engine {
     /// [`Engine::materialize`] for threads outside the runtime (FUSE workers).
     pub fn materialize_blocking(&self, handle: &tokio::runtime::Handle, ino: u64, truncate: bool) -> EngineResult<PathBuf> {
         handle.block_on(self.materialize(ino, truncate))
+    }
+
+    /// Holds in the cache every chunk of every pinned file: pinned content is never evicted. Holds live
+    /// in memory, so this runs at every start.
+    fn hold_pinned_content(&self) -> EngineResult<()> {
+        let state = self.state.lock();
+        let hashes: Vec<Vec<u8>> = {
+            let mut stmt = state
+                .conn()
+                .prepare("SELECT content FROM local WHERE pinned = 1 AND kind = 2 AND content IS NOT NULL")
+                .map_err(|e| state.sql_err(e))?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| state.sql_err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| state.sql_err(e))?
+        };
+        for hash in hashes {
+            if let Some(hash) = crate::model::ContentHash::from_slice(&hash)
+                && let Some(manifest) = state.manifest(&hash)?
+            {
+                self.cache.hold(manifest.chunks.iter().map(|c| c.id));
+            }
+        }
+        Ok(())
     }
 
     /// A handle opened `ino` for writing.

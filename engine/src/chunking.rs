@@ -86,7 +86,7 @@ impl Manifest {
 
     /// The indexes of the chunks covering `[offset, offset + len)`, given [`Manifest::offsets`].
     pub fn chunks_covering(offsets: &[u64], size: u64, offset: u64, len: u64) -> std::ops::Range<usize> {
-        if len == 0 || offset >= size {
+        if len == 0 || offset >= size || offsets.first().is_none_or(|&first| first > offset) {
             return 0..0;
         }
         let end = offset.saturating_add(len).min(size);

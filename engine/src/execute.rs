@@ -27,6 +27,23 @@ pub struct LocalEffects {
     pub invalidations: Vec<Invalidation>,
     pub fetch: Vec<ChunkId>,
     pub files: Vec<FileOp>,
+    /// Chunks that pinned files gained or lost: held or released in the cache.
+    pub hold: Vec<ChunkId>,
+    pub release: Vec<ChunkId>,
+}
+
+impl LocalEffects {
+    /// Moves the cache holds of a pinned file from its old content to its new one.
+    fn repin(&mut self, t: &Txn<'_>, old: &crate::model::Attrs, new: Option<&crate::model::Attrs>) -> Result<(), EngineError> {
+        for (attrs, list) in [(Some(old), &mut self.release), (new, &mut self.hold)] {
+            if let Some(hash) = attrs.and_then(|a| a.content)
+                && let Some(manifest) = t.manifest(&hash)?
+            {
+                list.extend(manifest.chunks.iter().map(|c| c.id));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn entry_of(t: &Txn<'_>, id: NodeId) -> Result<Option<LocalEntry>, EngineError> {
@@ -73,6 +90,11 @@ impl Engine {
                         return Ok(false);
                     }
                     t.insert_local(node)?;
+                    if t.local_by_id(node.id)?.is_some_and(|e| e.pinned) {
+                        // Created under a pinned directory: pinned too, so kept local.
+                        fx.repin(t, &Default::default(), Some(&node.attrs))?;
+                        self.queue_fetch(t, &node.attrs, &mut fx.fetch)?;
+                    }
                     fx.invalidations.push(Invalidation::Entry {
                         parent: parent_ino,
                         name: node.name.clone(),
@@ -89,6 +111,9 @@ impl Engine {
                 let content_changes = !entry.node.attrs.same_content(attrs);
                 if content_changes && self.is_open_for_writing(entry.ino) {
                     return Ok(false);
+                }
+                if content_changes && entry.pinned {
+                    fx.repin(t, &entry.node.attrs, Some(attrs))?;
                 }
                 entry.node.attrs = attrs.clone();
                 t.update_local(&entry.node)?;
@@ -133,6 +158,9 @@ impl Engine {
                     return Ok(false);
                 }
                 let parent_ino = ino_of(t, entry.node.parent)?;
+                if entry.pinned {
+                    fx.repin(t, &entry.node.attrs, None)?;
+                }
                 t.remove_node(crate::state::Table::Local, *id)?;
                 fx.files.push(FileOp::Remove(entry.ino));
                 if let Some(parent) = parent_ino {

@@ -80,7 +80,10 @@ impl Engine {
         match &result {
             Err(RoundError::Remote(e)) if e.is_transient() => self.online.store(false, Ordering::Relaxed),
             Err(_) => {}
-            Ok(()) => self.online.store(true, Ordering::Relaxed),
+            Ok(()) => {
+                self.online.store(true, Ordering::Relaxed);
+                self.fetcher.mark_online();
+            }
         }
         result.map(|()| report)
     }
@@ -245,6 +248,8 @@ impl Engine {
         })?;
         drop(state);
         self.apply_file_ops(&effects.files);
+        self.cache.hold(effects.hold);
+        self.cache.release(effects.release);
         self.invalidate(effects.invalidations);
         if !effects.fetch.is_empty() {
             self.fetcher.prefetch(effects.fetch);

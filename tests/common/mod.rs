@@ -24,8 +24,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts a server on a free loopback port with the given data directory.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
-        let mut child = bvfs()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        let mut command = bvfs();
+        command.arg("serve");
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .arg("--data")
             .arg(data)
             .args(extra)
             .env("RUST_LOG", "warn")

@@ -4,12 +4,14 @@
 //! attributes). So an op advances SYNCED only for the aspect it completes: when both sides need a change
 //! to the same aspect, the local op runs first and the remote op that follows it carries the SYNCED
 //! change. If the plan stops between the two, SYNCED still holds the old base, and re-planning finds the
-//! same target again.
+//! same target again. For a node held where LOCAL has it (a remote place this platform cannot show),
+//! SYNCED keeps LOCAL's place, so that the remote move stays the change still to make.
 //!
 //! A node gets at most one remote op per plan, because each commit names the revision it was planned
 //! against: a node that needs both a move and an update is moved now and updated by the next plan.
 
 use crate::model::{Attrs, Node, NodeId, NodeIdMap, NodeKind};
+
 use super::context::PlanContext;
 use super::merge::{Derived, Entries, Entry, Fate, Loc, Target};
 use super::{OpKind, SyncedChange};

@@ -319,8 +319,8 @@ fn undo_cycles<T: TreeView>(trees: &Trees<'_, T>, entries: &mut Entries<'_>, rol
     changed
 }
 
-/// Breaks one cycle by undoing one local move in it (the node goes back where REMOTE has it): the one
-/// of the lowest id, so that a plan interrupted half-way and planned again picks the same one (the other
+/// Breaks one cycle by undoing one local move to another directory in it (the node goes back where
+/// REMOTE has it): the one of the lowest id, so that a plan interrupted half-way and planned again picks the same one (the other
 /// local moves of the cycle can only have become agreed since). A cycle in LOCAL's target made only of
 /// remote moves runs through a held node; then one of those remote moves is held too.
 fn undo_cycle(entries: &mut Entries<'_>, cycle: &[NodeId], role: TreeRole) -> bool {
@@ -331,8 +331,10 @@ fn undo_cycle(entries: &mut Entries<'_>, cycle: &[NodeId], role: TreeRole) -> bo
             .filter(|&position| qualifies(&entries.list[position]))
             .min_by_key(|&position| entries.list[position].id)
     };
-    let local_move = |entry: &super::merge::Entry<'_>| {
-        entry.remote.is_some() && entry.derived.is_none() && entry.target().is_some_and(|target| target.from_local)
+    // Only a move to another directory can close a cycle; a rename is no part of it.
+    let local_move = |entry: &super::merge::Entry<'_>| match (entry.remote.as_deref(), entry.target()) {
+        (Some(remote), Some(target)) => entry.derived.is_none() && target.from_local && target.remote.parent != remote.parent,
+        _ => false,
     };
     if let Some(position) = lowest(&local_move) {
         let entry = &mut entries.list[position];
@@ -345,7 +347,8 @@ fn undo_cycle(entries: &mut Entries<'_>, cycle: &[NodeId], role: TreeRole) -> bo
     }
     debug_assert_eq!(role, TreeRole::Local, "a cycle in REMOTE's target without a local move: {cycle:?}");
     let held_move = |entry: &super::merge::Entry<'_>| {
-        entry.local.is_some() && entry.target().is_some_and(|target| !entries.is_local_at(entry, &target.local))
+        let here = entries.local_place(entry);
+        matches!((here, entry.target()), (Some(here), Some(target)) if here.parent != target.local.parent)
     };
     match lowest(&held_move) {
         Some(position) => {

@@ -1,4 +1,5 @@
-//! Stage 4: order the ops. Dependencies come from what each op does to each tree:
+//! Stage 4: order the ops. Dependencies come from what each op does to each tree (REMOTE, LOCAL and
+//! SYNCED alike, since SYNCED must stay a well-formed tree too):
 //!
 //! - a node is placed under a parent only once the parent exists (parent creates first);
 //! - a node takes a name only once the node there left it (move-outs before move-ins, deletes before
@@ -6,13 +7,13 @@
 //! - a directory is removed only once its children left (children deletes first);
 //! - a node moves into a directory only after every moving directory above the destination moved, so
 //!   that no order of running the ops ever makes a cycle;
-//! - the second op on one aspect of one node follows the first ([`Draft::after`]).
+//! - the second op on one node follows the first ([`Draft::after`]).
 //!
 //! Ops whose dependency is missing from the plan (the node in the way stays, for now) are dropped with
-//! everything that depends on them; the next plan picks them up. Dependencies that form a cycle (two
-//! nodes swapping names) are broken by moving one node to a temporary name in its current directory
-//! ("parking" it); the next plan moves it on. Last, the bulk-delete brake holds the deletes of an
-//! oversize plan (and what depends on them).
+//! everything that depends on them; the next plan picks them up. Then the bulk-delete brake holds the
+//! deletes of an oversize plan (and what depends on them). Dependencies that form a cycle (two nodes
+//! swapping names, a directory taking the name of a file that moves into it) are broken last, see
+//! [`DepGraph::break_cycles`].
 
 use std::collections::VecDeque;
 
@@ -402,7 +403,6 @@ impl DepGraph {
                 let detach = first(
                     cycle
                         .iter()
-                        .filter(unchanged)
                         .filter(|&&op| !self.detached[op as usize] && drafts[op as usize].kind != OpKind::RecordSynced)
                         .filter(|&&op| waits_only_for(op, |why| why.tree() == Some(TreeRole::Synced)))
                         .filter_map(|&op| detached(trees, index, &drafts[op as usize]).map(|parked| (op, parked)))

@@ -215,15 +215,20 @@ impl Txn<'_> {
     }
 
     /// Sets the pin of `ino` and, for a directory, of everything below it (new children inherit it).
+    /// Returns the entries whose pin changed.
     pub fn local_set_pinned(&self, ino: u64, pinned: bool) -> LocalResult<Vec<LocalEntry>> {
         let root = self.local_by_ino(ino)?.ok_or(LocalError::NotFound)?;
-        let mut touched = Vec::new();
+        let mut changed = Vec::new();
         let mut stack = vec![root];
         while let Some(mut entry) = stack.pop() {
-            self.conn()
-                .prepare_cached("UPDATE local SET pinned = ?2 WHERE ino = ?1")
-                .and_then(|mut s| s.execute(params![entry.ino as i64, pinned]))
-                .map_err(|e| self.err(e))?;
+            if entry.pinned != pinned {
+                self.conn()
+                    .prepare_cached("UPDATE local SET pinned = ?2 WHERE ino = ?1")
+                    .and_then(|mut s| s.execute(params![entry.ino as i64, pinned]))
+                    .map_err(|e| self.err(e))?;
+                entry.pinned = pinned;
+                changed.push(entry.clone());
+            }
             if entry.node.kind == NodeKind::Directory {
                 let mut after: Option<String> = None;
                 loop {
@@ -233,9 +238,7 @@ impl Txn<'_> {
                     stack.extend(page);
                 }
             }
-            entry.pinned = pinned;
-            touched.push(entry);
         }
-        Ok(touched)
+        Ok(changed)
     }
 }
