@@ -136,6 +136,8 @@ pub struct Engine {
     /// the sync loop leaves their content alone until they are closed.
     pub(crate) writers: Mutex<HashMap<u64, usize>>,
     pub(crate) invalidations: Mutex<Vec<Invalidation>>,
+    /// The chunks held in the cache for each pinned file, so every release matches a hold.
+    pub(crate) pin_holds: Mutex<HashMap<u64, Vec<crate::chunking::ChunkId>>>,
     /// Wakes the sync loop after a local change.
     pub(crate) wake: tokio::sync::Notify,
     pub(crate) online: AtomicBool,
@@ -171,6 +173,7 @@ impl Engine {
             ids,
             writers: Mutex::new(HashMap::new()),
             invalidations: Mutex::new(Vec::new()),
+            pin_holds: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             online: AtomicBool::new(false),
         });
@@ -347,19 +350,32 @@ impl Engine {
     /// are held in the cache and fetched in the background. Returns how many nodes changed.
     pub fn set_pinned(&self, ino: u64, pinned: bool) -> EngineResult<usize> {
         let changed = self.state.lock().transaction(|t| t.local_set_pinned(ino, pinned))?;
-        let mut ids = Vec::new();
+        let mut fetch = Vec::new();
         for entry in changed.iter().filter(|e| e.node.kind == NodeKind::File) {
-            if let Ok(manifest) = self.manifest(entry) {
-                ids.extend(manifest.chunks.iter().map(|c| c.id));
-            }
+            let ids = match (pinned, self.manifest(entry)) {
+                (true, Ok(manifest)) => Some(manifest.chunks.iter().map(|c| c.id).collect::<Vec<_>>()),
+                _ => None,
+            };
+            fetch.extend(ids.iter().flatten().copied());
+            self.pin_hold(entry.ino, ids);
         }
-        if pinned {
-            self.cache.hold(ids.iter().copied());
-            self.fetcher.prefetch(ids);
-        } else {
-            self.cache.release(ids);
-        }
+        self.fetcher.prefetch(fetch);
         Ok(changed.len())
+    }
+
+    /// Makes `ids` the chunks held for the pinned file `ino` (`None`: it holds nothing any more).
+    pub(crate) fn pin_hold(&self, ino: u64, ids: Option<Vec<crate::chunking::ChunkId>>) {
+        let mut holds = self.pin_holds.lock();
+        if let Some(ids) = &ids {
+            self.cache.hold(ids.iter().copied());
+        }
+        let previous = match ids {
+            Some(ids) => holds.insert(ino, ids),
+            None => holds.remove(&ino),
+        };
+        if let Some(previous) = previous {
+            self.cache.release(previous);
+        }
     }
 
     // ----- content -----
@@ -398,20 +414,24 @@ impl Engine {
     /// Holds in the cache every chunk of every pinned file: pinned content is never evicted. Holds live
     /// in memory, so this runs at every start.
     fn hold_pinned_content(&self) -> EngineResult<()> {
-        let state = self.state.lock();
-        let hashes: Vec<Vec<u8>> = {
+        let pinned: Vec<(u64, Vec<u8>)> = {
+            let state = self.state.lock();
             let mut stmt = state
                 .conn()
-                .prepare("SELECT content FROM local WHERE pinned = 1 AND kind = 2 AND content IS NOT NULL")
+                .prepare("SELECT ino, content FROM local WHERE pinned = 1 AND kind = 2 AND content IS NOT NULL")
                 .map_err(|e| state.sql_err(e))?;
-            let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| state.sql_err(e))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+                .map_err(|e| state.sql_err(e))?;
             rows.collect::<Result<_, _>>().map_err(|e| state.sql_err(e))?
         };
-        for hash in hashes {
-            if let Some(hash) = crate::model::ContentHash::from_slice(&hash)
-                && let Some(manifest) = state.manifest(&hash)?
-            {
-                self.cache.hold(manifest.chunks.iter().map(|c| c.id));
+        for (ino, hash) in pinned {
+            let manifest = match crate::model::ContentHash::from_slice(&hash) {
+                Some(hash) => self.state.lock().manifest(&hash)?,
+                None => None,
+            };
+            if let Some(manifest) = manifest {
+                self.pin_hold(ino, Some(manifest.chunks.iter().map(|c| c.id).collect()));
             }
         }
         Ok(())
@@ -470,6 +490,9 @@ impl Engine {
             attrs.mtime_ns = now;
             t.local_set_attrs(ino, attrs).map(Some)
         })?;
+        if let Some(entry) = result.as_ref().filter(|e| e.pinned) {
+            self.pin_hold(entry.ino, Some(manifest.chunks.iter().map(|c| c.id).collect()));
+        }
         if result.is_none() && !self.writers.lock().contains_key(&ino) {
             // The node was deleted while open: its copy goes with the last handle.
             self.files.remove(ino)?;

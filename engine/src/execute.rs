@@ -27,21 +27,18 @@ pub struct LocalEffects {
     pub invalidations: Vec<Invalidation>,
     pub fetch: Vec<ChunkId>,
     pub files: Vec<FileOp>,
-    /// Chunks that pinned files gained or lost: held or released in the cache.
-    pub hold: Vec<ChunkId>,
-    pub release: Vec<ChunkId>,
+    /// Pinned files whose content changed: the chunks to hold for each inode now (`None`: none).
+    pub pins: Vec<(u64, Option<Vec<ChunkId>>)>,
 }
 
 impl LocalEffects {
-    /// Moves the cache holds of a pinned file from its old content to its new one.
-    fn repin(&mut self, t: &Txn<'_>, old: &crate::model::Attrs, new: Option<&crate::model::Attrs>) -> Result<(), EngineError> {
-        for (attrs, list) in [(Some(old), &mut self.release), (new, &mut self.hold)] {
-            if let Some(hash) = attrs.and_then(|a| a.content)
-                && let Some(manifest) = t.manifest(&hash)?
-            {
-                list.extend(manifest.chunks.iter().map(|c| c.id));
-            }
-        }
+    /// Records that the pinned file `ino` now holds `attrs`' content (or nothing).
+    fn repin(&mut self, t: &Txn<'_>, ino: u64, attrs: Option<&crate::model::Attrs>) -> Result<(), EngineError> {
+        let ids = match attrs.and_then(|a| a.content) {
+            Some(hash) => t.manifest(&hash)?.map(|m| m.chunks.iter().map(|c| c.id).collect()),
+            None => None,
+        };
+        self.pins.push((ino, ids));
         Ok(())
     }
 }
@@ -89,10 +86,10 @@ impl Engine {
                         tracing::warn!(id = %node.id, name = %node.name, "the planned local create finds its name taken; waiting");
                         return Ok(false);
                     }
-                    t.insert_local(node)?;
+                    let ino = t.insert_local(node)?;
                     if t.local_by_id(node.id)?.is_some_and(|e| e.pinned) {
                         // Created under a pinned directory: pinned too, so kept local.
-                        fx.repin(t, &Default::default(), Some(&node.attrs))?;
+                        fx.repin(t, ino, Some(&node.attrs))?;
                         self.queue_fetch(t, &node.attrs, &mut fx.fetch)?;
                     }
                     fx.invalidations.push(Invalidation::Entry {
@@ -113,7 +110,7 @@ impl Engine {
                     return Ok(false);
                 }
                 if content_changes && entry.pinned {
-                    fx.repin(t, &entry.node.attrs, Some(attrs))?;
+                    fx.repin(t, entry.ino, Some(attrs))?;
                 }
                 entry.node.attrs = attrs.clone();
                 t.update_local(&entry.node)?;
@@ -159,7 +156,7 @@ impl Engine {
                 }
                 let parent_ino = ino_of(t, entry.node.parent)?;
                 if entry.pinned {
-                    fx.repin(t, &entry.node.attrs, None)?;
+                    fx.repin(t, entry.ino, None)?;
                 }
                 t.remove_node(crate::state::Table::Local, *id)?;
                 fx.files.push(FileOp::Remove(entry.ino));

@@ -248,8 +248,9 @@ impl Engine {
         })?;
         drop(state);
         self.apply_file_ops(&effects.files);
-        self.cache.hold(effects.hold);
-        self.cache.release(effects.release);
+        for (ino, ids) in effects.pins {
+            self.pin_hold(ino, ids);
+        }
         self.invalidate(effects.invalidations);
         if !effects.fetch.is_empty() {
             self.fetcher.prefetch(effects.fetch);
