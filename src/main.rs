@@ -5,6 +5,7 @@
 
 mod admin_cmd;
 mod hash_cmd;
+mod mount_cmd;
 mod paths;
 mod serve_cmd;
 
@@ -23,6 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Mount your BitVault namespace as a folder, with files on demand.
+    Mount(mount_cmd::MountArgs),
+    /// Unmount a bvfs mount (after a last sync).
+    Umount(mount_cmd::UmountArgs),
     /// Run the BitVault server that devices sync with.
     Serve(serve_cmd::ServeArgs),
     /// Manage the server's users and device tokens (works beside a running server).
@@ -32,19 +37,24 @@ enum Command {
     Hash(hash_cmd::HashArgs),
 }
 
-fn init_logging() {
+fn init_logging(ansi: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // A mount daemon logs to a file: no colour codes there.
+    let daemon = matches!(&cli.command, Command::Mount(args) if !args.foreground());
+    init_logging(!daemon && std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = match cli.command {
+        Command::Mount(args) => mount_cmd::run(args),
+        Command::Umount(args) => mount_cmd::umount(args),
         Command::Serve(args) => serve_cmd::run(args),
         Command::Admin(cmd) => admin_cmd::run(cmd),
         Command::Hash(args) => hash_cmd::run(args),

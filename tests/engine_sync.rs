@@ -65,7 +65,7 @@ async fn write(engine: &Engine, ino: u64, data: &[u8]) {
     engine.open_writer(ino);
     let path = engine.materialize(ino, true).await.unwrap();
     std::fs::write(path, data).unwrap();
-    engine.close_writer(ino, None).unwrap();
+    engine.close_writer(ino, None, true).unwrap();
 }
 
 async fn read_all(engine: &Engine, ino: u64) -> Vec<u8> {
@@ -217,7 +217,7 @@ async fn editing_the_middle_of_a_1gib_file_uploads_only_nearby_chunks() {
             out.write_all(&piece).unwrap();
         }
     }
-    engine.close_writer(file.ino, None).unwrap();
+    engine.close_writer(file.ino, None, true).unwrap();
     engine.sync_until_idle(10).await.unwrap();
     let first = remote.uploaded.swap(0, Ordering::Relaxed);
     assert!(first >= GIB, "the first upload sends the whole file ({first} bytes)");
@@ -232,7 +232,7 @@ async fn editing_the_middle_of_a_1gib_file_uploads_only_nearby_chunks() {
         let edit: Vec<u8> = (0..MIB).map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) as u8).collect();
         f.write_all(&edit).unwrap();
     }
-    engine.close_writer(file.ino, None).unwrap();
+    engine.close_writer(file.ino, None, true).unwrap();
     engine.sync_until_idle(10).await.unwrap();
     let second = remote.uploaded.load(Ordering::Relaxed);
     println!("a 1 MiB edit in a 1 GiB file uploaded {second} bytes");

@@ -34,7 +34,8 @@ unsafe impl GlobalAlloc for CountingAllocator {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if new_size > layout.size() {
-            let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+            let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
+                - layout.size();
             PEAK.fetch_max(live, Ordering::Relaxed);
         } else {
             LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
@@ -77,19 +78,45 @@ fn namespace() -> (Tree, Vec<NodeId>) {
     let mut tree = Tree::new();
     let mut files = Vec::new();
     let mut next = 0;
-    let mut insert = |tree: &mut Tree, parent: NodeId, name: String, kind: NodeKind, attrs: Attrs| {
-        next += 1;
-        let node = Node { id: id(next), parent, name, kind, attrs, revision: 1 };
-        tree.insert(node).expect("a fresh name");
-        id(next)
-    };
+    let mut insert =
+        |tree: &mut Tree, parent: NodeId, name: String, kind: NodeKind, attrs: Attrs| {
+            next += 1;
+            let node = Node {
+                id: id(next),
+                parent,
+                name,
+                kind,
+                attrs,
+                revision: 1,
+            };
+            tree.insert(node).expect("a fresh name");
+            id(next)
+        };
     for d in 0..DIRECTORIES {
-        let dir = insert(&mut tree, NodeId::ROOT, format!("dir{d:03}"), NodeKind::Directory, Attrs::default());
+        let dir = insert(
+            &mut tree,
+            NodeId::ROOT,
+            format!("dir{d:03}"),
+            NodeKind::Directory,
+            Attrs::default(),
+        );
         for s in 0..SUBDIRECTORIES {
-            let sub = insert(&mut tree, dir, format!("sub{s:03}"), NodeKind::Directory, Attrs::default());
+            let sub = insert(
+                &mut tree,
+                dir,
+                format!("sub{s:03}"),
+                NodeKind::Directory,
+                Attrs::default(),
+            );
             for f in 0..FILES_PER_SUBDIRECTORY {
                 let n = (d * SUBDIRECTORIES + s) * FILES_PER_SUBDIRECTORY + f;
-                files.push(insert(&mut tree, sub, format!("file{f:03}.txt"), NodeKind::File, file(n, 1)));
+                files.push(insert(
+                    &mut tree,
+                    sub,
+                    format!("file{f:03}.txt"),
+                    NodeKind::File,
+                    file(n, 1),
+                ));
             }
         }
     }
@@ -109,28 +136,55 @@ fn scenario(base: &Tree, files: &[NodeId], changes: usize) -> Scenario {
     let (mut remote, mut local) = (base.clone(), base.clone());
     let stride = files.len() / changes;
     let mut changed = Vec::with_capacity(changes);
-    for (k, &file_id) in files.iter().step_by(stride.max(1)).take(changes).enumerate() {
+    for (k, &file_id) in files
+        .iter()
+        .step_by(stride.max(1))
+        .take(changes)
+        .enumerate()
+    {
         let node = base.get(file_id).expect("a file").clone();
         let k = k as u64;
         match k % 20 {
             // Edits, mostly one-sided, 1 in 20 on both sides.
-            0..=5 => remote.set_attrs(file_id, file(k + 10_000_000, 2)).expect("exists"),
-            6..=11 => local.set_attrs(file_id, file(k + 20_000_000, 2)).expect("exists"),
+            0..=5 => remote
+                .set_attrs(file_id, file(k + 10_000_000, 2))
+                .expect("exists"),
+            6..=11 => local
+                .set_attrs(file_id, file(k + 20_000_000, 2))
+                .expect("exists"),
             12 => {
-                remote.set_attrs(file_id, file(k + 10_000_000, 2)).expect("exists");
-                local.set_attrs(file_id, file(k + 20_000_000, 2)).expect("exists");
+                remote
+                    .set_attrs(file_id, file(k + 10_000_000, 2))
+                    .expect("exists");
+                local
+                    .set_attrs(file_id, file(k + 20_000_000, 2))
+                    .expect("exists");
             }
             // Renames.
-            13 => remote.move_to(file_id, node.parent, &format!("renamed-{k}.txt")).expect("free"),
-            14 => local.move_to(file_id, node.parent, &format!("renamed-{k}.txt")).expect("free"),
+            13 => remote
+                .move_to(file_id, node.parent, &format!("renamed-{k}.txt"))
+                .expect("free"),
+            14 => local
+                .move_to(file_id, node.parent, &format!("renamed-{k}.txt"))
+                .expect("free"),
             // Deletes.
             15 => drop(remote.remove(file_id).expect("a leaf")),
             16 => drop(local.remove(file_id).expect("a leaf")),
             // Creates next to the file (the file itself stays unchanged).
             17 | 18 => {
-                let tree = if k % 20 == 17 { &mut remote } else { &mut local };
+                let tree = if k % 20 == 17 {
+                    &mut remote
+                } else {
+                    &mut local
+                };
                 let new = id(u64::MAX / 2 + k);
-                let node = Node { id: new, name: format!("new-{k}.txt"), attrs: file(k + 30_000_000, 2), revision: 2, ..node };
+                let node = Node {
+                    id: new,
+                    name: format!("new-{k}.txt"),
+                    attrs: file(k + 30_000_000, 2),
+                    revision: 2,
+                    ..node
+                };
                 tree.insert(node).expect("a fresh name");
                 changed.push(new);
                 continue;
@@ -144,7 +198,12 @@ fn scenario(base: &Tree, files: &[NodeId], changes: usize) -> Scenario {
         }
         changed.push(file_id);
     }
-    Scenario { remote, local, synced: base.clone(), changed }
+    Scenario {
+        remote,
+        local,
+        synced: base.clone(),
+        changed,
+    }
 }
 
 fn plan(scenario: &Scenario) -> bvfs_engine::planner::Plan {
@@ -158,13 +217,23 @@ fn plan(scenario: &Scenario) -> bvfs_engine::planner::Plan {
         residency: &NothingResident,
         confirmed_deletes: &confirmed,
     };
-    Planner::plan(&scenario.remote, &scenario.local, &scenario.synced, scenario.changed.iter().copied(), &ctx)
+    Planner::plan(
+        &scenario.remote,
+        &scenario.local,
+        &scenario.synced,
+        scenario.changed.iter().copied(),
+        &ctx,
+    )
 }
 
 fn benches(c: &mut Criterion) {
     let started = Instant::now();
     let (base, files) = namespace();
-    println!("namespace: {} nodes, built in {:.1?}", base.node_count(), started.elapsed());
+    println!(
+        "namespace: {} nodes, built in {:.1?}",
+        base.node_count(),
+        started.elapsed()
+    );
     let mut group = c.benchmark_group("planner");
     group.sample_size(10);
     for changes in [10_000, 1_000_000] {

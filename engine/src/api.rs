@@ -122,6 +122,14 @@ pub enum Invalidation {
     Entry { parent: u64, name: String },
 }
 
+/// The writing handles open on one inode.
+#[derive(Debug, Default)]
+pub(crate) struct Writers {
+    pub handles: usize,
+    /// Whether a closed handle wrote: the content is committed when the last one closes.
+    pub wrote: bool,
+}
+
 /// The sync engine of one device.
 pub struct Engine {
     pub(crate) state: Mutex<State>,
@@ -134,8 +142,10 @@ pub struct Engine {
     pub(crate) ids: Arc<dyn IdSource>,
     /// Inodes open for writing, with how many handles: their local content may change any moment, so
     /// the sync loop leaves their content alone until they are closed.
-    pub(crate) writers: Mutex<HashMap<u64, usize>>,
+    pub(crate) writers: Mutex<HashMap<u64, Writers>>,
     pub(crate) invalidations: Mutex<Vec<Invalidation>>,
+    /// Nodes whose content is being uploaded right now.
+    pub(crate) uploading: Mutex<std::collections::HashSet<NodeId>>,
     /// The chunks held in the cache for each pinned file, so every release matches a hold.
     pub(crate) pin_holds: Mutex<HashMap<u64, Vec<crate::chunking::ChunkId>>>,
     /// Wakes the sync loop after a local change.
@@ -174,6 +184,7 @@ impl Engine {
             writers: Mutex::new(HashMap::new()),
             invalidations: Mutex::new(Vec::new()),
             pin_holds: Mutex::new(HashMap::new()),
+            uploading: Mutex::new(std::collections::HashSet::new()),
             wake: tokio::sync::Notify::new(),
             online: AtomicBool::new(false),
         });
@@ -221,6 +232,11 @@ impl Engine {
     /// The entry `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &str) -> EngineResult<Option<LocalEntry>> {
         Ok(self.state.lock().read(|t| t.local_lookup(parent, name))?)
+    }
+
+    /// The LOCAL entry with this node id.
+    pub fn getattr_by_id(&self, id: NodeId) -> EngineResult<Option<LocalEntry>> {
+        Ok(self.state.lock().read(|t| t.local_by_id(id))?)
     }
 
     /// The entry with inode `ino`.
@@ -439,26 +455,29 @@ impl Engine {
 
     /// A handle opened `ino` for writing.
     pub fn open_writer(&self, ino: u64) {
-        *self.writers.lock().entry(ino).or_default() += 1;
+        self.writers.lock().entry(ino).or_default().handles += 1;
     }
 
-    /// A writing handle of `ino` was closed; when it was the last, the content is committed.
-    pub fn close_writer(&self, ino: u64, mtime_ns: Option<i64>) -> EngineResult<()> {
-        let last = {
+    /// A writing handle of `ino` was closed, after writing to it if `wrote`. When the last writing
+    /// handle closes and any of them wrote, the content is committed.
+    pub fn close_writer(&self, ino: u64, mtime_ns: Option<i64>, wrote: bool) -> EngineResult<()> {
+        let commit = {
             let mut writers = self.writers.lock();
             match writers.get_mut(&ino) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
+                Some(w) if w.handles > 1 => {
+                    w.handles -= 1;
+                    w.wrote |= wrote;
                     false
                 }
-                Some(_) => {
+                Some(w) => {
+                    let wrote = w.wrote || wrote;
                     writers.remove(&ino);
-                    true
+                    wrote
                 }
                 None => false,
             }
         };
-        if last {
+        if commit {
             self.commit_written(ino, mtime_ns)?;
         }
         Ok(())

@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod files;
 pub mod model;
 pub mod planner;
+pub mod presence;
 pub mod recover;
 pub mod remote;
 pub mod residency;

@@ -109,7 +109,8 @@ impl Hasher for NodeIdHasher {
 
     fn write(&mut self, bytes: &[u8]) {
         for &byte in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
     }
 
@@ -350,7 +351,10 @@ mod tests {
         assert_eq!(NodeId::from_bytes(&id.to_bytes()), Some(id));
         assert_eq!(id.to_string().parse::<NodeId>().unwrap(), id);
         assert_eq!(NodeId::from_bytes(&[0; 15]), None);
-        assert_eq!(NodeId::ROOT.to_string(), "00000000-0000-0000-0000-000000000000");
+        assert_eq!(
+            NodeId::ROOT.to_string(),
+            "00000000-0000-0000-0000-000000000000"
+        );
     }
 
     #[test]
@@ -370,7 +374,10 @@ mod tests {
         assert_eq!(validate_name(".."), Err(NameError::DotEntry));
         assert_eq!(validate_name("a/b"), Err(NameError::Slash));
         assert_eq!(validate_name("a\0b"), Err(NameError::Nul));
-        assert_eq!(validate_name(&"é".repeat(128)), Err(NameError::TooLong { len: 256 }));
+        assert_eq!(
+            validate_name(&"é".repeat(128)),
+            Err(NameError::TooLong { len: 256 })
+        );
         assert_eq!(validate_name(&"x".repeat(255)), Ok(()));
     }
 
@@ -378,8 +385,14 @@ mod tests {
     fn the_windows_policy() {
         let windows = NamePolicy::Windows;
         assert_eq!(windows.check("a:b"), Err(NameError::ReservedChar(':')));
-        assert_eq!(windows.check("con"), Err(NameError::ReservedName("con".into())));
-        assert_eq!(windows.check("Com3.txt"), Err(NameError::ReservedName("Com3.txt".into())));
+        assert_eq!(
+            windows.check("con"),
+            Err(NameError::ReservedName("con".into()))
+        );
+        assert_eq!(
+            windows.check("Com3.txt"),
+            Err(NameError::ReservedName("Com3.txt".into()))
+        );
         assert_eq!(windows.check("console"), Ok(()));
         assert_eq!(windows.check("com0"), Ok(()));
         assert_eq!(windows.check("a."), Err(NameError::TrailingDotOrSpace));

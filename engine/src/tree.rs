@@ -42,7 +42,11 @@ pub enum TreeError {
     #[error("parent {0} is not a directory")]
     ParentNotDirectory(NodeId),
     #[error("{parent} already has a child called {name:?} ({taken_by})")]
-    NameTaken { parent: NodeId, name: String, taken_by: NodeId },
+    NameTaken {
+        parent: NodeId,
+        name: String,
+        taken_by: NodeId,
+    },
     #[error("invalid name {name:?}: {error}")]
     InvalidName { name: String, error: NameError },
     #[error("moving {id} under {parent} would put it inside itself")]
@@ -80,7 +84,10 @@ impl Tree {
     pub fn new() -> Tree {
         let mut nodes = NodeIdMap::default();
         nodes.insert(NodeId::ROOT, Node::root());
-        Tree { nodes, children: NodeIdMap::default() }
+        Tree {
+            nodes,
+            children: NodeIdMap::default(),
+        }
     }
 
     /// How many nodes the tree holds, the root included.
@@ -139,12 +146,18 @@ impl Tree {
 
     /// Replaces a node's attributes.
     pub fn set_attrs(&mut self, id: NodeId, attrs: Attrs) -> Result<(), TreeError> {
-        self.nodes.get_mut(&id).ok_or(TreeError::NotFound(id))?.attrs = attrs;
+        self.nodes
+            .get_mut(&id)
+            .ok_or(TreeError::NotFound(id))?
+            .attrs = attrs;
         Ok(())
     }
 
     pub fn set_revision(&mut self, id: NodeId, revision: u64) -> Result<(), TreeError> {
-        self.nodes.get_mut(&id).ok_or(TreeError::NotFound(id))?.revision = revision;
+        self.nodes
+            .get_mut(&id)
+            .ok_or(TreeError::NotFound(id))?
+            .revision = revision;
         Ok(())
     }
 
@@ -235,7 +248,10 @@ impl Tree {
                 return Err(format!("empty child index kept for {parent:?}"));
             }
             for (name, child) in children {
-                let node = self.nodes.get(child).ok_or(format!("dangling child {child:?}"))?;
+                let node = self
+                    .nodes
+                    .get(child)
+                    .ok_or(format!("dangling child {child:?}"))?;
                 if node.parent != *parent || *node.name != **name {
                     return Err(format!("child index disagrees with {node:?}"));
                 }
@@ -243,14 +259,20 @@ impl Tree {
             }
         }
         if linked != self.nodes.len() - 1 {
-            return Err(format!("{} nodes but {linked} linked under parents", self.nodes.len()));
+            return Err(format!(
+                "{} nodes but {linked} linked under parents",
+                self.nodes.len()
+            ));
         }
         for node in self.nodes.values() {
             if node.id.is_root() {
                 continue;
             }
             validate_name(&node.name).map_err(|error| format!("{node:?}: {error}"))?;
-            let parent = self.nodes.get(&node.parent).ok_or(format!("orphan {node:?}"))?;
+            let parent = self
+                .nodes
+                .get(&node.parent)
+                .ok_or(format!("orphan {node:?}"))?;
             if !parent.is_dir() {
                 return Err(format!("{node:?} is under a non-directory"));
             }
@@ -270,27 +292,41 @@ impl Tree {
 
     /// Whether `id` may sit at `parent`/`name` (ignoring `id`'s current place).
     fn check_place(&self, id: NodeId, parent: NodeId, name: &str) -> Result<(), TreeError> {
-        validate_name(name)
-            .map_err(|error| TreeError::InvalidName { name: name.to_owned(), error })?;
-        let parent_node = self.nodes.get(&parent).ok_or(TreeError::ParentNotFound(parent))?;
+        validate_name(name).map_err(|error| TreeError::InvalidName {
+            name: name.to_owned(),
+            error,
+        })?;
+        let parent_node = self
+            .nodes
+            .get(&parent)
+            .ok_or(TreeError::ParentNotFound(parent))?;
         if !parent_node.is_dir() {
             return Err(TreeError::ParentNotDirectory(parent));
         }
         match self.child_by_name(parent, name) {
-            Some(taken_by) if taken_by != id => {
-                Err(TreeError::NameTaken { parent, name: name.to_owned(), taken_by })
-            }
+            Some(taken_by) if taken_by != id => Err(TreeError::NameTaken {
+                parent,
+                name: name.to_owned(),
+                taken_by,
+            }),
             _ => Ok(()),
         }
     }
 
     fn link(&mut self, parent: NodeId, name: &str, id: NodeId) {
-        let previous = self.children.entry(parent).or_default().insert(name.into(), id);
+        let previous = self
+            .children
+            .entry(parent)
+            .or_default()
+            .insert(name.into(), id);
         debug_assert!(previous.is_none(), "linked {id:?} over {previous:?}");
     }
 
     fn unlink(&mut self, parent: NodeId, name: &str) {
-        let siblings = self.children.get_mut(&parent).expect("a node is linked under its parent");
+        let siblings = self
+            .children
+            .get_mut(&parent)
+            .expect("a node is linked under its parent");
         siblings.remove(name);
         if siblings.is_empty() {
             self.children.remove(&parent);
@@ -308,7 +344,10 @@ impl TreeView for Tree {
     }
 
     fn children(&self, parent: NodeId) -> impl Iterator<Item = NodeId> + '_ {
-        self.children.get(&parent).into_iter().flat_map(|children| children.values().copied())
+        self.children
+            .get(&parent)
+            .into_iter()
+            .flat_map(|children| children.values().copied())
     }
 
     fn contains(&self, id: NodeId) -> bool {
@@ -339,14 +378,27 @@ mod tests {
     #[test]
     fn mutations_keep_the_invariants() {
         let mut tree = Tree::new();
-        tree.insert(node(1, 0, "docs", NodeKind::Directory)).unwrap();
+        tree.insert(node(1, 0, "docs", NodeKind::Directory))
+            .unwrap();
         tree.insert(node(2, 1, "a.txt", NodeKind::File)).unwrap();
         tree.insert(node(3, 0, "b", NodeKind::Directory)).unwrap();
         assert_eq!(tree.path(id(2)).as_deref(), Some("/docs/a.txt"));
 
-        assert!(matches!(tree.insert(node(4, 1, "a.txt", NodeKind::File)), Err(TreeError::NameTaken { .. })));
-        assert_eq!(tree.insert(node(4, 2, "x", NodeKind::File)), Err(TreeError::ParentNotDirectory(id(2))));
-        assert_eq!(tree.move_to(id(1), id(1), "loop"), Err(TreeError::Cycle { id: id(1), parent: id(1) }));
+        assert!(matches!(
+            tree.insert(node(4, 1, "a.txt", NodeKind::File)),
+            Err(TreeError::NameTaken { .. })
+        ));
+        assert_eq!(
+            tree.insert(node(4, 2, "x", NodeKind::File)),
+            Err(TreeError::ParentNotDirectory(id(2)))
+        );
+        assert_eq!(
+            tree.move_to(id(1), id(1), "loop"),
+            Err(TreeError::Cycle {
+                id: id(1),
+                parent: id(1)
+            })
+        );
         assert_eq!(tree.remove(id(1)), Err(TreeError::NotEmpty(id(1))));
         assert_eq!(tree.remove(NodeId::ROOT), Err(TreeError::Root));
 
@@ -367,8 +419,9 @@ mod tests {
         for (id, name) in [(1, "c"), (2, "a"), (3, "b")] {
             tree.insert(node(id, 0, name, NodeKind::File)).unwrap();
         }
-        let names: Vec<_> =
-            TreeView::children(&tree, NodeId::ROOT).map(|c| tree.get(c).unwrap().name.clone()).collect();
+        let names: Vec<_> = TreeView::children(&tree, NodeId::ROOT)
+            .map(|c| tree.get(c).unwrap().name.clone())
+            .collect();
         assert_eq!(names, ["a", "b", "c"]);
     }
 }

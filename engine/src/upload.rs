@@ -42,6 +42,18 @@ impl Engine {
             return Ok(true);
         }
         let ino = self.state.lock().read(|t| t.local_ino(id))?;
+        self.uploading.lock().insert(id);
+        let result = self.send_missing(ino, manifest, missing).await;
+        self.uploading.lock().remove(&id);
+        result
+    }
+
+    async fn send_missing(
+        &self,
+        ino: Option<u64>,
+        manifest: &Manifest,
+        mut missing: HashSet<ChunkId>,
+    ) -> Result<bool, RoundError> {
         // Collect the missing chunks in manifest order, in batches, reading their bytes lazily.
         let mut batches: Vec<Vec<(ChunkId, u64, u32)>> = vec![Vec::new()];
         let mut batch_bytes = 0;

@@ -22,7 +22,9 @@ use std::collections::HashSet;
 use bvfs_engine::model::{Attrs, NamePolicy, Node, NodeId, NodeIdSet, NodeKind};
 use bvfs_engine::planner::{DeleteBrake, OpKind, Report, ThreeTrees};
 use bvfs_engine::tree::{Tree, TreeView};
-use planner_support::{Editor, Outcome, Rounds, Settings, World, file_attrs, shape, simulate, symlink_attrs};
+use planner_support::{
+    Editor, Outcome, Rounds, Settings, World, file_attrs, shape, simulate, symlink_attrs,
+};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -41,16 +43,42 @@ enum Kind {
 /// One user action; numbers pick nodes, directories and names modulo what exists.
 #[derive(Debug, Clone)]
 enum Edit {
-    Create { parent: u8, name: u8, kind: Kind, content: u8 },
-    Write { node: u8, content: u8 },
-    Chmod { node: u8 },
-    Touch { node: u8, mtime: u8 },
-    Move { node: u8, parent: u8, name: u8 },
-    Delete { node: u8 },
+    Create {
+        parent: u8,
+        name: u8,
+        kind: Kind,
+        content: u8,
+    },
+    Write {
+        node: u8,
+        content: u8,
+    },
+    Chmod {
+        node: u8,
+    },
+    Touch {
+        node: u8,
+        mtime: u8,
+    },
+    Move {
+        node: u8,
+        parent: u8,
+        name: u8,
+    },
+    Delete {
+        node: u8,
+    },
     /// Delete a node and create one of another kind at its name.
-    Replace { node: u8, kind: Kind, content: u8 },
+    Replace {
+        node: u8,
+        kind: Kind,
+        content: u8,
+    },
     /// Two nodes trade places (through a temporary name, as a user would).
-    Swap { node: u8, other: u8 },
+    Swap {
+        node: u8,
+        other: u8,
+    },
 }
 
 /// Which sides change.
@@ -86,13 +114,22 @@ impl std::fmt::Display for Case {
             edits
                 .iter()
                 .map(|edit| match edit {
-                    Edit::Create { parent, name, kind: k, content } => format!("c{parent},{name},{},{content}", kind(k)),
+                    Edit::Create {
+                        parent,
+                        name,
+                        kind: k,
+                        content,
+                    } => format!("c{parent},{name},{},{content}", kind(k)),
                     Edit::Write { node, content } => format!("w{node},{content}"),
                     Edit::Chmod { node } => format!("x{node}"),
                     Edit::Touch { node, mtime } => format!("t{node},{mtime}"),
                     Edit::Move { node, parent, name } => format!("m{node},{parent},{name}"),
                     Edit::Delete { node } => format!("d{node}"),
-                    Edit::Replace { node, kind: k, content } => format!("r{node},{},{content}", kind(k)),
+                    Edit::Replace {
+                        node,
+                        kind: k,
+                        content,
+                    } => format!("r{node},{},{content}", kind(k)),
                     Edit::Swap { node, other } => format!("s{node},{other}"),
                 })
                 .collect::<Vec<_>>()
@@ -104,7 +141,15 @@ impl std::fmt::Display for Case {
             Mode::LocalOnly => 'L',
             Mode::Identical => 'I',
         };
-        write!(f, "{}|{}|{}|{mode}|{}|{}", edits(&self.base), edits(&self.remote), edits(&self.local), u8::from(self.windows), self.seed)
+        write!(
+            f,
+            "{}|{}|{}|{mode}|{}|{}",
+            edits(&self.base),
+            edits(&self.remote),
+            edits(&self.local),
+            u8::from(self.windows),
+            self.seed
+        )
     }
 }
 
@@ -113,7 +158,9 @@ impl std::str::FromStr for Case {
 
     fn from_str(line: &str) -> Result<Case, String> {
         let fields: Vec<&str> = line.trim().split('|').collect();
-        let [base, remote, local, mode, windows, seed] = fields[..] else { return Err("six fields".into()) };
+        let [base, remote, local, mode, windows, seed] = fields[..] else {
+            return Err("six fields".into());
+        };
         let kind = |text: &str| match text {
             "F" => Ok(Kind::File),
             "D" => Ok(Kind::Directory),
@@ -126,16 +173,43 @@ impl std::str::FromStr for Case {
                 .map(|edit| {
                     let (tag, rest) = edit.split_at(1);
                     let parts: Vec<&str> = rest.split(',').collect();
-                    let n = |i: usize| parts.get(i).and_then(|part| part.parse::<u8>().ok()).ok_or(format!("bad {edit:?}"));
+                    let n = |i: usize| {
+                        parts
+                            .get(i)
+                            .and_then(|part| part.parse::<u8>().ok())
+                            .ok_or(format!("bad {edit:?}"))
+                    };
                     Ok(match tag {
-                        "c" => Edit::Create { parent: n(0)?, name: n(1)?, kind: kind(parts[2])?, content: n(3)? },
-                        "w" => Edit::Write { node: n(0)?, content: n(1)? },
+                        "c" => Edit::Create {
+                            parent: n(0)?,
+                            name: n(1)?,
+                            kind: kind(parts[2])?,
+                            content: n(3)?,
+                        },
+                        "w" => Edit::Write {
+                            node: n(0)?,
+                            content: n(1)?,
+                        },
                         "x" => Edit::Chmod { node: n(0)? },
-                        "t" => Edit::Touch { node: n(0)?, mtime: n(1)? },
-                        "m" => Edit::Move { node: n(0)?, parent: n(1)?, name: n(2)? },
+                        "t" => Edit::Touch {
+                            node: n(0)?,
+                            mtime: n(1)?,
+                        },
+                        "m" => Edit::Move {
+                            node: n(0)?,
+                            parent: n(1)?,
+                            name: n(2)?,
+                        },
                         "d" => Edit::Delete { node: n(0)? },
-                        "r" => Edit::Replace { node: n(0)?, kind: kind(parts[1])?, content: n(2)? },
-                        "s" => Edit::Swap { node: n(0)?, other: n(1)? },
+                        "r" => Edit::Replace {
+                            node: n(0)?,
+                            kind: kind(parts[1])?,
+                            content: n(2)?,
+                        },
+                        "s" => Edit::Swap {
+                            node: n(0)?,
+                            other: n(1)?,
+                        },
                         other => return Err(format!("edit {other:?}")),
                     })
                 })
@@ -164,8 +238,14 @@ fn kind() -> impl Strategy<Value = Kind> {
 }
 
 fn create() -> impl Strategy<Value = Edit> {
-    (any::<u8>(), any::<u8>(), kind(), any::<u8>())
-        .prop_map(|(parent, name, kind, content)| Edit::Create { parent, name, kind, content })
+    (any::<u8>(), any::<u8>(), kind(), any::<u8>()).prop_map(|(parent, name, kind, content)| {
+        Edit::Create {
+            parent,
+            name,
+            kind,
+            content,
+        }
+    })
 }
 
 /// Picks a node: mostly among the first few, so both sides often touch the same ones.
@@ -188,8 +268,22 @@ fn edit() -> impl Strategy<Value = Edit> {
 
 fn case() -> impl Strategy<Value = Case> {
     let mode = prop_oneof![7 => Just(Mode::Both), 1 => Just(Mode::RemoteOnly), 1 => Just(Mode::LocalOnly), 1 => Just(Mode::Identical)];
-    (vec(create(), 0..32), vec(edit(), 0..12), vec(edit(), 0..12), mode, prop::bool::weighted(0.2), any::<u64>())
-        .prop_map(|(base, remote, local, mode, windows, seed)| Case { base, remote, local, mode, windows, seed })
+    (
+        vec(create(), 0..32),
+        vec(edit(), 0..12),
+        vec(edit(), 0..12),
+        mode,
+        prop::bool::weighted(0.2),
+        any::<u64>(),
+    )
+        .prop_map(|(base, remote, local, mode, windows, seed)| Case {
+            base,
+            remote,
+            local,
+            mode,
+            windows,
+            seed,
+        })
 }
 
 /// Applies generated edits to one side, picking nodes by number.
@@ -204,13 +298,25 @@ struct User<'e, 'a> {
 
 impl User<'_, '_> {
     fn nodes(&self) -> Vec<NodeId> {
-        let mut nodes: Vec<NodeId> = self.editor.tree().iter().map(|node| node.id).filter(|id| !id.is_root()).collect();
+        let mut nodes: Vec<NodeId> = self
+            .editor
+            .tree()
+            .iter()
+            .map(|node| node.id)
+            .filter(|id| !id.is_root())
+            .collect();
         nodes.sort_unstable();
         nodes
     }
 
     fn dirs(&self) -> Vec<NodeId> {
-        let mut dirs: Vec<NodeId> = self.editor.tree().iter().filter(|node| node.is_dir()).map(|node| node.id).collect();
+        let mut dirs: Vec<NodeId> = self
+            .editor
+            .tree()
+            .iter()
+            .filter(|node| node.is_dir())
+            .map(|node| node.id)
+            .collect();
         dirs.sort_unstable();
         dirs
     }
@@ -221,11 +327,14 @@ impl User<'_, '_> {
 
     /// Whether this side may call a child of `parent` `name` (other than `id` itself).
     fn name_ok(&self, parent: NodeId, name: &str, id: Option<NodeId>) -> bool {
-        let Some(policy) = self.policy else { return true };
+        let Some(policy) = self.policy else {
+            return true;
+        };
         let tree = self.editor.tree();
         policy.check(name).is_ok()
             && tree.children(parent).all(|child| {
-                Some(child) == id || policy.fold(&tree.get(child).expect("a child").name) != policy.fold(name)
+                Some(child) == id
+                    || policy.fold(&tree.get(child).expect("a child").name) != policy.fold(name)
             })
     }
 
@@ -236,25 +345,44 @@ impl User<'_, '_> {
         let (kind, attrs) = match kind {
             Kind::File => (NodeKind::File, file_attrs(&format!("c{}", content % 6))),
             Kind::Directory => (NodeKind::Directory, Attrs::default()),
-            Kind::Symlink => (NodeKind::Symlink, symlink_attrs(&format!("t{}", content % 3))),
+            Kind::Symlink => (
+                NodeKind::Symlink,
+                symlink_attrs(&format!("t{}", content % 3)),
+            ),
         };
         *self.next_id += 1;
-        self.editor.create(NodeId::from_u128(*self.next_id), parent, name, kind, attrs);
+        self.editor
+            .create(NodeId::from_u128(*self.next_id), parent, name, kind, attrs);
     }
 
     fn apply(&mut self, edit: &Edit) {
         let (nodes, dirs) = (self.nodes(), self.dirs());
         match *edit {
-            Edit::Create { parent, name, kind, content } => {
+            Edit::Create {
+                parent,
+                name,
+                kind,
+                content,
+            } => {
                 let parent = Self::pick(&dirs, parent).expect("the root is a directory");
                 let name = name as usize % self.names;
-                let name = NAMES.get(name).unwrap_or_else(|| &MORE_NAMES[name - NAMES.len()]);
+                let name = NAMES
+                    .get(name)
+                    .unwrap_or_else(|| &MORE_NAMES[name - NAMES.len()]);
                 self.create(parent, name, kind, content);
             }
             Edit::Write { node, content } => {
                 if let Some(node) = Self::pick(&nodes, node) {
-                    let is_file = self.editor.tree().get(node).is_some_and(|node| node.kind == NodeKind::File);
-                    let label = if is_file { format!("c{}", content % 6) } else { format!("t{}", content % 3) };
+                    let is_file = self
+                        .editor
+                        .tree()
+                        .get(node)
+                        .is_some_and(|node| node.kind == NodeKind::File);
+                    let label = if is_file {
+                        format!("c{}", content % 6)
+                    } else {
+                        format!("t{}", content % 3)
+                    };
                     self.editor.write_id(node, &label);
                 }
             }
@@ -269,7 +397,11 @@ impl User<'_, '_> {
                 }
             }
             Edit::Move { node, parent, name } => {
-                let (Some(node), Some(parent)) = (Self::pick(&nodes, node), Self::pick(&dirs, parent)) else { return };
+                let (Some(node), Some(parent)) =
+                    (Self::pick(&nodes, node), Self::pick(&dirs, parent))
+                else {
+                    return;
+                };
                 let name = NAMES[name as usize % NAMES.len()];
                 if self.name_ok(parent, name, Some(node)) {
                     self.editor.move_to(node, parent, name);
@@ -280,26 +412,42 @@ impl User<'_, '_> {
                     self.editor.remove_tree(node);
                 }
             }
-            Edit::Replace { node, kind, content } => {
-                let Some(node) = Self::pick(&nodes, node) else { return };
+            Edit::Replace {
+                node,
+                kind,
+                content,
+            } => {
+                let Some(node) = Self::pick(&nodes, node) else {
+                    return;
+                };
                 let old: Node = self.editor.tree().get(node).expect("picked").clone();
                 self.editor.remove_tree(node);
                 let kind = match (kind, old.kind) {
                     (Kind::Directory, NodeKind::Directory) => Kind::File,
-                    (Kind::File, NodeKind::File) | (Kind::Symlink, NodeKind::Symlink) => Kind::Directory,
+                    (Kind::File, NodeKind::File) | (Kind::Symlink, NodeKind::Symlink) => {
+                        Kind::Directory
+                    }
                     (kind, _) => kind,
                 };
                 self.create(old.parent, &old.name, kind, content);
             }
             Edit::Swap { node, other } => {
-                let (Some(a), Some(b)) = (Self::pick(&nodes, node), Self::pick(&nodes, other)) else { return };
+                let (Some(a), Some(b)) = (Self::pick(&nodes, node), Self::pick(&nodes, other))
+                else {
+                    return;
+                };
                 let tree = self.editor.tree();
-                let (Some(a_node), Some(b_node)) = (tree.get(a).cloned(), tree.get(b).cloned()) else { return };
+                let (Some(a_node), Some(b_node)) = (tree.get(a).cloned(), tree.get(b).cloned())
+                else {
+                    return;
+                };
                 if a == b || tree.is_within(a_node.parent, b) || tree.is_within(b_node.parent, a) {
                     return;
                 }
                 let parked = "swap";
-                if self.name_ok(a_node.parent, parked, Some(a)) && self.editor.move_to(a, a_node.parent, parked) {
+                if self.name_ok(a_node.parent, parked, Some(a))
+                    && self.editor.move_to(a, a_node.parent, parked)
+                {
                     self.editor.move_to(b, a_node.parent, &a_node.name);
                     self.editor.move_to(a, b_node.parent, &b_node.name);
                 }
@@ -310,12 +458,21 @@ impl User<'_, '_> {
 
 /// The three trees of a case.
 fn build(case: &Case) -> (ThreeTrees, Settings) {
-    let policy = if case.windows { NamePolicy::Windows } else { NamePolicy::Posix };
+    let policy = if case.windows {
+        NamePolicy::Windows
+    } else {
+        NamePolicy::Posix
+    };
     let local_rule = case.windows.then_some(NamePolicy::Windows);
     let mut world = World::new();
     let mut next_base = 0;
     world.base(|editor| {
-        let mut user = User { editor, policy: local_rule, names: NAMES.len() + MORE_NAMES.len(), next_id: &mut next_base };
+        let mut user = User {
+            editor,
+            policy: local_rule,
+            names: NAMES.len() + MORE_NAMES.len(),
+            next_id: &mut next_base,
+        };
         case.base.iter().for_each(|edit| user.apply(edit));
     });
     let (mut next_remote, mut next_local) = (1000, 2000);
@@ -326,19 +483,39 @@ fn build(case: &Case) -> (ThreeTrees, Settings) {
         Mode::Identical => (&case.remote, &[]),
     };
     // Identical changes happen on both sides, so they obey this platform's rule too.
-    let remote_rule = if case.mode == Mode::Identical { local_rule } else { None };
+    let remote_rule = if case.mode == Mode::Identical {
+        local_rule
+    } else {
+        None
+    };
     world.remote(|editor| {
-        let mut user = User { editor, policy: remote_rule, names: NAMES.len(), next_id: &mut next_remote };
+        let mut user = User {
+            editor,
+            policy: remote_rule,
+            names: NAMES.len(),
+            next_id: &mut next_remote,
+        };
         remote.iter().for_each(|edit| user.apply(edit));
     });
     world.local(|editor| {
-        let mut user = User { editor, policy: local_rule, names: NAMES.len(), next_id: &mut next_local };
+        let mut user = User {
+            editor,
+            policy: local_rule,
+            names: NAMES.len(),
+            next_id: &mut next_local,
+        };
         local.iter().for_each(|edit| user.apply(edit));
     });
     if case.mode == Mode::Identical {
         world.trees.local = world.trees.remote.clone();
     }
-    (world.trees, Settings { names: policy, ..Settings::default() })
+    (
+        world.trees,
+        Settings {
+            names: policy,
+            ..Settings::default()
+        },
+    )
 }
 
 /// Property 2: all three trees agree, except nodes the last plan reports as held.
@@ -366,17 +543,26 @@ fn converged(outcome: &Outcome, policy: NamePolicy) -> Result<(), String> {
         .filter(|id| !skip.contains(id))
         .collect();
     for id in all {
-        let (Some(remote), Some(local), Some(synced)) = (trees.remote.get(id), trees.local.get(id), trees.synced.get(id))
-        else {
-            return Err(format!("{id:?} is only in some trees: {:?}", [&trees.remote, &trees.local, &trees.synced].map(|tree| tree.get(id))));
+        let (Some(remote), Some(local), Some(synced)) = (
+            trees.remote.get(id),
+            trees.local.get(id),
+            trees.synced.get(id),
+        ) else {
+            return Err(format!(
+                "{id:?} is only in some trees: {:?}",
+                [&trees.remote, &trees.local, &trees.synced].map(|tree| tree.get(id))
+            ));
         };
         let same_place = |a: &Node, b: &Node| a.parent == b.parent && a.name == b.name;
         let agree = remote.kind == local.kind
             && remote.attrs == local.attrs
             && remote.attrs == synced.attrs
-            && (placed_elsewhere.contains(&id) || (same_place(remote, local) && same_place(remote, synced)));
+            && (placed_elsewhere.contains(&id)
+                || (same_place(remote, local) && same_place(remote, synced)));
         if !agree {
-            return Err(format!("{id:?} differs: {remote:?} / {local:?} / {synced:?}"));
+            return Err(format!(
+                "{id:?} differs: {remote:?} / {local:?} / {synced:?}"
+            ));
         }
     }
     Ok(())
@@ -395,7 +581,11 @@ fn subtree(tree: &Tree, id: NodeId) -> Vec<NodeId> {
 /// What a file or symlink holds.
 fn content(node: &Node) -> Option<(NodeKind, Attrs)> {
     (!node.is_dir()).then(|| {
-        let attrs = Attrs { content: node.attrs.content, symlink_target: node.attrs.symlink_target.clone(), ..Attrs::default() };
+        let attrs = Attrs {
+            content: node.attrs.content,
+            symlink_target: node.attrs.symlink_target.clone(),
+            ..Attrs::default()
+        };
         (node.kind, attrs)
     })
 }
@@ -403,13 +593,23 @@ fn content(node: &Node) -> Option<(NodeKind, Attrs)> {
 /// Property 3: every content live at the start is live at the end, unless the other side replaced or
 /// deleted it after seeing it (it equals SYNCED's).
 fn nothing_lost(start: &ThreeTrees, end: &ThreeTrees) -> Result<(), String> {
-    let live: HashSet<(NodeKind, Attrs)> = end.remote.iter().chain(end.local.iter()).filter_map(content).collect();
+    let live: HashSet<(NodeKind, Attrs)> = end
+        .remote
+        .iter()
+        .chain(end.local.iter())
+        .filter_map(content)
+        .collect();
     for (side, other) in [(&start.remote, &start.local), (&start.local, &start.remote)] {
         for node in side.iter() {
             let Some(held) = content(node) else { continue };
-            let seen = start.synced.get(node.id).is_some_and(|synced| synced.kind == node.kind && synced.attrs.same_content(&node.attrs));
-            let replaced = other.get(node.id).is_none_or(|other| !other.attrs.same_content(&node.attrs));
-            if !(seen && replaced) && !live.contains(&held) {
+            let seen = start.synced.get(node.id).is_some_and(|synced| {
+                synced.kind == node.kind && synced.attrs.same_content(&node.attrs)
+            });
+            let replaced = other
+                .get(node.id)
+                .is_none_or(|other| !other.attrs.same_content(&node.attrs));
+            let deleted_knowingly = seen && replaced;
+            if !deleted_knowingly && !live.contains(&held) {
                 return Err(format!("the content of {node:?} is lost"));
             }
         }
@@ -420,22 +620,37 @@ fn nothing_lost(start: &ThreeTrees, end: &ThreeTrees) -> Result<(), String> {
 /// Property 4.
 fn one_sided(mode: Mode, start: &ThreeTrees, outcome: &Outcome) -> Result<(), String> {
     let end = shape(&outcome.trees.local);
-    let sides = |side| outcome.ops.iter().filter(move |kind| kind.side() == Some(side));
+    let sides = |side| {
+        outcome
+            .ops
+            .iter()
+            .filter(move |kind| kind.side() == Some(side))
+    };
     match mode {
         Mode::Both => Ok(()),
-        Mode::LocalOnly if end != shape(&start.local) => Err("a local-only change did not arrive unchanged".into()),
+        Mode::LocalOnly if end != shape(&start.local) => {
+            Err("a local-only change did not arrive unchanged".into())
+        }
         Mode::LocalOnly => match sides(bvfs_engine::planner::Side::Local).next() {
             Some(op) => Err(format!("local-only changes made a local op: {op:?}")),
             None => Ok(()),
         },
         Mode::RemoteOnly if !outcome.reported.is_empty() => Ok(()),
-        Mode::RemoteOnly if end != shape(&start.remote) => Err("a remote-only change did not arrive unchanged".into()),
+        Mode::RemoteOnly if end != shape(&start.remote) => {
+            Err("a remote-only change did not arrive unchanged".into())
+        }
         Mode::RemoteOnly => match sides(bvfs_engine::planner::Side::Remote).next() {
             Some(op) => Err(format!("remote-only changes made a remote op: {op:?}")),
             None => Ok(()),
         },
-        Mode::Identical if end != shape(&start.remote) => Err("identical changes changed something".into()),
-        Mode::Identical => match outcome.ops.iter().find(|kind| **kind != OpKind::RecordSynced) {
+        Mode::Identical if end != shape(&start.remote) => {
+            Err("identical changes changed something".into())
+        }
+        Mode::Identical => match outcome
+            .ops
+            .iter()
+            .find(|kind| **kind != OpKind::RecordSynced)
+        {
             Some(op) => Err(format!("identical changes made {op:?}")),
             None => Ok(()),
         },
@@ -451,9 +666,15 @@ fn same_end(a: &Outcome, b: &Outcome, what: &str) -> Result<(), String> {
     ] {
         if shape(tree_a) != shape(tree_b) {
             let (a, b) = (shape(tree_a), shape(tree_b));
-            let differing: Vec<_> = a.iter().filter(|(id, node)| b.get(id) != Some(node)).map(|(id, node)| (id, node, b.get(id))).collect();
+            let differing: Vec<_> = a
+                .iter()
+                .filter(|(id, node)| b.get(id) != Some(node))
+                .map(|(id, node)| (id, node, b.get(id)))
+                .collect();
             let only_b: Vec<_> = b.keys().filter(|id| !a.contains_key(id)).collect();
-            return Err(format!("{what} ends with another {role}: {differing:?}, and only in the other: {only_b:?}"));
+            return Err(format!(
+                "{what} ends with another {role}: {differing:?}, and only in the other: {only_b:?}"
+            ));
         }
     }
     Ok(())
@@ -461,16 +682,26 @@ fn same_end(a: &Outcome, b: &Outcome, what: &str) -> Result<(), String> {
 
 fn check(case: &Case) -> Result<(), String> {
     let (start, settings) = build(case);
-    check_from(&start, &settings, case)
-        .map_err(|error| format!("{error}\n{}replay: BVFS_PLANNER_REPLAY='{case}'", planner_support::describe(&start)))
+    check_from(&start, &settings, case).map_err(|error| {
+        format!(
+            "{error}\n{}replay: BVFS_PLANNER_REPLAY='{case}'",
+            planner_support::describe(&start)
+        )
+    })
 }
 
 /// The brake (property 7) with `max_deletes`: held deletes never run, content still syncs, and once the
 /// user confirms them the trees converge.
 fn check_brake(case: &Case, max_deletes: u64) -> Result<(), String> {
     let (start, mut settings) = build(case);
-    let context = |error: String| format!("{error}\nreplay: BVFS_PLANNER_BRAKE={max_deletes} BVFS_PLANNER_REPLAY='{case}'");
-    settings.brake = DeleteBrake { max_deletes, max_fraction: f64::INFINITY, fraction_floor: u64::MAX };
+    let context = |error: String| {
+        format!("{error}\nreplay: BVFS_PLANNER_BRAKE={max_deletes} BVFS_PLANNER_REPLAY='{case}'")
+    };
+    settings.brake = DeleteBrake {
+        max_deletes,
+        max_fraction: f64::INFINITY,
+        fraction_floor: u64::MAX,
+    };
     let braked = simulate(start, &settings, Rounds::Whole, case.seed).map_err(context)?;
     for kind in &braked.ops {
         if let OpKind::LocalDelete { id } | OpKind::RemoteDelete { id, .. } = kind
@@ -486,7 +717,10 @@ fn check_brake(case: &Case, max_deletes: u64) -> Result<(), String> {
             && remote.name == local.name
             && local.attrs != remote.attrs
         {
-            return Err(context(format!("content of {:?} waits for the brake", local.id)));
+            return Err(context(format!(
+                "content of {:?} waits for the brake",
+                local.id
+            )));
         }
     }
     settings.confirmed = braked.held.clone();
@@ -513,20 +747,25 @@ fn replay() {
 
 fn check_from(start: &ThreeTrees, settings: &Settings, case: &Case) -> Result<(), String> {
     let start = start.clone();
-    planner_support::check_trees(&start, settings.names).map_err(|error| format!("generated: {error}"))?;
+    planner_support::check_trees(&start, settings.names)
+        .map_err(|error| format!("generated: {error}"))?;
     let whole = simulate(start.clone(), settings, Rounds::Whole, case.seed)?;
     converged(&whole, settings.names)?;
     nothing_lost(&start, &whole.trees)?;
     one_sided(case.mode, &start, &whole)?;
-    let reshuffled = simulate(start.clone(), settings, Rounds::Whole, !case.seed).map_err(|error| format!("reshuffled: {error}"))?;
+    let reshuffled = simulate(start.clone(), settings, Rounds::Whole, !case.seed)
+        .map_err(|error| format!("reshuffled: {error}"))?;
     same_end(&whole, &reshuffled, "another shuffle")?;
-    let interrupted =
-        simulate(start, settings, Rounds::Interrupted, case.seed).map_err(|error| format!("interrupted: {error}"))?;
+    let interrupted = simulate(start, settings, Rounds::Interrupted, case.seed)
+        .map_err(|error| format!("interrupted: {error}"))?;
     same_end(&whole, &interrupted, "an interrupted run")
 }
 
 fn cases() -> u32 {
-    std::env::var("BVFS_PLANNER_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(10_000)
+    std::env::var("BVFS_PLANNER_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(10_000)
 }
 
 proptest! {

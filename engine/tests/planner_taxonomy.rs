@@ -14,7 +14,12 @@ use planner_support::{World, id};
 const COPY: &str = "(conflicted copy from laptop 2025-03-04 050607)";
 
 fn transfers(plans: &[bvfs_engine::planner::Plan]) -> Vec<&OpKind> {
-    plans.iter().flat_map(|plan| &plan.ops).map(|op| &op.kind).filter(|kind| kind.transfers_content()).collect()
+    plans
+        .iter()
+        .flat_map(|plan| &plan.ops)
+        .map(|op| &op.kind)
+        .filter(|kind| kind.transfers_content())
+        .collect()
 }
 
 // --- edit / edit ---------------------------------------------------------------------------------------
@@ -28,7 +33,12 @@ fn edit_edit_with_equal_content_only_advances_synced() {
 
     let plans = world.sync();
 
-    assert!(plans.iter().flat_map(|plan| &plan.ops).all(|op| op.kind == OpKind::RecordSynced));
+    assert!(
+        plans
+            .iter()
+            .flat_map(|plan| &plan.ops)
+            .all(|op| op.kind == OpKind::RecordSynced)
+    );
     assert_eq!(world.converged(), ["/notes.txt = v2"]);
 }
 
@@ -41,8 +51,17 @@ fn edit_edit_keeps_the_server_version_and_the_local_bytes_in_a_conflicted_copy()
 
     world.sync();
 
-    assert_eq!(world.converged(), [format!("/notes {COPY}.txt = mine"), "/notes.txt = theirs".into()]);
-    assert!(world.trees.local.get(id(1)).is_some(), "the original keeps its id and path");
+    assert_eq!(
+        world.converged(),
+        [
+            format!("/notes {COPY}.txt = mine"),
+            "/notes.txt = theirs".into()
+        ]
+    );
+    assert!(
+        world.trees.local.get(id(1)).is_some(),
+        "the original keeps its id and path"
+    );
 }
 
 // --- edit / delete -------------------------------------------------------------------------------------
@@ -58,7 +77,11 @@ fn local_edit_beats_remote_delete_and_comes_back_as_a_new_node() {
 
     assert_eq!(world.converged(), ["/plan.md = v2"]);
     let node = world.at(&world.trees.remote, "/plan.md");
-    assert_ne!(node, Some(id(1)), "the server's id is deleted for good; the edit lives on as a new node");
+    assert_ne!(
+        node,
+        Some(id(1)),
+        "the server's id is deleted for good; the edit lives on as a new node"
+    );
 }
 
 #[test]
@@ -91,7 +114,11 @@ fn move_move_keeps_the_server_move_and_undoes_the_local_one() {
 
     world.sync();
 
-    assert_eq!(world.converged(), ["/a/", "/a/doc = v1", "/b/"], "one node, in one place");
+    assert_eq!(
+        world.converged(),
+        ["/a/", "/a/doc = v1", "/b/"],
+        "one node, in one place"
+    );
 }
 
 #[test]
@@ -106,7 +133,10 @@ fn move_and_edit_both_apply_to_the_same_node() {
 
     world.sync();
 
-    assert_eq!(world.converged(), ["/archive/", "/archive/report-2024 = final"]);
+    assert_eq!(
+        world.converged(),
+        ["/archive/", "/archive/report-2024 = final"]
+    );
 }
 
 #[test]
@@ -139,7 +169,10 @@ fn swapped_names_pass_through_a_temporary_name() {
 
     let plans = world.sync();
 
-    assert!(plans.len() > 1, "the swap needs one plan to park a node and one to finish");
+    assert!(
+        plans.len() > 1,
+        "the swap needs one plan to park a node and one to finish"
+    );
     assert_eq!(world.converged(), ["/x = two", "/y = one"]);
 }
 
@@ -153,9 +186,15 @@ fn create_create_with_equal_content_merges_into_one_node() {
 
     let plans = world.sync();
 
-    assert!(transfers(&plans).is_empty(), "equal content is never transferred");
+    assert!(
+        transfers(&plans).is_empty(),
+        "equal content is never transferred"
+    );
     assert_eq!(world.converged(), ["/todo = same"]);
-    assert!(world.trees.local.get(id(10)).is_some(), "the server's node wins");
+    assert!(
+        world.trees.local.get(id(10)).is_some(),
+        "the server's node wins"
+    );
 }
 
 #[test]
@@ -166,7 +205,10 @@ fn create_create_with_different_content_makes_the_local_one_a_conflicted_copy() 
 
     world.sync();
 
-    assert_eq!(world.converged(), [format!("/todo {COPY} = mine"), "/todo = theirs".into()]);
+    assert_eq!(
+        world.converged(),
+        [format!("/todo {COPY} = mine"), "/todo = theirs".into()]
+    );
 }
 
 #[test]
@@ -183,7 +225,10 @@ fn two_new_directories_with_one_name_merge_and_their_files_meet_inside() {
 
     world.sync();
 
-    assert_eq!(world.converged(), ["/photos/", "/photos/a.jpg = a", "/photos/b.jpg = b"]);
+    assert_eq!(
+        world.converged(),
+        ["/photos/", "/photos/a.jpg = a", "/photos/b.jpg = b"]
+    );
 }
 
 // --- deleted directories -------------------------------------------------------------------------------
@@ -206,7 +251,11 @@ fn a_remotely_deleted_directory_keeps_what_changed_locally_inside_it() {
 
     assert_eq!(
         world.converged(),
-        ["/project/", "/project/edited.txt = v2", "/project/new.txt = new"],
+        [
+            "/project/",
+            "/project/edited.txt = v2",
+            "/project/new.txt = new"
+        ],
         "unchanged children go, the directory stays for what is new or changed"
     );
 }
@@ -224,7 +273,10 @@ fn a_locally_deleted_directory_comes_back_for_what_the_server_added_inside() {
     world.sync();
 
     assert_eq!(world.converged(), ["/shared/", "/shared/new.txt = new"]);
-    assert!(world.trees.remote.get(id(1)).is_some(), "the directory keeps its id");
+    assert!(
+        world.trees.remote.get(id(1)).is_some(),
+        "the directory keeps its id"
+    );
 }
 
 // --- type changes --------------------------------------------------------------------------------------
@@ -244,7 +296,11 @@ fn file_and_directory_at_one_path_the_local_one_takes_the_conflicted_name() {
 
     assert_eq!(
         world.converged(),
-        [format!("/data {COPY} = v2"), "/data/".into(), "/data/part = p".into()],
+        [
+            format!("/data {COPY} = v2"),
+            "/data/".into(),
+            "/data/part = p".into()
+        ],
         "the directory is never emptied to make room"
     );
 }
@@ -263,9 +319,14 @@ fn a_name_invalid_here_stays_remote_only_and_is_reported() {
     world.sync();
     let plan = world.plan();
 
-    assert!(matches!(&plan.reported[..], [Report::InvalidName { id, .. }] if *id == planner_support::id(10)));
+    assert!(
+        matches!(&plan.reported[..], [Report::InvalidName { id, .. }] if *id == planner_support::id(10))
+    );
     assert_eq!(world.listing(&world.trees.local), ["/fine = y"]);
-    assert_eq!(world.listing(&world.trees.remote), ["/a:b = x", "/fine = y"]);
+    assert_eq!(
+        world.listing(&world.trees.remote),
+        ["/a:b = x", "/fine = y"]
+    );
 }
 
 #[test]
@@ -280,8 +341,10 @@ fn remote_names_that_fold_together_here_keep_one_and_report_the_other() {
     world.sync();
     let plan = world.plan();
 
-    assert!(matches!(&plan.reported[..], [Report::NameCollision { id, kept, .. }]
-        if *id == planner_support::id(11) && *kept == planner_support::id(10)));
+    assert!(
+        matches!(&plan.reported[..], [Report::NameCollision { id, kept, .. }]
+        if *id == planner_support::id(11) && *kept == planner_support::id(10))
+    );
     assert_eq!(world.listing(&world.trees.local), ["/Readme = upper"]);
 }
 
@@ -304,7 +367,10 @@ fn metadata_only_changes_move_no_content() {
     let plans = world.sync();
 
     assert!(transfers(&plans).is_empty(), "{:?}", transfers(&plans));
-    assert_eq!(world.converged(), ["/latest -> v2", "/log = text", "/run.sh = echo (x)"]);
+    assert_eq!(
+        world.converged(),
+        ["/latest -> v2", "/log = text", "/run.sh = echo (x)"]
+    );
     assert_eq!(world.trees.remote.get(id(3)).unwrap().attrs.mtime_ns, 42);
 }
 
@@ -327,7 +393,9 @@ fn a_remote_edit_fetches_content_only_for_hydrated_or_pinned_files() {
         .ops
         .iter()
         .filter_map(|op| match &op.kind {
-            OpKind::LocalUpdate { id, fetch_content, .. } => Some((*id, *fetch_content)),
+            OpKind::LocalUpdate {
+                id, fetch_content, ..
+            } => Some((*id, *fetch_content)),
             _ => None,
         })
         .collect();
@@ -359,12 +427,20 @@ fn conflicted_copy_names_are_unique_among_siblings_and_deterministic() {
     world.remote(|t| t.write(1, "theirs"));
     world.local(|t| t.write(1, "mine"));
 
-    assert_eq!(world.plan(), world.plan(), "the same trees always give the same plan");
+    assert_eq!(
+        world.plan(),
+        world.plan(),
+        "the same trees always give the same plan"
+    );
     world.sync();
 
     assert_eq!(
         world.converged(),
-        [format!("/a {COPY} 2.txt = mine"), format!("/a {COPY}.txt = earlier copy"), "/a.txt = theirs".into()]
+        [
+            format!("/a {COPY} 2.txt = mine"),
+            format!("/a {COPY}.txt = earlier copy"),
+            "/a.txt = theirs".into()
+        ]
     );
 }
 
@@ -385,15 +461,29 @@ fn the_bulk_delete_brake_holds_deletes_while_the_rest_runs() {
         }
         t.write(9, "v2");
     });
-    world.settings.brake = DeleteBrake { max_deletes: 3, ..DeleteBrake::default() };
+    world.settings.brake = DeleteBrake {
+        max_deletes: 3,
+        ..DeleteBrake::default()
+    };
 
     world.sync();
     let plan = world.plan();
 
     assert_eq!(plan.held_deletes.len(), 5);
-    assert!(plan.held_deletes.iter().all(|held| held.side == Side::Local));
-    assert_eq!(world.trees.local.get(id(9)).unwrap().attrs, world.trees.remote.get(id(9)).unwrap().attrs);
-    assert_eq!(world.listing(&world.trees.local).len(), 6, "nothing deleted yet");
+    assert!(
+        plan.held_deletes
+            .iter()
+            .all(|held| held.side == Side::Local)
+    );
+    assert_eq!(
+        world.trees.local.get(id(9)).unwrap().attrs,
+        world.trees.remote.get(id(9)).unwrap().attrs
+    );
+    assert_eq!(
+        world.listing(&world.trees.local).len(),
+        6,
+        "nothing deleted yet"
+    );
 
     world.settings.confirmed = plan.held_deletes.iter().map(|held| held.id).collect();
     world.sync();

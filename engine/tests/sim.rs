@@ -354,7 +354,7 @@ impl World {
             std::fs::write(&path, data).map_err(|e| e.to_string())
         }
         .await;
-        engine.close_writer(ino, None).map_err(|e| e.to_string())?;
+        engine.close_writer(ino, None, true).map_err(|e| e.to_string())?;
         result?;
         self.acknowledged.insert((d, ino), chunk_bytes(data, ChunkParams::default()).hash.0);
         Ok(())

@@ -1,1 +1,140 @@
-//! placeholder
+//! The platform-neutral filesystem core of bvfs.
+//!
+//! [`Vfs`] turns filesystem calls (by inode number, as FUSE and ProjFS speak) into engine calls:
+//! lookups and listings read the LOCAL tree, so `stat`, `ls` and `find` never download content;
+//! reads come from a materialized copy or from chunks (hydrating only what they touch, with
+//! read-ahead); the first write materializes the file (copy-on-write; `O_TRUNC` downloads nothing);
+//! the last close hands the new content to the engine. Every call is blocking and thread-safe:
+//! platform adapters run the slow ones (reads, opens, fsyncs) off their dispatch threads.
+//!
+//! Errors are errno values ([`Errno`]), chosen where POSIX says so.
+
+mod attr;
+mod dir;
+mod errno;
+mod file;
+mod xattr;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bvfs_engine::Engine;
+use parking_lot::Mutex;
+
+pub use attr::{Attr, FileKind};
+pub use dir::DirEntry;
+pub use errno::{Errno, VfsResult};
+pub use file::OpenMode;
+pub use xattr::XATTR_NAMES;
+
+/// How long the kernel may cache names and attributes. Long, because the engine invalidates them
+/// explicitly when a remote change lands.
+pub const TTL: Duration = Duration::from_secs(300);
+
+/// Mount-wide settings.
+#[derive(Debug, Clone)]
+pub struct VfsOptions {
+    /// Refuse every change with `EROFS`.
+    pub read_only: bool,
+    /// Owner shown for every node (the mounting user).
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// An open file or directory.
+enum Handle {
+    File(file::FileHandle),
+    Dir(dir::DirHandle),
+}
+
+/// The filesystem core over one engine.
+pub struct Vfs {
+    engine: Arc<Engine>,
+    runtime: tokio::runtime::Handle,
+    options: VfsOptions,
+    handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    next_handle: AtomicU64,
+}
+
+impl Vfs {
+    /// A core over `engine`; `runtime` runs its network work (not the calling threads).
+    pub fn new(engine: Arc<Engine>, runtime: tokio::runtime::Handle, options: VfsOptions) -> Self {
+        Self {
+            engine,
+            runtime,
+            options,
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    fn writable(&self) -> VfsResult<()> {
+        if self.options.read_only {
+            return Err(Errno::EROFS);
+        }
+        Ok(())
+    }
+
+    fn insert_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Arc::new(Mutex::new(handle)));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> VfsResult<Arc<Mutex<Handle>>> {
+        self.handles.lock().get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn take_handle(&self, fh: u64) -> VfsResult<Arc<Mutex<Handle>>> {
+        self.handles.lock().remove(&fh).ok_or(Errno::EBADF)
+    }
+
+    /// Kernel-cache invalidations the engine queued since the last call.
+    pub fn take_invalidations(&self) -> Vec<bvfs_engine::Invalidation> {
+        self.engine.take_invalidations()
+    }
+
+    /// Filesystem statistics: space of the cache's filesystem, and the namespace's node count.
+    pub fn statfs(&self) -> VfsResult<Statfs> {
+        let status = self.engine.status().map_err(Errno::from)?;
+        let (blocks, bfree, bavail, bsize) = disk_space(self.engine.cache().dir()).unwrap_or((0, 0, 0, 4096));
+        Ok(Statfs {
+            blocks,
+            bfree,
+            bavail,
+            files: status.local_nodes,
+            ffree: u64::from(u32::MAX),
+            bsize,
+            namelen: bvfs_proto::names::MAX_NAME_BYTES as u32,
+        })
+    }
+}
+
+/// What `statfs` reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+fn disk_space(path: &std::path::Path) -> Option<(u64, u64, u64, u32)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid NUL-terminated string and stat a valid out-pointer.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some((stat.f_blocks, stat.f_bfree, stat.f_bavail, stat.f_frsize as u32))
+}

@@ -12,7 +12,11 @@ use super::{OpKind, PlannedOp, SyncedChange};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
     #[error("the server is at revision {actual} of {id}, the op was planned against {expected}")]
-    StaleRevision { id: NodeId, expected: u64, actual: u64 },
+    StaleRevision {
+        id: NodeId,
+        expected: u64,
+        actual: u64,
+    },
     #[error("REMOTE: {0}")]
     Remote(TreeError),
     #[error("LOCAL: {0}")]
@@ -34,7 +38,12 @@ pub struct ThreeTrees {
 impl ThreeTrees {
     pub fn new(remote: Tree, local: Tree, synced: Tree) -> ThreeTrees {
         let head = remote.iter().map(|node| node.revision).max().unwrap_or(0);
-        ThreeTrees { remote, local, synced, head }
+        ThreeTrees {
+            remote,
+            local,
+            synced,
+            head,
+        }
     }
 
     /// Runs one op as if it succeeded: its side changes, then SYNCED as the op says. Not atomic: on an
@@ -51,14 +60,28 @@ impl ThreeTrees {
             OpKind::LocalUpdate { id, attrs, .. } => local.set_attrs(*id, attrs.clone()),
             OpKind::LocalMove { id, parent, name } => local.move_to(*id, *parent, name),
             OpKind::LocalDelete { id } => local.remove(*id).map(drop),
-            OpKind::LocalConflictCopy { original, copy, original_attrs, .. } => local
+            OpKind::LocalConflictCopy {
+                original,
+                copy,
+                original_attrs,
+                ..
+            } => local
                 .insert(copy.clone())
                 .and_then(|()| local.set_attrs(*original, original_attrs.clone())),
-            OpKind::LocalReidentify { old, new, parent, name, attrs } => {
-                local.reidentify(*old, *new).and_then(|()| local.move_to(*new, *parent, name)).and_then(|()| {
-                    attrs.as_ref().map_or(Ok(()), |attrs| local.set_attrs(*new, attrs.clone()))
-                })
-            }
+            OpKind::LocalReidentify {
+                old,
+                new,
+                parent,
+                name,
+                attrs,
+            } => local
+                .reidentify(*old, *new)
+                .and_then(|()| local.move_to(*new, *parent, name))
+                .and_then(|()| {
+                    attrs
+                        .as_ref()
+                        .map_or(Ok(()), |attrs| local.set_attrs(*new, attrs.clone()))
+                }),
             OpKind::RecordSynced => Ok(()),
             remote_op => return self.commit(remote_op),
         }
@@ -68,15 +91,27 @@ impl ThreeTrees {
     /// A remote op on a perfect server: compare-and-swap on the base revision, then the next revision.
     fn commit(&mut self, kind: &OpKind) -> Result<(), ApplyError> {
         let base = match kind {
-            OpKind::RemoteUpdate { id, base_revision, .. }
-            | OpKind::RemoteMove { id, base_revision, .. }
+            OpKind::RemoteUpdate {
+                id, base_revision, ..
+            }
+            | OpKind::RemoteMove {
+                id, base_revision, ..
+            }
             | OpKind::RemoteDelete { id, base_revision } => Some((*id, *base_revision)),
             _ => None,
         };
         if let Some((id, expected)) = base {
-            let actual = self.remote.get(id).ok_or(ApplyError::Remote(TreeError::NotFound(id)))?.revision;
+            let actual = self
+                .remote
+                .get(id)
+                .ok_or(ApplyError::Remote(TreeError::NotFound(id)))?
+                .revision;
             if actual != expected {
-                return Err(ApplyError::StaleRevision { id, expected, actual });
+                return Err(ApplyError::StaleRevision {
+                    id,
+                    expected,
+                    actual,
+                });
             }
         }
         let revision = self.head + 1;
@@ -87,12 +122,14 @@ impl ThreeTrees {
                 node.revision = revision;
                 remote.insert(node)
             }
-            OpKind::RemoteUpdate { id, attrs, .. } => {
-                remote.set_attrs(*id, attrs.clone()).and_then(|()| remote.set_revision(*id, revision))
-            }
-            OpKind::RemoteMove { id, parent, name, .. } => {
-                remote.move_to(*id, *parent, name).and_then(|()| remote.set_revision(*id, revision))
-            }
+            OpKind::RemoteUpdate { id, attrs, .. } => remote
+                .set_attrs(*id, attrs.clone())
+                .and_then(|()| remote.set_revision(*id, revision)),
+            OpKind::RemoteMove {
+                id, parent, name, ..
+            } => remote
+                .move_to(*id, *parent, name)
+                .and_then(|()| remote.set_revision(*id, revision)),
             OpKind::RemoteDelete { id, .. } => remote.remove(*id).map(drop),
             _ => unreachable!("only remote ops are committed"),
         }
@@ -112,22 +149,27 @@ impl ThreeTrees {
             SyncedChange::Reidentify { old, new } => synced.reidentify(*old, *new)?,
         }
         let id = change.node().expect("a change names its node");
-        self.synced.set_revision(id, self.remote.get(id).map_or(0, |remote| remote.revision))
+        self.synced
+            .set_revision(id, self.remote.get(id).map_or(0, |remote| remote.revision))
     }
 
     /// The ids whose states are not equal in all three trees (revisions aside): what a plan needs as
     /// its changed set. Compares whole trees; for tests and simulations.
     pub fn differing_ids(&self) -> Vec<NodeId> {
-        let all: NodeIdSet =
-            [&self.remote, &self.local, &self.synced].iter().flat_map(|tree| tree.iter().map(|node| node.id)).collect();
+        let all: NodeIdSet = [&self.remote, &self.local, &self.synced]
+            .iter()
+            .flat_map(|tree| tree.iter().map(|node| node.id))
+            .collect();
         let mut differing: Vec<NodeId> = all
             .into_iter()
-            .filter(|&id| {
-                match (self.remote.get(id), self.local.get(id), self.synced.get(id)) {
-                    (Some(remote), Some(local), Some(synced)) => !(same_state(remote, local) && same_state(remote, synced)),
+            .filter(
+                |&id| match (self.remote.get(id), self.local.get(id), self.synced.get(id)) {
+                    (Some(remote), Some(local), Some(synced)) => {
+                        !(same_state(remote, local) && same_state(remote, synced))
+                    }
                     _ => true,
-                }
-            })
+                },
+            )
             .collect();
         differing.sort_unstable();
         differing

@@ -15,7 +15,9 @@ pub(super) struct ConflictNamer {
 impl ConflictNamer {
     pub(super) fn new(device: &str, time: ConflictTime, policy: NamePolicy) -> ConflictNamer {
         let device = policy.sanitize(device);
-        ConflictNamer { marker: format!(" (conflicted copy from {device} {time})") }
+        ConflictNamer {
+            marker: format!(" (conflicted copy from {device} {time})"),
+        }
     }
 
     /// The first free conflicted name for `name`. Deterministic: the same name and the same answers
@@ -34,7 +36,11 @@ impl ConflictNamer {
     }
 
     fn candidate(&self, stem: &str, extension: &str, attempt: u32) -> String {
-        let counter = if attempt > 1 { format!(" {attempt}") } else { String::new() };
+        let counter = if attempt > 1 {
+            format!(" {attempt}")
+        } else {
+            String::new()
+        };
         let fixed = self.marker.len() + counter.len() + extension.len();
         // Keep the marker and the extension; shorten the stem to fit the name limit.
         let (stem, extension) = if fixed > MAX_NAME_BYTES {
@@ -67,7 +73,10 @@ fn floor_char_boundary(text: &str, max: usize) -> &str {
 /// Where a node waits for one plan when moves form a cycle (A takes B's name while B takes A's): unique
 /// among its siblings because it embeds the node's id, and hidden on Unix.
 pub(super) fn park_name(id: NodeId) -> String {
-    format!(".bvfs-park-{}", uuid::Uuid::from_u128(id.as_u128()).simple())
+    format!(
+        ".bvfs-park-{}",
+        uuid::Uuid::from_u128(id.as_u128()).simple()
+    )
 }
 
 #[cfg(test)]
@@ -75,7 +84,14 @@ mod tests {
     use super::*;
 
     fn namer() -> ConflictNamer {
-        let time = ConflictTime { year: 2025, month: 3, day: 4, hour: 5, minute: 6, second: 7 };
+        let time = ConflictTime {
+            year: 2025,
+            month: 3,
+            day: 4,
+            hour: 5,
+            minute: 6,
+            second: 7,
+        };
         ConflictNamer::new("laptop", time, NamePolicy::Posix)
     }
 

@@ -80,14 +80,21 @@ pub struct DeleteBrake {
 impl Default for DeleteBrake {
     /// More than 500 deletes, or more than half of the namespace once at least 10 nodes go.
     fn default() -> DeleteBrake {
-        DeleteBrake { max_deletes: 500, max_fraction: 0.5, fraction_floor: 10 }
+        DeleteBrake {
+            max_deletes: 500,
+            max_fraction: 0.5,
+            fraction_floor: 10,
+        }
     }
 }
 
 impl DeleteBrake {
     /// A brake that never engages.
-    pub const OFF: DeleteBrake =
-        DeleteBrake { max_deletes: u64::MAX, max_fraction: f64::INFINITY, fraction_floor: u64::MAX };
+    pub const OFF: DeleteBrake = DeleteBrake {
+        max_deletes: u64::MAX,
+        max_fraction: f64::INFINITY,
+        fraction_floor: u64::MAX,
+    };
 
     /// Whether `deletes` deletes in a namespace of `namespace_size` nodes engage the brake.
     pub fn engages(&self, deletes: u64, namespace_size: u64) -> bool {
@@ -154,9 +161,18 @@ mod tests {
 
     #[test]
     fn conflict_time_breaks_down_unix_time() {
-        assert_eq!(ConflictTime::from_unix_utc(0).to_string(), "1970-01-01 000000");
-        assert_eq!(ConflictTime::from_unix_utc(951_782_400 + 3_723).to_string(), "2000-02-29 010203");
-        assert_eq!(ConflictTime::from_unix_utc(1_767_225_599).to_string(), "2025-12-31 235959");
+        assert_eq!(
+            ConflictTime::from_unix_utc(0).to_string(),
+            "1970-01-01 000000"
+        );
+        assert_eq!(
+            ConflictTime::from_unix_utc(951_782_400 + 3_723).to_string(),
+            "2000-02-29 010203"
+        );
+        assert_eq!(
+            ConflictTime::from_unix_utc(1_767_225_599).to_string(),
+            "2025-12-31 235959"
+        );
     }
 
     #[test]
@@ -164,7 +180,10 @@ mod tests {
         let brake = DeleteBrake::default();
         assert!(!brake.engages(500, 1_000_000));
         assert!(brake.engages(501, 1_000_000));
-        assert!(!brake.engages(2, 3), "small namespaces do not ask for every delete");
+        assert!(
+            !brake.engages(2, 3),
+            "small namespaces do not ask for every delete"
+        );
         assert!(brake.engages(11, 20));
         assert!(!brake.engages(10, 20));
         assert!(!DeleteBrake::OFF.engages(u64::MAX - 1, 1));

@@ -26,14 +26,25 @@ pub(super) struct Draft {
 }
 
 pub(super) fn emit(entries: &Entries<'_>, ctx: &PlanContext<'_>) -> Vec<Draft> {
-    let mut emitter = Emitter { entries, ctx, drafts: Vec::with_capacity(entries.len()), forks: NodeIdMap::default() };
+    let mut emitter = Emitter {
+        entries,
+        ctx,
+        drafts: Vec::with_capacity(entries.len()),
+        forks: NodeIdMap::default(),
+    };
     for entry in &entries.list {
         match (&entry.fate, entry.derived) {
             (Fate::Kept(target), None) => emitter.kept(entry, target),
-            (Fate::Kept(target), Some(Derived::Reborn { from })) => emitter.reborn(entry, target, from),
-            (Fate::Kept(target), Some(Derived::ConflictCopy { of })) => emitter.conflicted_copy(entry, target, of),
+            (Fate::Kept(target), Some(Derived::Reborn { from })) => {
+                emitter.reborn(entry, target, from)
+            }
+            (Fate::Kept(target), Some(Derived::ConflictCopy { of })) => {
+                emitter.conflicted_copy(entry, target, of)
+            }
             (Fate::Gone, _) => emitter.gone(entry),
-            (Fate::TentativelyGone { .. }, _) => unreachable!("stage 2 settles every tentative delete"),
+            (Fate::TentativelyGone { .. }, _) => {
+                unreachable!("stage 2 settles every tentative delete")
+            }
             // A remote node this device cannot show: SYNCED forgets it, so that it reads as remote-only
             // rather than as deleted here.
             (Fate::RemoteOnly, _) if entry.synced.is_some() => {
@@ -56,7 +67,11 @@ struct Emitter<'e, 't> {
 
 impl Emitter<'_, '_> {
     fn push(&mut self, kind: OpKind, synced: SyncedChange, after: Option<usize>) -> usize {
-        self.drafts.push(Draft { kind, synced, after });
+        self.drafts.push(Draft {
+            kind,
+            synced,
+            after,
+        });
         self.drafts.len() - 1
     }
 
@@ -73,7 +88,10 @@ impl Emitter<'_, '_> {
 
         let Some(local) = entry.local.as_deref() else {
             // A remote create, or a remote node coming back after a local delete: REMOTE has it as is.
-            debug_assert!(remote.is_some_and(|remote| target.remote.is(remote) && remote.attrs == target.attrs));
+            debug_assert!(
+                remote
+                    .is_some_and(|remote| target.remote.is(remote) && remote.attrs == target.attrs)
+            );
             debug_assert_eq!(target.local, target.remote);
             let node = node_at(&target.local);
             let kind = match target.merged_from {
@@ -85,7 +103,8 @@ impl Emitter<'_, '_> {
                     attrs: Some(target.attrs.clone()),
                 },
                 None => OpKind::LocalCreate {
-                    fetch_content: entry.kind == NodeKind::File && self.resident(target.local.parent),
+                    fetch_content: entry.kind == NodeKind::File
+                        && self.resident(target.local.parent),
                     node: node.clone(),
                 },
             };
@@ -95,10 +114,18 @@ impl Emitter<'_, '_> {
 
         let local_move = (!self.entries.is_local_at(entry, &target.local)).then(|| {
             let Loc { parent, name } = target.local.clone();
-            self.push(OpKind::LocalMove { id, parent, name }, SyncedChange::Unchanged, None)
+            self.push(
+                OpKind::LocalMove { id, parent, name },
+                SyncedChange::Unchanged,
+                None,
+            )
         });
         let local_attrs = if let Some(copy) = target.copy {
-            let copy_target = self.entries.get(copy).and_then(Entry::target).expect("copies are kept");
+            let copy_target = self
+                .entries
+                .get(copy)
+                .and_then(Entry::target)
+                .expect("copies are kept");
             let op = OpKind::LocalConflictCopy {
                 original: id,
                 copy: node(copy, &copy_target.local, entry.kind, &copy_target.attrs, 0),
@@ -109,9 +136,14 @@ impl Emitter<'_, '_> {
             self.forks.insert(id, fork);
             Some(fork)
         } else if target.attrs != local.attrs {
-            let fetch_content =
-                entry.kind == NodeKind::File && !target.attrs.same_content(&local.attrs) && self.resident(id);
-            let op = OpKind::LocalUpdate { id, attrs: target.attrs.clone(), fetch_content };
+            let fetch_content = entry.kind == NodeKind::File
+                && !target.attrs.same_content(&local.attrs)
+                && self.resident(id);
+            let op = OpKind::LocalUpdate {
+                id,
+                attrs: target.attrs.clone(),
+                fetch_content,
+            };
             Some(self.push(op, SyncedChange::Unchanged, None))
         } else {
             None
@@ -122,30 +154,57 @@ impl Emitter<'_, '_> {
             debug_assert!(local_attrs.is_none() && target.from_local);
             let node = node_at(&target.remote);
             let upload = entry.kind == NodeKind::File;
-            self.push(OpKind::RemoteCreate { node: node.clone(), upload }, SyncedChange::Put(node), local_move);
+            self.push(
+                OpKind::RemoteCreate {
+                    node: node.clone(),
+                    upload,
+                },
+                SyncedChange::Put(node),
+                local_move,
+            );
             return;
         };
         let base_revision = remote.revision;
         let remote_move = (!target.remote.is(remote)).then(|| {
             let Loc { parent, name } = target.remote.clone();
-            self.push(OpKind::RemoteMove { id, base_revision, parent, name }, SyncedChange::Unchanged, local_move)
+            self.push(
+                OpKind::RemoteMove {
+                    id,
+                    base_revision,
+                    parent,
+                    name,
+                },
+                SyncedChange::Unchanged,
+                local_move,
+            )
         });
         let remote_update_needed = target.attrs != remote.attrs;
         // One remote op per node and plan: an update waits for the next plan when the node also moves.
         let update_deferred = remote_update_needed && remote_move.is_some();
         let remote_update = (remote_update_needed && !update_deferred).then(|| {
             let upload = entry.kind == NodeKind::File && !target.attrs.same_content(&remote.attrs);
-            let op = OpKind::RemoteUpdate { id, base_revision, attrs: target.attrs.clone(), upload };
+            let op = OpKind::RemoteUpdate {
+                id,
+                base_revision,
+                attrs: target.attrs.clone(),
+                upload,
+            };
             self.push(op, SyncedChange::Unchanged, local_attrs)
         });
 
         let Some(synced) = synced else {
             // Both sides have a node SYNCED lacks: record it once they agree on everything.
-            let agree = [local_move, local_attrs, remote_move, remote_update].iter().all(Option::is_none)
+            let agree = [local_move, local_attrs, remote_move, remote_update]
+                .iter()
+                .all(Option::is_none)
                 && !update_deferred
                 && target.local == target.remote;
             if agree {
-                self.push(OpKind::RecordSynced, SyncedChange::Put(node_at(&target.remote)), None);
+                self.push(
+                    OpKind::RecordSynced,
+                    SyncedChange::Put(node_at(&target.remote)),
+                    None,
+                );
             }
             return;
         };
@@ -168,14 +227,26 @@ impl Emitter<'_, '_> {
         let mut record_attrs = false;
         if !update_deferred && target.attrs != synced.attrs {
             match remote_update.or(local_attrs) {
-                Some(last) => self.drafts[last].synced = SyncedChange::SetAttrs { id, attrs: target.attrs.clone() },
+                Some(last) => {
+                    self.drafts[last].synced = SyncedChange::SetAttrs {
+                        id,
+                        attrs: target.attrs.clone(),
+                    }
+                }
                 None => record_attrs = true,
             }
         }
         let record = match (record_place, record_attrs) {
             (true, true) => SyncedChange::Put(node_at(synced_place)),
-            (true, false) => SyncedChange::Place { id, parent: synced_place.parent, name: synced_place.name.clone() },
-            (false, true) => SyncedChange::SetAttrs { id, attrs: target.attrs.clone() },
+            (true, false) => SyncedChange::Place {
+                id,
+                parent: synced_place.parent,
+                name: synced_place.name.clone(),
+            },
+            (false, true) => SyncedChange::SetAttrs {
+                id,
+                attrs: target.attrs.clone(),
+            },
             (false, false) => return,
         };
         self.push(OpKind::RecordSynced, record, None);
@@ -185,8 +256,21 @@ impl Emitter<'_, '_> {
     /// re-identifies it too, so what SYNCED holds under it (say, a node held where LOCAL has it) follows.
     fn reborn(&mut self, entry: &Entry<'_>, target: &Target, from: NodeId) {
         let Loc { parent, name } = target.local.clone();
-        let op = OpKind::LocalReidentify { old: from, new: entry.id, parent, name, attrs: None };
-        let reidentify = self.push(op, SyncedChange::Reidentify { old: from, new: entry.id }, None);
+        let op = OpKind::LocalReidentify {
+            old: from,
+            new: entry.id,
+            parent,
+            name,
+            attrs: None,
+        };
+        let reidentify = self.push(
+            op,
+            SyncedChange::Reidentify {
+                old: from,
+                new: entry.id,
+            },
+            None,
+        );
         self.upload_new(entry, target, reidentify);
     }
 
@@ -199,20 +283,43 @@ impl Emitter<'_, '_> {
     fn upload_new(&mut self, entry: &Entry<'_>, target: &Target, after: usize) {
         let node = node(entry.id, &target.remote, entry.kind, &target.attrs, 0);
         let upload = entry.kind == NodeKind::File;
-        self.push(OpKind::RemoteCreate { node: node.clone(), upload }, SyncedChange::Put(node), Some(after));
+        self.push(
+            OpKind::RemoteCreate {
+                node: node.clone(),
+                upload,
+            },
+            SyncedChange::Put(node),
+            Some(after),
+        );
     }
 
     /// A node deleted on one side (or both): delete it where it is left.
     fn gone(&mut self, entry: &Entry<'_>) {
         let id = entry.id;
-        let (remote, local, synced) = (entry.remote.as_deref(), entry.local.as_deref(), entry.synced.as_deref());
-        let forget = if synced.is_some() { SyncedChange::Remove(id) } else { SyncedChange::Unchanged };
+        let (remote, local, synced) = (
+            entry.remote.as_deref(),
+            entry.local.as_deref(),
+            entry.synced.as_deref(),
+        );
+        let forget = if synced.is_some() {
+            SyncedChange::Remove(id)
+        } else {
+            SyncedChange::Unchanged
+        };
         // Delete safety: only what the deleting side saw (SYNCED's content) is ever deleted.
-        let unchanged = |node: &Node| synced.is_some_and(|synced| synced.attrs.same_content(&node.attrs));
+        let unchanged =
+            |node: &Node| synced.is_some_and(|synced| synced.attrs.same_content(&node.attrs));
         match (remote, local) {
             (Some(remote), None) => {
                 debug_assert!(unchanged(remote), "deleting changed content of {id:?}");
-                self.push(OpKind::RemoteDelete { id, base_revision: remote.revision }, forget, None);
+                self.push(
+                    OpKind::RemoteDelete {
+                        id,
+                        base_revision: remote.revision,
+                    },
+                    forget,
+                    None,
+                );
             }
             (None, Some(local)) => {
                 debug_assert!(unchanged(local), "deleting changed content of {id:?}");
@@ -227,5 +334,12 @@ impl Emitter<'_, '_> {
 }
 
 fn node(id: NodeId, loc: &Loc, kind: NodeKind, attrs: &Attrs, revision: u64) -> Node {
-    Node { id, parent: loc.parent, name: loc.name.clone(), kind, attrs: attrs.clone(), revision }
+    Node {
+        id,
+        parent: loc.parent,
+        name: loc.name.clone(),
+        kind,
+        attrs: attrs.clone(),
+        revision,
+    }
 }

@@ -82,7 +82,10 @@ pub(super) struct Loc {
 
 impl Loc {
     pub(super) fn of(node: &Node) -> Loc {
-        Loc { parent: node.parent, name: node.name.clone() }
+        Loc {
+            parent: node.parent,
+            name: node.name.clone(),
+        }
     }
 
     /// Whether `node` sits exactly here.
@@ -113,12 +116,18 @@ pub(super) struct Target {
 
 /// What becomes of a node.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "most entries are kept; boxing would allocate for each"
+)]
 pub(super) enum Fate {
     Kept(Target),
     /// Deleted wherever it still exists.
     Gone,
     /// Deleted by one side and unchanged on the other; gone unless something that stays ends up inside.
-    TentativelyGone { deleted_by: Side },
+    TentativelyGone {
+        deleted_by: Side,
+    },
     /// Deleted remotely but kept locally: the local node comes back as this new node.
     RebornAs(NodeId),
     /// A local create that becomes the equal remote create (whose target names it in `merged_from`).
@@ -223,8 +232,11 @@ impl<'t> Entries<'t> {
             }
             // A directory that exists on some sides only: what is under it must be decided too.
             if present.contains(&false) {
-                for (role, node) in [(TreeRole::Remote, &remote), (TreeRole::Local, &local), (TreeRole::Synced, &synced)]
-                {
+                for (role, node) in [
+                    (TreeRole::Remote, &remote),
+                    (TreeRole::Local, &local),
+                    (TreeRole::Synced, &synced),
+                ] {
                     if node.as_ref().is_some_and(|node| node.is_dir()) {
                         pending.extend(trees.get(role).children(id));
                     }
@@ -284,15 +296,17 @@ impl<'t> Entries<'t> {
     /// Where LOCAL has this node, with its parent's id after re-identifications.
     pub(super) fn local_place(&self, entry: &Entry<'_>) -> Option<Loc> {
         let local = entry.local.as_deref()?;
-        Some(Loc { parent: self.local_id_after(local.parent), name: local.name.clone() })
+        Some(Loc {
+            parent: self.local_id_after(local.parent),
+            name: local.name.clone(),
+        })
     }
 
     /// Whether LOCAL already has the node at `loc` (re-identifications aside).
     pub(super) fn is_local_at(&self, entry: &Entry<'_>, loc: &Loc) -> bool {
-        entry
-            .local
-            .as_deref()
-            .is_some_and(|local| local.name == loc.name && self.local_id_after(local.parent) == loc.parent)
+        entry.local.as_deref().is_some_and(|local| {
+            local.name == loc.name && self.local_id_after(local.parent) == loc.parent
+        })
     }
 
     /// Points targets under re-identified local nodes at their new ids.
@@ -313,7 +327,13 @@ impl<'t> Entries<'t> {
     }
 
     /// Adds a node the planner mints (a conflicted copy or a re-created node).
-    pub(super) fn push_derived(&mut self, id: NodeId, kind: NodeKind, derived: Derived, target: Target) {
+    pub(super) fn push_derived(
+        &mut self,
+        id: NodeId,
+        kind: NodeKind,
+        derived: Derived,
+        target: Target,
+    ) {
         debug_assert!(!self.index.contains_key(&id), "minted id {id:?} twice");
         self.index.insert(id, self.list.len());
         self.list.push(Entry {
@@ -334,10 +354,15 @@ impl<'t> Entries<'t> {
     pub(super) fn mint_reborn<T: TreeView>(&mut self, trees: &Trees<'t, T>) {
         for position in 0..self.list.len() {
             let entry = &self.list[position];
-            let Some(target) = entry.target().filter(|target| target.reborn) else { continue };
+            let Some(target) = entry.target().filter(|target| target.reborn) else {
+                continue;
+            };
             let new_id = self.mint(trees, "re-created", &[&entry.id.to_bytes()]);
             let (old_id, kind) = (entry.id, entry.kind);
-            let target = Target { reborn: false, ..target.clone() };
+            let target = Target {
+                reborn: false,
+                ..target.clone()
+            };
             self.list[position].fate = Fate::RebornAs(new_id);
             self.rename(old_id, new_id);
             self.push_derived(new_id, kind, Derived::Reborn { from: old_id }, target);
@@ -366,9 +391,18 @@ impl<'t> Entries<'t> {
     /// Stage 1 for one node.
     fn merge<T: TreeView>(&mut self, trees: &Trees<'t, T>, position: usize) {
         let entry = &self.list[position];
-        let (id, remote, local, synced) =
-            (entry.id, entry.remote.as_deref(), entry.local.as_deref(), entry.synced.as_deref());
-        let kind = [remote, local, synced].into_iter().flatten().next().expect("present somewhere").kind;
+        let (id, remote, local, synced) = (
+            entry.id,
+            entry.remote.as_deref(),
+            entry.local.as_deref(),
+            entry.synced.as_deref(),
+        );
+        let kind = [remote, local, synced]
+            .into_iter()
+            .flatten()
+            .next()
+            .expect("present somewhere")
+            .kind;
         let same_kind_base = |node: &Node| synced.filter(|base| base.kind == node.kind);
         let decision = match (remote, local) {
             (Some(remote), Some(local)) if remote.kind != local.kind => Decision::KindMismatch,
@@ -387,7 +421,10 @@ impl<'t> Entries<'t> {
                     reborn: false,
                 };
                 if conflict {
-                    Decision::EditConflict { target, local_attrs: local.attrs.clone() }
+                    Decision::EditConflict {
+                        target,
+                        local_attrs: local.attrs.clone(),
+                    }
                 } else {
                     Decision::Fate(Fate::Kept(target))
                 }
@@ -395,7 +432,9 @@ impl<'t> Entries<'t> {
             (Some(remote), None) => Decision::Fate(match same_kind_base(remote) {
                 Some(base) if remote.attrs.same_content(&base.attrs) => {
                     if remote.is_dir() {
-                        Fate::TentativelyGone { deleted_by: Side::Local }
+                        Fate::TentativelyGone {
+                            deleted_by: Side::Local,
+                        }
                     } else {
                         Fate::Gone
                     }
@@ -405,12 +444,18 @@ impl<'t> Entries<'t> {
             }),
             (None, Some(local)) => match same_kind_base(local) {
                 // Revision 0: SYNCED knows it, but it never reached the server (a re-created node).
-                Some(base) if base.revision == 0 => Decision::Fate(Fate::Kept(kept_as_is(local, true))),
-                Some(base) if local.attrs.same_content(&base.attrs) => Decision::Fate(if local.is_dir() {
-                    Fate::TentativelyGone { deleted_by: Side::Remote }
-                } else {
-                    Fate::Gone
-                }),
+                Some(base) if base.revision == 0 => {
+                    Decision::Fate(Fate::Kept(kept_as_is(local, true)))
+                }
+                Some(base) if local.attrs.same_content(&base.attrs) => {
+                    Decision::Fate(if local.is_dir() {
+                        Fate::TentativelyGone {
+                            deleted_by: Side::Remote,
+                        }
+                    } else {
+                        Fate::Gone
+                    })
+                }
                 None if synced.is_none() => Decision::Fate(Fate::Kept(kept_as_is(local, true))),
                 // A local edit that beats the remote delete: it comes back as a new node.
                 _ => Decision::Reborn,
@@ -432,9 +477,15 @@ impl<'t> Entries<'t> {
             }
             Decision::Reborn => {
                 let local = self.list[position].local.as_deref().expect("a local edit");
-                self.list[position].fate = Fate::Kept(Target { reborn: true, ..kept_as_is(local, true) });
+                self.list[position].fate = Fate::Kept(Target {
+                    reborn: true,
+                    ..kept_as_is(local, true)
+                });
             }
-            Decision::EditConflict { target, local_attrs } => {
+            Decision::EditConflict {
+                target,
+                local_attrs,
+            } => {
                 self.list[position].fate = Fate::Kept(target);
                 self.fork_conflicted_copy(trees, position, local_attrs);
             }
@@ -443,15 +494,27 @@ impl<'t> Entries<'t> {
 
     /// Edit/edit: the local version becomes a new node next to the original, which takes the remote
     /// version. The copy's place is settled with the other names in [`super::resolve`].
-    fn fork_conflicted_copy<T: TreeView>(&mut self, trees: &Trees<'t, T>, position: usize, local_attrs: Attrs) {
+    fn fork_conflicted_copy<T: TreeView>(
+        &mut self,
+        trees: &Trees<'t, T>,
+        position: usize,
+        local_attrs: Attrs,
+    ) {
         let entry = &self.list[position];
         // Named by the versions in conflict, not by revisions, so any history to this state mints it.
         let versions = [entry.synced.as_deref(), entry.remote.as_deref()]
             .map(|node| node.map_or_else(Vec::new, |node| content_key(&node.attrs)));
         let local = content_key(&local_attrs);
-        let copy_id = self.mint(trees, "conflicted copy", &[&entry.id.to_bytes(), &versions[0], &versions[1], &local]);
+        let copy_id = self.mint(
+            trees,
+            "conflicted copy",
+            &[&entry.id.to_bytes(), &versions[0], &versions[1], &local],
+        );
         let (of, kind) = (entry.id, entry.kind);
-        let placeholder = Loc { parent: NodeId::ROOT, name: String::new() };
+        let placeholder = Loc {
+            parent: NodeId::ROOT,
+            name: String::new(),
+        };
         let copy = Target {
             remote: placeholder.clone(),
             local: placeholder,
@@ -496,9 +559,15 @@ fn kept_as_is(node: &Node, from_local: bool) -> Target {
 }
 
 /// Whether the three states agree on everything the planner compares (revisions aside).
-fn unchanged(remote: &Option<NodeRef<'_>>, local: &Option<NodeRef<'_>>, synced: &Option<NodeRef<'_>>) -> bool {
+fn unchanged(
+    remote: &Option<NodeRef<'_>>,
+    local: &Option<NodeRef<'_>>,
+    synced: &Option<NodeRef<'_>>,
+) -> bool {
     match (remote.as_deref(), local.as_deref(), synced.as_deref()) {
-        (Some(remote), Some(local), Some(synced)) => same_state(remote, local) && same_state(remote, synced),
+        (Some(remote), Some(local), Some(synced)) => {
+            same_state(remote, local) && same_state(remote, synced)
+        }
         _ => false,
     }
 }
@@ -527,7 +596,11 @@ fn merge_attrs(base: Option<&Attrs>, remote: &Attrs, local: &Attrs) -> Option<At
     let mut merged = if remote.same_content(local) {
         Attrs {
             size: three_way(base.map(|base| base.size), remote.size, local.size),
-            mtime_ns: three_way(base.map(|base| base.mtime_ns), remote.mtime_ns, local.mtime_ns),
+            mtime_ns: three_way(
+                base.map(|base| base.mtime_ns),
+                remote.mtime_ns,
+                local.mtime_ns,
+            ),
             ..remote.clone()
         }
     } else if !changed(local) {
@@ -538,7 +611,11 @@ fn merge_attrs(base: Option<&Attrs>, remote: &Attrs, local: &Attrs) -> Option<At
     } else {
         return None;
     };
-    merged.executable = three_way(base.map(|base| base.executable), remote.executable, local.executable);
+    merged.executable = three_way(
+        base.map(|base| base.executable),
+        remote.executable,
+        local.executable,
+    );
     Some(merged)
 }
 
@@ -556,14 +633,26 @@ mod tests {
     use crate::model::ContentHash;
 
     fn attrs(content: u8, mtime_ns: i64, executable: bool) -> Attrs {
-        Attrs { size: 1, mtime_ns, executable, content: Some(ContentHash::of(&[content])), symlink_target: None }
+        Attrs {
+            size: 1,
+            mtime_ns,
+            executable,
+            content: Some(ContentHash::of(&[content])),
+            symlink_target: None,
+        }
     }
 
     #[test]
     fn one_sided_content_changes_win_and_carry_their_mtime() {
         let base = attrs(1, 10, false);
-        assert_eq!(merge_attrs(Some(&base), &attrs(2, 20, false), &base), Some(attrs(2, 20, false)));
-        assert_eq!(merge_attrs(Some(&base), &base, &attrs(3, 30, false)), Some(attrs(3, 30, false)));
+        assert_eq!(
+            merge_attrs(Some(&base), &attrs(2, 20, false), &base),
+            Some(attrs(2, 20, false))
+        );
+        assert_eq!(
+            merge_attrs(Some(&base), &base, &attrs(3, 30, false)),
+            Some(attrs(3, 30, false))
+        );
     }
 
     #[test]
@@ -571,16 +660,31 @@ mod tests {
         let base = attrs(1, 10, false);
         let remote = attrs(1, 20, false);
         let local = attrs(1, 10, true);
-        assert_eq!(merge_attrs(Some(&base), &remote, &local), Some(attrs(1, 20, true)));
+        assert_eq!(
+            merge_attrs(Some(&base), &remote, &local),
+            Some(attrs(1, 20, true))
+        );
         // Both changed the mtime: the server's wins, the executable bit still merges.
-        assert_eq!(merge_attrs(Some(&base), &remote, &attrs(1, 30, true)), Some(attrs(1, 20, true)));
+        assert_eq!(
+            merge_attrs(Some(&base), &remote, &attrs(1, 30, true)),
+            Some(attrs(1, 20, true))
+        );
     }
 
     #[test]
     fn different_edits_on_both_sides_conflict_and_equal_ones_do_not() {
         let base = attrs(1, 10, false);
-        assert_eq!(merge_attrs(Some(&base), &attrs(2, 20, false), &attrs(3, 30, false)), None);
-        assert_eq!(merge_attrs(Some(&base), &attrs(2, 20, false), &attrs(2, 30, false)), Some(attrs(2, 20, false)));
-        assert_eq!(merge_attrs(None, &attrs(2, 20, false), &attrs(3, 20, false)), None);
+        assert_eq!(
+            merge_attrs(Some(&base), &attrs(2, 20, false), &attrs(3, 30, false)),
+            None
+        );
+        assert_eq!(
+            merge_attrs(Some(&base), &attrs(2, 20, false), &attrs(2, 30, false)),
+            Some(attrs(2, 20, false))
+        );
+        assert_eq!(
+            merge_attrs(None, &attrs(2, 20, false), &attrs(3, 20, false)),
+            None
+        );
     }
 }

@@ -38,7 +38,11 @@ pub use context::{ConflictTime, DeleteBrake, NothingResident, PlanContext, Resid
 /// for code outside the planner that keeps a local copy aside; making it unique among siblings is the
 /// caller's job.
 pub fn conflicted_copy_name(name: &str, device: &str, when: ConflictTime) -> String {
-    conflict_name::ConflictNamer::new(device, when, NamePolicy::Posix).name(name, NodeKind::File, |_| true)
+    conflict_name::ConflictNamer::new(device, when, NamePolicy::Posix).name(
+        name,
+        NodeKind::File,
+        |_| true,
+    )
 }
 
 /// Plans the operations that converge REMOTE, LOCAL and SYNCED.
@@ -56,7 +60,11 @@ impl Planner {
         changed: impl IntoIterator<Item = NodeId>,
         ctx: &PlanContext<'_>,
     ) -> Plan {
-        let trees = merge::Trees { remote, local, synced };
+        let trees = merge::Trees {
+            remote,
+            local,
+            synced,
+        };
         let mut entries = merge::Entries::collect(&trees, changed);
         let reported = resolve::resolve(&trees, &mut entries, ctx);
         let drafts = emit::emit(&entries, ctx);
@@ -107,23 +115,52 @@ pub enum OpKind {
     LocalCreate { node: Node, fetch_content: bool },
     /// Give a local node these attributes. If the content hash changes and `fetch_content` is false,
     /// the file stays a placeholder of the new content.
-    LocalUpdate { id: NodeId, attrs: Attrs, fetch_content: bool },
-    LocalMove { id: NodeId, parent: NodeId, name: String },
+    LocalUpdate {
+        id: NodeId,
+        attrs: Attrs,
+        fetch_content: bool,
+    },
+    LocalMove {
+        id: NodeId,
+        parent: NodeId,
+        name: String,
+    },
     /// Delete a local node; a directory is empty by then (its children's deletes come first).
     LocalDelete { id: NodeId },
     /// An edit/edit conflict: the local bytes of `original` become the new node `copy` (a conflicted
     /// copy, uploaded by a later op), then `original` takes the remote version, `original_attrs`.
-    LocalConflictCopy { original: NodeId, copy: Node, original_attrs: Attrs, fetch_content: bool },
+    LocalConflictCopy {
+        original: NodeId,
+        copy: Node,
+        original_attrs: Attrs,
+        fetch_content: bool,
+    },
     /// The local node `old` becomes `new` in place (its children follow), then sits at `parent`/`name`;
     /// with `attrs`, it also takes these attributes (same content, so nothing is fetched). Used when a
     /// locally changed node survives a remote delete (it comes back as a new node), and when a local
     /// create merges into an equal remote create.
-    LocalReidentify { old: NodeId, new: NodeId, parent: NodeId, name: String, attrs: Option<Attrs> },
+    LocalReidentify {
+        old: NodeId,
+        new: NodeId,
+        parent: NodeId,
+        name: String,
+        attrs: Option<Attrs>,
+    },
     /// Create `node` on the server, uploading its content first when `upload` (files).
     RemoteCreate { node: Node, upload: bool },
     /// Give a remote node these attributes, uploading the content first when `upload`.
-    RemoteUpdate { id: NodeId, base_revision: u64, attrs: Attrs, upload: bool },
-    RemoteMove { id: NodeId, base_revision: u64, parent: NodeId, name: String },
+    RemoteUpdate {
+        id: NodeId,
+        base_revision: u64,
+        attrs: Attrs,
+        upload: bool,
+    },
+    RemoteMove {
+        id: NodeId,
+        base_revision: u64,
+        parent: NodeId,
+        name: String,
+    },
     /// Delete a remote node; a directory is empty by then.
     RemoteDelete { id: NodeId, base_revision: u64 },
     /// REMOTE and LOCAL already agree: only SYNCED advances.
@@ -167,7 +204,10 @@ impl OpKind {
 
     /// Whether the op deletes a node (what the bulk-delete brake counts).
     pub fn is_delete(&self) -> bool {
-        matches!(self, OpKind::LocalDelete { .. } | OpKind::RemoteDelete { .. })
+        matches!(
+            self,
+            OpKind::LocalDelete { .. } | OpKind::RemoteDelete { .. }
+        )
     }
 
     /// Whether the op moves file content over the network.
@@ -190,12 +230,22 @@ pub enum SyncedChange {
     Unchanged,
     /// Insert the node, or bring SYNCED's node with this id to exactly this state.
     Put(Node),
-    Place { id: NodeId, parent: NodeId, name: String },
-    SetAttrs { id: NodeId, attrs: Attrs },
+    Place {
+        id: NodeId,
+        parent: NodeId,
+        name: String,
+    },
+    SetAttrs {
+        id: NodeId,
+        attrs: Attrs,
+    },
     Remove(NodeId),
     /// SYNCED's node `old` becomes `new` in place (its children follow), with revision 0: the node
     /// `new` is not on the server yet, so REMOTE lacking it is no delete.
-    Reidentify { old: NodeId, new: NodeId },
+    Reidentify {
+        old: NodeId,
+        new: NodeId,
+    },
 }
 
 impl SyncedChange {
@@ -227,10 +277,18 @@ pub struct HeldDelete {
 pub enum Report {
     /// A remote name this platform cannot show. A new node (and everything under it) stays remote-only;
     /// a node that already exists locally keeps its local name and place.
-    InvalidName { id: NodeId, name: String, error: NameError },
+    InvalidName {
+        id: NodeId,
+        name: String,
+        error: NameError,
+    },
     /// A remote node whose name collides, after this platform's folding, with `kept`; it is handled
     /// like an invalid name.
-    NameCollision { id: NodeId, name: String, kept: NodeId },
+    NameCollision {
+        id: NodeId,
+        name: String,
+        kept: NodeId,
+    },
     /// A remote node that would land under a node that stays remote-only.
     UnderRemoteOnly { id: NodeId },
     /// A remote move this device cannot mirror without closing a cycle through a held node.

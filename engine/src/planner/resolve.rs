@@ -35,7 +35,9 @@ pub(super) fn resolve<'t, T: TreeView>(
     ctx: &PlanContext<'_>,
 ) -> Vec<Report> {
     let namer = ConflictNamer::new(ctx.device, ctx.conflict_time, ctx.names);
-    let deleted: Vec<usize> = (0..entries.len()).filter(|&position| entries.list[position].deleted_by.is_some()).collect();
+    let deleted: Vec<usize> = (0..entries.len())
+        .filter(|&position| entries.list[position].deleted_by.is_some())
+        .collect();
     let names = loop {
         settle_deleted_directories(trees, entries, &deleted);
         let mut again = hold_unplaceable(entries, ctx.names);
@@ -48,17 +50,16 @@ pub(super) fn resolve<'t, T: TreeView>(
     };
     name_conflicted_copies(trees, entries, ctx.names, &namer, names);
     entries.mint_reborn(trees);
-    if std::env::var_os("BVFS_PLANNER_DEBUG").is_some() {
-        for entry in &entries.list {
-            eprintln!("entry {:?}: {:?} derived={:?}", entry.id, entry.fate, entry.derived);
-        }
-    }
     for entry in &mut entries.list {
         if matches!(entry.fate, Fate::TentativelyGone { .. }) {
             entry.fate = Fate::Gone;
         }
     }
-    entries.list.iter().filter_map(|entry| entry.report.clone()).collect()
+    entries
+        .list
+        .iter()
+        .filter_map(|entry| entry.report.clone())
+        .collect()
 }
 
 /// The place `target` has in `role`'s tree after the plan (SYNCED follows REMOTE).
@@ -82,11 +83,17 @@ enum ChildVerdict {
 /// Keeps every directory deleted on one side that something staying ends up in (deleted remotely, it
 /// comes back as a new node; deleted locally, it is downloaded back), and lets go of the others.
 /// Decided afresh on every pass, from the targets as they stand.
-fn settle_deleted_directories<T: TreeView>(trees: &Trees<'_, T>, entries: &mut Entries<'_>, deleted: &[usize]) {
+fn settle_deleted_directories<T: TreeView>(
+    trees: &Trees<'_, T>,
+    entries: &mut Entries<'_>,
+    deleted: &[usize],
+) {
     let mut memo = NodeIdMap::default();
     let verdicts: Vec<bool> = deleted
         .iter()
-        .map(|&position| holds_something_that_stays(trees, entries, entries.list[position].id, &mut memo))
+        .map(|&position| {
+            holds_something_that_stays(trees, entries, entries.list[position].id, &mut memo)
+        })
         .collect();
     for (&position, stays) in deleted.iter().zip(verdicts) {
         let entry = &mut entries.list[position];
@@ -100,8 +107,20 @@ fn settle_deleted_directories<T: TreeView>(trees: &Trees<'_, T>, entries: &mut E
             Fate::TentativelyGone { deleted_by }
         } else {
             let (node, from_local) = match deleted_by {
-                Side::Local => (entry.remote.as_deref().expect("deleted locally, so REMOTE has it"), false),
-                Side::Remote => (entry.local.as_deref().expect("deleted remotely, so LOCAL has it"), true),
+                Side::Local => (
+                    entry
+                        .remote
+                        .as_deref()
+                        .expect("deleted locally, so REMOTE has it"),
+                    false,
+                ),
+                Side::Remote => (
+                    entry
+                        .local
+                        .as_deref()
+                        .expect("deleted remotely, so LOCAL has it"),
+                    true,
+                ),
             };
             Fate::Kept(Target {
                 remote: Loc::of(node),
@@ -131,19 +150,29 @@ fn holds_something_that_stays<T: TreeView>(
         found: bool,
     }
     let frame = |dir: NodeId| {
-        let deleted_by = entries.get(dir).and_then(|entry| entry.deleted_by).expect("a deleted directory");
+        let deleted_by = entries
+            .get(dir)
+            .and_then(|entry| entry.deleted_by)
+            .expect("a deleted directory");
         let survivor = match deleted_by {
             Side::Local => trees.remote,
             Side::Remote => trees.local,
         };
-        Frame { dir, children: survivor.children(dir).collect(), next: 0, found: false }
+        Frame {
+            dir,
+            children: survivor.children(dir).collect(),
+            next: 0,
+            found: false,
+        }
     };
     if let Some(&known) = memo.get(&dir) {
         return known;
     }
     let mut stack = vec![frame(dir)];
     loop {
-        let top = stack.last_mut().expect("the stack ends with its first frame");
+        let top = stack
+            .last_mut()
+            .expect("the stack ends with its first frame");
         if top.found || top.next == top.children.len() {
             let done = stack.pop().expect("non-empty");
             memo.insert(done.dir, done.found);
@@ -200,7 +229,9 @@ fn hold_unplaceable(entries: &mut Entries<'_>, policy: NamePolicy) -> bool {
     let mut held = false;
     for position in 0..entries.len() {
         let entry = &entries.list[position];
-        let Some(target) = entry.target() else { continue };
+        let Some(target) = entry.target() else {
+            continue;
+        };
         let moves_in = match entry.local {
             None => target.merged_from.is_none(),
             Some(_) => !entries.is_local_at(entry, &target.local),
@@ -209,7 +240,11 @@ fn hold_unplaceable(entries: &mut Entries<'_>, policy: NamePolicy) -> bool {
             continue;
         }
         let report = if let Err(error) = policy.check(&target.local.name) {
-            Report::InvalidName { id: entry.id, name: target.local.name.clone(), error }
+            Report::InvalidName {
+                id: entry.id,
+                name: target.local.name.clone(),
+                error,
+            }
         } else if entries
             .get(target.local.parent)
             .is_some_and(|parent| matches!(parent.fate, Fate::RemoteOnly | Fate::Skipped))
@@ -248,13 +283,26 @@ enum WalkEnd {
 }
 
 /// The parent `entry` has in `role`'s tree now (for LOCAL, with re-identified parents' new ids).
-fn current_parent(entries: &Entries<'_>, entry: &super::merge::Entry<'_>, role: TreeRole) -> Option<NodeId> {
+fn current_parent(
+    entries: &Entries<'_>,
+    entry: &super::merge::Entry<'_>,
+    role: TreeRole,
+) -> Option<NodeId> {
     let parent = entry.in_tree(role)?.parent;
-    Some(if role == TreeRole::Local { entries.local_id_after(parent) } else { parent })
+    Some(if role == TreeRole::Local {
+        entries.local_id_after(parent)
+    } else {
+        parent
+    })
 }
 
 /// The parent `id` has in `role`'s tree after the plan.
-fn target_parent<T: TreeView>(trees: &Trees<'_, T>, entries: &Entries<'_>, role: TreeRole, id: NodeId) -> Option<NodeId> {
+fn target_parent<T: TreeView>(
+    trees: &Trees<'_, T>,
+    entries: &Entries<'_>,
+    role: TreeRole,
+    id: NodeId,
+) -> Option<NodeId> {
     let Some(entry) = entries.get(id) else {
         // Unchanged: the same parent in every tree.
         return trees.get(role).get(id).map(|node| node.parent);
@@ -263,22 +311,31 @@ fn target_parent<T: TreeView>(trees: &Trees<'_, T>, entries: &Entries<'_>, role:
         Fate::Kept(target) => Some(place(target, role).parent),
         Fate::RebornAs(new) => target_parent(trees, entries, role, *new),
         Fate::RemoteOnly | Fate::Skipped => current_parent(entries, entry, role),
-        Fate::TentativelyGone { .. } => {
-            entry.remote.as_deref().or(entry.local.as_deref()).map(|node| node.parent)
-        }
+        Fate::TentativelyGone { .. } => entry
+            .remote
+            .as_deref()
+            .or(entry.local.as_deref())
+            .map(|node| node.parent),
         Fate::Gone | Fate::MergedInto => None,
     }
 }
 
 /// Undoes local moves that close a cycle in `role`'s target tree. Returns whether it changed anything.
-fn undo_cycles<T: TreeView>(trees: &Trees<'_, T>, entries: &mut Entries<'_>, role: TreeRole) -> bool {
+fn undo_cycles<T: TreeView>(
+    trees: &Trees<'_, T>,
+    entries: &mut Entries<'_>,
+    role: TreeRole,
+) -> bool {
     let mut reaches_root = NodeIdSet::default();
     let mut changed = false;
     let mut path = Vec::new();
     for position in 0..entries.len() {
         let entry = &entries.list[position];
-        let (Some(target), Some(current), None) = (entry.target(), current_parent(entries, entry, role), entry.derived)
-        else {
+        let (Some(target), Some(current), None) = (
+            entry.target(),
+            current_parent(entries, entry, role),
+            entry.derived,
+        ) else {
             continue;
         };
         let parent = place(target, role).parent;
@@ -332,20 +389,34 @@ fn undo_cycle(entries: &mut Entries<'_>, cycle: &[NodeId], role: TreeRole) -> bo
             .min_by_key(|&position| entries.list[position].id)
     };
     // Only a move to another directory can close a cycle; a rename is no part of it.
-    let local_move = |entry: &super::merge::Entry<'_>| match (entry.remote.as_deref(), entry.target()) {
-        (Some(remote), Some(target)) => entry.derived.is_none() && target.from_local && target.remote.parent != remote.parent,
-        _ => false,
-    };
+    let local_move =
+        |entry: &super::merge::Entry<'_>| match (entry.remote.as_deref(), entry.target()) {
+            (Some(remote), Some(target)) => {
+                entry.derived.is_none()
+                    && target.from_local
+                    && target.remote.parent != remote.parent
+            }
+            _ => false,
+        };
     if let Some(position) = lowest(&local_move) {
         let entry = &mut entries.list[position];
-        let remote = Loc::of(entry.remote.as_deref().expect("a local move of a remote node"));
+        let remote = Loc::of(
+            entry
+                .remote
+                .as_deref()
+                .expect("a local move of a remote node"),
+        );
         let target = entry.target_mut().expect("kept");
         target.remote = remote.clone();
         target.local = remote;
         target.from_local = false;
         return true;
     }
-    debug_assert_eq!(role, TreeRole::Local, "a cycle in REMOTE's target without a local move: {cycle:?}");
+    debug_assert_eq!(
+        role,
+        TreeRole::Local,
+        "a cycle in REMOTE's target without a local move: {cycle:?}"
+    );
     let held_move = |entry: &super::merge::Entry<'_>| {
         let here = entries.local_place(entry);
         matches!((here, entry.target()), (Some(here), Some(target)) if here.parent != target.local.parent)
@@ -378,7 +449,10 @@ const END: u32 = u32::MAX;
 
 impl Arrivals {
     fn new(len: usize) -> Arrivals {
-        Arrivals { heads: HashMap::default(), next: vec![END; len] }
+        Arrivals {
+            heads: HashMap::default(),
+            next: vec![END; len],
+        }
     }
 
     fn insert(&mut self, parent: NodeId, name_hash: u64, position: usize) {
@@ -416,14 +490,21 @@ struct NameSpace {
 
 /// Where `entry` arrives in `role`'s tree, unless it is there already (or is a conflicted copy still
 /// without a name).
-fn arrives<'e>(entries: &Entries<'_>, entry: &'e super::merge::Entry<'_>, role: TreeRole) -> Option<&'e Loc> {
+fn arrives<'e>(
+    entries: &Entries<'_>,
+    entry: &'e super::merge::Entry<'_>,
+    role: TreeRole,
+) -> Option<&'e Loc> {
     let target = entry.target()?;
     let loc = place(target, role);
     let there = match role {
         TreeRole::Local => entries.is_local_at(entry, loc),
-        TreeRole::Remote | TreeRole::Synced => entry.in_tree(role).is_some_and(|current| loc.is(current)),
+        TreeRole::Remote | TreeRole::Synced => {
+            entry.in_tree(role).is_some_and(|current| loc.is(current))
+        }
     };
-    let unnamed = matches!(entry.derived, Some(Derived::ConflictCopy { .. })) && loc.name.is_empty();
+    let unnamed =
+        matches!(entry.derived, Some(Derived::ConflictCopy { .. })) && loc.name.is_empty();
     (!there && !unnamed).then_some(loc)
 }
 
@@ -431,7 +512,11 @@ fn index_arrivals(entries: &Entries<'_>, role: TreeRole, policy: NamePolicy) -> 
     let mut index = Arrivals::new(entries.len());
     for (position, entry) in entries.list.iter().enumerate() {
         if let Some(loc) = arrives(entries, entry, role) {
-            let name = if role == TreeRole::Local { policy.fold(&loc.name) } else { loc.name.as_str().into() };
+            let name = if role == TreeRole::Local {
+                policy.fold(&loc.name)
+            } else {
+                loc.name.as_str().into()
+            };
             index.insert(loc.parent, name_hash(&name), position);
         }
     }
@@ -448,7 +533,10 @@ fn local_occupants<'a, T: TreeView>(
     if policy.folds() {
         let folded = policy.fold(name).into_owned();
         Box::new(trees.local.children(parent).filter(move |&child| {
-            trees.local.get(child).is_some_and(|node| policy.fold(&node.name) == folded)
+            trees
+                .local
+                .get(child)
+                .is_some_and(|node| policy.fold(&node.name) == folded)
         }))
     } else {
         Box::new(trees.local.child_by_name(parent, name).into_iter())
@@ -467,22 +555,31 @@ impl NameSpace {
     ) -> bool {
         let folded = policy.fold(name);
         let remote_arrival = self.remote.at(parent, name_hash(name)).any(|position| {
-            arrives(entries, &entries.list[position], TreeRole::Remote).is_some_and(|loc| loc.name == name)
+            arrives(entries, &entries.list[position], TreeRole::Remote)
+                .is_some_and(|loc| loc.name == name)
         });
         let local_arrival = self.local.at(parent, name_hash(&folded)).any(|position| {
             arrives(entries, &entries.list[position], TreeRole::Local)
                 .is_some_and(|loc| policy.fold(&loc.name) == folded)
         });
-        let assigned = self.assigned.get(&parent).is_some_and(|names| names.iter().any(|taken| *taken == *folded));
+        let assigned = self
+            .assigned
+            .get(&parent)
+            .is_some_and(|names| names.iter().any(|taken| *taken == *folded));
         !remote_arrival
             && !local_arrival
             && !assigned
             && trees.remote.child_by_name(parent, name).is_none()
-            && local_occupants(trees, policy, entries.local_id_now(parent), name).next().is_none()
+            && local_occupants(trees, policy, entries.local_id_now(parent), name)
+                .next()
+                .is_none()
     }
 
     fn assign(&mut self, policy: NamePolicy, parent: NodeId, name: &str) {
-        self.assigned.entry(parent).or_default().push(policy.fold(name).into_owned());
+        self.assigned
+            .entry(parent)
+            .or_default()
+            .push(policy.fold(name).into_owned());
     }
 }
 
@@ -503,13 +600,20 @@ fn settle_names<'t, T: TreeView>(
 
     // REMOTE: a local create or move that lands on a name the server keeps yields.
     for position in 0..entries.len() {
-        let Some(loc) = arrives(entries, &entries.list[position], TreeRole::Remote).cloned() else { continue };
-        let Some(keeper) = remote_keeper(trees, entries, &names, position, &loc) else { continue };
+        let Some(loc) = arrives(entries, &entries.list[position], TreeRole::Remote).cloned() else {
+            continue;
+        };
+        let Some(keeper) = remote_keeper(trees, entries, &names, position, &loc) else {
+            continue;
+        };
         if merges_into(entries, position, keeper) {
             let id = entries.list[position].id;
             entries.list[position].fate = Fate::MergedInto;
             let keeper_position = entries.position(keeper).expect("merge targets are entries");
-            entries.list[keeper_position].target_mut().expect("kept").merged_from = Some(id);
+            entries.list[keeper_position]
+                .target_mut()
+                .expect("kept")
+                .merged_from = Some(id);
             entries.rename(id, keeper);
             changed = true;
             continue;
@@ -520,8 +624,13 @@ fn settle_names<'t, T: TreeView>(
         });
         debug_assert_eq!(policy.check(&name), Ok(()));
         names.assign(policy, loc.parent, &name);
-        let target = entries.list[position].target_mut().expect("arrivals are kept");
-        debug_assert_eq!(target.local.parent, target.remote.parent, "a local place is the same on both sides");
+        let target = entries.list[position]
+            .target_mut()
+            .expect("arrivals are kept");
+        debug_assert_eq!(
+            target.local.parent, target.remote.parent,
+            "a local place is the same on both sides"
+        );
         target.remote.name.clone_from(&name);
         target.local.name = name;
     }
@@ -534,14 +643,23 @@ fn settle_names<'t, T: TreeView>(
     // LOCAL: names that fold together here keep one node; the other remote nodes are held.
     names.local = index_arrivals(entries, TreeRole::Local, policy);
     for position in 0..entries.len() {
-        let Some(loc) = arrives(entries, &entries.list[position], TreeRole::Local).cloned() else { continue };
+        let Some(loc) = arrives(entries, &entries.list[position], TreeRole::Local).cloned() else {
+            continue;
+        };
         let keeper = local_keeper(trees, entries, &names.local, policy, &loc);
         let entry = &entries.list[position];
         if keeper == entry.id {
             continue;
         }
-        debug_assert!(!entry.target().is_some_and(|target| target.from_local), "local places were settled above");
-        let report = Report::NameCollision { id: entry.id, name: loc.name.clone(), kept: keeper };
+        debug_assert!(
+            !entry.target().is_some_and(|target| target.from_local),
+            "local places were settled above"
+        );
+        let report = Report::NameCollision {
+            id: entry.id,
+            name: loc.name.clone(),
+            kept: keeper,
+        };
         hold_locally(entries, position, report);
         changed = true;
     }
@@ -568,7 +686,10 @@ fn remote_keeper<T: TreeView>(
         .remote
         .at(loc.parent, name_hash(&loc.name))
         .filter(|&other| other < position)
-        .find(|&other| arrives(entries, &entries.list[other], TreeRole::Remote).is_some_and(|other| other == loc))
+        .find(|&other| {
+            arrives(entries, &entries.list[other], TreeRole::Remote)
+                .is_some_and(|other| other == loc)
+        })
         .map(|other| entries.list[other].id)
 }
 
@@ -577,7 +698,9 @@ fn stays_in_remote(entries: &Entries<'_>, id: NodeId, loc: &Loc) -> bool {
     match entries.get(id).map(|entry| &entry.fate) {
         None | Some(Fate::RemoteOnly | Fate::Skipped) => true,
         Some(Fate::Kept(target)) => target.remote == *loc,
-        Some(Fate::Gone | Fate::TentativelyGone { .. } | Fate::RebornAs(_) | Fate::MergedInto) => false,
+        Some(Fate::Gone | Fate::TentativelyGone { .. } | Fate::RebornAs(_) | Fate::MergedInto) => {
+            false
+        }
     }
 }
 
@@ -585,12 +708,18 @@ fn stays_in_remote(entries: &Entries<'_>, id: NodeId, loc: &Loc) -> bool {
 /// server's, instead of a conflicted copy.
 fn merges_into(entries: &Entries<'_>, position: usize, keeper: NodeId) -> bool {
     let entry = &entries.list[position];
-    let Some(keeper) = entries.get(keeper) else { return false };
-    let (Some(local), Some(remote)) = (entry.local.as_deref(), keeper.remote.as_deref()) else { return false };
+    let Some(keeper) = entries.get(keeper) else {
+        return false;
+    };
+    let (Some(local), Some(remote)) = (entry.local.as_deref(), keeper.remote.as_deref()) else {
+        return false;
+    };
     let local_create = entry.remote.is_none() && entry.synced.is_none() && entry.derived.is_none();
     let remote_create = keeper.local.is_none()
         && keeper.synced.is_none()
-        && keeper.target().is_some_and(|target| !target.from_local && target.merged_from.is_none());
+        && keeper
+            .target()
+            .is_some_and(|target| !target.from_local && target.merged_from.is_none());
     local_create
         && remote_create
         && local.kind == remote.kind
@@ -608,30 +737,32 @@ fn local_keeper<T: TreeView>(
     loc: &Loc,
 ) -> NodeId {
     let folded = policy.fold(&loc.name);
-    let staying = local_occupants(trees, policy, entries.local_id_now(loc.parent), &loc.name).find(|&occupant| {
-        match entries.get(occupant) {
+    let staying = local_occupants(trees, policy, entries.local_id_now(loc.parent), &loc.name).find(
+        |&occupant| match entries.get(occupant) {
             None => true,
             Some(entry) => match &entry.fate {
                 Fate::Kept(target) => entries.is_local_at(entry, &target.local),
                 Fate::Skipped => true,
                 _ => false,
             },
-        }
-    });
+        },
+    );
     if let Some(occupant) = staying {
         return occupant;
     }
     let rank = |position: usize| {
         let entry = &entries.list[position];
         let target = entry.target().expect("arrivals are kept");
-        let takes_over = target.merged_from.is_some() || matches!(entry.derived, Some(Derived::Reborn { .. }));
+        let takes_over =
+            target.merged_from.is_some() || matches!(entry.derived, Some(Derived::Reborn { .. }));
         (!takes_over, !target.from_local, entry.id)
     };
     arrivals
         .at(loc.parent, name_hash(&folded))
         .filter(|&position| {
-            arrives(entries, &entries.list[position], TreeRole::Local)
-                .is_some_and(|other| other.parent == loc.parent && policy.fold(&other.name) == folded)
+            arrives(entries, &entries.list[position], TreeRole::Local).is_some_and(|other| {
+                other.parent == loc.parent && policy.fold(&other.name) == folded
+            })
         })
         .min_by_key(|&position| rank(position))
         .map(|position| entries.list[position].id)
@@ -649,16 +780,26 @@ fn name_conflicted_copies<T: TreeView>(
     mut names: NameSpace,
 ) {
     for position in 0..entries.len() {
-        let Some(Derived::ConflictCopy { of }) = entries.list[position].derived else { continue };
-        let original = entries.get(of).and_then(|original| original.target()).expect("the original is kept");
+        let Some(Derived::ConflictCopy { of }) = entries.list[position].derived else {
+            continue;
+        };
+        let original = entries
+            .get(of)
+            .and_then(|original| original.target())
+            .expect("the original is kept");
         let parent = original.local.parent;
         let kind = entries.list[position].kind;
         let name = namer.name(&original.local.name, kind, |candidate| {
             names.is_free(trees, entries, policy, parent, candidate)
         });
         names.assign(policy, parent, &name);
-        let target = entries.list[position].target_mut().expect("copies are kept");
-        target.remote = Loc { parent, name: name.clone() };
+        let target = entries.list[position]
+            .target_mut()
+            .expect("copies are kept");
+        target.remote = Loc {
+            parent,
+            name: name.clone(),
+        };
         target.local = Loc { parent, name };
     }
 }

@@ -44,35 +44,76 @@ pub(super) fn schedule<T: TreeView>(
 #[derive(Debug, Clone, Copy)]
 enum Effect<'d> {
     /// The node is at `parent`/`name` afterwards (created or moved there).
-    Place { id: NodeId, parent: NodeId, name: &'d str },
-    Remove { id: NodeId },
+    Place {
+        id: NodeId,
+        parent: NodeId,
+        name: &'d str,
+    },
+    Remove {
+        id: NodeId,
+    },
     /// The node `old` becomes `new`, then sits at `place` (LOCAL), or stays where it is (SYNCED).
-    Reidentify { old: NodeId, new: NodeId, place: Option<(NodeId, &'d str)> },
+    Reidentify {
+        old: NodeId,
+        new: NodeId,
+        place: Option<(NodeId, &'d str)>,
+    },
 }
 
 /// The shape changes of an op: at most one on its side and one on SYNCED.
 fn effects(draft: &Draft) -> [Option<(TreeRole, Effect<'_>)>; 2] {
     let place = |id, parent, name| Effect::Place { id, parent, name };
     let on_side = match &draft.kind {
-        OpKind::LocalCreate { node, .. } => Some((TreeRole::Local, place(node.id, node.parent, node.name.as_str()))),
-        OpKind::LocalMove { id, parent, name } => Some((TreeRole::Local, place(*id, *parent, name))),
-        OpKind::LocalDelete { id } => Some((TreeRole::Local, Effect::Remove { id: *id })),
-        OpKind::LocalConflictCopy { copy, .. } => Some((TreeRole::Local, place(copy.id, copy.parent, &copy.name))),
-        OpKind::LocalReidentify { old, new, parent, name, .. } => {
-            Some((TreeRole::Local, Effect::Reidentify { old: *old, new: *new, place: Some((*parent, name)) }))
+        OpKind::LocalCreate { node, .. } => Some((
+            TreeRole::Local,
+            place(node.id, node.parent, node.name.as_str()),
+        )),
+        OpKind::LocalMove { id, parent, name } => {
+            Some((TreeRole::Local, place(*id, *parent, name)))
         }
-        OpKind::RemoteCreate { node, .. } => Some((TreeRole::Remote, place(node.id, node.parent, &node.name))),
-        OpKind::RemoteMove { id, parent, name, .. } => Some((TreeRole::Remote, place(*id, *parent, name))),
+        OpKind::LocalDelete { id } => Some((TreeRole::Local, Effect::Remove { id: *id })),
+        OpKind::LocalConflictCopy { copy, .. } => {
+            Some((TreeRole::Local, place(copy.id, copy.parent, &copy.name)))
+        }
+        OpKind::LocalReidentify {
+            old,
+            new,
+            parent,
+            name,
+            ..
+        } => Some((
+            TreeRole::Local,
+            Effect::Reidentify {
+                old: *old,
+                new: *new,
+                place: Some((*parent, name)),
+            },
+        )),
+        OpKind::RemoteCreate { node, .. } => {
+            Some((TreeRole::Remote, place(node.id, node.parent, &node.name)))
+        }
+        OpKind::RemoteMove {
+            id, parent, name, ..
+        } => Some((TreeRole::Remote, place(*id, *parent, name))),
         OpKind::RemoteDelete { id, .. } => Some((TreeRole::Remote, Effect::Remove { id: *id })),
         OpKind::LocalUpdate { .. } | OpKind::RemoteUpdate { .. } | OpKind::RecordSynced => None,
     };
     let on_synced = match &draft.synced {
-        SyncedChange::Put(node) => Some((TreeRole::Synced, place(node.id, node.parent, &node.name))),
-        SyncedChange::Place { id, parent, name } => Some((TreeRole::Synced, place(*id, *parent, name))),
-        SyncedChange::Remove(id) => Some((TreeRole::Synced, Effect::Remove { id: *id })),
-        SyncedChange::Reidentify { old, new } => {
-            Some((TreeRole::Synced, Effect::Reidentify { old: *old, new: *new, place: None }))
+        SyncedChange::Put(node) => {
+            Some((TreeRole::Synced, place(node.id, node.parent, &node.name)))
         }
+        SyncedChange::Place { id, parent, name } => {
+            Some((TreeRole::Synced, place(*id, *parent, name)))
+        }
+        SyncedChange::Remove(id) => Some((TreeRole::Synced, Effect::Remove { id: *id })),
+        SyncedChange::Reidentify { old, new } => Some((
+            TreeRole::Synced,
+            Effect::Reidentify {
+                old: *old,
+                new: *new,
+                place: None,
+            },
+        )),
         SyncedChange::Unchanged | SyncedChange::SetAttrs { .. } => None,
     };
     [on_side, on_synced]
@@ -133,11 +174,17 @@ impl EffectIndex {
                         index.leaving[slot(role)].insert(id, op);
                         continue;
                     }
-                    Effect::Place { id, parent, name } => (id, parent, name, index.holder(role, id)),
+                    Effect::Place { id, parent, name } => {
+                        (id, parent, name, index.holder(role, id))
+                    }
                     Effect::Reidentify { old, new, place } => {
                         let Some(now) = tree.get(old) else { continue };
                         let (parent, name) = place.unwrap_or((now.parent, now.name.as_str()));
-                        let placement = Placement { created_by: Some(op), moved_by: None, parent };
+                        let placement = Placement {
+                            created_by: Some(op),
+                            moved_by: None,
+                            parent,
+                        };
                         index.placed[slot(role)].insert(new, placement);
                         if now.name != name {
                             index.leaving[slot(role)].entry(old).or_insert(op);
@@ -147,20 +194,37 @@ impl EffectIndex {
                 };
                 // Under a parent that is re-identified, the node still needs that op first: not "in place".
                 let now = tree.get(holder);
-                if now.as_ref().is_some_and(|now| now.parent == parent && now.name == name) {
+                if now
+                    .as_ref()
+                    .is_some_and(|now| now.parent == parent && now.name == name)
+                {
                     continue;
                 }
                 let placed = &mut index.placed[slot(role)];
                 match now {
                     Some(_) => {
                         index.leaving[slot(role)].entry(holder).or_insert(op);
-                        let placement = placed.entry(id).or_insert(Placement { created_by: None, moved_by: None, parent });
-                        debug_assert!(placement.moved_by.is_none(), "{id:?} moved twice in {role:?}");
+                        let placement = placed.entry(id).or_insert(Placement {
+                            created_by: None,
+                            moved_by: None,
+                            parent,
+                        });
+                        debug_assert!(
+                            placement.moved_by.is_none(),
+                            "{id:?} moved twice in {role:?}"
+                        );
                         placement.moved_by = Some(op);
                         placement.parent = parent;
                     }
                     None => {
-                        let previous = placed.insert(id, Placement { created_by: Some(op), moved_by: None, parent });
+                        let previous = placed.insert(
+                            id,
+                            Placement {
+                                created_by: Some(op),
+                                moved_by: None,
+                                parent,
+                            },
+                        );
                         debug_assert!(previous.is_none(), "{id:?} created twice in {role:?}");
                     }
                 }
@@ -171,7 +235,10 @@ impl EffectIndex {
 
     /// The id `role`'s tree holds `id` under now (before the plan's re-identifications).
     fn holder(&self, role: TreeRole, id: NodeId) -> NodeId {
-        self.reidentified[slot(role)].get(&id).copied().unwrap_or(id)
+        self.reidentified[slot(role)]
+            .get(&id)
+            .copied()
+            .unwrap_or(id)
     }
 
     /// Where this tree holds the children of `parent` now.
@@ -204,7 +271,9 @@ impl Why {
     fn tree(self) -> Option<TreeRole> {
         match self {
             Why::Chain => None,
-            Why::Parent(role) | Why::Vacate(role) | Why::Ancestor(role) | Why::Emptied(role) => Some(role),
+            Why::Parent(role) | Why::Vacate(role) | Why::Ancestor(role) | Why::Emptied(role) => {
+                Some(role)
+            }
         }
     }
 }
@@ -241,7 +310,10 @@ impl Adjacency {
             grouped[fill[op] as usize] = position as u32;
             fill[op] += 1;
         }
-        Adjacency { start, edges: grouped }
+        Adjacency {
+            start,
+            edges: grouped,
+        }
     }
 
     fn of(&self, op: u32) -> &[u32] {
@@ -271,7 +343,12 @@ fn waits_of<T: TreeView>(
     edges: &mut Vec<Edge>,
     dropped: &[bool],
 ) -> bool {
-    let mut waits = Waits { op, edges, dropped, satisfiable: true };
+    let mut waits = Waits {
+        op,
+        edges,
+        dropped,
+        satisfiable: true,
+    };
     if let Some(after) = draft.after {
         waits.on(Some(after as u32), Why::Chain);
     }
@@ -286,28 +363,50 @@ fn waits_of<T: TreeView>(
                 continue;
             }
             Effect::Place { id, parent, name } => (id, parent, name, index.holder(role, id)),
-            Effect::Reidentify { old, new, place: Some((parent, name)) } => (new, parent, name, old),
+            Effect::Reidentify {
+                old,
+                new,
+                place: Some((parent, name)),
+            } => (new, parent, name, old),
             // In place: nothing moves.
             Effect::Reidentify { place: None, .. } => continue,
         };
         // Under a parent that is re-identified, the node still needs that op first: not "in place".
         let current = tree.get(holder);
-        if current.as_ref().is_some_and(|node| node.parent == parent && node.name == name) {
+        if current
+            .as_ref()
+            .is_some_and(|node| node.parent == parent && node.name == name)
+        {
             continue;
         }
         let reidentifies = matches!(effect, Effect::Reidentify { .. });
         // A node another op re-identifies moves only once it has its new id.
         if holder != id && !reidentifies {
-            waits.on(placed.get(&id).and_then(|placement| placement.created_by), Why::Chain);
+            waits.on(
+                placed.get(&id).and_then(|placement| placement.created_by),
+                Why::Chain,
+            );
         }
         if !tree.contains(parent) {
-            waits.on(placed.get(&parent).and_then(|placement| placement.created_by), Why::Parent(role));
+            waits.on(
+                placed
+                    .get(&parent)
+                    .and_then(|placement| placement.created_by),
+                Why::Parent(role),
+            );
         }
-        for_each_occupant(tree, role, policy, index.now(role, parent), name, |occupant| {
-            if occupant != id && occupant != holder {
-                waits.on(leaving.get(&occupant).copied(), Why::Vacate(role));
-            }
-        });
+        for_each_occupant(
+            tree,
+            role,
+            policy,
+            index.now(role, parent),
+            name,
+            |occupant| {
+                if occupant != id && occupant != holder {
+                    waits.on(leaving.get(&occupant).copied(), Why::Vacate(role));
+                }
+            },
+        );
         let moves = current.is_some_and(|node| node.parent != index.now(role, parent));
         if moves && !reidentifies && !waits.after_moving_ancestors(tree, role, placed, id, parent) {
             waits.satisfiable = false;
@@ -320,10 +419,24 @@ fn waits_of<T: TreeView>(
 const MAX_DEPTH: usize = 1 << 16;
 
 impl DepGraph {
-    fn derive<T: TreeView>(trees: &Trees<'_, T>, drafts: &[Draft], index: &EffectIndex, policy: NamePolicy) -> DepGraph {
+    fn derive<T: TreeView>(
+        trees: &Trees<'_, T>,
+        drafts: &[Draft],
+        index: &EffectIndex,
+        policy: NamePolicy,
+    ) -> DepGraph {
         let mut edges = Vec::with_capacity(drafts.len());
         let unsatisfiable: Vec<u32> = (0..drafts.len() as u32)
-            .filter(|&op| !waits_of(trees, index, policy, (op, &drafts[op as usize]), &mut edges, &[]))
+            .filter(|&op| {
+                !waits_of(
+                    trees,
+                    index,
+                    policy,
+                    (op, &drafts[op as usize]),
+                    &mut edges,
+                    &[],
+                )
+            })
             .collect();
         let mut graph = DepGraph {
             waits: Adjacency::build(drafts.len(), &edges, |edge| edge.from),
@@ -384,10 +497,17 @@ impl DepGraph {
                 if cycle.iter().any(|&op| self.dropped[op as usize]) {
                     continue; // Broken already by an earlier change; the next pass looks again.
                 }
-                let in_cycle = |edge: &Edge| self.is_live(edge) && cycle.contains(&edge.on) && cycle.contains(&edge.from);
+                let in_cycle = |edge: &Edge| {
+                    self.is_live(edge) && cycle.contains(&edge.on) && cycle.contains(&edge.from)
+                };
                 // Whether every edge by which `op` waits inside the cycle is of this kind.
                 let waits_only_for = |op: u32, why: fn(Why) -> bool| {
-                    self.waits.of(op).iter().map(|&edge| self.edges[edge as usize]).filter(in_cycle).all(|edge| why(edge.why))
+                    self.waits
+                        .of(op)
+                        .iter()
+                        .map(|&edge| self.edges[edge as usize])
+                        .filter(in_cycle)
+                        .all(|edge| why(edge.why))
                 };
                 let name_awaited = |op: u32| {
                     self.awaited
@@ -397,15 +517,24 @@ impl DepGraph {
                         .any(|edge| in_cycle(&edge) && matches!(edge.why, Why::Vacate(_)))
                 };
                 let first = |candidates: Vec<(u32, Parked)>| {
-                    candidates.into_iter().min_by_key(|(op, _)| (drafts[*op as usize].kind.node(), *op))
+                    candidates
+                        .into_iter()
+                        .min_by_key(|(op, _)| (drafts[*op as usize].kind.node(), *op))
                 };
                 let unchanged = |op: &&u32| !self.parked[**op as usize];
                 let detach = first(
                     cycle
                         .iter()
-                        .filter(|&&op| !self.detached[op as usize] && drafts[op as usize].kind != OpKind::RecordSynced)
-                        .filter(|&&op| waits_only_for(op, |why| why.tree() == Some(TreeRole::Synced)))
-                        .filter_map(|&op| detached(trees, index, &drafts[op as usize]).map(|parked| (op, parked)))
+                        .filter(|&&op| {
+                            !self.detached[op as usize]
+                                && drafts[op as usize].kind != OpKind::RecordSynced
+                        })
+                        .filter(|&&op| {
+                            waits_only_for(op, |why| why.tree() == Some(TreeRole::Synced))
+                        })
+                        .filter_map(|&op| {
+                            detached(trees, index, &drafts[op as usize]).map(|parked| (op, parked))
+                        })
                         .collect(),
                 );
                 let park = |park: Park, qualifies: &dyn Fn(u32) -> bool| {
@@ -414,21 +543,26 @@ impl DepGraph {
                             .iter()
                             .filter(unchanged)
                             .filter(|&&op| qualifies(op))
-                            .filter_map(|&op| parked(trees, index, &drafts[op as usize], park).map(|parked| (op, parked)))
+                            .filter_map(|&op| {
+                                parked(trees, index, &drafts[op as usize], park)
+                                    .map(|parked| (op, parked))
+                            })
                             .collect(),
                     )
                 };
                 let choice = detach
-                    .or_else(|| park(Park::InTarget, &|op| waits_only_for(op, |why| matches!(why, Why::Vacate(_)))))
+                    .or_else(|| {
+                        park(Park::InTarget, &|op| {
+                            waits_only_for(op, |why| matches!(why, Why::Vacate(_)))
+                        })
+                    })
                     .or_else(|| park(Park::InPlace, &name_awaited))
                     .or_else(|| park(Park::InRoot, &|_| true));
-                if std::env::var_os("BVFS_PLANNER_DEBUG").is_some() {
-                    eprintln!("cycle {cycle:?}: {:?}", choice.as_ref().map(|(op, parked)| (op, parked.park, &parked.draft)));
-                }
                 match choice {
                     Some((op, parked)) => self.park(trees, index, policy, drafts, op, parked),
                     None => {
-                        let ops: Vec<&Draft> = cycle.iter().map(|&op| &drafts[op as usize]).collect();
+                        let ops: Vec<&Draft> =
+                            cycle.iter().map(|&op| &drafts[op as usize]).collect();
                         debug_assert!(false, "a dependency cycle that nothing breaks: {ops:#?}");
                         self.drop_with_dependents(cycle);
                     }
@@ -464,7 +598,14 @@ impl DepGraph {
             self.edges[edge as usize].live = false;
         }
         self.drop_with_dependents(doomed);
-        if !waits_of(trees, index, policy, (op, &drafts[op as usize]), &mut self.edges, &self.dropped) {
+        if !waits_of(
+            trees,
+            index,
+            policy,
+            (op, &drafts[op as usize]),
+            &mut self.edges,
+            &self.dropped,
+        ) {
             self.drop_with_dependents([op]);
         }
     }
@@ -489,13 +630,15 @@ impl DepGraph {
                     if !tarjan.seen(edge.on) {
                         tarjan.visit(edge.on);
                     } else if tarjan.on_stack[edge.on as usize] {
-                        tarjan.low[op as usize] = tarjan.low[op as usize].min(tarjan.order[edge.on as usize]);
+                        tarjan.low[op as usize] =
+                            tarjan.low[op as usize].min(tarjan.order[edge.on as usize]);
                     }
                     continue;
                 }
                 tarjan.calls.pop();
                 if let Some(&(caller, _)) = tarjan.calls.last() {
-                    tarjan.low[caller as usize] = tarjan.low[caller as usize].min(tarjan.low[op as usize]);
+                    tarjan.low[caller as usize] =
+                        tarjan.low[caller as usize].min(tarjan.low[op as usize]);
                 }
                 if tarjan.low[op as usize] == tarjan.order[op as usize] {
                     let component = tarjan.pop_component(op);
@@ -509,7 +652,12 @@ impl DepGraph {
     }
 
     /// Holds the deletes of a plan that deletes too much (DESIGN D8), unless the user confirmed them.
-    fn brake<T: TreeView>(&mut self, trees: &Trees<'_, T>, drafts: &[Draft], ctx: &PlanContext<'_>) -> Vec<HeldDelete> {
+    fn brake<T: TreeView>(
+        &mut self,
+        trees: &Trees<'_, T>,
+        drafts: &[Draft],
+        ctx: &PlanContext<'_>,
+    ) -> Vec<HeldDelete> {
         let deletes: Vec<u32> = (0..drafts.len() as u32)
             .filter(|&op| !self.dropped[op as usize] && drafts[op as usize].kind.is_delete())
             .collect();
@@ -532,7 +680,12 @@ impl DepGraph {
                 Side::Remote => trees.remote,
             };
             let node = tree.get(id).expect("a delete's node exists");
-            held.push(HeldDelete { side, id, parent: node.parent, name: node.name.clone() });
+            held.push(HeldDelete {
+                side,
+                id,
+                parent: node.parent,
+                name: node.name.clone(),
+            });
             holds.push(op);
         }
         self.drop_with_dependents(holds);
@@ -540,14 +693,20 @@ impl DepGraph {
     }
 
     /// The live ops in dependency order, renumbered.
-    fn into_plan(self, drafts: Vec<Draft>, held_deletes: Vec<HeldDelete>, reported: Vec<Report>) -> Plan {
+    fn into_plan(
+        self,
+        drafts: Vec<Draft>,
+        held_deletes: Vec<HeldDelete>,
+        reported: Vec<Report>,
+    ) -> Plan {
         let ops = drafts.len();
         let mut waiting = vec![0u32; ops];
         for edge in self.edges.iter().filter(|edge| self.is_live(edge)) {
             waiting[edge.from as usize] += 1;
         }
-        let mut ready: VecDeque<u32> =
-            (0..ops as u32).filter(|&op| !self.dropped[op as usize] && waiting[op as usize] == 0).collect();
+        let mut ready: VecDeque<u32> = (0..ops as u32)
+            .filter(|&op| !self.dropped[op as usize] && waiting[op as usize] == 0)
+            .collect();
         let mut order = Vec::with_capacity(ops);
         while let Some(op) = ready.pop_front() {
             order.push(op);
@@ -561,7 +720,11 @@ impl DepGraph {
                 }
             }
         }
-        debug_assert_eq!(order.len(), self.dropped.iter().filter(|dropped| !**dropped).count(), "cycle left");
+        debug_assert_eq!(
+            order.len(),
+            self.dropped.iter().filter(|dropped| !**dropped).count(),
+            "cycle left"
+        );
         let mut new_id = vec![u32::MAX; ops];
         for (position, &op) in order.iter().enumerate() {
             new_id[op as usize] = position as u32;
@@ -582,10 +745,19 @@ impl DepGraph {
                 deps.sort_unstable();
                 deps.dedup();
                 let draft = drafts[op as usize].take().expect("each op is planned once");
-                PlannedOp { id: OpId(position as u32), deps, kind: draft.kind, synced: draft.synced }
+                PlannedOp {
+                    id: OpId(position as u32),
+                    deps,
+                    kind: draft.kind,
+                    synced: draft.synced,
+                }
             })
             .collect();
-        Plan { ops: planned, held_deletes, reported }
+        Plan {
+            ops: planned,
+            held_deletes,
+            reported,
+        }
     }
 }
 
@@ -652,8 +824,15 @@ struct Waits<'a> {
 impl Waits<'_> {
     fn on(&mut self, other: Option<u32>, why: Why) {
         match other {
-            Some(other) if self.dropped.get(other as usize).copied().unwrap_or(false) => self.satisfiable = false,
-            Some(other) if other != self.op => self.edges.push(Edge { from: self.op, on: other, why, live: true }),
+            Some(other) if self.dropped.get(other as usize).copied().unwrap_or(false) => {
+                self.satisfiable = false
+            }
+            Some(other) if other != self.op => self.edges.push(Edge {
+                from: self.op,
+                on: other,
+                why,
+                live: true,
+            }),
             Some(_) => {}
             None => self.satisfiable = false,
         }
@@ -706,7 +885,10 @@ fn for_each_occupant<T: TreeView>(
     if role == TreeRole::Local && policy.folds() {
         let folded = policy.fold(name);
         for child in tree.children(parent) {
-            if tree.get(child).is_some_and(|node| policy.fold(&node.name) == folded) {
+            if tree
+                .get(child)
+                .is_some_and(|node| policy.fold(&node.name) == folded)
+            {
                 found(child);
             }
         }
@@ -757,26 +939,47 @@ impl Parked {
 
 /// The op with its SYNCED change let go, if that change can wait: SYNCED parks the node in place
 /// (where it has it), or changes nothing and the next plan records what both sides agree on.
-fn detached<T: TreeView>(trees: &Trees<'_, T>, index: &EffectIndex, draft: &Draft) -> Option<Parked> {
+fn detached<T: TreeView>(
+    trees: &Trees<'_, T>,
+    index: &EffectIndex,
+    draft: &Draft,
+) -> Option<Parked> {
     let synced = match &draft.synced {
         SyncedChange::Put(Node { id, .. }) | SyncedChange::Place { id, .. } => {
             match trees.synced.get(index.holder(TreeRole::Synced, *id)) {
                 Some(now) => {
                     let parent = index.after(TreeRole::Synced, now.parent);
-                    SyncedChange::Place { id: *id, parent, name: park_name(*id) }
+                    SyncedChange::Place {
+                        id: *id,
+                        parent,
+                        name: park_name(*id),
+                    }
                 }
                 None => SyncedChange::Unchanged,
             }
         }
         SyncedChange::Remove(_) => SyncedChange::Unchanged,
-        SyncedChange::Unchanged | SyncedChange::SetAttrs { .. } | SyncedChange::Reidentify { .. } => return None,
+        SyncedChange::Unchanged
+        | SyncedChange::SetAttrs { .. }
+        | SyncedChange::Reidentify { .. } => return None,
     };
     let side = draft.kind.side().map(|side| match side {
         Side::Local => TreeRole::Local,
         Side::Remote => TreeRole::Remote,
     });
-    let vacates = side.into_iter().chain((synced != SyncedChange::Unchanged).then_some(TreeRole::Synced)).collect();
-    Some(Parked { draft: Draft { kind: draft.kind.clone(), synced, after: draft.after }, park: Park::SyncedOnly, vacates })
+    let vacates = side
+        .into_iter()
+        .chain((synced != SyncedChange::Unchanged).then_some(TreeRole::Synced))
+        .collect();
+    Some(Parked {
+        draft: Draft {
+            kind: draft.kind.clone(),
+            synced,
+            after: draft.after,
+        },
+        park: Park::SyncedOnly,
+        vacates,
+    })
 }
 
 /// The parked form of a move. SYNCED takes the temporary place too, so that the next plan still sees
@@ -784,7 +987,12 @@ fn detached<T: TreeView>(trees: &Trees<'_, T>, index: &EffectIndex, draft: &Draf
 /// a remote move REMOTE equals SYNCED and LOCAL's place wins again. Where SYNCED cannot follow, or where
 /// the node is parked there already (parking again would change nothing, plan after plan), the move is
 /// not parked.
-fn parked<T: TreeView>(trees: &Trees<'_, T>, index: &EffectIndex, draft: &Draft, park: Park) -> Option<Parked> {
+fn parked<T: TreeView>(
+    trees: &Trees<'_, T>,
+    index: &EffectIndex,
+    draft: &Draft,
+    park: Park,
+) -> Option<Parked> {
     let (role, id, target) = match &draft.kind {
         OpKind::RemoteMove { id, parent, .. } => (TreeRole::Remote, *id, *parent),
         OpKind::LocalMove { id, parent, .. } => (TreeRole::Local, *id, *parent),
@@ -809,7 +1017,11 @@ fn parked<T: TreeView>(trees: &Trees<'_, T>, index: &EffectIndex, draft: &Draft,
     let synced_parent = index.holder(TreeRole::Synced, parent);
     let synced = match trees.synced.get(index.holder(TreeRole::Synced, id)) {
         Some(_) if park == Park::InTarget || trees.synced.contains(synced_parent) => {
-            SyncedChange::Place { id, parent, name: name.clone() }
+            SyncedChange::Place {
+                id,
+                parent,
+                name: name.clone(),
+            }
         }
         Some(_) => return None,
         // SYNCED lacks it: next time both sides differ from SYNCED and REMOTE wins again; a remote move
@@ -818,11 +1030,27 @@ fn parked<T: TreeView>(trees: &Trees<'_, T>, index: &EffectIndex, draft: &Draft,
         None => return None,
     };
     let kind = match draft.kind {
-        OpKind::RemoteMove { base_revision, .. } => OpKind::RemoteMove { id, base_revision, parent, name },
+        OpKind::RemoteMove { base_revision, .. } => OpKind::RemoteMove {
+            id,
+            base_revision,
+            parent,
+            name,
+        },
         OpKind::LocalMove { .. } => OpKind::LocalMove { id, parent, name },
         _ => OpKind::RecordSynced,
     };
     let side = (role != TreeRole::Synced).then_some(role);
-    let vacates = side.into_iter().chain((synced != SyncedChange::Unchanged).then_some(TreeRole::Synced)).collect();
-    Some(Parked { draft: Draft { kind, synced, after: None }, park, vacates })
+    let vacates = side
+        .into_iter()
+        .chain((synced != SyncedChange::Unchanged).then_some(TreeRole::Synced))
+        .collect();
+    Some(Parked {
+        draft: Draft {
+            kind,
+            synced,
+            after: None,
+        },
+        park,
+        vacates,
+    })
 }

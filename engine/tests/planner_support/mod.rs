@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use bvfs_engine::model::{Attrs, ContentHash, NamePolicy, Node, NodeId, NodeIdSet, NodeKind};
 use bvfs_engine::planner::{
-    ConflictTime, DeleteBrake, NothingResident, OpKind, Plan, PlanContext, Planner, Report, ThreeTrees,
+    ConflictTime, DeleteBrake, NothingResident, OpKind, Plan, PlanContext, Planner, Report,
+    ThreeTrees,
 };
 use bvfs_engine::tree::{Tree, TreeView};
 
@@ -15,7 +16,14 @@ use bvfs_engine::tree::{Tree, TreeView};
 pub const DEVICE: &str = "laptop";
 
 pub fn conflict_time() -> ConflictTime {
-    ConflictTime { year: 2025, month: 3, day: 4, hour: 5, minute: 6, second: 7 }
+    ConflictTime {
+        year: 2025,
+        month: 3,
+        day: 4,
+        hour: 5,
+        minute: 6,
+        second: 7,
+    }
 }
 
 /// The planner's settings, owned.
@@ -47,10 +55,20 @@ impl Settings {
             names: self.names,
             brake: self.brake,
             namespace_size: trees.remote.node_count() as u64,
-            residency: if self.resident.is_empty() { &nothing } else { &self.resident },
+            residency: if self.resident.is_empty() {
+                &nothing
+            } else {
+                &self.resident
+            },
             confirmed_deletes: &self.confirmed,
         };
-        Planner::plan(&trees.remote, &trees.local, &trees.synced, trees.differing_ids(), &ctx)
+        Planner::plan(
+            &trees.remote,
+            &trees.local,
+            &trees.synced,
+            trees.differing_ids(),
+            &ctx,
+        )
     }
 }
 
@@ -70,7 +88,11 @@ pub fn file_attrs(label: &str) -> Attrs {
 }
 
 pub fn symlink_attrs(target: &str) -> Attrs {
-    Attrs { size: target.len() as u64, symlink_target: Some(target.to_owned()), ..Attrs::default() }
+    Attrs {
+        size: target.len() as u64,
+        symlink_target: Some(target.to_owned()),
+        ..Attrs::default()
+    }
 }
 
 /// Edits one tree (or all three at once) the way a user or another device would.
@@ -100,9 +122,12 @@ impl Editor<'_> {
     /// The node at `path` (`/a/b`).
     pub fn lookup(&self, path: &str) -> NodeId {
         let tree = self.tree();
-        path.split('/').filter(|part| !part.is_empty()).fold(NodeId::ROOT, |parent, name| {
-            tree.child_by_name(parent, name).unwrap_or_else(|| panic!("no {name:?} in {path:?}"))
-        })
+        path.split('/')
+            .filter(|part| !part.is_empty())
+            .fold(NodeId::ROOT, |parent, name| {
+                tree.child_by_name(parent, name)
+                    .unwrap_or_else(|| panic!("no {name:?} in {path:?}"))
+            })
     }
 
     fn split(&self, path: &str) -> (NodeId, String) {
@@ -111,31 +136,69 @@ impl Editor<'_> {
     }
 
     /// Creates a node under `parent`; false if the name is taken.
-    pub fn create(&mut self, id: NodeId, parent: NodeId, name: &str, kind: NodeKind, attrs: Attrs) -> bool {
+    pub fn create(
+        &mut self,
+        id: NodeId,
+        parent: NodeId,
+        name: &str,
+        kind: NodeKind,
+        attrs: Attrs,
+    ) -> bool {
         let revision = self.revision();
-        let node = Node { id, parent, name: name.to_owned(), kind, attrs, revision };
-        self.trees.iter_mut().all(|tree| tree.insert(node.clone()).is_ok())
+        let node = Node {
+            id,
+            parent,
+            name: name.to_owned(),
+            kind,
+            attrs,
+            revision,
+        };
+        self.trees
+            .iter_mut()
+            .all(|tree| tree.insert(node.clone()).is_ok())
     }
 
     pub fn mkdir(&mut self, id: u128, path: &str) {
         let (parent, name) = self.split(path);
-        assert!(self.create(self::id(id), parent, &name, NodeKind::Directory, Attrs::default()), "mkdir {path}");
+        assert!(
+            self.create(
+                self::id(id),
+                parent,
+                &name,
+                NodeKind::Directory,
+                Attrs::default()
+            ),
+            "mkdir {path}"
+        );
     }
 
     pub fn file(&mut self, id: u128, path: &str, content: &str) {
         let (parent, name) = self.split(path);
         let attrs = self.label(content);
-        assert!(self.create(self::id(id), parent, &name, NodeKind::File, attrs), "create {path}");
+        assert!(
+            self.create(self::id(id), parent, &name, NodeKind::File, attrs),
+            "create {path}"
+        );
     }
 
     pub fn symlink(&mut self, id: u128, path: &str, target: &str) {
         let (parent, name) = self.split(path);
-        assert!(self.create(self::id(id), parent, &name, NodeKind::Symlink, symlink_attrs(target)), "ln {path}");
+        assert!(
+            self.create(
+                self::id(id),
+                parent,
+                &name,
+                NodeKind::Symlink,
+                symlink_attrs(target)
+            ),
+            "ln {path}"
+        );
     }
 
     fn label(&mut self, content: &str) -> Attrs {
         let attrs = file_attrs(content);
-        self.labels.insert(attrs.content.expect("a file"), content.to_owned());
+        self.labels
+            .insert(attrs.content.expect("a file"), content.to_owned());
         attrs
     }
 
@@ -165,7 +228,11 @@ impl Editor<'_> {
         };
         self.update(id, |attrs| {
             let mtime_ns = attrs.mtime_ns + 1;
-            *attrs = Attrs { mtime_ns, executable: attrs.executable, ..new.clone() };
+            *attrs = Attrs {
+                mtime_ns,
+                executable: attrs.executable,
+                ..new.clone()
+            };
         });
     }
 
@@ -185,7 +252,8 @@ impl Editor<'_> {
     pub fn move_to(&mut self, id: NodeId, parent: NodeId, name: &str) -> bool {
         let revision = self.revision();
         self.trees.iter_mut().all(|tree| {
-            tree.move_to(id, parent, name).is_ok() && (revision == 0 || tree.set_revision(id, revision).is_ok())
+            tree.move_to(id, parent, name).is_ok()
+                && (revision == 0 || tree.set_revision(id, revision).is_ok())
         })
     }
 
@@ -238,10 +306,23 @@ impl World {
 
     /// Edits all three trees alike: the state both sides agreed on (committed at revision 1).
     pub fn base(&mut self, edit: impl FnOnce(&mut Editor)) {
-        let ThreeTrees { remote, local, synced, head } = &mut self.trees;
-        edit(&mut Editor { trees: vec![remote, local, synced], head: None, labels: &mut self.labels });
+        let ThreeTrees {
+            remote,
+            local,
+            synced,
+            head,
+        } = &mut self.trees;
+        edit(&mut Editor {
+            trees: vec![remote, local, synced],
+            head: None,
+            labels: &mut self.labels,
+        });
         *head = (*head).max(1);
-        for tree in [&mut self.trees.remote, &mut self.trees.local, &mut self.trees.synced] {
+        for tree in [
+            &mut self.trees.remote,
+            &mut self.trees.local,
+            &mut self.trees.synced,
+        ] {
             for node in tree.iter().map(|node| node.id).collect::<Vec<_>>() {
                 tree.set_revision(node, 1).expect("listed");
             }
@@ -251,12 +332,20 @@ impl World {
     /// Changes made by another device, already pulled into REMOTE.
     pub fn remote(&mut self, edit: impl FnOnce(&mut Editor)) {
         let ThreeTrees { remote, head, .. } = &mut self.trees;
-        edit(&mut Editor { trees: vec![remote], head: Some(head), labels: &mut self.labels });
+        edit(&mut Editor {
+            trees: vec![remote],
+            head: Some(head),
+            labels: &mut self.labels,
+        });
     }
 
     /// Changes made through the mount on this device.
     pub fn local(&mut self, edit: impl FnOnce(&mut Editor)) {
-        edit(&mut Editor { trees: vec![&mut self.trees.local], head: None, labels: &mut self.labels });
+        edit(&mut Editor {
+            trees: vec![&mut self.trees.local],
+            head: None,
+            labels: &mut self.labels,
+        });
     }
 
     pub fn plan(&self) -> Plan {
@@ -273,7 +362,9 @@ impl World {
             }
             for op in &plan.ops {
                 check_delete_safety(&self.trees, &op.kind).unwrap();
-                self.trees.apply(op).unwrap_or_else(|error| panic!("{op:?}: {error}"));
+                self.trees
+                    .apply(op)
+                    .unwrap_or_else(|error| panic!("{op:?}: {error}"));
                 check_trees(&self.trees, self.settings.names).unwrap();
             }
             plans.push(plan);
@@ -285,7 +376,9 @@ impl World {
     pub fn at(&self, tree: &Tree, path: &str) -> Option<NodeId> {
         path.split('/')
             .filter(|part| !part.is_empty())
-            .try_fold(NodeId::ROOT, |parent, name| tree.child_by_name(parent, name))
+            .try_fold(NodeId::ROOT, |parent, name| {
+                tree.child_by_name(parent, name)
+            })
     }
 
     /// One tree as sorted lines: `/dir/`, `/file = content`, `/file = content (x)`, `/link -> target`.
@@ -297,10 +390,17 @@ impl World {
                 let path = tree.path(node.id).expect("connected");
                 match node.kind {
                     NodeKind::Directory => format!("{path}/"),
-                    NodeKind::Symlink => format!("{path} -> {}", node.attrs.symlink_target.as_deref().unwrap_or("")),
+                    NodeKind::Symlink => format!(
+                        "{path} -> {}",
+                        node.attrs.symlink_target.as_deref().unwrap_or("")
+                    ),
                     NodeKind::File => {
                         let hash = node.attrs.content.expect("files have content");
-                        let label = self.labels.get(&hash).cloned().unwrap_or_else(|| format!("{hash:?}"));
+                        let label = self
+                            .labels
+                            .get(&hash)
+                            .cloned()
+                            .unwrap_or_else(|| format!("{hash:?}"));
                         let x = if node.attrs.executable { " (x)" } else { "" };
                         format!("{path} = {label}{x}")
                     }
@@ -314,7 +414,11 @@ impl World {
     /// The converged tree, after checking that all three trees agree.
     pub fn converged(&self) -> Vec<String> {
         let local = self.listing(&self.trees.local);
-        assert_eq!(self.listing(&self.trees.remote), local, "REMOTE and LOCAL differ");
+        assert_eq!(
+            self.listing(&self.trees.remote),
+            local,
+            "REMOTE and LOCAL differ"
+        );
         assert_eq!(self.listing(&self.trees.synced), local, "SYNCED lags");
         local
     }
@@ -331,7 +435,10 @@ pub fn check_delete_safety(trees: &ThreeTrees, kind: &OpKind) -> Result<(), Stri
         _ => return Ok(()),
     };
     let node = tree.get(id).ok_or(format!("deleting missing {id:?}"))?;
-    let synced = trees.synced.get(id).ok_or(format!("deleting {id:?}, which was never synced"))?;
+    let synced = trees
+        .synced
+        .get(id)
+        .ok_or(format!("deleting {id:?}, which was never synced"))?;
     if !node.attrs.same_content(&synced.attrs) {
         return Err(format!("deleting {id:?} whose content differs from SYNCED"));
     }
@@ -344,16 +451,26 @@ pub fn check_delete_safety(trees: &ThreeTrees, kind: &OpKind) -> Result<(), Stri
 /// Well-formed trees (unique ids, parents exist and are directories, no cycles, unique sibling names)
 /// and, in LOCAL, only names this platform can hold.
 pub fn check_trees(trees: &ThreeTrees, policy: NamePolicy) -> Result<(), String> {
-    for (role, tree) in [("REMOTE", &trees.remote), ("LOCAL", &trees.local), ("SYNCED", &trees.synced)] {
-        tree.check_invariants().map_err(|error| format!("{role}: {error}"))?;
+    for (role, tree) in [
+        ("REMOTE", &trees.remote),
+        ("LOCAL", &trees.local),
+        ("SYNCED", &trees.synced),
+    ] {
+        tree.check_invariants()
+            .map_err(|error| format!("{role}: {error}"))?;
     }
     if policy != NamePolicy::Posix {
         let mut seen = BTreeMap::new();
         for node in trees.local.iter().filter(|node| !node.id.is_root()) {
-            policy.check(&node.name).map_err(|error| format!("LOCAL holds {:?}: {error}", node.name))?;
+            policy
+                .check(&node.name)
+                .map_err(|error| format!("LOCAL holds {:?}: {error}", node.name))?;
             let key = (node.parent, policy.fold(&node.name).into_owned());
             if let Some(other) = seen.insert(key, node.id) {
-                return Err(format!("LOCAL holds {:?} and {other:?} under one folded name", node.id));
+                return Err(format!(
+                    "LOCAL holds {:?} and {other:?} under one folded name",
+                    node.id
+                ));
             }
         }
     }
@@ -398,7 +515,11 @@ pub fn shuffled_order(plan: &Plan, shuffle: &mut Shuffle) -> Vec<usize> {
             }
         }
     }
-    assert_eq!(order.len(), plan.ops.len(), "the plan's dependencies have a cycle");
+    assert_eq!(
+        order.len(),
+        plan.ops.len(),
+        "the plan's dependencies have a cycle"
+    );
     order
 }
 
@@ -424,7 +545,12 @@ pub struct Outcome {
 }
 
 /// Plans and applies (shuffled) until a plan is empty, checking invariants after every op.
-pub fn simulate(mut trees: ThreeTrees, settings: &Settings, rounds: Rounds, seed: u64) -> Result<Outcome, String> {
+pub fn simulate(
+    mut trees: ThreeTrees,
+    settings: &Settings,
+    rounds: Rounds,
+    seed: u64,
+) -> Result<Outcome, String> {
     let mut shuffle = Shuffle::new(seed);
     let mut ops = Vec::new();
     let limit = match rounds {
@@ -436,7 +562,10 @@ pub fn simulate(mut trees: ThreeTrees, settings: &Settings, rounds: Rounds, seed
         let plan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| settings.plan(&trees)))
             .map_err(|panic| {
                 let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
-                format!("round {round}: the planner panicked: {message}\n{}", describe(&trees))
+                format!(
+                    "round {round}: the planner panicked: {message}\n{}",
+                    describe(&trees)
+                )
             })?;
         if trace {
             eprintln!("--- round {round}\n{}{plan:#?}", describe(&trees));
@@ -451,7 +580,13 @@ pub fn simulate(mut trees: ThreeTrees, settings: &Settings, rounds: Rounds, seed
         }
         if plan.ops.is_empty() {
             let held = plan.held_deletes.iter().map(|held| held.id).collect();
-            return Ok(Outcome { trees, rounds: round, reported: plan.reported, held, ops });
+            return Ok(Outcome {
+                trees,
+                rounds: round,
+                reported: plan.reported,
+                held,
+                ops,
+            });
         }
         let order = shuffled_order(&plan, &mut shuffle);
         let run = match rounds {
@@ -461,8 +596,11 @@ pub fn simulate(mut trees: ThreeTrees, settings: &Settings, rounds: Rounds, seed
         for &position in &order[..run] {
             let op = &plan.ops[position];
             check_delete_safety(&trees, &op.kind)?;
-            trees.apply(op).map_err(|error| format!("round {round}: {op:?}: {error}"))?;
-            check_trees(&trees, settings.names).map_err(|error| format!("round {round}, after {op:?}: {error}"))?;
+            trees
+                .apply(op)
+                .map_err(|error| format!("round {round}: {op:?}: {error}"))?;
+            check_trees(&trees, settings.names)
+                .map_err(|error| format!("round {round}, after {op:?}: {error}"))?;
             ops.push(op.kind.clone());
         }
     }
@@ -471,10 +609,14 @@ pub fn simulate(mut trees: ThreeTrees, settings: &Settings, rounds: Rounds, seed
 
 /// All three trees as text, for failure messages: `#id /path kind content`.
 pub fn describe(trees: &ThreeTrees) -> String {
-    [("REMOTE", &trees.remote), ("LOCAL", &trees.local), ("SYNCED", &trees.synced)]
-        .iter()
-        .map(|(role, tree)| format!("{role}:\n{}", describe_tree(tree)))
-        .collect()
+    [
+        ("REMOTE", &trees.remote),
+        ("LOCAL", &trees.local),
+        ("SYNCED", &trees.synced),
+    ]
+    .iter()
+    .map(|(role, tree)| format!("{role}:\n{}", describe_tree(tree)))
+    .collect()
 }
 
 /// One tree as text, one node a line, by path.
@@ -485,14 +627,25 @@ pub fn describe_tree(tree: &Tree) -> String {
         .map(|node| {
             let what = match node.kind {
                 NodeKind::Directory => "/".to_owned(),
-                NodeKind::Symlink => format!("-> {}", node.attrs.symlink_target.as_deref().unwrap_or("")),
+                NodeKind::Symlink => {
+                    format!("-> {}", node.attrs.symlink_target.as_deref().unwrap_or(""))
+                }
                 NodeKind::File => {
-                    format!("= {}", node.attrs.content.map(|hash| hash.to_hex()[..6].to_owned()).unwrap_or_default())
+                    format!(
+                        "= {}",
+                        node.attrs
+                            .content
+                            .map(|hash| hash.to_hex()[..6].to_owned())
+                            .unwrap_or_default()
+                    )
                 }
             };
             let x = if node.attrs.executable { " x" } else { "" };
             let path = tree.path(node.id).unwrap_or_default();
-            let line = format!("  {:?} {path} {what}{x} mtime={}\n", node.id, node.attrs.mtime_ns);
+            let line = format!(
+                "  {:?} {path} {what}{x} mtime={}\n",
+                node.id, node.attrs.mtime_ns
+            );
             (path, line)
         })
         .collect();
@@ -502,5 +655,17 @@ pub fn describe_tree(tree: &Tree) -> String {
 
 /// A tree without revisions, for comparing end states.
 pub fn shape(tree: &Tree) -> BTreeMap<NodeId, (NodeId, String, NodeKind, Attrs)> {
-    tree.iter().map(|node| (node.id, (node.parent, node.name.clone(), node.kind, node.attrs.clone()))).collect()
+    tree.iter()
+        .map(|node| {
+            (
+                node.id,
+                (
+                    node.parent,
+                    node.name.clone(),
+                    node.kind,
+                    node.attrs.clone(),
+                ),
+            )
+        })
+        .collect()
 }

@@ -1,0 +1,114 @@
+//! The files-on-demand states a file manager or script sees (as xattrs through the mount): whether a
+//! file's bytes are here, and whether its latest version has reached the server.
+
+use crate::api::{Engine, EngineResult};
+use crate::model::{Node, NodeKind};
+use crate::state::Table;
+use crate::state::local::LocalEntry;
+
+/// Where a node's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hydration {
+    /// Nothing downloaded: reading needs the server.
+    OnlineOnly,
+    /// Some chunks are cached.
+    Partial,
+    /// Every byte is on this device.
+    Local,
+    /// Kept local on purpose, and fetched in the background when it changes.
+    Pinned,
+}
+
+impl Hydration {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hydration::OnlineOnly => "online-only",
+            Hydration::Partial => "partial",
+            Hydration::Local => "local",
+            Hydration::Pinned => "pinned",
+        }
+    }
+}
+
+/// Whether a node's local state has reached the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncState {
+    Synced,
+    Pending,
+    Uploading,
+    /// Recently involved in a conflict (it is a conflicted copy, or the original of one).
+    Conflict,
+    /// The server keeps refusing this node's changes; the message says why.
+    Error(String),
+}
+
+impl SyncState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SyncState::Synced => "synced",
+            SyncState::Pending => "pending",
+            SyncState::Uploading => "uploading",
+            SyncState::Conflict => "conflict",
+            SyncState::Error(_) => "error",
+        }
+    }
+}
+
+/// How long a conflict stays visible in `user.bvfs.sync`.
+const CONFLICT_VISIBLE_NS: i64 = 3600 * 1_000_000_000;
+
+fn same_state(a: &Node, b: &Node) -> bool {
+    a.parent == b.parent && a.name == b.name && a.kind == b.kind && a.attrs == b.attrs
+}
+
+impl Engine {
+    /// Where the bytes of `entry` are.
+    pub fn hydration(&self, entry: &LocalEntry) -> EngineResult<Hydration> {
+        if entry.pinned {
+            return Ok(Hydration::Pinned);
+        }
+        if entry.node.kind != NodeKind::File {
+            return Ok(Hydration::Local);
+        }
+        if self.files.exists(entry.ino) {
+            return Ok(Hydration::Local);
+        }
+        let manifest = self.manifest(entry)?;
+        let cached = manifest.chunks.iter().filter(|c| self.cache.contains(&c.id)).count();
+        Ok(match cached {
+            _ if manifest.chunks.is_empty() => Hydration::Local,
+            0 => Hydration::OnlineOnly,
+            n if n == manifest.chunks.len() => Hydration::Local,
+            _ => Hydration::Partial,
+        })
+    }
+
+    /// Whether `entry`'s local state has reached the server.
+    pub fn sync_state(&self, entry: &LocalEntry) -> EngineResult<SyncState> {
+        let id = entry.node.id;
+        if self.uploading.lock().contains(&id) {
+            return Ok(SyncState::Uploading);
+        }
+        let state = self.state.lock();
+        if let Some(message) = state.read(|t| t.sync_error(id))? {
+            return Ok(SyncState::Error(message));
+        }
+        let recent_conflict: bool = state
+            .conn()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM conflicts WHERE (node = ?1 OR copy = ?1) AND at_ns > ?2)",
+                rusqlite::params![&id.to_bytes()[..], self.clock.now_ns() - CONFLICT_VISIBLE_NS],
+                |r| r.get(0),
+            )
+            .map_err(|e| state.sql_err(e))?;
+        if recent_conflict {
+            return Ok(SyncState::Conflict);
+        }
+        let synced = state.tree(Table::Synced).node(id)?;
+        let remote = state.tree(Table::Remote).node(id)?;
+        Ok(match (synced, remote) {
+            (Some(s), Some(r)) if same_state(&s, &entry.node) && same_state(&s, &r) => SyncState::Synced,
+            _ => SyncState::Pending,
+        })
+    }
+}

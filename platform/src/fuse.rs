@@ -1,0 +1,423 @@
+//! The Linux FUSE adapter: `fuser`'s `Filesystem` over [`bvfs_vfs::Vfs`].
+//!
+//! fuser 0.18 calls every op with `&self` from its dispatch threads. Ops that can wait on the network
+//! or on heavy local I/O (open, read, fsync, release, truncation) move to tokio's blocking pool and
+//! reply from there, so a cold read of one file never stalls `ls` elsewhere. Metadata ops answer from
+//! the local database at once.
+//!
+//! Kernel caches use long TTLs; [`spawn_invalidator`] forwards the engine's invalidations through
+//! fuser's notifier from its own thread (never from inside a callback, which could deadlock).
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bvfs_vfs::{Attr, Errno as VfsErrno, FileKind, OpenMode, TTL, Vfs};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+/// The filesystem handed to fuser.
+pub struct BvfsFuse {
+    vfs: Arc<Vfs>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl BvfsFuse {
+    pub fn new(vfs: Arc<Vfs>, runtime: tokio::runtime::Handle) -> Self {
+        Self { vfs, runtime }
+    }
+
+    /// Runs `work` on the blocking pool; it replies itself.
+    fn offload(&self, work: impl FnOnce(&Vfs) + Send + 'static) {
+        let vfs = self.vfs.clone();
+        self.runtime.spawn_blocking(move || work(&vfs));
+    }
+}
+
+fn errno(e: VfsErrno) -> Errno {
+    Errno::from_i32(e.0)
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.blocks,
+        atime: attr.mtime,
+        mtime: attr.mtime,
+        ctime: attr.mtime,
+        crtime: attr.mtime,
+        kind: file_type(attr.kind),
+        perm: attr.perm,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: 0,
+        blksize: 64 * 1024,
+        flags: 0,
+    }
+}
+
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    // BitVault names are UTF-8 (the wire carries strings); other bytes cannot be synced.
+    name.to_str().ok_or(Errno::EINVAL)
+}
+
+fn time_ns(time: TimeOrNow) -> i64 {
+    let at = match time {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, result: Result<Attr, VfsErrno>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<(), VfsErrno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, VfsErrno>) {
+    match result {
+        Ok(value) if size == 0 => reply.size(value.len() as u32),
+        Ok(value) if value.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(value) => reply.data(&value),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+impl Filesystem for BvfsFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Larger reads and writes mean fewer round trips through the kernel.
+        let _ = config.set_max_write(1024 * 1024);
+        let _ = config.set_max_readahead(128 * 1024);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match name_str(name) {
+            Ok(name) => reply_entry(reply, self.vfs.lookup(parent.0, name)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.vfs.getattr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mtime = mtime.map(time_ns);
+        // Truncation may download (when not to zero): off the dispatch thread.
+        self.offload(move |vfs| match vfs.setattr(ino.0, size, mode, mtime) {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.vfs.readlink(ino.0) {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        match name_str(name) {
+            Ok(name) => reply_entry(reply, self.vfs.mkdir(parent.0, name)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match name_str(name) {
+            Ok(name) => reply_empty(reply, self.vfs.remove(parent.0, name, false)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match name_str(name) {
+            Ok(name) => reply_empty(reply, self.vfs.remove(parent.0, name, true)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        match (name_str(link_name), target.to_str()) {
+            (Ok(name), Some(target)) => reply_entry(reply, self.vfs.symlink(parent.0, name, target)),
+            _ => reply.error(Errno::EINVAL),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            // An atomic swap of two names cannot be one BitVault commit of independent moves.
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        match (name_str(name), name_str(newname)) {
+            (Ok(name), Ok(newname)) => {
+                reply_empty(reply, self.vfs.rename(parent.0, name, newparent.0, newname, no_replace))
+            }
+            _ => reply.error(Errno::EINVAL),
+        }
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        // Hard links have no BitVault representation.
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let mode = OpenMode::from_flags(flags.0);
+        self.offload(move |vfs| match vfs.open(ino.0, mode) {
+            // The engine invalidates the kernel's pages when the content changes remotely.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.offload(move |vfs| match vfs.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.vfs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Content is committed when the last handle is released, or on fsync.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.offload(move |vfs| reply_empty(reply, vfs.release(fh.0)));
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.offload(move |vfs| reply_empty(reply, vfs.fsync(fh.0)));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.vfs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.vfs.readdir(fh.0, offset) {
+            Ok(entries) => {
+                for entry in entries {
+                    if reply.add(INodeNo(entry.ino), entry.offset, file_type(entry.kind), &entry.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.vfs.readdir(fh.0, offset) {
+            Ok(entries) => {
+                for entry in entries {
+                    let attr = file_attr(&entry.attr);
+                    if reply.add(INodeNo(entry.ino), entry.offset, &entry.name, &TTL, &attr, Generation(0)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        reply_empty(reply, self.vfs.releasedir(fh.0));
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Namespace changes are durable when each call returns.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.vfs.statfs() {
+            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match name_str(name) {
+            Ok(name) => reply_empty(reply, self.vfs.setxattr(ino.0, name, value)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match name_str(name) {
+            Ok(name) => reply_xattr(reply, size, self.vfs.getxattr(ino.0, name)),
+            Err(_) => reply.error(Errno::ENODATA),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.vfs.listxattr(ino.0));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match name_str(name) {
+            Ok(name) => reply_empty(reply, self.vfs.removexattr(ino.0, name)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match name_str(name) {
+            Ok(name) => name.to_string(),
+            Err(e) => return reply.error(e),
+        };
+        match self.vfs.create(parent.0, &name, mode) {
+            Ok((attr, fh)) => reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+/// Forwards the engine's invalidations to the kernel until `stop` is set.
+pub fn spawn_invalidator(vfs: Arc<Vfs>, notifier: Notifier, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("bvfs-invalidate".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for item in vfs.take_invalidations() {
+                    let result = match &item {
+                        bvfs_engine::Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                        bvfs_engine::Invalidation::Entry { parent, name } => {
+                            notifier.inval_entry(INodeNo(*parent), OsStr::new(name))
+                        }
+                    };
+                    // ENOENT: the kernel had nothing cached for it, which is fine.
+                    if let Err(e) = result
+                        && e.raw_os_error() != Some(libc::ENOENT)
+                    {
+                        tracing::debug!(?item, "kernel invalidation failed: {e}");
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .expect("spawn the invalidation thread")
+}

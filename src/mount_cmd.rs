@@ -1,0 +1,371 @@
+//! `bvfs mount` and `bvfs umount`: the BitVault namespace as a folder, with files on demand.
+//!
+//! `bvfs mount MOUNTPOINT` starts a daemon that mounts the namespace and keeps it in sync; it returns
+//! once the mount is ready (or stays in the foreground with `--foreground`). Without `--server` it
+//! runs an embedded server on a local data directory, so a fresh machine needs nothing else.
+//! SIGINT/SIGTERM (or `bvfs umount`) unmount cleanly after a last sync round.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bvfs_engine::remote::{GrpcRemote, RemoteConfig};
+use bvfs_engine::runtime::{LoopTiming, SyncLoop};
+use bvfs_engine::{Engine, EngineConfig};
+use bvfs_platform::mount::{MountOptions, clean_stale_mount, is_fuse_mounted, mount, unmount};
+use bvfs_vfs::{Vfs, VfsOptions};
+use clap::Args;
+
+use crate::paths::{data_home, default_server_dir};
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  bvfs mount ~/BitVault                     # embedded server, data in ~/.local/share/bvfs\n  \
+bvfs mount --server https://vault.example:7878 --token \"$TOKEN\" ~/BitVault\n  \
+setfattr -n user.bvfs.pin -v 1 ~/BitVault/Projects   # keep a tree local (offline)\n  \
+getfattr -n user.bvfs.state ~/BitVault/big.iso       # online-only, partial, local, pinned\n  \
+bvfs umount ~/BitVault")]
+pub struct MountArgs {
+    /// Where to mount (an existing, empty directory)
+    mountpoint: PathBuf,
+    /// The BitVault server (http:// on loopback or trusted networks, https:// elsewhere). Without
+    /// it, an embedded server runs on --server-data.
+    #[arg(long, value_name = "URL", env = "BVFS_SERVER", requires = "token")]
+    server: Option<String>,
+    /// This device's token (from `bvfs admin add-user`)
+    #[arg(long, value_name = "TOKEN", env = "BVFS_TOKEN")]
+    token: Option<String>,
+    /// PEM file of a private CA that signed the server's certificate
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Data directory of the embedded server [default: $XDG_DATA_HOME/bvfs/server]
+    #[arg(long, value_name = "DIR")]
+    server_data: Option<PathBuf>,
+    /// Where this mount keeps its state and materialized files [default: per mountpoint under
+    /// $XDG_DATA_HOME/bvfs/mounts]
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Where cached chunks go [default: DATA/chunks]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Cache size limit, e.g. 500M, 10G [default: 10G]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    cache_size: Option<u64>,
+    /// This device's name in conflicted-copy names [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    device: Option<String>,
+    /// Mount read-only
+    #[arg(long)]
+    read_only: bool,
+    /// Let other users enter the mount (off: only you may)
+    #[arg(long)]
+    allow_other: bool,
+    /// Stay in the foreground instead of returning once mounted
+    #[arg(long, short = 'f')]
+    foreground: bool,
+}
+
+#[derive(Args)]
+pub struct UmountArgs {
+    /// The mountpoint
+    mountpoint: PathBuf,
+    /// Detach a busy mount now and let it finish when no longer used
+    #[arg(long)]
+    lazy: bool,
+}
+
+impl MountArgs {
+    /// Whether the command stays in the foreground (else it forks a daemon).
+    pub fn foreground(&self) -> bool {
+        self.foreground
+    }
+}
+
+/// Parses `500M`, `10G`, `1048576`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size like 500M or 10G"))?;
+    let multiplier: u64 = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("unknown size unit in {text:?}; use K, M, G or T")),
+    };
+    n.checked_mul(multiplier).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "device".into())
+}
+
+/// The state directory of a mountpoint: stable for the same path.
+fn state_dir_for(mountpoint: &Path) -> PathBuf {
+    let key = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
+    data_home().join("mounts").join(&key[..16])
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    let path = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    // The mountpoint may be a stale mount: canonicalize its parent only.
+    let name = path.file_name().context("the mountpoint needs a name")?.to_owned();
+    let parent = path.parent().context("the mountpoint needs a parent directory")?;
+    Ok(std::fs::canonicalize(parent)
+        .with_context(|| format!("{} does not exist", parent.display()))?
+        .join(name))
+}
+
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    let mountpoint = absolute(&args.mountpoint)?;
+    if clean_stale_mount(&mountpoint).context("cannot clean up a stale mount")? {
+        eprintln!("bvfs: cleaned up a stale mount at {}", mountpoint.display());
+    }
+    if is_fuse_mounted(&mountpoint) {
+        bail!("{} is already mounted; run `bvfs umount {}` first", mountpoint.display(), mountpoint.display());
+    }
+    std::fs::create_dir_all(&mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
+    if std::fs::read_dir(&mountpoint)?.next().is_some() {
+        bail!("{} is not empty; mount on an empty directory", mountpoint.display());
+    }
+    let state_dir = args.data.clone().unwrap_or_else(|| state_dir_for(&mountpoint));
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    if args.foreground {
+        return serve_mount(&args, &mountpoint, &state_dir, None);
+    }
+    // Daemonize before any thread exists: the child mounts and reports readiness through a pipe.
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        bail!("cannot create a pipe: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: the pipe fds were just created and are owned here.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other threads exist yet (clap and logging start none), so fork is sound.
+    match unsafe { libc::fork() } {
+        -1 => bail!("cannot fork the mount daemon: {}", std::io::Error::last_os_error()),
+        0 => {
+            drop(read_end);
+            // SAFETY: setsid has no preconditions; the child leaves the terminal's session.
+            unsafe { libc::setsid() };
+            redirect_output(&state_dir.join("daemon.log"));
+            let status = serve_mount(&args, &mountpoint, &state_dir, Some(write_end));
+            if let Err(e) = &status {
+                tracing::error!("the mount daemon stopped: {e:#}");
+            }
+            std::process::exit(if status.is_ok() { 0 } else { 1 });
+        }
+        _child => {
+            drop(write_end);
+            let mut message = String::new();
+            std::fs::File::from(read_end).read_to_string(&mut message)?;
+            match message.strip_prefix("ready ") {
+                Some(pid) => {
+                    println!("bvfs: mounted at {} (daemon pid {})", mountpoint.display(), pid.trim());
+                    Ok(())
+                }
+                None if message.is_empty() => bail!("the mount daemon exited before the mount was ready"),
+                None => bail!("{}", message.trim()),
+            }
+        }
+    }
+}
+
+/// Sends the daemon's stdout to /dev/null and its stderr (the logs) to `log`.
+fn redirect_output(log: &Path) {
+    use std::os::fd::AsRawFd;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log);
+    let null = std::fs::File::options().write(true).open("/dev/null");
+    // SAFETY: dup2 onto the standard descriptors with descriptors we own.
+    unsafe {
+        if let Ok(null) = &null {
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+        if let Ok(log) = &log {
+            libc::dup2(log.as_raw_fd(), 2);
+        }
+    }
+}
+
+/// Reports to the waiting parent (if any).
+fn report(pipe: &mut Option<OwnedFd>, message: &str) {
+    if let Some(fd) = pipe.take() {
+        let _ = std::fs::File::from(fd).write_all(message.as_bytes());
+    }
+}
+
+fn serve_mount(args: &MountArgs, mountpoint: &Path, state_dir: &Path, mut ready: Option<OwnedFd>) -> anyhow::Result<()> {
+    let result = serve_mount_inner(args, mountpoint, state_dir, &mut ready);
+    if let Err(e) = &result {
+        report(&mut ready, &format!("{e:#}\n"));
+    }
+    result
+}
+
+fn serve_mount_inner(args: &MountArgs, mountpoint: &Path, state_dir: &Path, ready: &mut Option<OwnedFd>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bvfs")
+        .build()
+        .context("cannot start the async runtime")?;
+    let handle = runtime.handle().clone();
+    // Clients and the engine spawn onto the runtime from this thread too.
+    let _runtime_context = runtime.enter();
+    let device = args.device.clone().unwrap_or_else(host_name);
+
+    // The server: the one given, or an embedded one on a local data directory.
+    let mut embedded = None;
+    let (url, token) = match (&args.server, &args.token) {
+        (Some(url), Some(token)) => (url.clone(), token.clone()),
+        _ => {
+            let data_dir = args.server_data.clone().unwrap_or_else(default_server_dir);
+            let (server, url, token) = runtime.block_on(start_embedded_server(&data_dir, state_dir, &device))?;
+            embedded = Some(server);
+            (url, token)
+        }
+    };
+    let mut remote_config = RemoteConfig::new(&url, &token);
+    remote_config.ca_cert = args.ca_cert.clone();
+    let remote = Arc::new(GrpcRemote::new(&remote_config)?);
+    let mut config = EngineConfig::new(state_dir, &device);
+    config.cache_dir = args.cache_dir.clone();
+    if let Some(size) = args.cache_size {
+        config.cache_limits.max_bytes = size;
+    }
+    let engine = Engine::open(config, remote).context("cannot open the engine state")?;
+    let sync = runtime.block_on(async { SyncLoop::start(engine.clone(), LoopTiming::default()) });
+    let vfs = Arc::new(Vfs::new(
+        engine.clone(),
+        handle.clone(),
+        VfsOptions {
+            read_only: args.read_only,
+            // SAFETY: getuid/getgid have no preconditions.
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+        },
+    ));
+    let options = MountOptions {
+        allow_other: args.allow_other,
+        read_only: args.read_only,
+        ..MountOptions::default()
+    };
+    let mounted = mount(vfs, handle.clone(), mountpoint, &options)
+        .with_context(|| format!("cannot mount at {} (is /dev/fuse available, and are you root or is fuse3 installed?)", mountpoint.display()))?;
+    std::fs::write(state_dir.join("daemon.pid"), std::process::id().to_string())?;
+    tracing::info!(mountpoint = %mountpoint.display(), %url, "mounted");
+    report(ready, &format!("ready {}\n", std::process::id()));
+    if args.foreground {
+        println!("bvfs: mounted at {} (Ctrl-C to unmount)", mountpoint.display());
+    }
+
+    // Run until a signal, or until someone unmounts.
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if mounted.is_finished() {
+                        break;
+                    }
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    tracing::info!("unmounting");
+    if let Err(e) = mounted.unmount() {
+        tracing::warn!("unmount: {e}");
+    }
+    // A last chance to upload what was written, bounded so a dead server cannot hold us.
+    runtime.block_on(async {
+        sync.stop().await;
+        match tokio::time::timeout(Duration::from_secs(10), engine.sync_until_idle(20)).await {
+            Ok(Ok(_)) => tracing::info!("everything is synced"),
+            Ok(Err(e)) => tracing::warn!("not everything is synced yet ({e}); it will be on the next mount"),
+            Err(_) => tracing::warn!("still syncing after 10 s; the rest syncs on the next mount"),
+        }
+    });
+    if let Some((stop, task)) = embedded {
+        let _ = stop.send(());
+        let _ = runtime.block_on(task);
+    }
+    let _ = std::fs::remove_file(state_dir.join("daemon.pid"));
+    Ok(())
+}
+
+type EmbeddedServer = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>);
+
+/// Starts the embedded server on loopback and returns it with its URL and this device's token (made
+/// once and kept in the mount's state directory).
+async fn start_embedded_server(data_dir: &Path, state_dir: &Path, device: &str) -> anyhow::Result<(EmbeddedServer, String, String)> {
+    let data = bvfs_server::DataDir::open_exclusive(data_dir)?;
+    let token_file = state_dir.join("embedded-token");
+    let token = match std::fs::read_to_string(&token_file) {
+        Ok(token) => token.trim().to_string(),
+        Err(_) => {
+            let created = bvfs_server::auth::add_device(data.meta.as_ref(), "local", device)?;
+            std::fs::write(&token_file, &created.token)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
+            created.token
+        }
+    };
+    let options = bvfs_server::ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        tls: None,
+        allow_plaintext: false,
+    };
+    let server = bvfs_server::BoundServer::bind(&data, &options).await?;
+    let url = server.url();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _data = data;
+        server
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(((stop, task), url, token))
+}
+
+pub fn umount(args: UmountArgs) -> anyhow::Result<()> {
+    let mountpoint = absolute(&args.mountpoint)?;
+    if !is_fuse_mounted(&mountpoint) {
+        bail!("{} is not mounted", mountpoint.display());
+    }
+    let pid_file = state_dir_for(&mountpoint).join("daemon.pid");
+    let pid: Option<i32> = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse().ok());
+    unmount(&mountpoint, args.lazy).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            anyhow::anyhow!("{} is busy (a process has a file open or its working directory there); close it, or use --lazy", mountpoint.display())
+        } else {
+            anyhow::anyhow!("cannot unmount {}: {e}", mountpoint.display())
+        }
+    })?;
+    // Wait for the daemon to finish its last sync and exit.
+    if let Some(pid) = pid {
+        for _ in 0..300 {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    println!("bvfs: unmounted {}", mountpoint.display());
+    Ok(())
+}

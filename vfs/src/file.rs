@@ -1,0 +1,248 @@
+//! Files: open, read, write, truncate, fsync, release.
+//!
+//! A handle reads either the materialized copy (once the file was written here) or the chunks of the
+//! content as it was at open: a remote change while the file is open does not alter what this handle
+//! reads until it is closed. Chunks are held in the cache while a handle reads them, fetched only for
+//! the ranges read, with read-ahead for sequential access.
+//!
+//! Writing materializes the file first (copy-on-write; `O_TRUNC` and truncation to zero download
+//! nothing). Writes go to the copy; the last writing handle's release hands the new content to the
+//! engine, which uploads it after a short debounce. `fsync` makes the bytes durable and records them.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use bvfs_engine::cache::HoldGuard;
+use bvfs_engine::chunking::Manifest;
+use bvfs_engine::fetch::{FetchError, ReadAhead};
+use bvfs_engine::model::NodeKind;
+
+use crate::{Attr, Errno, Handle, Vfs, VfsResult};
+
+enum Source {
+    /// The materialized copy.
+    Copy(File),
+    /// The chunks of the content at open time.
+    Chunks {
+        name: String,
+        manifest: Manifest,
+        offsets: Vec<u64>,
+        readahead: ReadAhead,
+        _hold: HoldGuard,
+    },
+}
+
+pub(crate) struct FileHandle {
+    ino: u64,
+    source: Source,
+    writable: bool,
+    wrote: bool,
+}
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenMode {
+    pub write: bool,
+    pub truncate: bool,
+}
+
+impl OpenMode {
+    /// From `open(2)` flags.
+    pub fn from_flags(flags: i32) -> Self {
+        let acc = flags & libc::O_ACCMODE;
+        Self {
+            write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            truncate: flags & libc::O_TRUNC != 0,
+        }
+    }
+}
+
+impl Vfs {
+    /// Returns the writable materialized copy of `ino`, creating it (and emptying it when `truncate`).
+    fn writable_copy(&self, ino: u64, truncate: bool) -> VfsResult<File> {
+        if let Some(path) = self.engine.materialized_path(ino) {
+            let file = File::options().read(true).write(true).open(path)?;
+            if truncate {
+                file.set_len(0)?;
+            }
+            return Ok(file);
+        }
+        let path = self
+            .engine
+            .materialize_blocking(&self.runtime, ino, truncate)
+            .map_err(|e| self.content_error(ino, e))?;
+        Ok(File::options().read(true).write(true).open(path)?)
+    }
+
+    /// Logs why content could not be read (naming the file) and maps it to an errno.
+    fn content_error(&self, ino: u64, error: bvfs_engine::EngineError) -> Errno {
+        let name = self.entry(ino).map(|e| e.node.name).unwrap_or_default();
+        match &error {
+            bvfs_engine::EngineError::Fetch(FetchError::Offline(why)) => {
+                tracing::warn!(file = %name, "cannot read: the server is unreachable and these bytes are not cached ({why})");
+            }
+            other => tracing::warn!(file = %name, "cannot read: {other}"),
+        }
+        Errno::from(error)
+    }
+
+    /// `open`.
+    pub fn open(&self, ino: u64, mode: OpenMode) -> VfsResult<u64> {
+        let entry = self.entry(ino)?;
+        match entry.node.kind {
+            NodeKind::Directory => return Err(Errno::EISDIR),
+            NodeKind::Symlink => return Err(Errno::EINVAL),
+            NodeKind::File => {}
+        }
+        let source = if mode.write {
+            self.writable()?;
+            self.engine.open_writer(ino);
+            match self.writable_copy(ino, mode.truncate) {
+                Ok(file) => Source::Copy(file),
+                Err(e) => {
+                    let _ = self.engine.close_writer(ino, None, false);
+                    return Err(e);
+                }
+            }
+        } else if let Some(path) = self.engine.materialized_path(ino) {
+            Source::Copy(File::open(path)?)
+        } else {
+            let manifest = self.engine.manifest(&entry).map_err(Errno::from)?;
+            let hold = self
+                .engine
+                .cache()
+                .hold_guard(manifest.chunks.iter().map(|c| c.id).collect());
+            Source::Chunks {
+                name: entry.node.name.clone(),
+                offsets: manifest.offsets(),
+                manifest,
+                readahead: ReadAhead::default(),
+                _hold: hold,
+            }
+        };
+        Ok(self.insert_handle(Handle::File(FileHandle {
+            ino,
+            source,
+            writable: mode.write,
+            wrote: mode.truncate,
+        })))
+    }
+
+    /// `create`: a new empty file, opened for writing.
+    pub fn create(&self, parent: u64, name: &str, mode: u32) -> VfsResult<(Attr, u64)> {
+        self.writable()?;
+        let entry = self
+            .engine
+            .create(parent, name, NodeKind::File, mode & 0o111 != 0, None)
+            .map_err(Errno::from)?;
+        let fh = self.open(entry.ino, OpenMode { write: true, truncate: false })?;
+        Ok((self.attr_of(&entry), fh))
+    }
+
+    /// `read`.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
+        let handle = self.handle(fh)?;
+        let mut guard = handle.lock();
+        let Handle::File(file) = &mut *guard else {
+            return Err(Errno::EISDIR);
+        };
+        // A copy made by a local writer since this handle opened holds newer bytes: read those.
+        if matches!(file.source, Source::Chunks { .. })
+            && let Some(path) = self.engine.materialized_path(file.ino)
+        {
+            file.source = Source::Copy(File::open(path)?);
+        }
+        match &mut file.source {
+            Source::Copy(f) => read_at(f, offset, size),
+            Source::Chunks { name, manifest, offsets, readahead, .. } => self
+                .engine
+                .fetcher()
+                .read_blocking(&self.runtime, manifest, offsets, offset, size, Some(readahead))
+                .map_err(|e| {
+                    if matches!(e, FetchError::Offline(_)) {
+                        tracing::warn!(file = %name, "cannot read: the server is unreachable and these bytes are not cached");
+                    } else {
+                        tracing::warn!(file = %name, "cannot read: {e}");
+                    }
+                    Errno(e.errno())
+                }),
+        }
+    }
+
+    /// `write`.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
+        let handle = self.handle(fh)?;
+        let mut guard = handle.lock();
+        let Handle::File(file) = &mut *guard else {
+            return Err(Errno::EISDIR);
+        };
+        let Source::Copy(f) = &file.source else {
+            return Err(Errno::EBADF);
+        };
+        if !file.writable {
+            return Err(Errno::EBADF);
+        }
+        f.write_all_at(data, offset)?;
+        file.wrote = true;
+        Ok(data.len() as u32)
+    }
+
+    /// `fsync`: the written bytes are durable and recorded as the file's content when this returns.
+    pub fn fsync(&self, fh: u64) -> VfsResult<()> {
+        let handle = self.handle(fh)?;
+        let guard = handle.lock();
+        let Handle::File(file) = &*guard else {
+            return Ok(());
+        };
+        if let Source::Copy(f) = &file.source
+            && file.writable
+        {
+            f.sync_all()?;
+            if file.wrote {
+                self.engine.commit_written(file.ino, None).map_err(Errno::from)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `release`: the last writing handle commits what was written.
+    pub fn release(&self, fh: u64) -> VfsResult<()> {
+        let handle = self.take_handle(fh)?;
+        let guard = handle.lock();
+        let Handle::File(file) = &*guard else {
+            return Ok(());
+        };
+        if file.writable {
+            self.engine
+                .close_writer(file.ino, None, file.wrote)
+                .map_err(Errno::from)?;
+        }
+        Ok(())
+    }
+
+    /// Truncates (or extends) `ino` to `size`. Truncating to zero downloads nothing.
+    pub(crate) fn truncate(&self, ino: u64, size: u64) -> VfsResult<()> {
+        if self.entry(ino)?.node.kind != NodeKind::File {
+            return Err(Errno::EISDIR);
+        }
+        self.engine.open_writer(ino);
+        let result = self.writable_copy(ino, size == 0).and_then(|f| Ok(f.set_len(size)?));
+        self.engine
+            .close_writer(ino, None, result.is_ok())
+            .map_err(Errno::from)?;
+        result
+    }
+}
+
+fn read_at(file: &File, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
+    let mut buf = vec![0; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
