@@ -49,7 +49,7 @@ const COMMIT_OPS: usize = 10_000;
 /// Each directory of the namespace holds this many empty files: 1,000 nodes per directory.
 const FILES_PER_DIR: usize = 999;
 /// The engine's snapshot page size (`round.rs`), used by the raw-listing baseline too.
-const SNAPSHOT_PAGE: u32 = 5_000;
+const SNAPSHOT_PAGE: u32 = 50_000;
 const RESULT_PREFIX: &str = "BENCH-RESULT ";
 
 fn env_usize(key: &str, default: usize) -> usize {
@@ -65,10 +65,6 @@ fn mib(bytes: u64) -> String {
 
 fn secs(d: Duration) -> String {
     format!("{:.3} s", d.as_secs_f64())
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
 /// `VmRSS` and `VmHWM` of this process, in bytes.
@@ -609,6 +605,11 @@ fn child(args: &[String]) {
                     "rss_after_latency": rss_after_latency, "hwm_after_latency": hwm_after_latency,
                     "latency": latency,
                 })
+            }
+            // Not used by the benchmark itself: fills a server for profiling the client by hand.
+            [what, url, token, dirs] if what == "populate" => {
+                let mut api = client(url, token).await;
+                json!({ "created": populate(&mut api, dirs.parse().unwrap()).await })
             }
             other => panic!("unknown child command {other:?}"),
         }

@@ -530,6 +530,24 @@ impl Engine {
         Ok(self.fetcher.read(&manifest, &offsets, offset, len).await?)
     }
 
+    // ----- the bulk-delete brake -----
+
+    /// Deletes the brake holds: (side that would lose the node, path).
+    pub fn held_deletes(&self) -> EngineResult<Vec<(String, String)>> {
+        Ok(self.state.lock().read(|t| t.held_deletes())?)
+    }
+
+    /// Confirms or rejects every held delete; returns how many there were.
+    pub fn resolve_held_deletes(&self, confirm: bool) -> EngineResult<usize> {
+        let ids = self.ids.clone();
+        let n = self
+            .state
+            .lock()
+            .transaction(|t| t.resolve_held_deletes(confirm, || ids.new_id()))?;
+        self.wake.notify_one();
+        Ok(n)
+    }
+
     // ----- status -----
 
     /// A summary for `bvfs status` and the mount's xattrs.

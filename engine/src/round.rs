@@ -68,9 +68,11 @@ impl From<crate::state::pull::PullError> for RoundError {
     }
 }
 
-/// Page sizes of pulls.
+/// Page sizes of pulls. Each page is one transaction, so a first sync of a large namespace wants large
+/// snapshot pages (the server's maximum): fewer commits, and fewer WAL checkpoints rewriting the same
+/// pages.
 const CHANGES_PAGE: u32 = 1_000;
-const SNAPSHOT_PAGE: u32 = 5_000;
+const SNAPSHOT_PAGE: u32 = 50_000;
 
 impl Engine {
     /// Runs one round: pull, plan, execute. Errors leave everything consistent; call again later.
@@ -190,17 +192,32 @@ impl Engine {
         if changed.is_empty() {
             return Ok(None);
         }
-        let confirmed: NodeIdSet = state.read(|t| t.confirmed_deletes())?;
-        let blocked: NodeIdSet = state.read(|t| t.blocked_ids())?;
-        let plan = {
+        let names = crate::model::NamePolicy::default();
+        // A first sync: if LOCAL and SYNCED are empty, they take REMOTE as it is, in bulk (exactly what
+        // the plan would do, see `state::bootstrap`).
+        if let Some(bulk) = state.transaction(|t| t.bootstrap_from_remote(names, mark))? {
+            report.planned = bulk.created as usize;
+            report.local_applied = bulk.created as usize;
+            state.transaction(|t| t.record_plan_outcome(&Plan::default()))?;
+            drop(state);
+            self.invalidate(bulk.in_root.into_iter().map(|name| crate::api::Invalidation::Entry {
+                parent: crate::state::ROOT_INO,
+                name,
+            }));
+            return Ok(None);
+        }
+        // One read transaction for the whole plan: one snapshot, and SQLite's locks taken once
+        // rather than for each of the plan's point reads.
+        let plan = state.reading(|state| -> Result<Plan, RoundError> {
+            let confirmed: NodeIdSet = state.read(|t| t.confirmed_deletes())?;
             let remote = state.tree(Table::Remote);
             let local = state.tree(Table::Local);
             let synced = state.tree(Table::Synced);
-            let residency = StateResidency::new(&state, &self.cache, &self.files);
+            let residency = StateResidency::new(state, &self.cache, &self.files);
             let ctx = PlanContext {
                 device: &self.config.device,
                 conflict_time: ConflictTime::from_unix_utc(self.clock.now_ns().div_euclid(1_000_000_000)),
-                names: crate::model::NamePolicy::default(),
+                names,
                 brake: self.config.brake,
                 namespace_size: remote.count()?,
                 residency: &residency,
@@ -212,13 +229,27 @@ impl Engine {
                     return Err(e.into());
                 }
             }
-            plan
-        };
+            Ok(plan)
+        })?;
+        let blocked: NodeIdSet = state.read(|t| t.blocked_ids())?;
         report.planned = plan.ops.len();
         for op in &plan.ops {
             tracing::trace!(device = %self.config.device, op = ?op.kind, "planned");
         }
         state.transaction(|t| t.record_plan_outcome(&plan))?;
+        // The brake guards the server against mass deletes made here. Deletes that come from the
+        // server were made (and, past the brake, confirmed) on the device where they happened, and
+        // the server keeps every deleted version: this device follows them without asking again.
+        let remote_origin: Vec<NodeId> = plan
+            .held_deletes
+            .iter()
+            .filter(|held| held.side == Side::Local)
+            .map(|held| held.id)
+            .collect();
+        if !remote_origin.is_empty() {
+            state.transaction(|t| t.confirm_deletes(&remote_origin))?;
+            report.more = true;
+        }
         if plan.ops.is_empty() {
             let keep: Vec<NodeId> = plan
                 .held_deletes

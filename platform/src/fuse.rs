@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bvfs_vfs::{Attr, Errno as VfsErrno, FileKind, OpenMode, TTL, Vfs};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
     Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
@@ -116,6 +116,20 @@ impl Filesystem for BvfsFuse {
         // Larger reads and writes mean fewer round trips through the kernel.
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(128 * 1024);
+        for wanted in [
+            // open(O_TRUNC) arrives as one open with O_TRUNC, not open + truncate: no download.
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // ls -l and find get attributes with the listing.
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            // Cached pages go when a getattr shows a new size or mtime (remote changes).
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+        ] {
+            if config.add_capabilities(wanted).is_err() {
+                tracing::debug!(?wanted, "the kernel does not offer this FUSE capability");
+            }
+        }
         Ok(())
     }
 
@@ -297,30 +311,22 @@ impl Filesystem for BvfsFuse {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.vfs.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for entry in entries {
-                    if reply.add(INodeNo(entry.ino), entry.offset, file_type(entry.kind), &entry.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let result = self.vfs.readdir(fh.0, offset, |entry| {
+            reply.add(INodeNo(entry.ino), entry.offset, file_type(entry.kind), &entry.name)
+        });
+        match result {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.vfs.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for entry in entries {
-                    let attr = file_attr(&entry.attr);
-                    if reply.add(INodeNo(entry.ino), entry.offset, &entry.name, &TTL, &attr, Generation(0)) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let result = self.vfs.readdir(fh.0, offset, |entry| {
+            let attr = file_attr(&entry.attr);
+            reply.add(INodeNo(entry.ino), entry.offset, &entry.name, &TTL, &attr, Generation(0))
+        });
+        match result {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -373,6 +379,11 @@ impl Filesystem for BvfsFuse {
             Ok(name) => reply_empty(reply, self.vfs.removexattr(ino.0, name)),
             Err(e) => reply.error(e),
         }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Permission checks are the kernel's (the mount is private to its user unless --allow-other).
+        reply_empty(reply, self.vfs.getattr(ino.0).map(drop));
     }
 
     fn create(

@@ -241,3 +241,132 @@ pub fn reason(status: &tonic::Status) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+/// A `bvfs mount` daemon against a server; unmounted (or killed and cleaned) when dropped.
+pub struct MountProcess {
+    pub mountpoint: PathBuf,
+    pub data: PathBuf,
+    pub pid: i32,
+    _dirs: tempfile::TempDir,
+}
+
+/// Runs `bvfs mount` (which returns once the mount is ready) and returns the daemon's pid.
+fn spawn_mount(url: &str, token: &str, device: &str, mountpoint: &Path, data: &Path, extra: &[&str]) -> i32 {
+    let out = bvfs()
+        .args(["mount", "--server", url, "--token", token, "--device", device, "--data"])
+        .arg(data)
+        .args(extra)
+        .arg(mountpoint)
+        .env("RUST_LOG", "info,bvfs_engine=debug")
+        .output()
+        .expect("run bvfs mount");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bvfs mount failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .split("daemon pid ")
+        .nth(1)
+        .and_then(|rest| rest.trim().trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no daemon pid in {stdout:?}"))
+}
+
+impl MountProcess {
+    /// Mounts with `bvfs mount --server URL --token TOKEN`; returns once the mount is ready.
+    pub fn start(url: &str, token: &str, device: &str, extra: &[&str]) -> Self {
+        assert!(
+            std::path::Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: the mount tests need FUSE (run scripts/test.sh as root)"
+        );
+        let dirs = tempfile::tempdir().unwrap();
+        let mountpoint = dirs.path().join("mnt");
+        let data = dirs.path().join("state");
+        let pid = spawn_mount(url, token, device, &mountpoint, &data, extra);
+        Self {
+            mountpoint,
+            data,
+            pid,
+            _dirs: dirs,
+        }
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.mountpoint.join(relative)
+    }
+
+    /// Kills the daemon with SIGKILL (leaving a stale mount behind) and mounts the same state again.
+    pub fn kill9_and_remount(&mut self, url: &str, token: &str, device: &str) {
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+        }
+        wait_for_exit(self.pid);
+        self.pid = spawn_mount(url, token, device, &self.mountpoint, &self.data, &[]);
+    }
+
+    /// The daemon's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.join("daemon.log")).unwrap_or_default()
+    }
+}
+
+fn wait_for_exit(pid: i32) {
+    for _ in 0..600 {
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            return;
+        }
+        // Reap it if it is our child (it is not: the daemon was forked by `bvfs mount`).
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for MountProcess {
+    fn drop(&mut self) {
+        let out = bvfs().args(["umount", "--lazy"]).arg(&self.mountpoint).output();
+        if !out.is_ok_and(|o| o.status.success()) {
+            // The daemon is gone or stuck: make sure nothing stays mounted.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+            }
+            let c = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes()).unwrap();
+            unsafe {
+                libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+            }
+        }
+        wait_for_exit(self.pid);
+    }
+}
+
+/// Waits until `check` holds, up to `secs` seconds.
+pub fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {secs} s waiting for: {what}");
+}
+
+/// Files (recursively) under `dir` and their total size.
+pub fn dir_usage(dir: &Path) -> (usize, u64) {
+    let mut files = 0;
+    let mut bytes = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+    }
+    (files, bytes)
+}

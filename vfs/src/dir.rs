@@ -1,7 +1,10 @@
 //! Directories: creating and removing entries, renames, and streamed listings.
 //!
-//! A listing is read in pages from the LOCAL tree in name order; the handle remembers where the last
-//! page ended, so a directory of 100,000 entries is read once, page by page, never loaded whole.
+//! A listing is read in pages from the LOCAL tree in name order; the handle keeps the entries the
+//! kernel has not taken yet and where the next page starts, so a directory of 100,000 entries is read
+//! once, page by page, never loaded whole.
+
+use std::collections::VecDeque;
 
 use bvfs_engine::model::NodeKind;
 
@@ -22,15 +25,36 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
-/// Where a listing is: the next offset, and the name to continue after.
+/// Where a listing is. Entries fetched from the engine but not yet taken by the kernel wait in
+/// `pending`, so a listing advances exactly as far as the kernel's buffer went.
 pub(crate) struct DirHandle {
     ino: u64,
-    next_offset: u64,
+    /// The offset of the last entry the kernel took (0: none yet).
+    position: u64,
+    /// Fetched entries not yet taken, in order.
+    pending: VecDeque<DirEntry>,
+    /// The name the next engine page starts after, and the offset its first entry gets.
     after: Option<String>,
+    next_offset: u64,
+    /// Whether the engine has no more entries.
+    exhausted: bool,
 }
 
 /// Offsets 1 and 2 are `.` and `..`; entries count from 3.
 const FIRST_ENTRY: u64 = 3;
+
+impl DirHandle {
+    fn new(ino: u64) -> Self {
+        Self {
+            ino,
+            position: 0,
+            pending: VecDeque::new(),
+            after: None,
+            next_offset: FIRST_ENTRY,
+            exhausted: false,
+        }
+    }
+}
 
 impl Vfs {
     /// `opendir`.
@@ -39,11 +63,7 @@ impl Vfs {
         if entry.node.kind != NodeKind::Directory {
             return Err(Errno::ENOTDIR);
         }
-        Ok(self.insert_handle(Handle::Dir(DirHandle {
-            ino,
-            next_offset: 0,
-            after: None,
-        })))
+        Ok(self.insert_handle(Handle::Dir(DirHandle::new(ino))))
     }
 
     /// `releasedir`.
@@ -51,53 +71,82 @@ impl Vfs {
         self.take_handle(fh).map(drop)
     }
 
-    /// `readdir` from `offset`: up to one page of entries. An empty result ends the listing.
-    pub fn readdir(&self, fh: u64, offset: u64) -> VfsResult<Vec<DirEntry>> {
-        let handle = self.handle(fh)?;
-        let mut guard = handle.lock();
-        let Handle::Dir(dir) = &mut *guard else {
-            return Err(Errno::EBADF);
-        };
-        let mut out = Vec::new();
-        if offset < FIRST_ENTRY {
-            let this = self.getattr(dir.ino)?;
-            let parent_ino = self
-                .entry(dir.ino)
-                .ok()
-                .and_then(|e| self.engine.getattr_by_id(e.node.parent).ok().flatten())
-                .map_or(dir.ino, |p| p.ino);
-            let parent = self.getattr(parent_ino).unwrap_or(this);
-            if offset < 1 {
-                out.push(DirEntry { ino: this.ino, offset: 1, kind: FileKind::Directory, name: ".".into(), attr: this });
-            }
-            out.push(DirEntry { ino: parent.ino, offset: 2, kind: FileKind::Directory, name: "..".into(), attr: parent });
-            dir.next_offset = FIRST_ENTRY;
-            dir.after = None;
-        } else if offset != dir.next_offset {
-            // A seek back (rare): walk again from the start to the wanted position.
-            dir.after = None;
-            dir.next_offset = FIRST_ENTRY;
-            while dir.next_offset < offset {
-                let skip = ((offset - dir.next_offset) as usize).min(PAGE);
-                let page = self.engine.list(dir.ino, dir.after.as_deref(), skip).map_err(Errno::from)?;
-                let Some(last) = page.last() else { return Ok(out) };
-                dir.after = Some(last.node.name.clone());
-                dir.next_offset += page.len() as u64;
-            }
+    /// Fetches the next page of entries into `pending`.
+    fn fill(&self, dir: &mut DirHandle) -> VfsResult<()> {
+        if dir.exhausted {
+            return Ok(());
         }
         let page = self.engine.list(dir.ino, dir.after.as_deref(), PAGE).map_err(Errno::from)?;
+        dir.exhausted = page.len() < PAGE;
         for entry in page {
-            dir.next_offset += 1;
             dir.after = Some(entry.node.name.clone());
-            out.push(DirEntry {
+            dir.pending.push_back(DirEntry {
                 ino: entry.ino,
                 offset: dir.next_offset,
                 kind: kind_of(entry.node.kind),
                 name: entry.node.name.clone(),
                 attr: self.attr_of(&entry),
             });
+            dir.next_offset += 1;
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// `readdir`/`readdirplus` from `offset`: hands entries to `add` until it returns true (the
+    /// kernel's buffer is full); the entry it refused is offered again next time.
+    pub fn readdir(&self, fh: u64, offset: u64, mut add: impl FnMut(&DirEntry) -> bool) -> VfsResult<()> {
+        let handle = self.handle(fh)?;
+        let mut guard = handle.lock();
+        let Handle::Dir(dir) = &mut *guard else {
+            return Err(Errno::EBADF);
+        };
+        if offset != dir.position {
+            // A rewind or a seek (rare): start over and skip to the wanted position.
+            *dir = DirHandle::new(dir.ino);
+            while dir.position < offset {
+                if dir.position + 1 < FIRST_ENTRY {
+                    dir.position += 1;
+                    continue;
+                }
+                if dir.pending.is_empty() {
+                    self.fill(dir)?;
+                }
+                match dir.pending.pop_front() {
+                    Some(entry) => dir.position = entry.offset,
+                    None => return Ok(()),
+                }
+            }
+        }
+        if dir.position < FIRST_ENTRY - 1 {
+            let this = self.getattr(dir.ino)?;
+            let parent = self
+                .entry(dir.ino)
+                .ok()
+                .and_then(|e| self.engine.getattr_by_id(e.node.parent).ok().flatten())
+                .map_or(this, |p| self.attr_of(&p));
+            let dots = [(1, ".", this), (2, "..", parent)];
+            let start = dir.position;
+            for (off, name, attr) in dots.into_iter().filter(|(off, ..)| *off > start) {
+                let entry = DirEntry { ino: attr.ino, offset: off, kind: FileKind::Directory, name: name.into(), attr };
+                if add(&entry) {
+                    return Ok(());
+                }
+                dir.position = off;
+            }
+        }
+        loop {
+            if dir.pending.is_empty() {
+                self.fill(dir)?;
+            }
+            let Some(entry) = dir.pending.front() else {
+                return Ok(());
+            };
+            if add(entry) {
+                return Ok(());
+            }
+            dir.position = entry.offset;
+            dir.pending.pop_front();
+        }
     }
 
     /// `mkdir`.

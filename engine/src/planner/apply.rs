@@ -2,7 +2,7 @@
 //! commit at once and get the next journal sequence as revision) and a perfect filesystem. The
 //! property tests and simulations run plans through it; the real executor must agree with it.
 
-use crate::model::{NodeId, NodeIdSet};
+use crate::model::{Node, NodeId, NodeIdSet};
 use crate::tree::{Tree, TreeError};
 
 use super::merge::same_state;
@@ -66,7 +66,7 @@ impl ThreeTrees {
                 original_attrs,
                 ..
             } => local
-                .insert(copy.clone())
+                .insert(Node::clone(copy))
                 .and_then(|()| local.set_attrs(*original, original_attrs.clone())),
             OpKind::LocalReidentify {
                 old,

@@ -14,22 +14,25 @@ use crate::model::{Attrs, Node, NodeId, NodeIdMap, NodeKind};
 
 use super::context::PlanContext;
 use super::merge::{Derived, Entries, Entry, Fate, Loc, Target};
-use super::{OpKind, SyncedChange};
+use super::{OpId, OpKind, PlannedOp, SyncedChange};
 
-/// An op before scheduling: its dependencies are derived later from what it changes.
-#[derive(Debug)]
-pub(super) struct Draft {
-    pub kind: OpKind,
-    pub synced: SyncedChange,
-    /// An op on the same node that must run first.
-    pub after: Option<usize>,
+/// The ops of a plan before scheduling: their ids and dependencies come later, from what they change.
+/// The ops are already [`PlannedOp`]s so that scheduling orders them in place.
+pub(super) struct Drafts {
+    pub ops: Vec<PlannedOp>,
+    /// For each op, an op on the same node that must run first.
+    pub after: Vec<Option<u32>>,
 }
 
-pub(super) fn emit(entries: &Entries<'_>, ctx: &PlanContext<'_>) -> Vec<Draft> {
+pub(super) fn emit(entries: &Entries<'_>, ctx: &PlanContext<'_>) -> Drafts {
+    let capacity = entries.len() + entries.len() / 4;
     let mut emitter = Emitter {
         entries,
         ctx,
-        drafts: Vec::with_capacity(entries.len()),
+        drafts: Drafts {
+            ops: Vec::with_capacity(capacity),
+            after: Vec::with_capacity(capacity),
+        },
         forks: NodeIdMap::default(),
     };
     for entry in &entries.list {
@@ -60,19 +63,28 @@ pub(super) fn emit(entries: &Entries<'_>, ctx: &PlanContext<'_>) -> Vec<Draft> {
 struct Emitter<'e, 't> {
     entries: &'e Entries<'t>,
     ctx: &'e PlanContext<'e>,
-    drafts: Vec<Draft>,
+    drafts: Drafts,
     /// The conflicted-copy op of each original, for the copy's upload to follow.
     forks: NodeIdMap<usize>,
 }
 
 impl Emitter<'_, '_> {
     fn push(&mut self, kind: OpKind, synced: SyncedChange, after: Option<usize>) -> usize {
-        self.drafts.push(Draft {
+        let position = self.drafts.ops.len();
+        let id = OpId(position as u32);
+        self.drafts.ops.push(PlannedOp {
+            id,
+            deps: Vec::new(),
             kind,
             synced,
-            after,
         });
-        self.drafts.len() - 1
+        self.drafts.after.push(after.map(|after| after as u32));
+        position
+    }
+
+    /// Sets how SYNCED changes when op `position` succeeds.
+    fn set_synced(&mut self, position: usize, synced: SyncedChange) {
+        self.drafts.ops[position].synced = synced;
     }
 
     fn resident(&self, id: NodeId) -> bool {
@@ -84,7 +96,7 @@ impl Emitter<'_, '_> {
         let id = entry.id;
         let (remote, synced) = (entry.remote.as_deref(), entry.synced.as_deref());
         let revision = remote.map_or(0, |remote| remote.revision);
-        let node_at = |loc: &Loc| node(id, loc, entry.kind, &target.attrs, revision);
+        let node_at = |loc: &Loc<'_>| node(id, loc, entry.kind, &target.attrs, revision);
 
         let Some(local) = entry.local.as_deref() else {
             // A remote create, or a remote node coming back after a local delete: REMOTE has it as is.
@@ -99,7 +111,7 @@ impl Emitter<'_, '_> {
                     old,
                     new: id,
                     parent: target.local.parent,
-                    name: target.local.name.clone(),
+                    name: target.local.name.to_string(),
                     attrs: Some(target.attrs.clone()),
                 },
                 None => OpKind::LocalCreate {
@@ -113,7 +125,7 @@ impl Emitter<'_, '_> {
         };
 
         let local_move = (!self.entries.is_local_at(entry, &target.local)).then(|| {
-            let Loc { parent, name } = target.local.clone();
+            let (parent, name) = (target.local.parent, target.local.name.to_string());
             self.push(
                 OpKind::LocalMove { id, parent, name },
                 SyncedChange::Unchanged,
@@ -128,7 +140,13 @@ impl Emitter<'_, '_> {
                 .expect("copies are kept");
             let op = OpKind::LocalConflictCopy {
                 original: id,
-                copy: node(copy, &copy_target.local, entry.kind, &copy_target.attrs, 0),
+                copy: Box::new(node(
+                    copy,
+                    &copy_target.local,
+                    entry.kind,
+                    &copy_target.attrs,
+                    0,
+                )),
                 original_attrs: target.attrs.clone(),
                 fetch_content: entry.kind == NodeKind::File && self.resident(id),
             };
@@ -166,7 +184,7 @@ impl Emitter<'_, '_> {
         };
         let base_revision = remote.revision;
         let remote_move = (!target.remote.is(remote)).then(|| {
-            let Loc { parent, name } = target.remote.clone();
+            let (parent, name) = (target.remote.parent, target.remote.name.to_string());
             self.push(
                 OpKind::RemoteMove {
                     id,
@@ -217,8 +235,8 @@ impl Emitter<'_, '_> {
         if !synced_place.is(synced) {
             match remote_move.or(local_move).filter(|_| !held) {
                 Some(last) => {
-                    let Loc { parent, name } = target.remote.clone();
-                    self.drafts[last].synced = SyncedChange::Place { id, parent, name };
+                    let (parent, name) = (target.remote.parent, target.remote.name.to_string());
+                    self.set_synced(last, SyncedChange::Place { id, parent, name });
                 }
                 None => record_place = true,
             }
@@ -228,10 +246,8 @@ impl Emitter<'_, '_> {
         if !update_deferred && target.attrs != synced.attrs {
             match remote_update.or(local_attrs) {
                 Some(last) => {
-                    self.drafts[last].synced = SyncedChange::SetAttrs {
-                        id,
-                        attrs: target.attrs.clone(),
-                    }
+                    let attrs = target.attrs.clone();
+                    self.set_synced(last, SyncedChange::SetAttrs { id, attrs });
                 }
                 None => record_attrs = true,
             }
@@ -241,7 +257,7 @@ impl Emitter<'_, '_> {
             (true, false) => SyncedChange::Place {
                 id,
                 parent: synced_place.parent,
-                name: synced_place.name.clone(),
+                name: synced_place.name.to_string(),
             },
             (false, true) => SyncedChange::SetAttrs {
                 id,
@@ -255,7 +271,7 @@ impl Emitter<'_, '_> {
     /// A local node that survives a remote delete comes back as a new node, then is uploaded. SYNCED
     /// re-identifies it too, so what SYNCED holds under it (say, a node held where LOCAL has it) follows.
     fn reborn(&mut self, entry: &Entry<'_>, target: &Target, from: NodeId) {
-        let Loc { parent, name } = target.local.clone();
+        let (parent, name) = (target.local.parent, target.local.name.to_string());
         let op = OpKind::LocalReidentify {
             old: from,
             new: entry.id,
@@ -333,11 +349,11 @@ impl Emitter<'_, '_> {
     }
 }
 
-fn node(id: NodeId, loc: &Loc, kind: NodeKind, attrs: &Attrs, revision: u64) -> Node {
+fn node(id: NodeId, loc: &Loc<'_>, kind: NodeKind, attrs: &Attrs, revision: u64) -> Node {
     Node {
         id,
         parent: loc.parent,
-        name: loc.name.clone(),
+        name: loc.name.to_string(),
         kind,
         attrs: attrs.clone(),
         revision,

@@ -75,33 +75,39 @@ impl Deref for NodeRef<'_> {
 
 /// A place in a tree: parent directory and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct Loc {
+pub(super) struct Loc<'t> {
     pub parent: NodeId,
-    pub name: String,
+    /// Borrowed from the tree where it can be: most targets keep a name some tree has already.
+    pub name: Cow<'t, str>,
 }
 
-impl Loc {
-    pub(super) fn of(node: &Node) -> Loc {
+impl<'t> Loc<'t> {
+    /// Where `node` is.
+    pub(super) fn of(node: &NodeRef<'t>) -> Loc<'t> {
+        let name = match node {
+            NodeRef::Borrowed(node) => Cow::Borrowed(node.name.as_str()),
+            NodeRef::Owned(node) => Cow::Owned(node.name.clone()),
+        };
         Loc {
             parent: node.parent,
-            name: node.name.clone(),
+            name,
         }
     }
 
     /// Whether `node` sits exactly here.
     pub(super) fn is(&self, node: &Node) -> bool {
-        self.parent == node.parent && self.name == node.name
+        self.parent == node.parent && *self.name == *node.name
     }
 }
 
 /// Where a kept node ends up and what it holds.
 #[derive(Debug, Clone)]
-pub(super) struct Target {
+pub(super) struct Target<'t> {
     /// Its place in REMOTE after the plan.
-    pub remote: Loc,
+    pub remote: Loc<'t>,
     /// Its place in LOCAL after the plan: the same as `remote`, unless this platform cannot show the
     /// remote place and the node is held where LOCAL has it.
-    pub local: Loc,
+    pub local: Loc<'t>,
     pub attrs: Attrs,
     /// The place came from LOCAL (a local create or move): such a place yields to the server's.
     pub from_local: bool,
@@ -120,8 +126,8 @@ pub(super) struct Target {
     clippy::large_enum_variant,
     reason = "most entries are kept; boxing would allocate for each"
 )]
-pub(super) enum Fate {
-    Kept(Target),
+pub(super) enum Fate<'t> {
+    Kept(Target<'t>),
     /// Deleted wherever it still exists.
     Gone,
     /// Deleted by one side and unchanged on the other; gone unless something that stays ends up inside.
@@ -154,25 +160,26 @@ pub(super) struct Entry<'t> {
     pub remote: Option<NodeRef<'t>>,
     pub local: Option<NodeRef<'t>>,
     pub synced: Option<NodeRef<'t>>,
-    pub fate: Fate,
+    pub fate: Fate<'t>,
     /// Set for nodes that exist in none of the trees yet.
     pub derived: Option<Derived>,
     /// Why the node is (partly) held, for [`super::Plan::reported`].
-    pub report: Option<Report>,
+    /// Boxed: reports are rare, and every entry pays for the field's size.
+    pub report: Option<Box<Report>>,
     /// For a directory one side deleted while the other left it unchanged: that side. Whether it stays
     /// depends on what ends up inside, see [`super::resolve`].
     pub deleted_by: Option<Side>,
 }
 
-impl Entry<'_> {
-    pub(super) fn target(&self) -> Option<&Target> {
+impl<'t> Entry<'t> {
+    pub(super) fn target(&self) -> Option<&Target<'t>> {
         match &self.fate {
             Fate::Kept(target) => Some(target),
             _ => None,
         }
     }
 
-    pub(super) fn target_mut(&mut self) -> Option<&mut Target> {
+    pub(super) fn target_mut(&mut self) -> Option<&mut Target<'t>> {
         match &mut self.fate {
             Fate::Kept(target) => Some(target),
             _ => None,
@@ -189,7 +196,8 @@ impl Entry<'_> {
     }
 }
 
-/// The entries of a plan, in id order (minted nodes after the rest), with an index by id.
+/// The entries of a plan, with an index by id: the changed ids in id order, then what they drag in,
+/// then the nodes the planner mints. The order is a function of the input, so plans are deterministic.
 pub(super) struct Entries<'t> {
     pub list: Vec<Entry<'t>>,
     index: NodeIdMap<usize>,
@@ -255,10 +263,6 @@ impl<'t> Entries<'t> {
                 deleted_by: None,
             });
         }
-        entries.list.sort_unstable_by_key(|entry| entry.id);
-        for (position, entry) in entries.list.iter().enumerate() {
-            entries.index.insert(entry.id, position);
-        }
         for position in 0..entries.list.len() {
             entries.merge(trees, position);
         }
@@ -294,18 +298,17 @@ impl<'t> Entries<'t> {
     }
 
     /// Where LOCAL has this node, with its parent's id after re-identifications.
-    pub(super) fn local_place(&self, entry: &Entry<'_>) -> Option<Loc> {
-        let local = entry.local.as_deref()?;
-        Some(Loc {
-            parent: self.local_id_after(local.parent),
-            name: local.name.clone(),
-        })
+    pub(super) fn local_place(&self, entry: &Entry<'t>) -> Option<Loc<'t>> {
+        let local = entry.local.as_ref()?;
+        let mut place = Loc::of(local);
+        place.parent = self.local_id_after(place.parent);
+        Some(place)
     }
 
     /// Whether LOCAL already has the node at `loc` (re-identifications aside).
-    pub(super) fn is_local_at(&self, entry: &Entry<'_>, loc: &Loc) -> bool {
+    pub(super) fn is_local_at(&self, entry: &Entry<'_>, loc: &Loc<'_>) -> bool {
         entry.local.as_deref().is_some_and(|local| {
-            local.name == loc.name && self.local_id_after(local.parent) == loc.parent
+            *local.name == *loc.name && self.local_id_after(local.parent) == loc.parent
         })
     }
 
@@ -332,7 +335,7 @@ impl<'t> Entries<'t> {
         id: NodeId,
         kind: NodeKind,
         derived: Derived,
-        target: Target,
+        target: Target<'t>,
     ) {
         debug_assert!(!self.index.contains_key(&id), "minted id {id:?} twice");
         self.index.insert(id, self.list.len());
@@ -408,7 +411,13 @@ impl<'t> Entries<'t> {
             (Some(remote), Some(local)) if remote.kind != local.kind => Decision::KindMismatch,
             (Some(remote), Some(local)) => {
                 let base = same_kind_base(remote);
-                let (place, from_local) = merge_place(base, remote, local);
+                let from_local = place_from_local(base, remote, local);
+                let side = if from_local {
+                    &entry.local
+                } else {
+                    &entry.remote
+                };
+                let place = Loc::of(side.as_ref().expect("both sides have it"));
                 let merged = merge_attrs(base.map(|base| &base.attrs), &remote.attrs, &local.attrs);
                 let conflict = merged.is_none();
                 let target = Target {
@@ -440,13 +449,14 @@ impl<'t> Entries<'t> {
                     }
                 }
                 // A remote create, or a remote edit that beats the local delete.
-                _ => Fate::Kept(kept_as_is(remote, false)),
+                _ => Fate::Kept(kept_as_is(entry.remote.as_ref().expect("present"), false)),
             }),
             (None, Some(local)) => match same_kind_base(local) {
                 // Revision 0: SYNCED knows it, but it never reached the server (a re-created node).
-                Some(base) if base.revision == 0 => {
-                    Decision::Fate(Fate::Kept(kept_as_is(local, true)))
-                }
+                Some(base) if base.revision == 0 => Decision::Fate(Fate::Kept(kept_as_is(
+                    entry.local.as_ref().expect("present"),
+                    true,
+                ))),
                 Some(base) if local.attrs.same_content(&base.attrs) => {
                     Decision::Fate(if local.is_dir() {
                         Fate::TentativelyGone {
@@ -456,7 +466,10 @@ impl<'t> Entries<'t> {
                         Fate::Gone
                     })
                 }
-                None if synced.is_none() => Decision::Fate(Fate::Kept(kept_as_is(local, true))),
+                None if synced.is_none() => Decision::Fate(Fate::Kept(kept_as_is(
+                    entry.local.as_ref().expect("present"),
+                    true,
+                ))),
                 // A local edit that beats the remote delete: it comes back as a new node.
                 _ => Decision::Reborn,
             },
@@ -473,14 +486,15 @@ impl<'t> Entries<'t> {
             Decision::KindMismatch => {
                 let entry = &mut self.list[position];
                 entry.fate = Fate::Skipped;
-                entry.report = Some(Report::KindMismatch { id });
+                entry.report = Some(Box::new(Report::KindMismatch { id }));
             }
             Decision::Reborn => {
-                let local = self.list[position].local.as_deref().expect("a local edit");
-                self.list[position].fate = Fate::Kept(Target {
+                let local = self.list[position].local.as_ref().expect("a local edit");
+                let target = Target {
                     reborn: true,
                     ..kept_as_is(local, true)
-                });
+                };
+                self.list[position].fate = Fate::Kept(target);
             }
             Decision::EditConflict {
                 target,
@@ -513,7 +527,7 @@ impl<'t> Entries<'t> {
         let (of, kind) = (entry.id, entry.kind);
         let placeholder = Loc {
             parent: NodeId::ROOT,
-            name: String::new(),
+            name: Cow::Borrowed(""),
         };
         let copy = Target {
             remote: placeholder.clone(),
@@ -532,11 +546,14 @@ impl<'t> Entries<'t> {
 }
 
 /// Stage 1's verdict on one node, before it is written back.
-enum Decision {
-    Fate(Fate),
+enum Decision<'t> {
+    Fate(Fate<'t>),
     KindMismatch,
     Reborn,
-    EditConflict { target: Target, local_attrs: Attrs },
+    EditConflict {
+        target: Target<'t>,
+        local_attrs: Attrs,
+    },
 }
 
 /// The bytes that identify a version's content.
@@ -546,7 +563,7 @@ fn content_key(attrs: &Attrs) -> Vec<u8> {
     key
 }
 
-fn kept_as_is(node: &Node, from_local: bool) -> Target {
+fn kept_as_is<'t>(node: &NodeRef<'t>, from_local: bool) -> Target<'t> {
     Target {
         remote: Loc::of(node),
         local: Loc::of(node),
@@ -577,17 +594,12 @@ pub(super) fn same_state(a: &Node, b: &Node) -> bool {
     a.parent == b.parent && a.name == b.name && a.kind == b.kind && a.attrs == b.attrs
 }
 
-/// The merged place of a node both sides have, and whether it came from LOCAL.
-fn merge_place(base: Option<&Node>, remote: &Node, local: &Node) -> (Loc, bool) {
+/// Whether a node both sides have takes LOCAL's place (else REMOTE's).
+fn place_from_local(base: Option<&Node>, remote: &Node, local: &Node) -> bool {
     let same = |a: &Node, b: &Node| a.parent == b.parent && a.name == b.name;
-    if same(remote, local) || base.is_some_and(|base| same(base, local)) {
-        (Loc::of(remote), false)
-    } else if base.is_some_and(|base| same(base, remote)) {
-        (Loc::of(local), true)
-    } else {
-        // Both moved it: the move the server committed first wins; the local one is undone.
-        (Loc::of(remote), false)
-    }
+    // Both moved it: the move the server committed first wins; the local one is undone.
+    !(same(remote, local) || base.is_some_and(|base| same(base, local)))
+        && base.is_some_and(|base| same(base, remote))
 }
 
 /// The merged attributes, or `None` when both sides changed the content differently.

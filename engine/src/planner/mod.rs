@@ -13,12 +13,13 @@
 //! directories they delete or create, and the ancestors of what they move), not with the namespace.
 //!
 //! The stages, one module each:
-//! - [`merge`]: the per-node three-way merge ([`merge::Entry`], [`merge::Fate`]).
-//! - [`resolve`]: what the merged tree cannot hold as is: directories kept alive by what is inside them,
+//! - `merge`: the per-node three-way merge (each changed node's fate: kept where, gone, …).
+//! - `resolve`: what the merged tree cannot hold as is: directories kept alive by what is inside them,
 //!   local-platform names, cycles, name collisions and conflicted copies.
-//! - [`emit`]: the operations for each node, with how SYNCED advances.
-//! - [`schedule`]: dependencies between operations, cycles among them, the bulk-delete brake.
-//! - [`apply`]: what each operation means, as a reference executor over in-memory trees.
+//! - `emit`: the operations for each node, with how SYNCED advances.
+//! - `schedule`: dependencies between operations, cycles among them, the bulk-delete brake.
+//! - `apply`: what each operation means, as a reference executor over in-memory trees
+//!   ([`ThreeTrees`]).
 
 mod apply;
 mod conflict_name;
@@ -120,6 +121,8 @@ pub enum OpKind {
         attrs: Attrs,
         fetch_content: bool,
     },
+    /// Move and/or rename a local node. `name` can be a temporary `.bvfs-park-<id>` name that breaks a
+    /// cycle among the plan's moves (two nodes trading names); a later plan moves the node on.
     LocalMove {
         id: NodeId,
         parent: NodeId,
@@ -131,7 +134,8 @@ pub enum OpKind {
     /// copy, uploaded by a later op), then `original` takes the remote version, `original_attrs`.
     LocalConflictCopy {
         original: NodeId,
-        copy: Node,
+        /// Boxed: conflicts are rare, and every op pays for the largest variant's size.
+        copy: Box<Node>,
         original_attrs: Attrs,
         fetch_content: bool,
     },
@@ -155,6 +159,7 @@ pub enum OpKind {
         attrs: Attrs,
         upload: bool,
     },
+    /// Move and/or rename a remote node (the name can be temporary, as for [`OpKind::LocalMove`]).
     RemoteMove {
         id: NodeId,
         base_revision: u64,

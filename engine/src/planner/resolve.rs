@@ -12,10 +12,15 @@
 //!    keep one and hold the others;
 //! 5. conflicted copies of edit/edit conflicts get their names last, next to the original.
 //!
-//! Steps 2 to 4 can unsettle each other (a held node stays where it was, and may then be in the way), so
-//! they repeat until nothing changes. Every repetition only holds, undoes or merges something more, so
-//! this ends, and in the common case the first pass is the last.
+//! Steps 1 to 4 can unsettle each other (an undone move can leave a deleted directory empty, a held
+//! node stays where it was and may then be in the way), so they repeat until nothing changes: step 1
+//! decides afresh each time, and steps 2 to 4 only ever hold, undo or merge something more, so this
+//! ends; in the common case the first pass is the last. Re-created nodes get their new ids only then.
+//!
+//! Only nodes that arrive somewhere (created, moved or renamed on one side) take part in steps 2 to 4,
+//! so a plan of a million edits does not walk a million nodes four times.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -40,10 +45,11 @@ pub(super) fn resolve<'t, T: TreeView>(
         .collect();
     let names = loop {
         settle_deleted_directories(trees, entries, &deleted);
-        let mut again = hold_unplaceable(entries, ctx.names);
-        again |= undo_cycles(trees, entries, TreeRole::Remote);
-        again |= undo_cycles(trees, entries, TreeRole::Local);
-        let (names, changed) = settle_names(trees, entries, ctx.names, &namer);
+        let movers = movers(entries);
+        let mut again = hold_unplaceable(entries, &movers, ctx.names);
+        again |= undo_cycles(trees, entries, &movers, TreeRole::Remote);
+        again |= undo_cycles(trees, entries, &movers, TreeRole::Local);
+        let (names, changed) = settle_names(trees, entries, &movers, ctx.names, &namer);
         if !(again || changed) {
             break names;
         }
@@ -58,12 +64,24 @@ pub(super) fn resolve<'t, T: TreeView>(
     entries
         .list
         .iter()
-        .filter_map(|entry| entry.report.clone())
+        .filter_map(|entry| entry.report.as_deref().cloned())
+        .collect()
+}
+
+/// The positions of the kept nodes that arrive somewhere (created, moved or renamed on one side at
+/// least): only they can be held, close a cycle or take a name twice.
+fn movers(entries: &Entries<'_>) -> Vec<usize> {
+    (0..entries.len())
+        .filter(|&position| {
+            let entry = &entries.list[position];
+            arrives(entries, entry, TreeRole::Remote).is_some()
+                || arrives(entries, entry, TreeRole::Local).is_some()
+        })
         .collect()
 }
 
 /// The place `target` has in `role`'s tree after the plan (SYNCED follows REMOTE).
-fn place(target: &Target, role: TreeRole) -> &Loc {
+fn place<'a, 't>(target: &'a Target<'t>, role: TreeRole) -> &'a Loc<'t> {
     match role {
         TreeRole::Local => &target.local,
         TreeRole::Remote | TreeRole::Synced => &target.remote,
@@ -110,14 +128,14 @@ fn settle_deleted_directories<T: TreeView>(
                 Side::Local => (
                     entry
                         .remote
-                        .as_deref()
+                        .as_ref()
                         .expect("deleted locally, so REMOTE has it"),
                     false,
                 ),
                 Side::Remote => (
                     entry
                         .local
-                        .as_deref()
+                        .as_ref()
                         .expect("deleted remotely, so LOCAL has it"),
                     true,
                 ),
@@ -225,9 +243,9 @@ fn child_verdict(entries: &Entries<'_>, dir: NodeId, child: NodeId) -> ChildVerd
 
 /// Holds remote nodes whose local place is impossible: an invalid name here, or a parent that stays
 /// remote-only. Returns whether it held anything.
-fn hold_unplaceable(entries: &mut Entries<'_>, policy: NamePolicy) -> bool {
+fn hold_unplaceable(entries: &mut Entries<'_>, movers: &[usize], policy: NamePolicy) -> bool {
     let mut held = false;
-    for position in 0..entries.len() {
+    for &position in movers {
         let entry = &entries.list[position];
         let Some(target) = entry.target() else {
             continue;
@@ -242,7 +260,7 @@ fn hold_unplaceable(entries: &mut Entries<'_>, policy: NamePolicy) -> bool {
         let report = if let Err(error) = policy.check(&target.local.name) {
             Report::InvalidName {
                 id: entry.id,
-                name: target.local.name.clone(),
+                name: target.local.name.to_string(),
                 error,
             }
         } else if entries
@@ -268,7 +286,7 @@ fn hold_locally(entries: &mut Entries<'_>, position: usize, report: Report) {
         None => entry.fate = Fate::RemoteOnly,
         Some(here) => entry.target_mut().expect("only kept nodes are held").local = here,
     }
-    entry.report = Some(report);
+    entry.report = Some(Box::new(report));
 }
 
 // --- 3. cycles ----------------------------------------------------------------------------------------
@@ -324,12 +342,13 @@ fn target_parent<T: TreeView>(
 fn undo_cycles<T: TreeView>(
     trees: &Trees<'_, T>,
     entries: &mut Entries<'_>,
+    movers: &[usize],
     role: TreeRole,
 ) -> bool {
     let mut reaches_root = NodeIdSet::default();
     let mut changed = false;
     let mut path = Vec::new();
-    for position in 0..entries.len() {
+    for &position in movers {
         let entry = &entries.list[position];
         let (Some(target), Some(current), None) = (
             entry.target(),
@@ -403,7 +422,7 @@ fn undo_cycle(entries: &mut Entries<'_>, cycle: &[NodeId], role: TreeRole) -> bo
         let remote = Loc::of(
             entry
                 .remote
-                .as_deref()
+                .as_ref()
                 .expect("a local move of a remote node"),
         );
         let target = entry.target_mut().expect("kept");
@@ -490,11 +509,11 @@ struct NameSpace {
 
 /// Where `entry` arrives in `role`'s tree, unless it is there already (or is a conflicted copy still
 /// without a name).
-fn arrives<'e>(
+fn arrives<'e, 't>(
     entries: &Entries<'_>,
-    entry: &'e super::merge::Entry<'_>,
+    entry: &'e super::merge::Entry<'t>,
     role: TreeRole,
-) -> Option<&'e Loc> {
+) -> Option<&'e Loc<'t>> {
     let target = entry.target()?;
     let loc = place(target, role);
     let there = match role {
@@ -508,14 +527,19 @@ fn arrives<'e>(
     (!there && !unnamed).then_some(loc)
 }
 
-fn index_arrivals(entries: &Entries<'_>, role: TreeRole, policy: NamePolicy) -> Arrivals {
+fn index_arrivals(
+    entries: &Entries<'_>,
+    movers: &[usize],
+    role: TreeRole,
+    policy: NamePolicy,
+) -> Arrivals {
     let mut index = Arrivals::new(entries.len());
-    for (position, entry) in entries.list.iter().enumerate() {
-        if let Some(loc) = arrives(entries, entry, role) {
+    for &position in movers {
+        if let Some(loc) = arrives(entries, &entries.list[position], role) {
             let name = if role == TreeRole::Local {
                 policy.fold(&loc.name)
             } else {
-                loc.name.as_str().into()
+                Cow::Borrowed(&*loc.name)
             };
             index.insert(loc.parent, name_hash(&name), position);
         }
@@ -588,18 +612,19 @@ impl NameSpace {
 fn settle_names<'t, T: TreeView>(
     trees: &Trees<'t, T>,
     entries: &mut Entries<'t>,
+    movers: &[usize],
     policy: NamePolicy,
     namer: &ConflictNamer,
 ) -> (NameSpace, bool) {
     let mut names = NameSpace {
-        remote: index_arrivals(entries, TreeRole::Remote, policy),
-        local: index_arrivals(entries, TreeRole::Local, policy),
+        remote: index_arrivals(entries, movers, TreeRole::Remote, policy),
+        local: index_arrivals(entries, movers, TreeRole::Local, policy),
         assigned: HashMap::default(),
     };
     let mut changed = false;
 
     // REMOTE: a local create or move that lands on a name the server keeps yields.
-    for position in 0..entries.len() {
+    for &position in movers {
         let Some(loc) = arrives(entries, &entries.list[position], TreeRole::Remote).cloned() else {
             continue;
         };
@@ -631,8 +656,8 @@ fn settle_names<'t, T: TreeView>(
             target.local.parent, target.remote.parent,
             "a local place is the same on both sides"
         );
-        target.remote.name.clone_from(&name);
-        target.local.name = name;
+        target.remote.name = Cow::Owned(name.clone());
+        target.local.name = Cow::Owned(name);
     }
     if changed {
         // Merged directories brought their children together: settle REMOTE's names again first.
@@ -641,8 +666,8 @@ fn settle_names<'t, T: TreeView>(
     }
 
     // LOCAL: names that fold together here keep one node; the other remote nodes are held.
-    names.local = index_arrivals(entries, TreeRole::Local, policy);
-    for position in 0..entries.len() {
+    names.local = index_arrivals(entries, movers, TreeRole::Local, policy);
+    for &position in movers {
         let Some(loc) = arrives(entries, &entries.list[position], TreeRole::Local).cloned() else {
             continue;
         };
@@ -657,7 +682,7 @@ fn settle_names<'t, T: TreeView>(
         );
         let report = Report::NameCollision {
             id: entry.id,
-            name: loc.name.clone(),
+            name: loc.name.to_string(),
             kept: keeper,
         };
         hold_locally(entries, position, report);
@@ -673,7 +698,7 @@ fn remote_keeper<T: TreeView>(
     entries: &Entries<'_>,
     names: &NameSpace,
     position: usize,
-    loc: &Loc,
+    loc: &Loc<'_>,
 ) -> Option<NodeId> {
     let id = entries.list[position].id;
     if let Some(occupant) = trees.remote.child_by_name(loc.parent, &loc.name)
@@ -694,7 +719,7 @@ fn remote_keeper<T: TreeView>(
 }
 
 /// Whether the node REMOTE has at `loc` is still there after the plan.
-fn stays_in_remote(entries: &Entries<'_>, id: NodeId, loc: &Loc) -> bool {
+fn stays_in_remote(entries: &Entries<'_>, id: NodeId, loc: &Loc<'_>) -> bool {
     match entries.get(id).map(|entry| &entry.fate) {
         None | Some(Fate::RemoteOnly | Fate::Skipped) => true,
         Some(Fate::Kept(target)) => target.remote == *loc,
@@ -734,7 +759,7 @@ fn local_keeper<T: TreeView>(
     entries: &Entries<'_>,
     arrivals: &Arrivals,
     policy: NamePolicy,
-    loc: &Loc,
+    loc: &Loc<'_>,
 ) -> NodeId {
     let folded = policy.fold(&loc.name);
     let staying = local_occupants(trees, policy, entries.local_id_now(loc.parent), &loc.name).find(
@@ -798,8 +823,11 @@ fn name_conflicted_copies<T: TreeView>(
             .expect("copies are kept");
         target.remote = Loc {
             parent,
-            name: name.clone(),
+            name: Cow::Owned(name.clone()),
         };
-        target.local = Loc { parent, name };
+        target.local = Loc {
+            parent,
+            name: Cow::Owned(name),
+        };
     }
 }

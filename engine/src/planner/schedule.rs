@@ -7,7 +7,7 @@
 //! - a directory is removed only once its children left (children deletes first);
 //! - a node moves into a directory only after every moving directory above the destination moved, so
 //!   that no order of running the ops ever makes a cycle;
-//! - the second op on one node follows the first ([`Draft::after`]).
+//! - the second op on one node follows the first ([`Drafts::after`]).
 //!
 //! Ops whose dependency is missing from the plan (the node in the way stays, for now) are dropped with
 //! everything that depends on them; the next plan picks them up. Then the bulk-delete brake holds the
@@ -22,22 +22,22 @@ use crate::tree::TreeView;
 
 use super::conflict_name::park_name;
 use super::context::PlanContext;
-use super::emit::Draft;
+use super::emit::Drafts;
 use super::merge::{TreeRole, Trees};
 use super::{HeldDelete, OpId, OpKind, Plan, PlannedOp, Report, Side, SyncedChange};
 
 pub(super) fn schedule<T: TreeView>(
     trees: &Trees<'_, T>,
-    mut drafts: Vec<Draft>,
+    mut drafts: Drafts,
     reported: Vec<Report>,
     ctx: &PlanContext<'_>,
 ) -> Plan {
-    let index = EffectIndex::build(trees, &drafts);
+    let index = EffectIndex::build(trees, &drafts.ops);
     let mut graph = DepGraph::derive(trees, &drafts, &index, ctx.names);
     // Held deletes go first, so no cycle is broken for the sake of ops that wait for them anyway.
-    let held_deletes = graph.brake(trees, &drafts, ctx);
+    let held_deletes = graph.brake(trees, &drafts.ops, ctx);
     graph.break_cycles(trees, &index, ctx.names, &mut drafts);
-    graph.into_plan(drafts, held_deletes, reported)
+    graph.into_plan(drafts.ops, held_deletes, reported)
 }
 
 /// What an op does to the shape of one tree.
@@ -61,7 +61,7 @@ enum Effect<'d> {
 }
 
 /// The shape changes of an op: at most one on its side and one on SYNCED.
-fn effects(draft: &Draft) -> [Option<(TreeRole, Effect<'_>)>; 2] {
+fn effects(draft: &PlannedOp) -> [Option<(TreeRole, Effect<'_>)>; 2] {
     let place = |id, parent, name| Effect::Place { id, parent, name };
     let on_side = match &draft.kind {
         OpKind::LocalCreate { node, .. } => Some((
@@ -150,7 +150,7 @@ struct EffectIndex {
 }
 
 impl EffectIndex {
-    fn build<T: TreeView>(trees: &Trees<'_, T>, drafts: &[Draft]) -> EffectIndex {
+    fn build<T: TreeView>(trees: &Trees<'_, T>, drafts: &[PlannedOp]) -> EffectIndex {
         let mut index = EffectIndex {
             placed: Default::default(),
             leaving: Default::default(),
@@ -339,7 +339,7 @@ fn waits_of<T: TreeView>(
     trees: &Trees<'_, T>,
     index: &EffectIndex,
     policy: NamePolicy,
-    (op, draft): (u32, &Draft),
+    (op, draft, after): (u32, &PlannedOp, Option<u32>),
     edges: &mut Vec<Edge>,
     dropped: &[bool],
 ) -> bool {
@@ -349,8 +349,8 @@ fn waits_of<T: TreeView>(
         dropped,
         satisfiable: true,
     };
-    if let Some(after) = draft.after {
-        waits.on(Some(after as u32), Why::Chain);
+    if let Some(after) = after {
+        waits.on(Some(after), Why::Chain);
     }
     for (role, effect) in effects(draft).into_iter().flatten() {
         let tree = trees.get(role);
@@ -421,30 +421,25 @@ const MAX_DEPTH: usize = 1 << 16;
 impl DepGraph {
     fn derive<T: TreeView>(
         trees: &Trees<'_, T>,
-        drafts: &[Draft],
+        drafts: &Drafts,
         index: &EffectIndex,
         policy: NamePolicy,
     ) -> DepGraph {
-        let mut edges = Vec::with_capacity(drafts.len());
-        let unsatisfiable: Vec<u32> = (0..drafts.len() as u32)
+        let ops = drafts.ops.len();
+        let mut edges = Vec::with_capacity(ops);
+        let unsatisfiable: Vec<u32> = (0..ops as u32)
             .filter(|&op| {
-                !waits_of(
-                    trees,
-                    index,
-                    policy,
-                    (op, &drafts[op as usize]),
-                    &mut edges,
-                    &[],
-                )
+                let draft = (op, &drafts.ops[op as usize], drafts.after[op as usize]);
+                !waits_of(trees, index, policy, draft, &mut edges, &[])
             })
             .collect();
         let mut graph = DepGraph {
-            waits: Adjacency::build(drafts.len(), &edges, |edge| edge.from),
-            awaited: Adjacency::build(drafts.len(), &edges, |edge| edge.on),
+            waits: Adjacency::build(ops, &edges, |edge| edge.from),
+            awaited: Adjacency::build(ops, &edges, |edge| edge.on),
             edges,
-            dropped: vec![false; drafts.len()],
-            parked: vec![false; drafts.len()],
-            detached: vec![false; drafts.len()],
+            dropped: vec![false; ops],
+            parked: vec![false; ops],
+            detached: vec![false; ops],
         };
         graph.drop_with_dependents(unsatisfiable);
         graph
@@ -486,7 +481,7 @@ impl DepGraph {
         trees: &Trees<'_, T>,
         index: &EffectIndex,
         policy: NamePolicy,
-        drafts: &mut [Draft],
+        drafts: &mut Drafts,
     ) {
         loop {
             let cycles = self.cycles();
@@ -519,7 +514,7 @@ impl DepGraph {
                 let first = |candidates: Vec<(u32, Parked)>| {
                     candidates
                         .into_iter()
-                        .min_by_key(|(op, _)| (drafts[*op as usize].kind.node(), *op))
+                        .min_by_key(|(op, _)| (drafts.ops[*op as usize].kind.node(), *op))
                 };
                 let unchanged = |op: &&u32| !self.parked[**op as usize];
                 let detach = first(
@@ -527,13 +522,14 @@ impl DepGraph {
                         .iter()
                         .filter(|&&op| {
                             !self.detached[op as usize]
-                                && drafts[op as usize].kind != OpKind::RecordSynced
+                                && drafts.ops[op as usize].kind != OpKind::RecordSynced
                         })
                         .filter(|&&op| {
                             waits_only_for(op, |why| why.tree() == Some(TreeRole::Synced))
                         })
                         .filter_map(|&op| {
-                            detached(trees, index, &drafts[op as usize]).map(|parked| (op, parked))
+                            detached(trees, index, &drafts.ops[op as usize])
+                                .map(|parked| (op, parked))
                         })
                         .collect(),
                 );
@@ -544,7 +540,7 @@ impl DepGraph {
                             .filter(unchanged)
                             .filter(|&&op| qualifies(op))
                             .filter_map(|&op| {
-                                parked(trees, index, &drafts[op as usize], park)
+                                parked(trees, index, &drafts.ops[op as usize], park)
                                     .map(|parked| (op, parked))
                             })
                             .collect(),
@@ -561,8 +557,8 @@ impl DepGraph {
                 match choice {
                     Some((op, parked)) => self.park(trees, index, policy, drafts, op, parked),
                     None => {
-                        let ops: Vec<&Draft> =
-                            cycle.iter().map(|&op| &drafts[op as usize]).collect();
+                        let ops: Vec<&PlannedOp> =
+                            cycle.iter().map(|&op| &drafts.ops[op as usize]).collect();
                         debug_assert!(false, "a dependency cycle that nothing breaks: {ops:#?}");
                         self.drop_with_dependents(cycle);
                     }
@@ -577,7 +573,7 @@ impl DepGraph {
         trees: &Trees<'_, T>,
         index: &EffectIndex,
         policy: NamePolicy,
-        drafts: &mut [Draft],
+        drafts: &mut Drafts,
         op: u32,
         parked: Parked,
     ) {
@@ -589,7 +585,12 @@ impl DepGraph {
             .filter(|edge| self.is_live(edge) && !parked.still_serves(edge.why))
             .map(|edge| edge.from)
             .collect();
-        drafts[op as usize] = parked.draft;
+        let draft = &mut drafts.ops[op as usize];
+        draft.kind = parked.kind;
+        draft.synced = parked.synced;
+        if parked.park != Park::SyncedOnly {
+            drafts.after[op as usize] = None;
+        }
         match parked.park {
             Park::SyncedOnly => self.detached[op as usize] = true,
             Park::InTarget | Park::InPlace | Park::InRoot => self.parked[op as usize] = true,
@@ -598,14 +599,8 @@ impl DepGraph {
             self.edges[edge as usize].live = false;
         }
         self.drop_with_dependents(doomed);
-        if !waits_of(
-            trees,
-            index,
-            policy,
-            (op, &drafts[op as usize]),
-            &mut self.edges,
-            &self.dropped,
-        ) {
+        let draft = (op, &drafts.ops[op as usize], drafts.after[op as usize]);
+        if !waits_of(trees, index, policy, draft, &mut self.edges, &self.dropped) {
             self.drop_with_dependents([op]);
         }
     }
@@ -655,7 +650,7 @@ impl DepGraph {
     fn brake<T: TreeView>(
         &mut self,
         trees: &Trees<'_, T>,
-        drafts: &[Draft],
+        drafts: &[PlannedOp],
         ctx: &PlanContext<'_>,
     ) -> Vec<HeldDelete> {
         let deletes: Vec<u32> = (0..drafts.len() as u32)
@@ -692,24 +687,28 @@ impl DepGraph {
         held
     }
 
-    /// The live ops in dependency order, renumbered.
+    /// The live ops in dependency order, renumbered. The ops are ordered in place: a plan over a
+    /// million changes does not copy them once more.
     fn into_plan(
         self,
-        drafts: Vec<Draft>,
+        mut ops: Vec<PlannedOp>,
         held_deletes: Vec<HeldDelete>,
         reported: Vec<Report>,
     ) -> Plan {
-        let ops = drafts.len();
-        let mut waiting = vec![0u32; ops];
+        let count = ops.len();
+        let mut waiting = vec![0u32; count];
         for edge in self.edges.iter().filter(|edge| self.is_live(edge)) {
             waiting[edge.from as usize] += 1;
         }
-        let mut ready: VecDeque<u32> = (0..ops as u32)
+        let mut ready: VecDeque<u32> = (0..count as u32)
             .filter(|&op| !self.dropped[op as usize] && waiting[op as usize] == 0)
             .collect();
-        let mut order = Vec::with_capacity(ops);
+        // Where each op goes: live ops in dependency order, then the dropped ones (cut off below).
+        let mut position = vec![u32::MAX; count];
+        let mut placed = 0u32;
         while let Some(op) = ready.pop_front() {
-            order.push(op);
+            position[op as usize] = placed;
+            placed += 1;
             for &edge in self.awaited.of(op) {
                 let edge = self.edges[edge as usize];
                 if self.is_live(&edge) {
@@ -720,41 +719,42 @@ impl DepGraph {
                 }
             }
         }
+        let live = placed as usize;
         debug_assert_eq!(
-            order.len(),
+            live,
             self.dropped.iter().filter(|dropped| !**dropped).count(),
             "cycle left"
         );
-        let mut new_id = vec![u32::MAX; ops];
-        for (position, &op) in order.iter().enumerate() {
-            new_id[op as usize] = position as u32;
+        for op in 0..count {
+            if position[op] == u32::MAX {
+                position[op] = placed;
+                placed += 1;
+                continue;
+            }
+            let mut deps: Vec<OpId> = self
+                .waits
+                .of(op as u32)
+                .iter()
+                .map(|&edge| self.edges[edge as usize])
+                .filter(|edge| self.is_live(edge))
+                .map(|edge| OpId(position[edge.on as usize]))
+                .collect();
+            deps.sort_unstable();
+            deps.dedup();
+            ops[op].id = OpId(position[op]);
+            ops[op].deps = deps;
         }
-        let mut drafts: Vec<Option<Draft>> = drafts.into_iter().map(Some).collect();
-        let planned = order
-            .iter()
-            .enumerate()
-            .map(|(position, &op)| {
-                let mut deps: Vec<OpId> = self
-                    .waits
-                    .of(op)
-                    .iter()
-                    .map(|&edge| self.edges[edge as usize])
-                    .filter(|edge| self.is_live(edge))
-                    .map(|edge| OpId(new_id[edge.on as usize]))
-                    .collect();
-                deps.sort_unstable();
-                deps.dedup();
-                let draft = drafts[op as usize].take().expect("each op is planned once");
-                PlannedOp {
-                    id: OpId(position as u32),
-                    deps,
-                    kind: draft.kind,
-                    synced: draft.synced,
-                }
-            })
-            .collect();
+        // Apply the permutation by cycles: each swap puts one op in its final place.
+        for start in 0..count {
+            while position[start] as usize != start {
+                let target = position[start] as usize;
+                ops.swap(start, target);
+                position.swap(start, target);
+            }
+        }
+        ops.truncate(live);
         Plan {
-            ops: planned,
+            ops,
             held_deletes,
             reported,
         }
@@ -911,9 +911,11 @@ enum Park {
     SyncedOnly,
 }
 
-/// A move turned into a move to a temporary name.
+/// An op changed to break a dependency cycle. Parks drop the op's [`Drafts::after`]; a detached op
+/// keeps it.
 struct Parked {
-    draft: Draft,
+    kind: OpKind,
+    synced: SyncedChange,
     park: Park,
     /// The trees in which the parked op still frees the node's current name.
     vacates: Vec<TreeRole>,
@@ -942,7 +944,7 @@ impl Parked {
 fn detached<T: TreeView>(
     trees: &Trees<'_, T>,
     index: &EffectIndex,
-    draft: &Draft,
+    draft: &PlannedOp,
 ) -> Option<Parked> {
     let synced = match &draft.synced {
         SyncedChange::Put(Node { id, .. }) | SyncedChange::Place { id, .. } => {
@@ -972,11 +974,8 @@ fn detached<T: TreeView>(
         .chain((synced != SyncedChange::Unchanged).then_some(TreeRole::Synced))
         .collect();
     Some(Parked {
-        draft: Draft {
-            kind: draft.kind.clone(),
-            synced,
-            after: draft.after,
-        },
+        kind: draft.kind.clone(),
+        synced,
         park: Park::SyncedOnly,
         vacates,
     })
@@ -990,7 +989,7 @@ fn detached<T: TreeView>(
 fn parked<T: TreeView>(
     trees: &Trees<'_, T>,
     index: &EffectIndex,
-    draft: &Draft,
+    draft: &PlannedOp,
     park: Park,
 ) -> Option<Parked> {
     let (role, id, target) = match &draft.kind {
@@ -1045,11 +1044,8 @@ fn parked<T: TreeView>(
         .chain((synced != SyncedChange::Unchanged).then_some(TreeRole::Synced))
         .collect();
     Some(Parked {
-        draft: Draft {
-            kind,
-            synced,
-            after: None,
-        },
+        kind,
+        synced,
         park,
         vacates,
     })

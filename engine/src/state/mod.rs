@@ -8,6 +8,7 @@
 //! Submodules: [`schema`] (tables, migrations), [`trees`] (row ⇄ node, the planner's `TreeView`),
 //! [`local`] (the mutations the mount makes), [`pull`] (applying the server's journal to REMOTE).
 
+pub mod bootstrap;
 pub mod local;
 pub mod outcomes;
 pub mod pull;
@@ -113,20 +114,46 @@ impl State {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(err)?;
-        let txn = Txn { tx, path: &path };
+        let txn = Txn {
+            tx: TxHandle::Own(tx),
+            path: &path,
+        };
         let value = f(&txn)?;
-        txn.tx.commit().map_err(err)?;
+        if let TxHandle::Own(tx) = txn.tx {
+            tx.commit().map_err(err)?;
+        }
         Ok(value)
     }
 
-    /// Runs `f` in a read transaction: a consistent view, no writes expected.
+    /// Runs `f` in a read transaction: a consistent view, no writes expected. Inside another read
+    /// (see [`State::reading`]) it joins that one.
     pub fn read<T, E: From<StateError>>(&self, f: impl FnOnce(&Txn<'_>) -> Result<T, E>) -> Result<T, E> {
+        if !self.conn.is_autocommit() {
+            // Only reads can be open here (a write transaction borrows the state mutably): the
+            // enclosing read's snapshot serves this one too.
+            return f(&Txn {
+                tx: TxHandle::Enclosing(&self.conn),
+                path: &self.path,
+            });
+        }
         let tx = self.conn.unchecked_transaction().map_err(|e| self.sql_err(e))?;
-        let txn = Txn { tx, path: &self.path };
+        let txn = Txn {
+            tx: TxHandle::Own(tx),
+            path: &self.path,
+        };
         let value = f(&txn);
         // Nothing was written: ending the transaction either way releases the snapshot.
-        let _ = txn.tx.rollback();
+        if let TxHandle::Own(tx) = txn.tx {
+            let _ = tx.rollback();
+        }
         value
+    }
+
+    /// Runs `f` with `self` inside one read transaction, so that everything it reads through the
+    /// state (tree views, [`State::read`]) sees one snapshot and SQLite takes its locks once rather
+    /// than once per statement (a plan makes millions of point reads).
+    pub fn reading<T, E: From<StateError>>(&self, f: impl FnOnce(&State) -> Result<T, E>) -> Result<T, E> {
+        self.read(|_| f(self))
     }
 
     /// A read-only view of one tree.
@@ -209,10 +236,27 @@ impl State {
     }
 }
 
-/// One write transaction of the state database.
+/// One transaction of the state database (a write, or a read from [`State::read`]).
 pub struct Txn<'a> {
-    tx: rusqlite::Transaction<'a>,
+    tx: TxHandle<'a>,
     path: &'a Path,
+}
+
+/// The transaction a [`Txn`] runs in: its own, or the enclosing read it joined.
+enum TxHandle<'a> {
+    Own(rusqlite::Transaction<'a>),
+    Enclosing(&'a Connection),
+}
+
+impl std::ops::Deref for TxHandle<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            TxHandle::Own(tx) => tx,
+            TxHandle::Enclosing(conn) => conn,
+        }
+    }
 }
 
 impl Txn<'_> {

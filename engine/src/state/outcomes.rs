@@ -49,7 +49,12 @@ impl Txn<'_> {
                     debug_assert!(false, "SYNCED lacks {id} for a SetAttrs change");
                 }
             }
-            SyncedChange::Remove(id) => self.remove_node(Table::Synced, *id)?,
+            SyncedChange::Remove(id) => {
+                self.remove_node(Table::Synced, *id)?;
+                self.conn()
+                    .execute("DELETE FROM confirmed_deletes WHERE id = ?1", [&id.to_bytes()[..]])
+                    .map_err(|e| self.err(e))?;
+            }
             SyncedChange::Reidentify { old, new } => {
                 if let Some(mut node) = synced.node(*old)? {
                     self.remove_node(Table::Synced, *old)?;
@@ -97,17 +102,73 @@ impl Txn<'_> {
         self.id_set("SELECT id FROM confirmed_deletes")
     }
 
-    /// Confirms (or, with `confirm = false`, rejects) every held delete. Rejected deletes are undone
-    /// by restoring the deleted side from the other (the next plan treats the node as changed).
-    pub fn resolve_held_deletes(&self, confirm: bool) -> StateResult<usize> {
-        let held = self.id_set("SELECT id FROM held_deletes")?;
-        for id in &held {
+    /// Lets these deletes through the brake from now on, and drops them from the held list.
+    pub fn confirm_deletes(&self, ids: &[NodeId]) -> StateResult<()> {
+        for id in ids {
+            let bytes = id.to_bytes();
+            self.conn()
+                .execute("INSERT OR IGNORE INTO confirmed_deletes (id) VALUES (?1)", [&bytes[..]])
+                .map_err(|e| self.err(e))?;
+            self.conn()
+                .execute("DELETE FROM held_deletes WHERE id = ?1", [&bytes[..]])
+                .map_err(|e| self.err(e))?;
+            self.mark_changed(*id)?;
+        }
+        Ok(())
+    }
+
+    /// The held deletes: (side that would lose the node, path).
+    pub fn held_deletes(&self) -> StateResult<Vec<(String, String)>> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT side, path FROM held_deletes ORDER BY path")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Confirms every held delete (the brake lets them through), or rejects them: a node deleted here
+    /// comes back from SYNCED (a placeholder of the last agreed state); a node deleted on the server
+    /// stays here under a new id, and is uploaded again as a new node. `fresh_id` mints ids.
+    pub fn resolve_held_deletes(&self, confirm: bool, mut fresh_id: impl FnMut() -> NodeId) -> StateResult<usize> {
+        let held: Vec<(Vec<u8>, String)> = {
+            let mut stmt = self
+                .conn()
+                .prepare("SELECT id, side FROM held_deletes")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        let mut restore = Vec::new();
+        for (bytes, side) in &held {
+            let id = NodeId::from_bytes(bytes).ok_or_else(|| self.corrupt("an id that is not 16 bytes"))?;
             if confirm {
                 self.conn()
-                    .execute("INSERT OR IGNORE INTO confirmed_deletes (id) VALUES (?1)", [&id.to_bytes()[..]])
+                    .execute("INSERT OR IGNORE INTO confirmed_deletes (id) VALUES (?1)", [&bytes[..]])
                     .map_err(|e| self.err(e))?;
+            } else if side == "remote" {
+                if let Some(node) = self.tree(Table::Synced).node(id)? {
+                    restore.push(node);
+                }
+            } else if self.local_by_id(id).map_err(|e| self.corrupt(&e.to_string()))?.is_some() {
+                let new = fresh_id();
+                self.reidentify_local(id, new)?;
+                self.mark_changed(new)?;
             }
-            self.mark_changed(*id)?;
+            self.mark_changed(id)?;
+        }
+        // Parents before children: restore in depth order.
+        let synced = self.tree(Table::Synced);
+        let mut by_depth = Vec::new();
+        for node in restore {
+            let depth = synced.path_of(node.id)?.map_or(0, |p| p.matches('/').count());
+            by_depth.push((depth, node));
+        }
+        by_depth.sort_by_key(|(depth, _)| *depth);
+        for (_, node) in by_depth {
+            if self.local_by_id(node.id).map_err(|e| self.corrupt(&e.to_string()))?.is_none() {
+                self.insert_local(&node)?;
+            }
         }
         self.conn().execute("DELETE FROM held_deletes", []).map_err(|e| self.err(e))?;
         Ok(held.len())

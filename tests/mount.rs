@@ -1,0 +1,404 @@
+//! Real mounts (FUSE, as root) against a real `bvfs serve` process, driven with plain syscalls and
+//! shell tools: two devices converge, conflicts keep both versions, placeholders cost no downloads,
+//! reads hydrate only what they touch, the cache keeps its limit, offline behaves, kill -9 loses
+//! nothing fsynced, and git and SQLite work inside the mount.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A server with one user and two device tokens.
+struct Setup {
+    _dir: tempfile::TempDir,
+    server: ServerProcess,
+    tokens: [String; 2],
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let tokens = [add_user(&data, "alice", "laptop"), add_user(&data, "alice", "desktop")];
+    let server = ServerProcess::start(&data, &[]);
+    Setup { _dir: dir, server, tokens }
+}
+
+impl Setup {
+    fn mount(&self, device: usize, extra: &[&str]) -> MountProcess {
+        let name = ["laptop", "desktop"][device];
+        MountProcess::start(&self.server.url, &self.tokens[device], name, extra)
+    }
+}
+
+fn sh(dir: &std::path::Path, script: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{script}` failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn xattr(path: &std::path::Path, name: &str) -> String {
+    let out = Command::new("getfattr").args(["--only-values", "-n", name]).arg(path).output().unwrap();
+    assert!(out.status.success(), "getfattr {name}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Cached chunks of a mount (files named by a 64-hex-digit BLAKE3 id) and their total size.
+fn chunk_files(mount: &MountProcess) -> (usize, u64) {
+    let mut count = 0;
+    let mut bytes = 0;
+    let Ok(shards) = fs::read_dir(mount.data.join("chunks/chunks")) else { return (0, 0) };
+    for shard in shards.flatten().filter(|e| e.path().is_dir()) {
+        for chunk in fs::read_dir(shard.path()).unwrap().flatten() {
+            let name = chunk.file_name();
+            if name.len() == 64 && name.to_string_lossy().chars().all(|c| c.is_ascii_hexdigit()) {
+                count += 1;
+                bytes += chunk.metadata().unwrap().len();
+            }
+        }
+    }
+    (count, bytes)
+}
+
+#[test]
+fn edits_at_depth_reach_the_other_device() {
+    let s = setup();
+    let a = s.mount(0, &[]);
+    let b = s.mount(1, &[]);
+    fs::create_dir_all(a.path("projects/alpha/src")).unwrap();
+    fs::write(a.path("projects/alpha/src/main.rs"), b"fn main() {}\n").unwrap();
+    fs::write(a.path("projects/alpha/README"), b"alpha").unwrap();
+    fs::set_permissions(a.path("projects/alpha/README"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("src/main.rs", a.path("projects/alpha/link")).unwrap();
+    eventually(20, "B sees A's tree", || fs::read(b.path("projects/alpha/src/main.rs")).is_ok());
+    assert_eq!(fs::read(b.path("projects/alpha/src/main.rs")).unwrap(), b"fn main() {}\n");
+    eventually(10, "the executable bit", || {
+        fs::metadata(b.path("projects/alpha/README")).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+    });
+    assert_eq!(fs::read_link(b.path("projects/alpha/link")).unwrap().to_str(), Some("src/main.rs"));
+
+    // B edits, renames a directory (O(1), no download), and deletes; A follows.
+    fs::write(b.path("projects/alpha/src/main.rs"), b"fn main() { println!(\"hi\"); }\n").unwrap();
+    fs::rename(b.path("projects/alpha"), b.path("projects/beta")).unwrap();
+    fs::remove_file(b.path("projects/beta/README")).unwrap();
+    eventually(20, "A sees the rename", || a.path("projects/beta/src/main.rs").exists());
+    eventually(20, "A sees the edit", || {
+        fs::read(a.path("projects/beta/src/main.rs")).is_ok_and(|d| d == b"fn main() { println!(\"hi\"); }\n")
+    });
+    eventually(20, "A sees the delete", || !a.path("projects/beta/README").exists());
+    assert!(!a.path("projects/alpha").exists());
+
+    // Shell tools work as on a disk: tar, find, mv, rm -r.
+    sh(&a.mountpoint, "mkdir -p t && tar -C /usr/share/doc -cf - dpkg | tar -C t -xf - && find t -type f | wc -l");
+    let count_a = sh(&a.mountpoint, "find t -type f | wc -l");
+    eventually(30, "B sees the untarred tree", || {
+        Command::new("sh")
+            .arg("-c")
+            .arg("find t -type f | wc -l")
+            .current_dir(&b.mountpoint)
+            .output()
+            .is_ok_and(|o| o.stdout == count_a.as_bytes())
+    });
+    sh(&b.mountpoint, "mv t t2 && rm -r t2");
+    // Removing most of the namespace engages the bulk-delete brake: B holds the deletes until the
+    // user confirms them on the mount's root.
+    eventually(20, "B holds the deletes", || xattr(&b.mountpoint, "user.bvfs.held-deletes").contains("/t/"));
+    assert!(a.path("t").exists(), "held deletes must not reach the other device");
+    sh(&b.mountpoint, "setfattr -n user.bvfs.held-deletes -v confirm .");
+    eventually(30, "A sees the removal", || !a.path("t").exists() && !a.path("t2").exists());
+
+    // POSIX errors where POSIX says so.
+    let err = fs::remove_dir(a.path("projects")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTEMPTY));
+    let err = fs::create_dir(a.path("projects")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EEXIST));
+    let err = fs::read_dir(a.path("projects/beta/src/main.rs")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR));
+    let err = fs::write(a.path(&"x".repeat(300)), b"").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
+    let err = fs::hard_link(a.path("projects/beta/src/main.rs"), a.path("hardlink")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+}
+
+#[test]
+fn concurrent_edits_make_exactly_one_conflicted_copy() {
+    let s = setup();
+    let a = s.mount(0, &[]);
+    let b = s.mount(1, &[]);
+    fs::write(a.path("shared.txt"), b"base").unwrap();
+    eventually(20, "B has the file", || fs::read(b.path("shared.txt")).is_ok_and(|d| d == b"base"));
+    // Take B offline from A's changes by editing both before either syncs: stop nothing, just race.
+    fs::write(a.path("shared.txt"), b"laptop version").unwrap();
+    fs::write(b.path("shared.txt"), b"desktop version").unwrap();
+    let copies = |m: &MountProcess| -> Vec<String> {
+        fs::read_dir(&m.mountpoint)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("conflicted copy"))
+            .collect()
+    };
+    eventually(30, "both devices show one conflicted copy", || copies(&a).len() == 1 && copies(&b).len() == 1);
+    let copy = copies(&a).pop().unwrap();
+    let mut versions = vec![
+        fs::read(a.path("shared.txt")).unwrap(),
+        fs::read(a.path(&copy)).unwrap(),
+    ];
+    versions.sort();
+    assert_eq!(versions, vec![b"desktop version".to_vec(), b"laptop version".to_vec()], "no bytes lost");
+    eventually(20, "B agrees", || {
+        fs::read(b.path("shared.txt")).ok() == fs::read(a.path("shared.txt")).ok()
+            && fs::read(b.path(&copy)).ok() == fs::read(a.path(&copy)).ok()
+    });
+}
+
+#[test]
+fn placeholders_and_ranged_hydration() {
+    let s = setup();
+    let a = s.mount(0, &[]);
+    // A 1 GiB file and a tree of small ones, written on A.
+    {
+        let mut f = fs::File::create(a.path("big.bin")).unwrap();
+        for i in 0..128u64 {
+            f.write_all(&random_bytes(8 << 20, i + 1)).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    sh(&a.mountpoint, "mkdir -p tree && for i in $(seq 1 200); do echo file $i > tree/f$i.txt; done");
+    let b = s.mount(1, &[]);
+    eventually(120, "B lists everything", || {
+        fs::metadata(b.path("big.bin")).is_ok_and(|m| m.len() == 1 << 30)
+            && fs::read_dir(b.path("tree")).is_ok_and(|d| d.count() == 200)
+    });
+    // stat, ls -l, find and getfattr download nothing.
+    sh(&b.mountpoint, "ls -lR >/dev/null && find . -type f -exec stat {} + >/dev/null");
+    assert_eq!(xattr(&b.path("big.bin"), "user.bvfs.state"), "online-only");
+    assert_eq!(chunk_files(&b).0, 0, "listing and stat must not download chunks");
+
+    // 4 KiB at an offset of the 1 GiB file fetches only the chunks covering it.
+    let f = fs::File::open(b.path("big.bin")).unwrap();
+    let offset = 700 << 20;
+    let mut buf = vec![0; 4096];
+    f.read_exact_at(&mut buf, offset).unwrap();
+    let expected = &random_bytes(8 << 20, 700 / 8 + 1)[(offset as usize % (8 << 20))..][..4096];
+    assert_eq!(buf, expected);
+    let (chunks, bytes) = chunk_files(&b);
+    assert!(chunks >= 1 && chunks <= 4, "{chunks} chunks fetched for a 4 KiB read");
+    assert!(bytes <= 1 << 20, "{bytes} bytes fetched for a 4 KiB read");
+    assert_eq!(xattr(&b.path("big.bin"), "user.bvfs.state"), "partial");
+
+    // O_TRUNC downloads nothing.
+    let before = chunk_files(&b).0;
+    fs::write(b.path("big.bin"), b"small now").unwrap();
+    assert_eq!(chunk_files(&b).0, before, "truncating must not download");
+    eventually(30, "A sees the truncation", || fs::read(a.path("big.bin")).is_ok_and(|d| d == b"small now"));
+}
+
+#[test]
+fn cache_limit_pins_and_unsynced_data() {
+    let mut s = setup();
+    let a = s.mount(0, &[]);
+    for i in 0..8 {
+        fs::write(a.path(&format!("f{i}.bin")), random_bytes(1 << 20, 100 + i)).unwrap();
+    }
+    let b = s.mount(1, &["--cache-size", "3M"]);
+    eventually(30, "B lists the files", || (0..8).all(|i| b.path(&format!("f{i}.bin")).exists()));
+    // Pin one file: it is fetched and stays, whatever else is read.
+    sh(&b.mountpoint, "setfattr -n user.bvfs.pin -v 1 f0.bin");
+    assert_eq!(xattr(&b.path("f0.bin"), "user.bvfs.pin"), "1");
+    eventually(20, "the pinned file is fetched", || {
+        let (count, bytes) = chunk_files(&b);
+        count > 0 && bytes >= 1 << 20
+    });
+    for i in 1..8 {
+        assert_eq!(fs::read(b.path(&format!("f{i}.bin"))).unwrap(), random_bytes(1 << 20, 100 + i));
+    }
+    let (_, bytes) = chunk_files(&b);
+    assert!(bytes <= 3 << 20, "the cache holds {bytes} bytes over its 3 MiB limit");
+    // Unsynced data lives in the materialized copy, outside the cache's eviction.
+    fs::write(b.path("unsynced.bin"), random_bytes(2 << 20, 9)).unwrap();
+    // With the server gone, the pinned file still reads in full; an evicted one does not.
+    s.server.terminate();
+    assert_eq!(fs::read(b.path("f0.bin")).unwrap(), random_bytes(1 << 20, 100));
+    assert_eq!(xattr(&b.path("f0.bin"), "user.bvfs.state"), "pinned");
+    assert_eq!(fs::read(b.path("unsynced.bin")).unwrap(), random_bytes(2 << 20, 9));
+    // The files read first were evicted to keep the limit (the kernel may still have their pages).
+    let cached = |i: u64| {
+        let manifest = bvfs_engine::chunking::chunk_bytes(&random_bytes(1 << 20, 100 + i), Default::default());
+        manifest.chunks.iter().all(|c| {
+            let hex = c.id.to_hex();
+            b.data.join("chunks/chunks").join(&hex[..2]).join(&hex).exists()
+        })
+    };
+    assert!(cached(0), "the pinned file stays cached");
+    assert!(!cached(1), "the least recently read file was evicted");
+}
+
+#[test]
+fn offline_reads_fail_fast_and_writes_catch_up() {
+    let mut s = setup();
+    let a = s.mount(0, &[]);
+    fs::write(a.path("local.txt"), b"hydrated").unwrap();
+    fs::write(a.path("remote.bin"), random_bytes(300_000, 7)).unwrap();
+    let b = s.mount(1, &[]);
+    eventually(20, "B has both", || b.path("remote.bin").exists() && b.path("local.txt").exists());
+    assert_eq!(fs::read(b.path("local.txt")).unwrap(), b"hydrated");
+    let port = s.server.url.rsplit(':').next().unwrap().to_string();
+    s.server.terminate();
+
+    // Hydrated files stay readable and writable; new files can be made.
+    assert_eq!(fs::read(b.path("local.txt")).unwrap(), b"hydrated");
+    fs::write(b.path("local.txt"), b"edited offline").unwrap();
+    fs::write(b.path("new offline.txt"), b"made offline").unwrap();
+    // Bytes that were never fetched fail fast with a clear errno, never hang.
+    let start = Instant::now();
+    let err = fs::read(b.path("remote.bin")).unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(3), "an offline read took {:?}", start.elapsed());
+    assert!(matches!(err.raw_os_error(), Some(libc::EIO) | Some(libc::ENETUNREACH)), "{err:?}");
+    eventually(5, "a log line names the file", || b.log().contains("remote.bin"));
+
+    // The server returns; everything catches up.
+    let server_dir = s.server.data.clone();
+    s.server = ServerProcess::start(&server_dir, &["--listen", &format!("127.0.0.1:{port}")]);
+    eventually(60, "A sees the offline edits", || {
+        fs::read(a.path("local.txt")).is_ok_and(|d| d == b"edited offline")
+            && fs::read(a.path("new offline.txt")).is_ok_and(|d| d == b"made offline")
+    });
+    assert_eq!(fs::read(b.path("remote.bin")).unwrap(), random_bytes(300_000, 7));
+}
+
+#[test]
+fn kill_9_loses_nothing_that_was_fsynced() {
+    let s = setup();
+    let mut a = s.mount(0, &[]);
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let name = format!("doc{i}.txt");
+        let mut f = fs::File::create(a.path(&name)).unwrap();
+        f.write_all(format!("version {i}").as_bytes()).unwrap();
+        f.sync_all().unwrap();
+        acked.push((name, format!("version {i}")));
+    }
+    // Rewrite one in place and fsync without closing, then kill the daemon.
+    let mut f = fs::OpenOptions::new().write(true).open(a.path("doc3.txt")).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(b"VERSION 3").unwrap();
+    f.sync_all().unwrap();
+    acked[3].1 = "VERSION 3".into();
+    a.kill9_and_remount(&s.server.url, &s.tokens[0], "laptop");
+    drop(f);
+    for (name, content) in &acked {
+        assert_eq!(fs::read_to_string(a.path(name)).unwrap(), *content, "{name}");
+    }
+    // And they reach the other device.
+    let b = s.mount(1, &[]);
+    eventually(30, "B has every fsynced version", || {
+        acked
+            .iter()
+            .all(|(name, content)| fs::read_to_string(b.path(name)).is_ok_and(|c| c == *content))
+    });
+}
+
+#[test]
+fn git_and_sqlite_work_inside_the_mount() {
+    let s = setup();
+    let a = s.mount(0, &[]);
+    let b = s.mount(1, &[]);
+    let work = tempfile::tempdir().unwrap();
+    if Command::new("git").arg("--version").output().is_ok() {
+        sh(
+            work.path(),
+            "git init -q src && cd src && git config user.email t@e && git config user.name t \
+             && for i in 1 2 3; do echo $i > f$i; git add f$i; git commit -qm c$i; done",
+        );
+        sh(&a.mountpoint, &format!("git clone -q {}/src repo", work.path().display()));
+        let head = sh(&a.path("repo"), "git rev-parse HEAD");
+        eventually(60, "B has the clone", || b.path("repo/.git/HEAD").exists() && b.path("repo/f3").exists());
+        eventually(60, "git status is clean on B", || {
+            Command::new("git")
+                .args(["-c", "safe.directory=*", "status", "--porcelain"])
+                .current_dir(b.path("repo"))
+                .output()
+                .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
+        });
+        assert_eq!(sh(&b.path("repo"), "git -c safe.directory='*' rev-parse HEAD"), head);
+    }
+
+    // SQLite, through the mount, then checked on the other device.
+    {
+        let db = rusqlite::Connection::open(a.path("app.db")).unwrap();
+        db.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);").unwrap();
+        for i in 0..500 {
+            db.execute("INSERT INTO t (v) VALUES (?1)", [format!("row {i}")]).unwrap();
+        }
+    }
+    eventually(60, "B has the database", || {
+        fs::metadata(b.path("app.db")).ok().map(|m| m.len()) == fs::metadata(a.path("app.db")).ok().map(|m| m.len())
+            && fs::read(b.path("app.db")).ok() == fs::read(a.path("app.db")).ok()
+    });
+    let db = rusqlite::Connection::open_with_flags(b.path("app.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    let rows: i64 = db.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 500);
+
+    // Shared mmap writes land in the file.
+    {
+        let f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(a.path("mapped")).unwrap();
+        f.set_len(4096).unwrap();
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        unsafe {
+            std::ptr::copy_nonoverlapping(b"written through mmap".as_ptr(), ptr as *mut u8, 20);
+            libc::msync(ptr, 4096, libc::MS_SYNC);
+            libc::munmap(ptr, 4096);
+        }
+    }
+    let mut content = Vec::new();
+    fs::File::open(a.path("mapped")).unwrap().read_to_end(&mut content).unwrap();
+    assert_eq!(&content[..20], b"written through mmap");
+    eventually(30, "B sees the mmap write", || fs::read(b.path("mapped")).is_ok_and(|d| d.starts_with(b"written through mmap")));
+}
+
+#[test]
+fn remount_keeps_inodes_and_cleans_a_stale_mount() {
+    let s = setup();
+    let mut a = s.mount(0, &[]);
+    fs::create_dir(a.path("d")).unwrap();
+    fs::write(a.path("d/f"), b"x").unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(a.path("d/f")).unwrap());
+    a.kill9_and_remount(&s.server.url, &s.tokens[0], "laptop");
+    let again = std::os::unix::fs::MetadataExt::ino(&fs::metadata(a.path("d/f")).unwrap());
+    assert_eq!(ino, again, "inode numbers are stable across remounts");
+}
