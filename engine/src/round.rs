@@ -330,12 +330,17 @@ impl Engine {
             .chunks(self.config.commit_batch.max(1))
             .zip(committed_ops.chunks(self.config.commit_batch.max(1)))
         {
+            self.record_inflight(ops)?;
             match self.remote.commit(wire.to_vec()).await {
                 Ok(response) => {
                     report.committed += ops.len();
                     self.record_commit(ops, &response)?;
                 }
                 Err(e @ RemoteError::Rejected { .. }) => {
+                    // Refused as a whole: nothing of it landed.
+                    self.state.lock().transaction(|t| {
+                        ops.iter().filter_map(|op| op.kind.node()).try_for_each(|id| t.clear_inflight(id))
+                    })?;
                     self.record_rejection(ops, &e)?;
                     report.more = true;
                     // Whatever changed on the server, the next round pulls it and plans again.
@@ -422,6 +427,36 @@ impl Engine {
         }
     }
 
+    /// Records what each op of a commit about to be sent should leave on the server.
+    fn record_inflight(&self, ops: &[&PlannedOp]) -> Result<(), RoundError> {
+        self.state.lock().transaction(|t| -> Result<(), EngineError> {
+            for op in ops {
+                let expected = match &op.kind {
+                    OpKind::RemoteCreate { node, .. } => Some(Some(node.clone())),
+                    OpKind::RemoteUpdate { id, attrs, .. } => t
+                        .tree(Table::Remote)
+                        .node(*id)?
+                        .map(|mut n| {
+                            n.attrs = attrs.clone();
+                            Some(n)
+                        }),
+                    OpKind::RemoteMove { id, parent, name, .. } => t.tree(Table::Remote).node(*id)?.map(|mut n| {
+                        n.parent = *parent;
+                        n.name = name.clone();
+                        Some(n)
+                    }),
+                    OpKind::RemoteDelete { .. } => Some(None),
+                    _ => None,
+                };
+                if let (Some(expected), Some(id)) = (expected, op.kind.node()) {
+                    t.record_inflight(id, &expected)?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     /// Records a successful commit: REMOTE and SYNCED take the committed states.
     fn record_commit(&self, ops: &[&PlannedOp], response: &v1::CommitResponse) -> Result<(), RoundError> {
         self.state.lock().transaction(|t| -> Result<(), EngineError> {
@@ -437,6 +472,7 @@ impl Engine {
                     t.put_node(Table::Remote, &node)?;
                 }
                 t.apply_synced(&op.synced, Some(node.revision))?;
+                t.clear_inflight(node.id)?;
                 t.clear_sync_error(node.id)?;
                 t.mark_changed(node.id)?;
             }

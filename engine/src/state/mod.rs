@@ -9,6 +9,7 @@
 //! [`local`] (the mutations the mount makes), [`pull`] (applying the server's journal to REMOTE).
 
 pub mod bootstrap;
+pub mod inflight;
 pub mod local;
 pub mod outcomes;
 pub mod pull;

@@ -55,8 +55,14 @@ impl Txn<'_> {
                 self.put_manifest(manifest)?;
             }
             match v1::ChangeKind::try_from(change.kind) {
-                Ok(v1::ChangeKind::Upsert) => self.put_node(Table::Remote, &node)?,
-                Ok(v1::ChangeKind::Delete) => self.remove_node(Table::Remote, node.id)?,
+                Ok(v1::ChangeKind::Upsert) => {
+                    self.put_node(Table::Remote, &node)?;
+                    self.adopt_if_inflight(node.id, Some(&node))?;
+                }
+                Ok(v1::ChangeKind::Delete) => {
+                    self.remove_node(Table::Remote, node.id)?;
+                    self.adopt_if_inflight(node.id, None)?;
+                }
                 _ => return Err(WireError(format!("change {} has an unknown kind", change.seq)).into()),
             }
             self.mark_changed(node.id)?;
@@ -86,6 +92,7 @@ impl Txn<'_> {
                 self.put_manifest(manifest)?;
             }
             self.put_node(Table::Remote, &node)?;
+            self.adopt_if_inflight(node.id, Some(&node))?;
             self.mark_changed(node.id)?;
         }
         match next_after {

@@ -51,6 +51,19 @@ CREATE TABLE materialized (
     content BLOB
 );
 
+-- Commits sent whose answer has not arrived: the state each op should leave its node in (deleted = 1
+-- for deletes). When the journal shows a node in exactly that state, the commit did land (its answer
+-- was lost): SYNCED takes that state instead of the planner seeing a conflict with ourselves.
+CREATE TABLE inflight (
+    id BLOB PRIMARY KEY,
+    parent BLOB,
+    name TEXT,
+    kind INTEGER,
+    content BLOB,
+    symlink TEXT,
+    deleted INTEGER NOT NULL
+) WITHOUT ROWID;
+
 -- Single values: cursor, snapshot progress, identity.
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 

@@ -51,6 +51,14 @@ fn kind_from_code(code: i64) -> Option<NodeKind> {
     }
 }
 
+pub(crate) fn kind_code_of(kind: NodeKind) -> i64 {
+    kind_code(kind)
+}
+
+pub(crate) fn kind_from_code_of(code: i64) -> Option<NodeKind> {
+    kind_from_code(code)
+}
+
 /// Reads a node from a row selected with [`NODE_COLUMNS`]; `None` if the row is malformed.
 pub(crate) fn node_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Node>> {
     let id: Vec<u8> = row.get(0)?;
