@@ -205,7 +205,7 @@ fn placeholders_and_ranged_hydration() {
     let expected = &random_bytes(8 << 20, 700 / 8 + 1)[(offset as usize % (8 << 20))..][..4096];
     assert_eq!(buf, expected);
     let (chunks, bytes) = chunk_files(&b);
-    assert!(chunks >= 1 && chunks <= 4, "{chunks} chunks fetched for a 4 KiB read");
+    assert!((1..=4).contains(&chunks), "{chunks} chunks fetched for a 4 KiB read");
     assert!(bytes <= 1 << 20, "{bytes} bytes fetched for a 4 KiB read");
     assert_eq!(xattr(&b.path("big.bin"), "user.bvfs.state"), "partial");
 
@@ -416,4 +416,81 @@ fn remount_keeps_inodes_and_cleans_a_stale_mount() {
     a.kill9_and_remount(&s.server.url, &s.tokens[0], "laptop");
     let again = std::os::unix::fs::MetadataExt::ino(&fs::metadata(a.path("d/f")).unwrap());
     assert_eq!(ino, again, "inode numbers are stable across remounts");
+}
+
+/// Paths, kinds and content digests of a tree.
+fn tree_digest(root: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+                out.push((rel, "dir".into()));
+            } else if meta.is_symlink() {
+                out.push((rel, format!("-> {}", fs::read_link(&path).unwrap().display())));
+            } else {
+                out.push((rel, blake3::hash(&fs::read(&path).unwrap()).to_hex().to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn stress_run_ends_clean_and_the_data_verifies() {
+    let s = setup();
+    let a = s.mount(0, &[]);
+    let b = s.mount(1, &[]);
+    fs::create_dir(a.path("keep")).unwrap();
+    for i in 0..30 {
+        fs::write(a.path(&format!("keep/{i}.bin")), random_bytes(1000 + i * 3000, 500 + i as u64)).unwrap();
+    }
+    fs::create_dir(a.path("dbench")).unwrap();
+    fs::create_dir(a.path("stress")).unwrap();
+    let dbench = Command::new("dbench")
+        .args(["-D"])
+        .arg(a.path("dbench"))
+        .args(["-t", "10", "2"])
+        .output()
+        .expect("dbench is installed by scripts/test.sh");
+    assert!(dbench.status.success(), "dbench failed:\n{}", String::from_utf8_lossy(&dbench.stdout));
+    let stress = Command::new("stress-ng")
+        .arg("--temp-path")
+        .arg(a.path("stress"))
+        .args(["--hdd", "2", "--hdd-bytes", "4M", "--dir", "1", "--rename", "1", "--seek", "1", "--verify", "-t", "10s"])
+        .output()
+        .expect("stress-ng is installed by scripts/test.sh");
+    assert!(
+        stress.status.success(),
+        "stress-ng failed:\n{}{}",
+        String::from_utf8_lossy(&stress.stdout),
+        String::from_utf8_lossy(&stress.stderr)
+    );
+    // The data written before is intact, and the other device ends with exactly the same tree.
+    for i in 0..30 {
+        assert_eq!(fs::read(a.path(&format!("keep/{i}.bin"))).unwrap(), random_bytes(1000 + i * 3000, 500 + i as u64));
+    }
+    // If the benchmarks' clean-up deletes engage the bulk-delete brake, confirm them as a user would.
+    let expected = tree_digest(&a.mountpoint);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if !xattr(&a.mountpoint, "user.bvfs.held-deletes").is_empty() {
+            sh(&a.mountpoint, "setfattr -n user.bvfs.held-deletes -v confirm .");
+        }
+        let got = tree_digest(&b.mountpoint);
+        if got == expected {
+            break;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<_> = expected.iter().filter(|e| !got.contains(e)).take(10).collect();
+            let extra: Vec<_> = got.iter().filter(|e| !expected.contains(e)).take(10).collect();
+            panic!("B did not converge with A: missing {missing:?}, extra {extra:?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -68,11 +68,25 @@ impl From<crate::state::pull::PullError> for RoundError {
     }
 }
 
-/// Page sizes of pulls. Each page is one transaction, so a first sync of a large namespace wants large
-/// snapshot pages (the server's maximum): fewer commits, and fewer WAL checkpoints rewriting the same
-/// pages.
+/// Page sizes of pulls. Snapshot pages are the server's maximum: a first sync of a large namespace
+/// wants few, large requests.
 const CHANGES_PAGE: u32 = 1_000;
 const SNAPSHOT_PAGE: u32 = 50_000;
+/// Snapshot nodes applied per transaction: every transaction writes each index page it touched to the
+/// WAL, and REMOTE's index by (parent, name) is touched all over by every page, so a first sync of a
+/// million nodes spends about 3× less in SQLite with 200,000 nodes per transaction than with 50,000.
+const SNAPSHOT_BATCH: usize = 200_000;
+/// Snapshot pages fetched ahead of the one being applied.
+const SNAPSHOT_AHEAD: usize = 2;
+
+/// Aborts a background task when its owner is dropped (a round cancelled mid-pull).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 impl Engine {
     /// Runs one round: pull, plan, execute. Errors leave everything consistent; call again later.
@@ -126,7 +140,7 @@ impl Engine {
                 return Ok(applied);
             }
             if let Some(at) = snapshot_at {
-                applied += self.pull_snapshot_page(at).await?;
+                applied += self.pull_snapshot(at).await?;
                 continue;
             }
             let page = match self.remote.list_changes(cursor, CHANGES_PAGE).await {
@@ -165,24 +179,88 @@ impl Engine {
         Ok(())
     }
 
-    async fn pull_snapshot_page(&self, at: u64) -> Result<usize, RoundError> {
+    /// Pulls the rest of the snapshot at `at` into REMOTE. Pages are fetched in order by a task that
+    /// runs ahead (so the server's work overlaps ours) and applied [`SNAPSHOT_BATCH`] nodes per
+    /// transaction, each recording how far it got, so a crash resumes after the last one. Returns how
+    /// many nodes were applied.
+    async fn pull_snapshot(&self, at: u64) -> Result<usize, RoundError> {
         let after = self
             .state
             .lock()
             .read(|t| t.meta_blob(SNAPSHOT_AFTER))?
             .unwrap_or_default();
-        let page = self.remote.snapshot(at, after, SNAPSHOT_PAGE).await?;
-        let next = if page.next_after_id.is_empty() {
-            None
-        } else {
-            Some(crate::wire::node_id(&page.next_after_id).map_err(|e| EngineError::Io(std::io::Error::other(e)))?)
-        };
-        let count = page.nodes.len();
-        self.state
-            .lock()
-            .transaction(|t| t.apply_snapshot_page(&page.nodes, next))?
-            .map_err(|e| EngineError::Io(std::io::Error::other(e)))?;
-        Ok(count)
+        let (pages_tx, mut pages) = tokio::sync::mpsc::channel(SNAPSHOT_AHEAD);
+        let remote = self.remote.clone();
+        // Stops after the last page or the first failure; dropped (aborted) with this future.
+        let _fetcher = AbortOnDrop(tokio::spawn(async move {
+            let mut after = after;
+            loop {
+                let page = remote.snapshot(at, after, SNAPSHOT_PAGE).await;
+                let next = match &page {
+                    Ok(page) if !page.next_after_id.is_empty() => Some(page.next_after_id.clone()),
+                    _ => None,
+                };
+                if pages_tx.send(page).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(next) => after = next,
+                    None => return,
+                }
+            }
+        }));
+        let mut applied = 0;
+        loop {
+            let (mut batch, mut nodes, mut failure, mut complete) = (Vec::new(), 0, None, false);
+            while nodes < SNAPSHOT_BATCH {
+                match pages.recv().await {
+                    Some(Ok(page)) => {
+                        let next = if page.next_after_id.is_empty() {
+                            complete = true;
+                            None
+                        } else {
+                            Some(
+                                crate::wire::node_id(&page.next_after_id)
+                                    .map_err(|e| EngineError::Io(std::io::Error::other(e)))?,
+                            )
+                        };
+                        nodes += page.nodes.len();
+                        batch.push((page.nodes, next));
+                        if complete {
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        failure = Some(e);
+                        break;
+                    }
+                    None => {
+                        failure = Some(RemoteError::Unavailable("the snapshot fetch stopped early".into()));
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.state
+                    .lock()
+                    .transaction(|t| -> Result<_, crate::state::StateError> {
+                        for (nodes, next) in &batch {
+                            if let Err(e) = t.apply_snapshot_page(nodes, *next)? {
+                                return Ok(Err(e));
+                            }
+                        }
+                        Ok(Ok(()))
+                    })?
+                    .map_err(|e| EngineError::Io(std::io::Error::other(e)))?;
+                applied += nodes;
+            }
+            if let Some(e) = failure {
+                return Err(e.into());
+            }
+            if complete {
+                return Ok(applied);
+            }
+        }
     }
 
     /// Plans and applies the local side. Returns the plan when remote ops remain to run.

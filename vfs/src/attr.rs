@@ -88,9 +88,13 @@ impl Vfs {
         Ok(self.attr_of(&entry))
     }
 
-    /// `getattr`.
+    /// `getattr`, also for an inode unlinked while open.
     pub fn getattr(&self, ino: u64) -> VfsResult<Attr> {
-        Ok(self.attr_of(&self.entry(ino)?))
+        match self.entry(ino) {
+            Ok(entry) => Ok(self.attr_of(&entry)),
+            Err(Errno::ENOENT) => self.orphan_attr(ino).ok_or(Errno::ENOENT),
+            Err(e) => Err(e),
+        }
     }
 
     /// `readlink`.
@@ -109,7 +113,7 @@ impl Vfs {
             self.truncate(ino, size)?;
         }
         let executable = mode.map(|m| m & 0o111 != 0);
-        if executable.is_some() || mtime_ns.is_some() {
+        if (executable.is_some() || mtime_ns.is_some()) && self.entry(ino).is_ok() {
             self.engine.set_attrs(ino, executable, mtime_ns).map_err(Errno::from)?;
             if let Some(ns) = mtime_ns
                 && let Some(path) = self.engine.materialized_path(ino)

@@ -222,7 +222,11 @@ impl Vfs {
 
     /// Truncates (or extends) `ino` to `size`. Truncating to zero downloads nothing.
     pub(crate) fn truncate(&self, ino: u64, size: u64) -> VfsResult<()> {
-        if self.entry(ino)?.node.kind != NodeKind::File {
+        let entry = match self.entry(ino) {
+            Err(Errno::ENOENT) => return self.truncate_orphan(ino, size),
+            other => other?,
+        };
+        if entry.node.kind != NodeKind::File {
             return Err(Errno::EISDIR);
         }
         self.engine.open_writer(ino);
@@ -231,6 +235,54 @@ impl Vfs {
             .close_writer(ino, None, result.is_ok())
             .map_err(Errno::from)?;
         result
+    }
+}
+
+impl Vfs {
+    /// The attributes of an inode that was unlinked while open: POSIX keeps it usable through its
+    /// descriptors (`fstat`, `ftruncate`, reads and writes) until the last one closes.
+    pub(crate) fn orphan_attr(&self, ino: u64) -> Option<Attr> {
+        let handles: Vec<_> = self.handles.lock().values().cloned().collect();
+        for handle in handles {
+            let guard = handle.lock();
+            let Handle::File(file) = &*guard else { continue };
+            if file.ino != ino {
+                continue;
+            }
+            let (size, mtime) = match &file.source {
+                Source::Copy(f) => {
+                    let meta = f.metadata().ok()?;
+                    (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH))
+                }
+                Source::Chunks { manifest, .. } => (manifest.size, std::time::UNIX_EPOCH),
+            };
+            return Some(Attr {
+                ino,
+                size,
+                blocks: size.div_ceil(512),
+                mtime,
+                kind: crate::FileKind::File,
+                perm: 0o644,
+                nlink: 0,
+                uid: self.options.uid,
+                gid: self.options.gid,
+            });
+        }
+        None
+    }
+
+    /// Truncates an unlinked-but-open inode through one of its writable handles.
+    pub(crate) fn truncate_orphan(&self, ino: u64, size: u64) -> VfsResult<()> {
+        let handles: Vec<_> = self.handles.lock().values().cloned().collect();
+        for handle in handles {
+            let guard = handle.lock();
+            if let Handle::File(FileHandle { ino: i, source: Source::Copy(f), writable: true, .. }) = &*guard
+                && *i == ino
+            {
+                return Ok(f.set_len(size)?);
+            }
+        }
+        Err(Errno::ENOENT)
     }
 }
 

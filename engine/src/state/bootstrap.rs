@@ -12,7 +12,8 @@
 //!   no conflict, no delete, nothing for the bulk-delete brake;
 //! - the root is not pinned, so no placeholder inherits a pin or needs its content fetched
 //!   (`LocalCreate::fetch_content` is false for all of them, as for a non-resident parent);
-//! - no node is parked by sync errors (the executor would skip its ops);
+//! - no node is parked by sync errors (the executor would skip its ops), and no commit of ours is in
+//!   flight (its outcome, when it shows up, advances SYNCED);
 //! - the platform compares names byte for byte and every REMOTE name is valid on it (otherwise the
 //!   planner keeps some nodes remote-only or renames them);
 //! - every REMOTE node hangs from the root (the executor cannot place a node whose parent is missing).
@@ -56,7 +57,11 @@ impl Txn<'_> {
             || exists("SELECT EXISTS (SELECT 1 FROM synced WHERE id != ?1)")?
             || !exists("SELECT EXISTS (SELECT 1 FROM remote WHERE id != ?1)")?
             || conn
-                .query_row("SELECT EXISTS (SELECT 1 FROM sync_errors)", [], |r| r.get::<_, bool>(0))
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sync_errors) OR EXISTS (SELECT 1 FROM inflight)",
+                    [],
+                    |r| r.get::<_, bool>(0),
+                )
                 .map_err(err)?
         {
             return Ok(None);

@@ -11,6 +11,9 @@ use crate::model::{Node, NodeId};
 /// The state an op leaves its node in: `None` for a delete.
 pub type Expected = Option<Node>;
 
+/// An `inflight` row: parent, name, kind, content, symlink target, deleted.
+type InflightRow = (Option<Vec<u8>>, Option<String>, Option<i64>, Option<Vec<u8>>, Option<String>, bool);
+
 fn same_content_and_place(a: &Node, b: &Node) -> bool {
     a.parent == b.parent
         && a.name == b.name
@@ -55,7 +58,7 @@ impl Txn<'_> {
     /// Called for each journal change: if it is the outcome of our own unanswered commit, SYNCED
     /// takes it. `node` is the node after the change, `None` if the change deleted `id`.
     pub fn adopt_if_inflight(&self, id: NodeId, node: Option<&Node>) -> StateResult<()> {
-        let row: Option<(Option<Vec<u8>>, Option<String>, Option<i64>, Option<Vec<u8>>, Option<String>, bool)> = self
+        let row: Option<InflightRow> = self
             .conn()
             .prepare_cached("SELECT parent, name, kind, content, symlink, deleted FROM inflight WHERE id = ?1")
             .and_then(|mut s| {
