@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, installing first what the tests need on a Debian machine:
-# fuse3 and attr (real mounts, xattrs), b3sum (hash cross-checks). Run as root for the mount tests.
+# fuse3 and attr (real mounts, xattrs), dbench and stress-ng (stress runs on a mount), git (a clone
+# inside a mount), b3sum (hash cross-checks). Run as root: the mount tests mount FUSE filesystems.
 #
 #   scripts/test.sh [extra cargo-nextest/cargo-test arguments]
 #
@@ -12,6 +13,9 @@ need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v setfattr >/dev/null || need+=(attr)
 command -v b3sum >/dev/null || need+=(b3sum)
+command -v dbench >/dev/null || need+=(dbench)
+command -v stress-ng >/dev/null || need+=(stress-ng)
+command -v git >/dev/null || need+=(git)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "scripts/test.sh: installing ${need[*]}" >&2

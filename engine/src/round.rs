@@ -189,7 +189,7 @@ impl Engine {
             .lock()
             .read(|t| t.meta_blob(SNAPSHOT_AFTER))?
             .unwrap_or_default();
-        let (pages_tx, mut pages) = tokio::sync::mpsc::channel(SNAPSHOT_AHEAD);
+        let (pages_tx, mut pages) = tokio::sync::mpsc::channel(std::env::var("XX_AHEAD").ok().and_then(|v| v.parse().ok()).unwrap_or(SNAPSHOT_AHEAD));
         let remote = self.remote.clone();
         // Stops after the last page or the first failure; dropped (aborted) with this future.
         let _fetcher = AbortOnDrop(tokio::spawn(async move {
@@ -212,7 +212,7 @@ impl Engine {
         let mut applied = 0;
         loop {
             let (mut batch, mut nodes, mut failure, mut complete) = (Vec::new(), 0, None, false);
-            while nodes < SNAPSHOT_BATCH {
+            while nodes < std::env::var("XX_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(SNAPSHOT_BATCH) {
                 match pages.recv().await {
                     Some(Ok(page)) => {
                         let next = if page.next_after_id.is_empty() {
