@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use bvfs_engine::chunking::ChunkId;
 use bvfs_engine::model::NodeKind;
-use bvfs_engine::remote::{GrpcRemote, HeadStream, Hello, Remote, RemoteConfig, RemoteError, SyncApi};
+use bvfs_engine::remote::{
+    GrpcRemote, HeadStream, Hello, Remote, RemoteConfig, RemoteError, SyncApi,
+};
 use bvfs_engine::runtime::{LoopTiming, SyncLoop};
 use bvfs_engine::state::ROOT_INO;
 use bvfs_engine::{Engine, EngineConfig};
@@ -54,7 +56,10 @@ const RESULT_PREFIX: &str = "BENCH-RESULT ";
 
 fn env_usize(key: &str, default: usize) -> usize {
     match std::env::var(key) {
-        Ok(v) => v.replace(['_', ','], "").parse().unwrap_or_else(|_| panic!("{key}={v:?} is not a number")),
+        Ok(v) => v
+            .replace(['_', ','], "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v:?} is not a number")),
         Err(_) => default,
     }
 }
@@ -147,31 +152,44 @@ impl Remote for CountingRemote {
             .filter_map(|a| a.content.as_ref())
             .map(|c| c.chunks.len())
             .sum();
-        self.commit_manifest_refs.fetch_add(refs as u64, Ordering::Relaxed);
+        self.commit_manifest_refs
+            .fetch_add(refs as u64, Ordering::Relaxed);
         self.inner.commit(ops).await
     }
-    async fn list_changes(&self, cursor: u64, limit: u32) -> Result<v1::ListChangesResponse, RemoteError> {
+    async fn list_changes(
+        &self,
+        cursor: u64,
+        limit: u32,
+    ) -> Result<v1::ListChangesResponse, RemoteError> {
         self.inner.list_changes(cursor, limit).await
     }
-    async fn snapshot(&self, at: u64, after: Vec<u8>, limit: u32) -> Result<v1::SnapshotResponse, RemoteError> {
+    async fn snapshot(
+        &self,
+        at: u64,
+        after: Vec<u8>,
+        limit: u32,
+    ) -> Result<v1::SnapshotResponse, RemoteError> {
         self.inner.snapshot(at, after, limit).await
     }
     async fn subscribe(&self, cursor: u64) -> Result<HeadStream, RemoteError> {
         self.inner.subscribe(cursor).await
     }
     async fn find_missing(&self, ids: Vec<ChunkId>) -> Result<Vec<ChunkId>, RemoteError> {
-        self.find_missing_ids.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        self.find_missing_ids
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
         self.inner.find_missing(ids).await
     }
     async fn put_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<(), RemoteError> {
         let bytes: usize = chunks.iter().map(|(_, d)| d.len()).sum();
-        self.chunk_bytes_up.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.chunk_bytes_up
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         self.inner.put_chunks(chunks).await
     }
     async fn get_chunks(&self, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
         let chunks = self.inner.get_chunks(ids).await?;
         let bytes: usize = chunks.iter().map(|(_, d)| d.len()).sum();
-        self.chunk_bytes_down.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.chunk_bytes_down
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(chunks)
     }
 }
@@ -192,7 +210,9 @@ impl WireCounter {
         let (up2, down2) = (up.clone(), down.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { return };
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
                 let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
                 client.set_nodelay(true).unwrap();
                 server.set_nodelay(true).unwrap();
@@ -206,11 +226,18 @@ impl WireCounter {
     }
 
     fn take(&self) -> (u64, u64) {
-        (self.up.swap(0, Ordering::Relaxed), self.down.swap(0, Ordering::Relaxed))
+        (
+            self.up.swap(0, Ordering::Relaxed),
+            self.down.swap(0, Ordering::Relaxed),
+        )
     }
 }
 
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, count: Arc<AtomicU64>) {
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    count: Arc<AtomicU64>,
+) {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         match from.read(&mut buf).await {
@@ -232,11 +259,19 @@ async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
 
 async fn wire_bench(server_url: &str, token: &str, work: &Path, file_mib: u64) {
     let size = file_mib * MIB;
-    println!("\n## 1. bytes on the wire: 1 MiB of random bytes written in the middle of a {file_mib} MiB file");
+    println!(
+        "\n## 1. bytes on the wire: 1 MiB of random bytes written in the middle of a {file_mib} MiB file"
+    );
     let proxy = WireCounter::start(server_url).await;
     let remote = CountingRemote::new(&proxy.url, token);
-    let engine = Engine::open(EngineConfig::new(work.join("wire-device"), "laptop"), remote.clone()).unwrap();
-    let file = engine.create(ROOT_INO, "disk.img", NodeKind::File, false, None).unwrap();
+    let engine = Engine::open(
+        EngineConfig::new(work.join("wire-device"), "laptop"),
+        remote.clone(),
+    )
+    .unwrap();
+    let file = engine
+        .create(ROOT_INO, "disk.img", NodeKind::File, false, None)
+        .unwrap();
 
     engine.open_writer(file.ino);
     let path = engine.materialize(file.ino, true).await.unwrap();
@@ -259,7 +294,11 @@ async fn wire_bench(server_url: &str, token: &str, work: &Path, file_mib: u64) {
     let first_time = start.elapsed();
     let (first_up, first_down) = proxy.take();
     let first_chunks = remote.chunk_bytes_up.load(Ordering::Relaxed);
-    let manifest_len = engine.manifest(&engine.getattr(file.ino).unwrap().unwrap()).unwrap().chunks.len();
+    let manifest_len = engine
+        .manifest(&engine.getattr(file.ino).unwrap().unwrap())
+        .unwrap()
+        .chunks
+        .len();
     remote.reset();
 
     // The edit: 1 MiB of random bytes at the middle, through the materialized copy as the mount writes.
@@ -274,7 +313,11 @@ async fn wire_bench(server_url: &str, token: &str, work: &Path, file_mib: u64) {
         f.sync_all().unwrap();
     }
     let (idle_up, idle_down) = proxy.take();
-    assert_eq!((idle_up, idle_down), (0, 0), "nothing may cross the wire while the file is open");
+    assert_eq!(
+        (idle_up, idle_down),
+        (0, 0),
+        "nothing may cross the wire while the file is open"
+    );
     let start = Instant::now();
     engine.close_writer(file.ino, None, true).unwrap();
     let rechunk = start.elapsed();
@@ -287,21 +330,45 @@ async fn wire_bench(server_url: &str, token: &str, work: &Path, file_mib: u64) {
     let status = engine.status().unwrap();
     assert_eq!(status.pending_changes, 0, "the edit is synced");
 
-    println!("first upload of the whole file: {} up, {} down ({manifest_len} chunks; chunked in {}, synced in {})",
-        mib(first_up), mib(first_down), secs(chunked), secs(first_time));
-    println!("  chunk payload {} (ratio to the file {:.4})", mib(first_chunks), first_chunks as f64 / size as f64);
-    println!("the 1 MiB edit ({} to re-chunk, {} until synced):", secs(rechunk), secs(edit_time));
+    println!(
+        "first upload of the whole file: {} up, {} down ({manifest_len} chunks; chunked in {}, synced in {})",
+        mib(first_up),
+        mib(first_down),
+        secs(chunked),
+        secs(first_time)
+    );
+    println!(
+        "  chunk payload {} (ratio to the file {:.4})",
+        mib(first_chunks),
+        first_chunks as f64 / size as f64
+    );
+    println!(
+        "the 1 MiB edit ({} to re-chunk, {} until synced):",
+        secs(rechunk),
+        secs(edit_time)
+    );
     println!("| what | bytes | vs the edit (1 MiB) | vs the whole file |");
     println!("| --- | --- | --- | --- |");
     let row = |what: &str, bytes: u64| {
-        println!("| {what} | {} | {:.2} | {:.5} |", mib(bytes), bytes as f64 / MIB as f64, bytes as f64 / size as f64)
+        println!(
+            "| {what} | {} | {:.2} | {:.5} |",
+            mib(bytes),
+            bytes as f64 / MIB as f64,
+            bytes as f64 / size as f64
+        )
     };
     row("baseline: the edit", MIB);
     row("baseline: the whole file", size);
     row("**engine → server, all TCP bytes**", up);
     row("  of which chunk payload (PutChunks data)", chunks_up);
-    row(&format!("  of which FindMissingChunks ids ({ids} × 32 B)"), ids * 32);
-    row(&format!("  of which the commit's manifest ({refs} chunk refs × 36 B)"), refs * 36);
+    row(
+        &format!("  of which FindMissingChunks ids ({ids} × 32 B)"),
+        ids * 32,
+    );
+    row(
+        &format!("  of which the commit's manifest ({refs} chunk refs × 36 B)"),
+        refs * 36,
+    );
     row("server → engine, all TCP bytes", down);
     let verdict = if up <= 3 * MIB / 2 { "MET" } else { "MISSED" };
     println!("target ≤ 1.5 MiB up for the edit: {verdict} ({})", mib(up));
@@ -315,10 +382,20 @@ async fn wire_bench(server_url: &str, token: &str, work: &Path, file_mib: u64) {
 /// [`COMMIT_OPS`] ops. Returns how many nodes were created.
 async fn populate(api: &mut SyncApi, dirs: usize) -> usize {
     let dir_ids: Vec<Vec<u8>> = (0..dirs).map(|_| new_id()).collect();
-    let mut ops: Vec<v1::Op> = dir_ids.iter().enumerate().map(|(i, id)| mkdir(id, &root(), &format!("d{i:05}"))).collect();
+    let mut ops: Vec<v1::Op> = dir_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| mkdir(id, &root(), &format!("d{i:05}")))
+        .collect();
     for id in &dir_ids {
         for j in 0..FILES_PER_DIR {
-            ops.push(create(&new_id(), id, &format!("f{j:03}.txt"), v1::NodeKind::File, file_attrs(b"")));
+            ops.push(create(
+                &new_id(),
+                id,
+                &format!("f{j:03}.txt"),
+                v1::NodeKind::File,
+                file_attrs(b""),
+            ));
         }
     }
     let total = ops.len();
@@ -370,13 +447,27 @@ fn run_child(args: &[&str]) -> Value {
             None => println!("{line}"),
         }
     }
-    assert!(child.wait().unwrap().success(), "the client process {args:?} failed");
+    assert!(
+        child.wait().unwrap().success(),
+        "the client process {args:?} failed"
+    );
     result.expect("a result line from the client process")
 }
 
-async fn namespace_bench(server_url: &str, seeder: &str, fresh: &str, writer: &str, work: &Path, nodes: usize, samples: usize) {
+async fn namespace_bench(
+    server_url: &str,
+    seeder: &str,
+    fresh: &str,
+    writer: &str,
+    work: &Path,
+    nodes: usize,
+    samples: usize,
+) {
     let dirs = nodes.div_ceil(FILES_PER_DIR + 1);
-    println!("\n## 2. first sync of a {}-node namespace (metadata only), restart, RSS", dirs * (FILES_PER_DIR + 1));
+    println!(
+        "\n## 2. first sync of a {}-node namespace (metadata only), restart, RSS",
+        dirs * (FILES_PER_DIR + 1)
+    );
     let mut api = client(server_url, seeder).await;
     let start = Instant::now();
     let created = populate(&mut api, dirs).await;
@@ -387,12 +478,23 @@ async fn namespace_bench(server_url: &str, seeder: &str, fresh: &str, writer: &s
         created as f64 / populate_time.as_secs_f64()
     );
     let (listed, raw) = raw_snapshot(&mut api).await;
-    assert_eq!(listed, created + 1, "the snapshot lists every node and the root");
+    assert_eq!(
+        listed,
+        created + 1,
+        "the snapshot lists every node and the root"
+    );
 
     let device = work.join("ns-device");
     let dir = device.to_str().unwrap();
     let first = run_child(&["first-sync", server_url, fresh, dir]);
-    let restart = run_child(&["restart", server_url, fresh, dir, writer, &samples.to_string()]);
+    let restart = run_child(&[
+        "restart",
+        server_url,
+        fresh,
+        dir,
+        writer,
+        &samples.to_string(),
+    ]);
 
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("no {k} in {v}"));
     let first_total = f(&first, "total_s");
@@ -400,7 +502,10 @@ async fn namespace_bench(server_url: &str, seeder: &str, fresh: &str, writer: &s
     let peak = f(&first, "hwm_after") as u64;
     println!("| what | time | vs raw Snapshot listing |");
     println!("| --- | --- | --- |");
-    println!("| baseline: raw `Snapshot` pages of {SNAPSHOT_PAGE}, {listed} nodes | {} | 1.00 |", secs(raw));
+    println!(
+        "| baseline: raw `Snapshot` pages of {SNAPSHOT_PAGE}, {listed} nodes | {} | 1.00 |",
+        secs(raw)
+    );
     println!(
         "| **first sync** (open + pull + plan + apply, {} LOCAL nodes) | {:.3} s | {:.1} |",
         f(&first, "local_nodes"),
@@ -408,27 +513,75 @@ async fn namespace_bench(server_url: &str, seeder: &str, fresh: &str, writer: &s
         first_total / raw.as_secs_f64()
     );
     println!("|   of which open | {:.3} s | |", f(&first, "open_s"));
-    println!("|   of which pull (snapshot into REMOTE) | {:.3} s | {:.1} |", f(&first, "pull_s"), f(&first, "pull_s") / raw.as_secs_f64());
-    println!("|   of which plan + apply (rounds until idle: {}) | {:.3} s | |", f(&first, "rounds"), f(&first, "plan_apply_s"));
+    println!(
+        "|   of which pull (snapshot into REMOTE) | {:.3} s | {:.1} |",
+        f(&first, "pull_s"),
+        f(&first, "pull_s") / raw.as_secs_f64()
+    );
+    println!(
+        "|   of which plan + apply (rounds until idle: {}) | {:.3} s | |",
+        f(&first, "rounds"),
+        f(&first, "plan_apply_s")
+    );
     println!(
         "| **restart with the warm DB** (new process: open + one idle round) | {restart_total:.3} s | |"
     );
     println!("|   of which open | {:.3} s | |", f(&restart, "open_s"));
-    println!("|   of which the idle round | {:.3} s | |", f(&restart, "round_s"));
-    println!("| in-process reopen + idle round (after the first sync) | {:.3} s | |", f(&first, "reopen_s"));
-    println!("client RSS (its own process; the server and the populating client are other processes):");
+    println!(
+        "|   of which the idle round | {:.3} s | |",
+        f(&restart, "round_s")
+    );
+    println!(
+        "| in-process reopen + idle round (after the first sync) | {:.3} s | |",
+        f(&first, "reopen_s")
+    );
+    println!(
+        "client RSS (its own process; the server and the populating client are other processes):"
+    );
     println!("| when | VmRSS | VmHWM (peak) |");
     println!("| --- | --- | --- |");
-    println!("| baseline: the client process before opening the engine | {} | {} |", mib(f(&first, "rss_before") as u64), mib(f(&first, "hwm_before") as u64));
-    println!("| after the first sync | {} | {} |", mib(f(&first, "rss_after") as u64), mib(peak));
-    println!("| after a restart (open + idle round) | {} | {} |", mib(f(&restart, "rss_after_round") as u64), mib(f(&restart, "hwm_after_round") as u64));
-    println!("| after the latency run on this namespace | {} | {} |", mib(f(&restart, "rss_after_latency") as u64), mib(f(&restart, "hwm_after_latency") as u64));
-    println!("engine database on disk: {}", mib(f(&first, "db_bytes") as u64));
+    println!(
+        "| baseline: the client process before opening the engine | {} | {} |",
+        mib(f(&first, "rss_before") as u64),
+        mib(f(&first, "hwm_before") as u64)
+    );
+    println!(
+        "| after the first sync | {} | {} |",
+        mib(f(&first, "rss_after") as u64),
+        mib(peak)
+    );
+    println!(
+        "| after a restart (open + idle round) | {} | {} |",
+        mib(f(&restart, "rss_after_round") as u64),
+        mib(f(&restart, "hwm_after_round") as u64)
+    );
+    println!(
+        "| after the latency run on this namespace | {} | {} |",
+        mib(f(&restart, "rss_after_latency") as u64),
+        mib(f(&restart, "hwm_after_latency") as u64)
+    );
+    println!(
+        "engine database on disk: {}",
+        mib(f(&first, "db_bytes") as u64)
+    );
     let verdict = |ok: bool| if ok { "MET" } else { "MISSED" };
-    println!("target first sync ≤ 30 s: {} ({first_total:.1} s)", verdict(first_total <= 30.0));
-    println!("target restart ≤ 1 s: {} ({restart_total:.3} s)", verdict(restart_total <= 1.0));
-    println!("target client RSS ≤ 300 MB: {} (peak {:.0} MB)", verdict(peak <= 300_000_000), peak as f64 / 1e6);
-    print_latency("propagation on this namespace (B restarted on the warm DB, default LoopTiming)", &restart["latency"]);
+    println!(
+        "target first sync ≤ 30 s: {} ({first_total:.1} s)",
+        verdict(first_total <= 30.0)
+    );
+    println!(
+        "target restart ≤ 1 s: {} ({restart_total:.3} s)",
+        verdict(restart_total <= 1.0)
+    );
+    println!(
+        "target client RSS ≤ 300 MB: {} (peak {:.0} MB)",
+        verdict(peak <= 300_000_000),
+        peak as f64 / 1e6
+    );
+    print_latency(
+        "propagation on this namespace (B restarted on the warm DB, default LoopTiming)",
+        &restart["latency"],
+    );
     let _ = std::fs::remove_dir_all(&device);
 }
 
@@ -451,18 +604,28 @@ fn print_latency(title: &str, value: &Value) {
     println!("| --- | --- | --- | --- | --- | --- |");
     for (key, label) in [
         ("commit_rtt", "baseline: A's Commit round trip"),
-        ("push_floor", "baseline: A's commit start → raw Subscribe event"),
+        (
+            "push_floor",
+            "baseline: A's commit start → raw Subscribe event",
+        ),
         ("engine", "**A's commit start → B's LOCAL shows it**"),
     ] {
         if let Some(v) = value.get(key) {
             println!(
                 "| {label} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
-                v["n"], v["min"].as_f64().unwrap(), v["p50"].as_f64().unwrap(), v["p90"].as_f64().unwrap(), v["max"].as_f64().unwrap()
+                v["n"],
+                v["min"].as_f64().unwrap(),
+                v["p50"].as_f64().unwrap(),
+                v["p90"].as_f64().unwrap(),
+                v["max"].as_f64().unwrap()
             );
         }
     }
     if let Some(p50) = value.pointer("/engine/p50").and_then(Value::as_f64) {
-        println!("target p50 ≤ 200 ms: {} ({p50:.1} ms)", if p50 <= 200.0 { "MET" } else { "MISSED" });
+        println!(
+            "target p50 ≤ 200 ms: {} ({p50:.1} ms)",
+            if p50 <= 200.0 { "MET" } else { "MISSED" }
+        );
     }
 }
 
@@ -475,12 +638,24 @@ async fn gap() {
 /// `samples` commits by A, each timed until B's LOCAL shows the new directory (polled every 1 ms),
 /// with B running `SyncLoop` with `timing`. Also the baselines: A's commit round trip, and commit start
 /// → a raw Subscribe event reporting the new head (run with no engine listening).
-async fn latency(engine: &Arc<Engine>, a: &SyncApi, tag: &str, samples: usize, timing: LoopTiming, floors: bool) -> Value {
+async fn latency(
+    engine: &Arc<Engine>,
+    a: &SyncApi,
+    tag: &str,
+    samples: usize,
+    timing: LoopTiming,
+    floors: bool,
+) -> Value {
     let mut out = serde_json::Map::new();
     if floors {
         let mut rtt = Vec::new();
         let mut push = Vec::new();
-        let hello = a.clone().hello(v1::HelloRequest {}).await.unwrap().into_inner();
+        let hello = a
+            .clone()
+            .hello(v1::HelloRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         let mut stream = a
             .clone()
             .subscribe(v1::SubscribeRequest { cursor: hello.head })
@@ -490,7 +665,12 @@ async fn latency(engine: &Arc<Engine>, a: &SyncApi, tag: &str, samples: usize, t
         for i in 0..samples {
             gap().await;
             let start = Instant::now();
-            let response = commit(&mut a.clone(), vec![mkdir(&new_id(), &root(), &format!("{tag}-floor-{i}"))]).await.unwrap();
+            let response = commit(
+                &mut a.clone(),
+                vec![mkdir(&new_id(), &root(), &format!("{tag}-floor-{i}"))],
+            )
+            .await
+            .unwrap();
             rtt.push(start.elapsed().as_secs_f64() * 1e3);
             loop {
                 let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
@@ -522,7 +702,10 @@ async fn latency(engine: &Arc<Engine>, a: &SyncApi, tag: &str, samples: usize, t
             if engine.lookup(ROOT_INO, &name).unwrap().is_some() {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "B never showed {name}");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "B never showed {name}"
+            );
             // A blocking sleep on this (non-worker) thread: the loop and the commit run on the workers.
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -534,11 +717,21 @@ async fn latency(engine: &Arc<Engine>, a: &SyncApi, tag: &str, samples: usize, t
     Value::Object(out)
 }
 
-async fn latency_bench(server_url: &str, a_token: &str, b_token: &str, work: &Path, samples: usize) {
+async fn latency_bench(
+    server_url: &str,
+    a_token: &str,
+    b_token: &str,
+    work: &Path,
+    samples: usize,
+) {
     println!("\n## 3. propagation latency, device A commit → device B LOCAL (small namespace)");
     let a = client(server_url, a_token).await;
     let remote = Arc::new(GrpcRemote::new(&RemoteConfig::new(server_url, b_token)).unwrap());
-    let engine = Engine::open(EngineConfig::new(work.join("lat-device"), "desktop"), remote).unwrap();
+    let engine = Engine::open(
+        EngineConfig::new(work.join("lat-device"), "desktop"),
+        remote,
+    )
+    .unwrap();
     let default = latency(&engine, &a, "default", samples, LoopTiming::default(), true).await;
     print_latency("B with LoopTiming::default() (debounce 200 ms)", &default);
     let no_debounce = LoopTiming {
@@ -629,7 +822,8 @@ fn main() {
     let nodes = env_usize("BVFS_BENCH_NODES", 1_000_000);
     let file_mib = env_usize("BVFS_BENCH_FILE_MIB", 1024) as u64;
     let samples = env_usize("BVFS_BENCH_SAMPLES", 100);
-    let parts = std::env::var("BVFS_BENCH_PARTS").unwrap_or_else(|_| "wire,namespace,latency".into());
+    let parts =
+        std::env::var("BVFS_BENCH_PARTS").unwrap_or_else(|_| "wire,namespace,latency".into());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("server");
@@ -655,7 +849,16 @@ fn main() {
             wire_bench(&server.url, &tokens[0], work.path(), file_mib).await;
         }
         if parts.contains("namespace") {
-            namespace_bench(&server.url, &tokens[1], &tokens[2], &tokens[3], work.path(), nodes, samples).await;
+            namespace_bench(
+                &server.url,
+                &tokens[1],
+                &tokens[2],
+                &tokens[3],
+                work.path(),
+                nodes,
+                samples,
+            )
+            .await;
         }
         if parts.contains("latency") {
             latency_bench(&server.url, &tokens[4], &tokens[5], work.path(), samples).await;

@@ -262,7 +262,10 @@ fn serve_mount_inner(args: &MountArgs, mountpoint: &Path, state_dir: &Path, read
     };
     let mounted = mount(vfs, handle.clone(), mountpoint, &options)
         .with_context(|| format!("cannot mount at {} (is /dev/fuse available, and are you root or is fuse3 installed?)", mountpoint.display()))?;
-    std::fs::write(state_dir.join("daemon.pid"), std::process::id().to_string())?;
+    // `bvfs umount` finds the daemon by mountpoint, whatever --data says.
+    let registry = state_dir_for(mountpoint);
+    std::fs::create_dir_all(&registry)?;
+    std::fs::write(registry.join("daemon.pid"), std::process::id().to_string())?;
     tracing::info!(mountpoint = %mountpoint.display(), %url, "mounted");
     report(ready, &format!("ready {}\n", std::process::id()));
     if args.foreground {
@@ -302,7 +305,7 @@ fn serve_mount_inner(args: &MountArgs, mountpoint: &Path, state_dir: &Path, read
         let _ = stop.send(());
         let _ = runtime.block_on(task);
     }
-    let _ = std::fs::remove_file(state_dir.join("daemon.pid"));
+    let _ = std::fs::remove_file(registry.join("daemon.pid"));
     Ok(())
 }
 

@@ -18,7 +18,19 @@ use rand::{RngExt, SeedableRng};
 
 /// A tree row without its inode: id, parent, name, kind, size, mtime, executable, content, symlink,
 /// revision, pinned (LOCAL only).
-type Row = (Vec<u8>, Vec<u8>, String, i64, i64, i64, bool, Option<Vec<u8>>, Option<String>, i64, Option<bool>);
+type Row = (
+    Vec<u8>,
+    Vec<u8>,
+    String,
+    i64,
+    i64,
+    i64,
+    bool,
+    Option<Vec<u8>>,
+    Option<String>,
+    i64,
+    Option<bool>,
+);
 
 fn rows(db: &Path, table: &str, skip: &[u8]) -> Vec<Row> {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -56,7 +68,9 @@ fn root_entries(invalidations: &[Invalidation], skip: &str) -> Vec<String> {
     let mut names: Vec<String> = invalidations
         .iter()
         .filter_map(|i| match i {
-            Invalidation::Entry { parent, name } if *parent == ROOT_INO && name != skip => Some(name.clone()),
+            Invalidation::Entry { parent, name } if *parent == ROOT_INO && name != skip => {
+                Some(name.clone())
+            }
             _ => None,
         })
         .collect();
@@ -79,14 +93,22 @@ async fn random_tree(api: &mut SyncApi, seed: u64, nodes: u64) {
                 dirs.push(id);
             }
             1 => {
-                let data: Vec<u8> = (0..rng.random_range(1..200)).map(|_| rng.random()).collect();
+                let data: Vec<u8> = (0..rng.random_range(1..200))
+                    .map(|_| rng.random())
+                    .collect();
                 put_blob(api, &data).await;
                 let mut attrs = file_attrs(&data);
                 attrs.executable = rng.random();
                 attrs.mtime_ns = rng.random_range(0..i64::MAX);
                 ops.push(create(&id, &parent, &name, v1::NodeKind::File, attrs));
             }
-            2 => ops.push(create(&id, &parent, &name, v1::NodeKind::File, file_attrs(b""))),
+            2 => ops.push(create(
+                &id,
+                &parent,
+                &name,
+                v1::NodeKind::File,
+                file_attrs(b""),
+            )),
             _ => {
                 let attrs = v1::NodeAttrs {
                     size: 3,
@@ -125,11 +147,16 @@ async fn a_bulk_first_sync_equals_the_planned_one() {
         let report = bulk.sync_round().await.unwrap();
         assert_eq!(report.local_applied as u64, 200 + seed * 100, "{report:?}");
         let bulk_invalidations = bulk.take_invalidations();
-        assert!(bulk.sync_round().await.unwrap().idle(), "the next round has nothing to do");
+        assert!(
+            bulk.sync_round().await.unwrap().idle(),
+            "the next round has nothing to do"
+        );
 
         // One local node first: the planner plans the same first sync (and uploads that node).
         let planned = open("planned", &planned_token);
-        let extra = planned.create(ROOT_INO, "local only", NodeKind::Directory, false, None).unwrap();
+        let extra = planned
+            .create(ROOT_INO, "local only", NodeKind::Directory, false, None)
+            .unwrap();
         planned.sync_round().await.unwrap();
         let planned_invalidations = planned.take_invalidations();
         drop((bulk, planned));

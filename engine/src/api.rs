@@ -308,7 +308,7 @@ impl Engine {
         })?;
         if kind == NodeKind::File {
             // An empty copy: the file exists locally from now on and needs no download.
-            self.files.create(entry.ino, |_| Ok(()))?;
+            self.files.create_empty(entry.ino)?;
             self.files.set_owner(entry.ino, entry.node.id, name)?;
         }
         Ok(entry)

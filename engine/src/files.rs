@@ -67,6 +67,14 @@ impl LocalFiles {
         pending.commit()
     }
 
+    /// Creates an empty copy of a new file. No fsync: if a crash loses it, the file's LOCAL content is
+    /// the empty content anyway, which reads the same without a copy.
+    pub fn create_empty(&self, ino: u64) -> io::Result<PathBuf> {
+        let path = self.path(ino);
+        File::create(&path)?;
+        Ok(path)
+    }
+
     /// Starts building the copy of `ino` in a temporary file; [`PendingCopy::commit`] puts it in place.
     /// Dropped without commit, the temporary file is removed.
     pub fn begin(&self, ino: u64) -> io::Result<PendingCopy> {

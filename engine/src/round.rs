@@ -79,6 +79,30 @@ const SNAPSHOT_BATCH: usize = 200_000;
 /// Snapshot pages fetched ahead of the one being applied.
 const SNAPSHOT_AHEAD: usize = 2;
 
+/// A snapshot page, parsed (a parsed node takes about half the memory of its protobuf form).
+struct SnapshotPage {
+    nodes: Vec<(crate::model::Node, Option<crate::chunking::Manifest>)>,
+    /// The id to continue after; `None` on the last page.
+    next: Option<NodeId>,
+}
+
+impl SnapshotPage {
+    fn parse(page: v1::SnapshotResponse) -> Result<SnapshotPage, RoundError> {
+        let bad = |e: crate::wire::WireError| RoundError::Engine(EngineError::Io(std::io::Error::other(e)));
+        let next = match page.next_after_id.is_empty() {
+            true => None,
+            false => Some(crate::wire::node_id(&page.next_after_id).map_err(bad)?),
+        };
+        let nodes = page
+            .nodes
+            .iter()
+            .map(crate::wire::node_from_proto)
+            .collect::<Result<_, _>>()
+            .map_err(bad)?;
+        Ok(SnapshotPage { nodes, next })
+    }
+}
+
 /// Aborts a background task when its owner is dropped (a round cancelled mid-pull).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -179,25 +203,28 @@ impl Engine {
         Ok(())
     }
 
-    /// Pulls the rest of the snapshot at `at` into REMOTE. Pages are fetched in order by a task that
-    /// runs ahead (so the server's work overlaps ours) and applied [`SNAPSHOT_BATCH`] nodes per
-    /// transaction, each recording how far it got, so a crash resumes after the last one. Returns how
-    /// many nodes were applied.
+    /// Pulls the rest of the snapshot at `at` into REMOTE. A task fetches and parses the pages in order,
+    /// ahead of the transactions (so the server's work and ours overlap); they are applied
+    /// [`SNAPSHOT_BATCH`] nodes per transaction, each recording how far it got, so a crash resumes after
+    /// the last one. Returns how many nodes were applied.
     async fn pull_snapshot(&self, at: u64) -> Result<usize, RoundError> {
         let after = self
             .state
             .lock()
             .read(|t| t.meta_blob(SNAPSHOT_AFTER))?
             .unwrap_or_default();
-        let (pages_tx, mut pages) = tokio::sync::mpsc::channel(std::env::var("XX_AHEAD").ok().and_then(|v| v.parse().ok()).unwrap_or(SNAPSHOT_AHEAD));
+        let (pages_tx, mut pages) = tokio::sync::mpsc::channel(SNAPSHOT_AHEAD);
         let remote = self.remote.clone();
         // Stops after the last page or the first failure; dropped (aborted) with this future.
         let _fetcher = AbortOnDrop(tokio::spawn(async move {
             let mut after = after;
             loop {
-                let page = remote.snapshot(at, after, SNAPSHOT_PAGE).await;
+                let page = match remote.snapshot(at, after, SNAPSHOT_PAGE).await {
+                    Ok(page) => SnapshotPage::parse(page),
+                    Err(e) => Err(e.into()),
+                };
                 let next = match &page {
-                    Ok(page) if !page.next_after_id.is_empty() => Some(page.next_after_id.clone()),
+                    Ok(SnapshotPage { next: Some(next), .. }) => Some(next.to_bytes().to_vec()),
                     _ => None,
                 };
                 if pages_tx.send(page).await.is_err() {
@@ -212,50 +239,33 @@ impl Engine {
         let mut applied = 0;
         loop {
             let (mut batch, mut nodes, mut failure, mut complete) = (Vec::new(), 0, None, false);
-            while nodes < std::env::var("XX_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(SNAPSHOT_BATCH) {
+            while nodes < SNAPSHOT_BATCH && !complete {
                 match pages.recv().await {
                     Some(Ok(page)) => {
-                        let next = if page.next_after_id.is_empty() {
-                            complete = true;
-                            None
-                        } else {
-                            Some(
-                                crate::wire::node_id(&page.next_after_id)
-                                    .map_err(|e| EngineError::Io(std::io::Error::other(e)))?,
-                            )
-                        };
+                        complete = page.next.is_none();
                         nodes += page.nodes.len();
-                        batch.push((page.nodes, next));
-                        if complete {
-                            break;
-                        }
+                        batch.push(page);
                     }
                     Some(Err(e)) => {
                         failure = Some(e);
                         break;
                     }
                     None => {
-                        failure = Some(RemoteError::Unavailable("the snapshot fetch stopped early".into()));
+                        failure = Some(RemoteError::Unavailable("the snapshot fetch stopped early".into()).into());
                         break;
                     }
                 }
             }
             if !batch.is_empty() {
-                self.state
-                    .lock()
-                    .transaction(|t| -> Result<_, crate::state::StateError> {
-                        for (nodes, next) in &batch {
-                            if let Err(e) = t.apply_snapshot_page(nodes, *next)? {
-                                return Ok(Err(e));
-                            }
-                        }
-                        Ok(Ok(()))
-                    })?
-                    .map_err(|e| EngineError::Io(std::io::Error::other(e)))?;
+                self.state.lock().transaction(|t| {
+                    batch
+                        .iter()
+                        .try_for_each(|page| t.apply_snapshot_page(&page.nodes, page.next))
+                })?;
                 applied += nodes;
             }
             if let Some(e) = failure {
-                return Err(e.into());
+                return Err(e);
             }
             if complete {
                 return Ok(applied);

@@ -46,12 +46,18 @@ impl Txn<'_> {
     /// Makes LOCAL and SYNCED copies of REMOTE when the planner would (see the module docs), and
     /// clears the changed ids marked at or before `changed_through`. `None`: it does not apply, and
     /// nothing was written.
-    pub fn bootstrap_from_remote(&self, policy: NamePolicy, changed_through: i64) -> StateResult<Option<Bootstrap>> {
+    pub fn bootstrap_from_remote(
+        &self,
+        policy: NamePolicy,
+        changed_through: i64,
+    ) -> StateResult<Option<Bootstrap>> {
         let root = NodeId::ROOT.to_bytes();
         let root = &root[..];
         let conn = self.conn();
         let err = |e| self.err(e);
-        let exists = |sql: &str| -> StateResult<bool> { conn.query_row(sql, [root], |r| r.get(0)).map_err(err) };
+        let exists = |sql: &str| -> StateResult<bool> {
+            conn.query_row(sql, [root], |r| r.get(0)).map_err(err)
+        };
         if policy.folds()
             || exists("SELECT EXISTS (SELECT 1 FROM local WHERE id != ?1)")?
             || exists("SELECT EXISTS (SELECT 1 FROM synced WHERE id != ?1)")?
@@ -67,7 +73,9 @@ impl Txn<'_> {
             return Ok(None);
         }
         let root_pinned: Option<bool> = conn
-            .query_row("SELECT pinned FROM local WHERE id = ?1", [root], |r| r.get(0))
+            .query_row("SELECT pinned FROM local WHERE id = ?1", [root], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(err)?;
         if root_pinned != Some(false) {
@@ -87,7 +95,11 @@ impl Txn<'_> {
             let mut rows = stmt.query([root]).map_err(err)?;
             while let Some(row) = rows.next().map_err(err)? {
                 let well_formed: bool = row.get(1).map_err(err)?;
-                let name = row.get_ref(0).map_err(err)?.as_str().map_err(|e| err(e.into()))?;
+                let name = row
+                    .get_ref(0)
+                    .map_err(err)?
+                    .as_str()
+                    .map_err(|e| err(e.into()))?;
                 if !well_formed || policy.check(name).is_err() {
                     return Ok(None);
                 }
@@ -128,8 +140,11 @@ impl Txn<'_> {
             }
             Err(e) => return Err(err(e)),
         };
-        conn.execute(&format!("INSERT INTO synced ({ROW}) SELECT {ROW} FROM remote WHERE id != ?1"), [root])
-            .map_err(err)?;
+        conn.execute(
+            &format!("INSERT INTO synced ({ROW}) SELECT {ROW} FROM remote WHERE id != ?1"),
+            [root],
+        )
+        .map_err(err)?;
         self.set_meta("next_ino", (next_ino + inserted as u64) as i64)?;
         conn.execute("DELETE FROM changed WHERE seq <= ?1", [changed_through])
             .map_err(err)?;

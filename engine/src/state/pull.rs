@@ -1,11 +1,13 @@
 //! Applying what the server says to the REMOTE tree: journal pages (`ListChanges`) and snapshot pages
-//! (first sync). Each page is one transaction together with the cursor it reaches, so a crash resumes
-//! from the last applied page and the cursor never moves backwards.
+//! (first sync). A journal page, or a batch of snapshot pages, is one transaction together with the
+//! position it reaches, so a crash resumes from the last applied one and the cursor never moves
+//! backwards.
 
 use bvfs_proto::v1;
 
 use super::{StateResult, Table, Txn};
-use crate::model::NodeId;
+use crate::chunking::Manifest;
+use crate::model::{Node, NodeId};
 use crate::wire::{WireError, node_from_proto};
 
 /// Meta keys of the pull position.
@@ -78,21 +80,18 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Applies one snapshot page: every node in it is put into REMOTE as of the snapshot cursor.
-    pub fn apply_snapshot_page(&self, nodes: &[v1::Node], next_after: Option<NodeId>) -> StateResult<Result<(), WireError>> {
-        for node in nodes {
-            let (node, manifest) = match node_from_proto(node) {
-                Ok(parsed) => parsed,
-                Err(e) => return Ok(Err(e)),
-            };
+    /// Applies one snapshot page (parsed): every node in it is put into REMOTE as of the snapshot
+    /// cursor, and the page's end is recorded (`next_after`, or `None` for the last page).
+    pub fn apply_snapshot_page(&self, nodes: &[(Node, Option<Manifest>)], next_after: Option<NodeId>) -> StateResult<()> {
+        for (node, manifest) in nodes {
             if node.id.is_root() {
                 continue;
             }
-            if let Some(manifest) = &manifest {
+            if let Some(manifest) = manifest {
                 self.put_manifest(manifest)?;
             }
-            self.put_node(Table::Remote, &node)?;
-            self.adopt_if_inflight(node.id, Some(&node))?;
+            self.put_node(Table::Remote, node)?;
+            self.adopt_if_inflight(node.id, Some(node))?;
             self.mark_changed(node.id)?;
         }
         match next_after {
@@ -105,6 +104,6 @@ impl Txn<'_> {
                 self.delete_meta(SNAPSHOT_AFTER)?;
             }
         }
-        Ok(Ok(()))
+        Ok(())
     }
 }
