@@ -54,7 +54,9 @@ fn main() {
 
         let start = Instant::now();
         for b in 0..BATCHED_CREATES / BATCH {
-            let ops = (0..BATCH).map(|i| mkdir(&new_id(), &root(), &format!("b{b}-{i}"))).collect();
+            let ops = (0..BATCH)
+                .map(|i| mkdir(&new_id(), &root(), &format!("b{b}-{i}")))
+                .collect();
             commit(&mut api, ops).await.unwrap();
         }
         let batched = BATCHED_CREATES as f64 / start.elapsed().as_secs_f64();
@@ -68,7 +70,12 @@ fn main() {
         let start = Instant::now();
         let mut single = 0usize;
         while start.elapsed() < SINGLE_OP_WINDOW {
-            commit(&mut api, vec![mkdir(&new_id(), &root(), &format!("s{single}"))]).await.unwrap();
+            commit(
+                &mut api,
+                vec![mkdir(&new_id(), &root(), &format!("s{single}"))],
+            )
+            .await
+            .unwrap();
             single += 1;
         }
         let single_rate = single as f64 / start.elapsed().as_secs_f64();

@@ -25,8 +25,10 @@ impl DataArg {
 #[derive(Subcommand)]
 pub enum AdminCommand {
     /// Create a user (if new) and a token for one of its devices; prints the token once.
-    #[command(after_help = "Example:\n  bvfs admin add-user alice --device laptop\n  \
-bvfs mount --server http://127.0.0.1:7878 --token \"$TOKEN\" ~/BitVault")]
+    #[command(
+        after_help = "Example:\n  bvfs admin add-user alice --device laptop\n  \
+bvfs mount --server http://127.0.0.1:7878 --token \"$TOKEN\" ~/BitVault"
+    )]
     AddUser {
         #[command(flatten)]
         data: DataArg,
@@ -51,7 +53,12 @@ bvfs mount --server http://127.0.0.1:7878 --token \"$TOKEN\" ~/BitVault")]
 
 pub fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
-        AdminCommand::AddUser { data, user, device, json } => {
+        AdminCommand::AddUser {
+            data,
+            user,
+            device,
+            json,
+        } => {
             let dir = data.open()?;
             let created = add_device(dir.meta.as_ref(), &user, &device)?;
             if json {
@@ -63,8 +70,15 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
                 });
                 println!("{line}");
             } else {
-                let what = if created.created_user { "created user" } else { "user" };
-                eprintln!("{what} {:?}, new token for device {:?} (shown only once):", created.user, created.device);
+                let what = if created.created_user {
+                    "created user"
+                } else {
+                    "user"
+                };
+                eprintln!(
+                    "{what} {:?}, new token for device {:?} (shown only once):",
+                    created.user, created.device
+                );
                 println!("{}", created.token);
             }
             Ok(())

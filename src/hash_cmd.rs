@@ -12,8 +12,10 @@ use bvfs_engine::chunking::{ChunkParams, chunk_reader};
 use clap::Args;
 
 #[derive(Args)]
-#[command(after_help = "Example:\n  bvfs hash big.iso            # same first column as `b3sum big.iso`\n  \
-bvfs hash --chunks --json big.iso")]
+#[command(
+    after_help = "Example:\n  bvfs hash big.iso            # same first column as `b3sum big.iso`\n  \
+bvfs hash --chunks --json big.iso"
+)]
 pub struct HashArgs {
     /// Files to hash
     #[arg(required = true)]
@@ -29,8 +31,12 @@ pub struct HashArgs {
 pub fn run(args: HashArgs) -> anyhow::Result<()> {
     for path in &args.files {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let manifest = chunk_reader(BufReader::with_capacity(0, file), ChunkParams::default(), |_, _| Ok(()))
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let manifest = chunk_reader(
+            BufReader::with_capacity(0, file),
+            ChunkParams::default(),
+            |_, _| Ok(()),
+        )
+        .with_context(|| format!("cannot read {}", path.display()))?;
         let hash = manifest.hash.to_hex();
         if args.json {
             let mut value = serde_json::json!({

@@ -16,7 +16,9 @@ use clap::{Parser, Subcommand};
 /// BitVault: your cloud namespace as a folder, with files on demand.
 #[derive(Parser)]
 #[command(name = "bvfs", version, about, long_about = None, propagate_version = true)]
-#[command(after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=bvfs=debug) for more detail.")]
+#[command(
+    after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=bvfs=debug) for more detail."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -22,11 +22,13 @@ use clap::Args;
 use crate::paths::{data_home, default_server_dir};
 
 #[derive(Args)]
-#[command(after_help = "Examples:\n  bvfs mount ~/BitVault                     # embedded server, data in ~/.local/share/bvfs\n  \
+#[command(
+    after_help = "Examples:\n  bvfs mount ~/BitVault                     # embedded server, data in ~/.local/share/bvfs\n  \
 bvfs mount --server https://vault.example:7878 --token \"$TOKEN\" ~/BitVault\n  \
 setfattr -n user.bvfs.pin -v 1 ~/BitVault/Projects   # keep a tree local (offline)\n  \
 getfattr -n user.bvfs.state ~/BitVault/big.iso       # online-only, partial, local, pinned\n  \
-bvfs umount ~/BitVault")]
+bvfs umount ~/BitVault"
+)]
 pub struct MountArgs {
     /// Where to mount (an existing, empty directory)
     mountpoint: PathBuf,
@@ -86,9 +88,18 @@ impl MountArgs {
 /// Parses `500M`, `10G`, `1048576`.
 fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size like 500M or 10G"))?;
-    let multiplier: u64 = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 500M or 10G"))?;
+    let multiplier: u64 = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" => 1,
         "K" => 1 << 10,
         "M" => 1 << 20,
@@ -96,7 +107,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "T" => 1 << 40,
         _ => return Err(format!("unknown size unit in {text:?}; use K, M, G or T")),
     };
-    n.checked_mul(multiplier).ok_or_else(|| format!("{text:?} is too large"))
+    n.checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn host_name() -> String {
@@ -120,8 +132,13 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
         std::env::current_dir()?.join(path)
     };
     // The mountpoint may be a stale mount: canonicalize its parent only.
-    let name = path.file_name().context("the mountpoint needs a name")?.to_owned();
-    let parent = path.parent().context("the mountpoint needs a parent directory")?;
+    let name = path
+        .file_name()
+        .context("the mountpoint needs a name")?
+        .to_owned();
+    let parent = path
+        .parent()
+        .context("the mountpoint needs a parent directory")?;
     Ok(std::fs::canonicalize(parent)
         .with_context(|| format!("{} does not exist", parent.display()))?
         .join(name))
@@ -133,14 +150,26 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         eprintln!("bvfs: cleaned up a stale mount at {}", mountpoint.display());
     }
     if is_fuse_mounted(&mountpoint) {
-        bail!("{} is already mounted; run `bvfs umount {}` first", mountpoint.display(), mountpoint.display());
+        bail!(
+            "{} is already mounted; run `bvfs umount {}` first",
+            mountpoint.display(),
+            mountpoint.display()
+        );
     }
-    std::fs::create_dir_all(&mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
+    std::fs::create_dir_all(&mountpoint)
+        .with_context(|| format!("cannot create {}", mountpoint.display()))?;
     if std::fs::read_dir(&mountpoint)?.next().is_some() {
-        bail!("{} is not empty; mount on an empty directory", mountpoint.display());
+        bail!(
+            "{} is not empty; mount on an empty directory",
+            mountpoint.display()
+        );
     }
-    let state_dir = args.data.clone().unwrap_or_else(|| state_dir_for(&mountpoint));
-    std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let state_dir = args
+        .data
+        .clone()
+        .unwrap_or_else(|| state_dir_for(&mountpoint));
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
     if args.foreground {
         return serve_mount(&args, &mountpoint, &state_dir, None);
     }
@@ -151,10 +180,14 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         bail!("cannot create a pipe: {}", std::io::Error::last_os_error());
     }
     // SAFETY: the pipe fds were just created and are owned here.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: no other threads exist yet (clap and logging start none), so fork is sound.
     match unsafe { libc::fork() } {
-        -1 => bail!("cannot fork the mount daemon: {}", std::io::Error::last_os_error()),
+        -1 => bail!(
+            "cannot fork the mount daemon: {}",
+            std::io::Error::last_os_error()
+        ),
         0 => {
             drop(read_end);
             // SAFETY: setsid has no preconditions; the child leaves the terminal's session.
@@ -172,10 +205,16 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             std::fs::File::from(read_end).read_to_string(&mut message)?;
             match message.strip_prefix("ready ") {
                 Some(pid) => {
-                    println!("bvfs: mounted at {} (daemon pid {})", mountpoint.display(), pid.trim());
+                    println!(
+                        "bvfs: mounted at {} (daemon pid {})",
+                        mountpoint.display(),
+                        pid.trim()
+                    );
                     Ok(())
                 }
-                None if message.is_empty() => bail!("the mount daemon exited before the mount was ready"),
+                None if message.is_empty() => {
+                    bail!("the mount daemon exited before the mount was ready")
+                }
                 None => bail!("{}", message.trim()),
             }
         }
@@ -185,7 +224,10 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
 /// Sends the daemon's stdout to /dev/null and its stderr (the logs) to `log`.
 fn redirect_output(log: &Path) {
     use std::os::fd::AsRawFd;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log);
     let null = std::fs::File::options().write(true).open("/dev/null");
     // SAFETY: dup2 onto the standard descriptors with descriptors we own.
     unsafe {
@@ -205,7 +247,12 @@ fn report(pipe: &mut Option<OwnedFd>, message: &str) {
     }
 }
 
-fn serve_mount(args: &MountArgs, mountpoint: &Path, state_dir: &Path, mut ready: Option<OwnedFd>) -> anyhow::Result<()> {
+fn serve_mount(
+    args: &MountArgs,
+    mountpoint: &Path,
+    state_dir: &Path,
+    mut ready: Option<OwnedFd>,
+) -> anyhow::Result<()> {
     let result = serve_mount_inner(args, mountpoint, state_dir, &mut ready);
     if let Err(e) = &result {
         report(&mut ready, &format!("{e:#}\n"));
@@ -213,7 +260,12 @@ fn serve_mount(args: &MountArgs, mountpoint: &Path, state_dir: &Path, mut ready:
     result
 }
 
-fn serve_mount_inner(args: &MountArgs, mountpoint: &Path, state_dir: &Path, ready: &mut Option<OwnedFd>) -> anyhow::Result<()> {
+fn serve_mount_inner(
+    args: &MountArgs,
+    mountpoint: &Path,
+    state_dir: &Path,
+    ready: &mut Option<OwnedFd>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("bvfs")
@@ -230,7 +282,8 @@ fn serve_mount_inner(args: &MountArgs, mountpoint: &Path, state_dir: &Path, read
         (Some(url), Some(token)) => (url.clone(), token.clone()),
         _ => {
             let data_dir = args.server_data.clone().unwrap_or_else(default_server_dir);
-            let (server, url, token) = runtime.block_on(start_embedded_server(&data_dir, state_dir, &device))?;
+            let (server, url, token) =
+                runtime.block_on(start_embedded_server(&data_dir, state_dir, &device))?;
             embedded = Some(server);
             (url, token)
         }
@@ -260,8 +313,12 @@ fn serve_mount_inner(args: &MountArgs, mountpoint: &Path, state_dir: &Path, read
         read_only: args.read_only,
         ..MountOptions::default()
     };
-    let mounted = mount(vfs, handle.clone(), mountpoint, &options)
-        .with_context(|| format!("cannot mount at {} (is /dev/fuse available, and are you root or is fuse3 installed?)", mountpoint.display()))?;
+    let mounted = mount(vfs, handle.clone(), mountpoint, &options).with_context(|| {
+        format!(
+            "cannot mount at {} (is /dev/fuse available, and are you root or is fuse3 installed?)",
+            mountpoint.display()
+        )
+    })?;
     // `bvfs umount` finds the daemon by mountpoint, whatever --data says.
     let registry = state_dir_for(mountpoint);
     std::fs::create_dir_all(&registry)?;
@@ -269,7 +326,10 @@ fn serve_mount_inner(args: &MountArgs, mountpoint: &Path, state_dir: &Path, read
     tracing::info!(mountpoint = %mountpoint.display(), %url, "mounted");
     report(ready, &format!("ready {}\n", std::process::id()));
     if args.foreground {
-        println!("bvfs: mounted at {} (Ctrl-C to unmount)", mountpoint.display());
+        println!(
+            "bvfs: mounted at {} (Ctrl-C to unmount)",
+            mountpoint.display()
+        );
     }
 
     // Run until a signal, or until someone unmounts.
@@ -297,7 +357,9 @@ fn serve_mount_inner(args: &MountArgs, mountpoint: &Path, state_dir: &Path, read
         sync.stop().await;
         match tokio::time::timeout(Duration::from_secs(10), engine.sync_until_idle(20)).await {
             Ok(Ok(_)) => tracing::info!("everything is synced"),
-            Ok(Err(e)) => tracing::warn!("not everything is synced yet ({e}); it will be on the next mount"),
+            Ok(Err(e)) => {
+                tracing::warn!("not everything is synced yet ({e}); it will be on the next mount")
+            }
             Err(_) => tracing::warn!("still syncing after 10 s; the rest syncs on the next mount"),
         }
     });
@@ -309,11 +371,18 @@ fn serve_mount_inner(args: &MountArgs, mountpoint: &Path, state_dir: &Path, read
     Ok(())
 }
 
-type EmbeddedServer = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>);
+type EmbeddedServer = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+);
 
 /// Starts the embedded server on loopback and returns it with its URL and this device's token (made
 /// once and kept in the mount's state directory).
-async fn start_embedded_server(data_dir: &Path, state_dir: &Path, device: &str) -> anyhow::Result<(EmbeddedServer, String, String)> {
+async fn start_embedded_server(
+    data_dir: &Path,
+    state_dir: &Path,
+    device: &str,
+) -> anyhow::Result<(EmbeddedServer, String, String)> {
     let data = bvfs_server::DataDir::open_exclusive(data_dir)?;
     let token_file = state_dir.join("embedded-token");
     let token = match std::fs::read_to_string(&token_file) {
@@ -351,7 +420,9 @@ pub fn umount(args: UmountArgs) -> anyhow::Result<()> {
         bail!("{} is not mounted", mountpoint.display());
     }
     let pid_file = state_dir_for(&mountpoint).join("daemon.pid");
-    let pid: Option<i32> = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse().ok());
+    let pid: Option<i32> = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
     unmount(&mountpoint, args.lazy).map_err(|e| {
         if e.raw_os_error() == Some(libc::EBUSY) {
             anyhow::anyhow!("{} is busy (a process has a file open or its working directory there); close it, or use --lazy", mountpoint.display())

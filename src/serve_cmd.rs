@@ -11,10 +11,12 @@ use clap::Args;
 use crate::paths::default_server_dir;
 
 #[derive(Args)]
-#[command(after_help = "Example:\n  bvfs serve --data /srv/bvfs --listen 127.0.0.1:7878\n  \
+#[command(
+    after_help = "Example:\n  bvfs serve --data /srv/bvfs --listen 127.0.0.1:7878\n  \
 bvfs admin add-user --data /srv/bvfs alice --device laptop\n\n\
 The first line of standard output says where the server listens. SIGINT or SIGTERM stop it \
-gracefully: requests in flight finish, every acknowledged commit is durable.")]
+gracefully: requests in flight finish, every acknowledged commit is durable."
+)]
 pub struct ServeArgs {
     /// Directory for the database and chunks [default: $XDG_DATA_HOME/bvfs/server]
     #[arg(long, value_name = "DIR", env = "BVFS_SERVER_DATA")]
@@ -46,7 +48,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let data = DataDir::open_exclusive(&data_dir)?;
         let options = ServeOptions {
             listen: args.listen,
-            tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles { cert, key }),
+            tls: args
+                .tls_cert
+                .zip(args.tls_key)
+                .map(|(cert, key)| TlsFiles { cert, key }),
             allow_plaintext: args.allow_plaintext,
         };
         let server = BoundServer::bind(&data, &options).await?;
@@ -56,7 +61,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             let line = serde_json::json!({ "url": url, "data": data_dir });
             writeln!(out, "{line}")?;
         } else {
-            writeln!(out, "bvfs serve: listening on {url} (data: {})", data_dir.display())?;
+            writeln!(
+                out,
+                "bvfs serve: listening on {url} (data: {})",
+                data_dir.display()
+            )?;
         }
         out.flush()?;
         drop(out);

@@ -18,11 +18,17 @@ fn help_lists_every_command() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
     for command in ["mount", "umount", "serve", "admin", "hash"] {
-        assert!(out.contains(command), "--help does not mention {command}:\n{out}");
+        assert!(
+            out.contains(command),
+            "--help does not mention {command}:\n{out}"
+        );
     }
     let (code, out, _) = run(&["mount", "--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("user.bvfs.pin") && out.contains("--cache-size"), "{out}");
+    assert!(
+        out.contains("user.bvfs.pin") && out.contains("--cache-size"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -35,7 +41,13 @@ fn usage_errors_exit_2_and_runtime_errors_exit_1() {
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("file"), b"x").unwrap();
-    let (code, _, err) = run(&["mount", "--foreground", "--data", "/nonexistent/state", dir.path().to_str().unwrap()]);
+    let (code, _, err) = run(&[
+        "mount",
+        "--foreground",
+        "--data",
+        "/nonexistent/state",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("not empty"), "{err}");
     let (code, _, err) = run(&["umount", dir.path().to_str().unwrap()]);
@@ -47,19 +59,34 @@ fn usage_errors_exit_2_and_runtime_errors_exit_1() {
 fn hash_matches_b3sum_and_speaks_json() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data.bin");
-    let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(&path, &data).unwrap();
     let (code, out, _) = run(&["hash", path.to_str().unwrap()]);
     assert_eq!(code, 0);
-    assert_eq!(out.split_whitespace().next().unwrap(), blake3::hash(&data).to_hex().as_str());
+    assert_eq!(
+        out.split_whitespace().next().unwrap(),
+        blake3::hash(&data).to_hex().as_str()
+    );
     if let Ok(b3) = std::process::Command::new("b3sum").arg(&path).output() {
-        assert_eq!(String::from_utf8_lossy(&b3.stdout).split_whitespace().next(), out.split_whitespace().next());
+        assert_eq!(
+            String::from_utf8_lossy(&b3.stdout)
+                .split_whitespace()
+                .next(),
+            out.split_whitespace().next()
+        );
     }
     let (code, out, _) = run(&["hash", "--json", "--chunks", path.to_str().unwrap()]);
     assert_eq!(code, 0);
     let value: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(value["size"], 300_000);
-    let total: u64 = value["chunks"].as_array().unwrap().iter().map(|c| c["len"].as_u64().unwrap()).sum();
+    let total: u64 = value["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["len"].as_u64().unwrap())
+        .sum();
     assert_eq!(total, 300_000);
     let (code, _, err) = run(&["hash", "/nonexistent/file"]);
     assert_eq!(code, 1);

@@ -29,10 +29,19 @@ impl Remote for CountingRemote {
     async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError> {
         self.inner.commit(ops).await
     }
-    async fn list_changes(&self, cursor: u64, limit: u32) -> Result<v1::ListChangesResponse, RemoteError> {
+    async fn list_changes(
+        &self,
+        cursor: u64,
+        limit: u32,
+    ) -> Result<v1::ListChangesResponse, RemoteError> {
         self.inner.list_changes(cursor, limit).await
     }
-    async fn snapshot(&self, at: u64, after: Vec<u8>, limit: u32) -> Result<v1::SnapshotResponse, RemoteError> {
+    async fn snapshot(
+        &self,
+        at: u64,
+        after: Vec<u8>,
+        limit: u32,
+    ) -> Result<v1::SnapshotResponse, RemoteError> {
         self.inner.snapshot(at, after, limit).await
     }
     async fn subscribe(&self, cursor: u64) -> Result<HeadStream, RemoteError> {
@@ -51,7 +60,12 @@ impl Remote for CountingRemote {
     }
 }
 
-fn device(dir: &std::path::Path, name: &str, url: &str, token: &str) -> (Arc<Engine>, Arc<CountingRemote>) {
+fn device(
+    dir: &std::path::Path,
+    name: &str,
+    url: &str,
+    token: &str,
+) -> (Arc<Engine>, Arc<CountingRemote>) {
     let remote = Arc::new(CountingRemote {
         inner: GrpcRemote::new(&RemoteConfig::new(url, token)).unwrap(),
         uploaded: AtomicU64::new(0),
@@ -70,7 +84,10 @@ async fn write(engine: &Engine, ino: u64, data: &[u8]) {
 
 async fn read_all(engine: &Engine, ino: u64) -> Vec<u8> {
     let entry = engine.getattr(ino).unwrap().unwrap();
-    engine.read(&entry, 0, entry.node.attrs.size as u32).await.unwrap()
+    engine
+        .read(&entry, 0, entry.node.attrs.size as u32)
+        .await
+        .unwrap()
 }
 
 fn tree(engine: &Engine) -> Vec<(String, NodeKind, u64)> {
@@ -99,32 +116,68 @@ async fn two_devices_converge() {
     let (b, _) = device(dir.path(), "desktop", &server.url, &token_b);
 
     // A builds a small tree; B sees it all as placeholders.
-    let docs = a.create(ROOT_INO, "Docs", NodeKind::Directory, false, None).unwrap();
-    let notes = a.create(docs.ino, "notes.txt", NodeKind::File, false, None).unwrap();
+    let docs = a
+        .create(ROOT_INO, "Docs", NodeKind::Directory, false, None)
+        .unwrap();
+    let notes = a
+        .create(docs.ino, "notes.txt", NodeKind::File, false, None)
+        .unwrap();
     write(&a, notes.ino, b"first version").await;
-    let script = a.create(ROOT_INO, "run.sh", NodeKind::File, true, None).unwrap();
+    let script = a
+        .create(ROOT_INO, "run.sh", NodeKind::File, true, None)
+        .unwrap();
     write(&a, script.ino, b"#!/bin/sh\necho hi\n").await;
-    a.create(ROOT_INO, "link", NodeKind::Symlink, false, Some("Docs/notes.txt".into())).unwrap();
+    a.create(
+        ROOT_INO,
+        "link",
+        NodeKind::Symlink,
+        false,
+        Some("Docs/notes.txt".into()),
+    )
+    .unwrap();
     a.sync_until_idle(10).await.unwrap();
     b.sync_until_idle(10).await.unwrap();
     assert_eq!(tree(&a), tree(&b));
-    let b_notes = b.lookup(b.lookup(ROOT_INO, "Docs").unwrap().unwrap().ino, "notes.txt").unwrap().unwrap();
+    let b_notes = b
+        .lookup(
+            b.lookup(ROOT_INO, "Docs").unwrap().unwrap().ino,
+            "notes.txt",
+        )
+        .unwrap()
+        .unwrap();
     assert_eq!(read_all(&b, b_notes.ino).await, b"first version");
-    assert!(b.lookup(ROOT_INO, "run.sh").unwrap().unwrap().node.attrs.executable);
+    assert!(
+        b.lookup(ROOT_INO, "run.sh")
+            .unwrap()
+            .unwrap()
+            .node
+            .attrs
+            .executable
+    );
     assert_eq!(
-        b.lookup(ROOT_INO, "link").unwrap().unwrap().node.attrs.symlink_target.as_deref(),
+        b.lookup(ROOT_INO, "link")
+            .unwrap()
+            .unwrap()
+            .node
+            .attrs
+            .symlink_target
+            .as_deref(),
         Some("Docs/notes.txt")
     );
 
     // B renames and edits; A follows.
-    b.rename(b_notes.ino, ROOT_INO, "renamed.txt", false).unwrap();
+    b.rename(b_notes.ino, ROOT_INO, "renamed.txt", false)
+        .unwrap();
     write(&b, b_notes.ino, b"second version, from the desktop").await;
     b.sync_until_idle(10).await.unwrap();
     a.sync_until_idle(10).await.unwrap();
     assert_eq!(tree(&a), tree(&b));
     let a_renamed = a.lookup(ROOT_INO, "renamed.txt").unwrap().unwrap();
     assert_eq!(a_renamed.ino, notes.ino, "a rename keeps the inode");
-    assert_eq!(read_all(&a, a_renamed.ino).await, b"second version, from the desktop");
+    assert_eq!(
+        read_all(&a, a_renamed.ino).await,
+        b"second version, from the desktop"
+    );
 
     // Concurrent edits: exactly one conflicted copy, no bytes lost.
     write(&a, a_renamed.ino, b"edit from the laptop").await;
@@ -133,13 +186,29 @@ async fn two_devices_converge() {
     b.sync_until_idle(10).await.unwrap();
     a.sync_until_idle(10).await.unwrap();
     assert_eq!(tree(&a), tree(&b));
-    let names: Vec<String> = b.list(ROOT_INO, None, 100).unwrap().into_iter().map(|e| e.node.name).collect();
-    let copies: Vec<_> = names.iter().filter(|n| n.contains("conflicted copy from desktop")).collect();
+    let names: Vec<String> = b
+        .list(ROOT_INO, None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.node.name)
+        .collect();
+    let copies: Vec<_> = names
+        .iter()
+        .filter(|n| n.contains("conflicted copy from desktop"))
+        .collect();
     assert_eq!(copies.len(), 1, "{names:?}");
     let original = b.lookup(ROOT_INO, "renamed.txt").unwrap().unwrap();
     let copy = b.lookup(ROOT_INO, copies[0]).unwrap().unwrap();
-    assert_eq!(read_all(&b, original.ino).await, b"edit from the laptop", "the server's version keeps the path");
-    assert_eq!(read_all(&b, copy.ino).await, b"edit from the desktop", "the loser's bytes are kept");
+    assert_eq!(
+        read_all(&b, original.ino).await,
+        b"edit from the laptop",
+        "the server's version keeps the path"
+    );
+    assert_eq!(
+        read_all(&b, copy.ino).await,
+        b"edit from the desktop",
+        "the loser's bytes are kept"
+    );
 
     // Deletes propagate.
     a.remove(ROOT_INO, "run.sh", false).unwrap();
@@ -160,7 +229,9 @@ async fn offline_edits_sync_after_reconnect() {
     let port = url.rsplit(':').next().unwrap().to_string();
     let (a, _) = device(dir.path(), "laptop", &url, &token_a);
     let (b, _) = device(dir.path(), "desktop", &url, &token_b);
-    let file = a.create(ROOT_INO, "report.txt", NodeKind::File, false, None).unwrap();
+    let file = a
+        .create(ROOT_INO, "report.txt", NodeKind::File, false, None)
+        .unwrap();
     write(&a, file.ino, b"written online").await;
     a.sync_until_idle(10).await.unwrap();
 
@@ -169,8 +240,12 @@ async fn offline_edits_sync_after_reconnect() {
     assert!(a.sync_round().await.is_err());
     assert!(!a.is_online());
     write(&a, file.ino, b"written offline").await;
-    let dir_entry = a.create(ROOT_INO, "made offline", NodeKind::Directory, false, None).unwrap();
-    let inner = a.create(dir_entry.ino, "inner.txt", NodeKind::File, false, None).unwrap();
+    let dir_entry = a
+        .create(ROOT_INO, "made offline", NodeKind::Directory, false, None)
+        .unwrap();
+    let inner = a
+        .create(dir_entry.ino, "inner.txt", NodeKind::File, false, None)
+        .unwrap();
     write(&a, inner.ino, b"also offline").await;
     // Hydrated content stays readable offline.
     assert_eq!(read_all(&a, file.ino).await, b"written offline");
@@ -198,7 +273,9 @@ async fn editing_the_middle_of_a_1gib_file_uploads_only_nearby_chunks() {
     let token = add_user(&server_dir, "alice", "laptop");
     let server = ServerProcess::start(&server_dir, &[]);
     let (engine, remote) = device(dir.path(), "laptop", &server.url, &token);
-    let file = engine.create(ROOT_INO, "disk.img", NodeKind::File, false, None).unwrap();
+    let file = engine
+        .create(ROOT_INO, "disk.img", NodeKind::File, false, None)
+        .unwrap();
 
     // 1 GiB of pseudo-random bytes, written in 8 MiB pieces.
     engine.open_writer(file.ino);
@@ -220,7 +297,10 @@ async fn editing_the_middle_of_a_1gib_file_uploads_only_nearby_chunks() {
     engine.close_writer(file.ino, None, true).unwrap();
     engine.sync_until_idle(10).await.unwrap();
     let first = remote.uploaded.swap(0, Ordering::Relaxed);
-    assert!(first >= GIB, "the first upload sends the whole file ({first} bytes)");
+    assert!(
+        first >= GIB,
+        "the first upload sends the whole file ({first} bytes)"
+    );
 
     // Overwrite 1 MiB in the middle.
     engine.open_writer(file.ino);
@@ -229,13 +309,25 @@ async fn editing_the_middle_of_a_1gib_file_uploads_only_nearby_chunks() {
         let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.seek(SeekFrom::Start(GIB / 2)).unwrap();
         // Random bytes: a run of one byte would deduplicate into a single chunk.
-        let edit: Vec<u8> = (0..MIB).map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) as u8).collect();
+        let edit: Vec<u8> = (0..MIB)
+            .map(|i| {
+                (i as u64)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .rotate_left(17) as u8
+            })
+            .collect();
         f.write_all(&edit).unwrap();
     }
     engine.close_writer(file.ino, None, true).unwrap();
     engine.sync_until_idle(10).await.unwrap();
     let second = remote.uploaded.load(Ordering::Relaxed);
     println!("a 1 MiB edit in a 1 GiB file uploaded {second} bytes");
-    assert!(second <= 3 * MIB as u64 / 2, "uploaded {second} bytes for a 1 MiB edit (limit 1.5 MiB)");
-    assert!(second >= MIB as u64, "the edited bytes themselves must be sent ({second})");
+    assert!(
+        second <= 3 * MIB as u64 / 2,
+        "uploaded {second} bytes for a 1 MiB edit (limit 1.5 MiB)"
+    );
+    assert!(
+        second >= MIB as u64,
+        "the edited bytes themselves must be sent ({second})"
+    );
 }

@@ -23,9 +23,16 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
-    let tokens = [add_user(&data, "alice", "laptop"), add_user(&data, "alice", "desktop")];
+    let tokens = [
+        add_user(&data, "alice", "laptop"),
+        add_user(&data, "alice", "desktop"),
+    ];
     let server = ServerProcess::start(&data, &[]);
-    Setup { _dir: dir, server, tokens }
+    Setup {
+        _dir: dir,
+        server,
+        tokens,
+    }
 }
 
 impl Setup {
@@ -36,7 +43,12 @@ impl Setup {
 }
 
 fn sh(dir: &std::path::Path, script: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "`{script}` failed:\n{}{}",
@@ -47,8 +59,16 @@ fn sh(dir: &std::path::Path, script: &str) -> String {
 }
 
 fn xattr(path: &std::path::Path, name: &str) -> String {
-    let out = Command::new("getfattr").args(["--only-values", "-n", name]).arg(path).output().unwrap();
-    assert!(out.status.success(), "getfattr {name}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("getfattr")
+        .args(["--only-values", "-n", name])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "getfattr {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -69,11 +89,18 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 fn chunk_files(mount: &MountProcess) -> (usize, u64) {
     let mut count = 0;
     let mut bytes = 0;
-    let Ok(shards) = fs::read_dir(mount.data.join("chunks/chunks")) else { return (0, 0) };
+    let Ok(shards) = fs::read_dir(mount.data.join("chunks/chunks")) else {
+        return (0, 0);
+    };
     for shard in shards.flatten().filter(|e| e.path().is_dir()) {
         for chunk in fs::read_dir(shard.path()).unwrap().flatten() {
             let name = chunk.file_name();
-            if name.len() == 64 && name.to_string_lossy().chars().all(|c| c.is_ascii_hexdigit()) {
+            if name.len() == 64
+                && name
+                    .to_string_lossy()
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit())
+            {
                 count += 1;
                 bytes += chunk.metadata().unwrap().len();
             }
@@ -90,28 +117,55 @@ fn edits_at_depth_reach_the_other_device() {
     fs::create_dir_all(a.path("projects/alpha/src")).unwrap();
     fs::write(a.path("projects/alpha/src/main.rs"), b"fn main() {}\n").unwrap();
     fs::write(a.path("projects/alpha/README"), b"alpha").unwrap();
-    fs::set_permissions(a.path("projects/alpha/README"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(
+        a.path("projects/alpha/README"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("src/main.rs", a.path("projects/alpha/link")).unwrap();
-    eventually(20, "B sees A's tree", || fs::read(b.path("projects/alpha/src/main.rs")).is_ok());
-    assert_eq!(fs::read(b.path("projects/alpha/src/main.rs")).unwrap(), b"fn main() {}\n");
-    eventually(10, "the executable bit", || {
-        fs::metadata(b.path("projects/alpha/README")).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+    eventually(20, "B sees A's tree", || {
+        fs::read(b.path("projects/alpha/src/main.rs")).is_ok()
     });
-    assert_eq!(fs::read_link(b.path("projects/alpha/link")).unwrap().to_str(), Some("src/main.rs"));
+    assert_eq!(
+        fs::read(b.path("projects/alpha/src/main.rs")).unwrap(),
+        b"fn main() {}\n"
+    );
+    eventually(10, "the executable bit", || {
+        fs::metadata(b.path("projects/alpha/README"))
+            .is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+    });
+    assert_eq!(
+        fs::read_link(b.path("projects/alpha/link"))
+            .unwrap()
+            .to_str(),
+        Some("src/main.rs")
+    );
 
     // B edits, renames a directory (O(1), no download), and deletes; A follows.
-    fs::write(b.path("projects/alpha/src/main.rs"), b"fn main() { println!(\"hi\"); }\n").unwrap();
+    fs::write(
+        b.path("projects/alpha/src/main.rs"),
+        b"fn main() { println!(\"hi\"); }\n",
+    )
+    .unwrap();
     fs::rename(b.path("projects/alpha"), b.path("projects/beta")).unwrap();
     fs::remove_file(b.path("projects/beta/README")).unwrap();
-    eventually(20, "A sees the rename", || a.path("projects/beta/src/main.rs").exists());
-    eventually(20, "A sees the edit", || {
-        fs::read(a.path("projects/beta/src/main.rs")).is_ok_and(|d| d == b"fn main() { println!(\"hi\"); }\n")
+    eventually(20, "A sees the rename", || {
+        a.path("projects/beta/src/main.rs").exists()
     });
-    eventually(20, "A sees the delete", || !a.path("projects/beta/README").exists());
+    eventually(20, "A sees the edit", || {
+        fs::read(a.path("projects/beta/src/main.rs"))
+            .is_ok_and(|d| d == b"fn main() { println!(\"hi\"); }\n")
+    });
+    eventually(20, "A sees the delete", || {
+        !a.path("projects/beta/README").exists()
+    });
     assert!(!a.path("projects/alpha").exists());
 
     // Shell tools work as on a disk: tar, find, mv, rm -r.
-    sh(&a.mountpoint, "mkdir -p t && tar -C /usr/share/doc -cf - dpkg | tar -C t -xf - && find t -type f | wc -l");
+    sh(
+        &a.mountpoint,
+        "mkdir -p t && tar -C /usr/share/doc -cf - dpkg | tar -C t -xf - && find t -type f | wc -l",
+    );
     let count_a = sh(&a.mountpoint, "find t -type f | wc -l");
     eventually(30, "B sees the untarred tree", || {
         Command::new("sh")
@@ -124,10 +178,20 @@ fn edits_at_depth_reach_the_other_device() {
     sh(&b.mountpoint, "mv t t2 && rm -r t2");
     // Removing most of the namespace engages the bulk-delete brake: B holds the deletes until the
     // user confirms them on the mount's root.
-    eventually(20, "B holds the deletes", || xattr(&b.mountpoint, "user.bvfs.held-deletes").contains("/t/"));
-    assert!(a.path("t").exists(), "held deletes must not reach the other device");
-    sh(&b.mountpoint, "setfattr -n user.bvfs.held-deletes -v confirm .");
-    eventually(30, "A sees the removal", || !a.path("t").exists() && !a.path("t2").exists());
+    eventually(20, "B holds the deletes", || {
+        xattr(&b.mountpoint, "user.bvfs.held-deletes").contains("/t/")
+    });
+    assert!(
+        a.path("t").exists(),
+        "held deletes must not reach the other device"
+    );
+    sh(
+        &b.mountpoint,
+        "setfattr -n user.bvfs.held-deletes -v confirm .",
+    );
+    eventually(30, "A sees the removal", || {
+        !a.path("t").exists() && !a.path("t2").exists()
+    });
 
     // POSIX errors where POSIX says so.
     let err = fs::remove_dir(a.path("projects")).unwrap_err();
@@ -148,7 +212,9 @@ fn concurrent_edits_make_exactly_one_conflicted_copy() {
     let a = s.mount(0, &[]);
     let b = s.mount(1, &[]);
     fs::write(a.path("shared.txt"), b"base").unwrap();
-    eventually(20, "B has the file", || fs::read(b.path("shared.txt")).is_ok_and(|d| d == b"base"));
+    eventually(20, "B has the file", || {
+        fs::read(b.path("shared.txt")).is_ok_and(|d| d == b"base")
+    });
     // Take B offline from A's changes by editing both before either syncs: stop nothing, just race.
     fs::write(a.path("shared.txt"), b"laptop version").unwrap();
     fs::write(b.path("shared.txt"), b"desktop version").unwrap();
@@ -160,14 +226,20 @@ fn concurrent_edits_make_exactly_one_conflicted_copy() {
             .filter(|n| n.contains("conflicted copy"))
             .collect()
     };
-    eventually(30, "both devices show one conflicted copy", || copies(&a).len() == 1 && copies(&b).len() == 1);
+    eventually(30, "both devices show one conflicted copy", || {
+        copies(&a).len() == 1 && copies(&b).len() == 1
+    });
     let copy = copies(&a).pop().unwrap();
     let mut versions = vec![
         fs::read(a.path("shared.txt")).unwrap(),
         fs::read(a.path(&copy)).unwrap(),
     ];
     versions.sort();
-    assert_eq!(versions, vec![b"desktop version".to_vec(), b"laptop version".to_vec()], "no bytes lost");
+    assert_eq!(
+        versions,
+        vec![b"desktop version".to_vec(), b"laptop version".to_vec()],
+        "no bytes lost"
+    );
     eventually(20, "B agrees", || {
         fs::read(b.path("shared.txt")).ok() == fs::read(a.path("shared.txt")).ok()
             && fs::read(b.path(&copy)).ok() == fs::read(a.path(&copy)).ok()
@@ -186,16 +258,26 @@ fn placeholders_and_ranged_hydration() {
         }
         f.sync_all().unwrap();
     }
-    sh(&a.mountpoint, "mkdir -p tree && for i in $(seq 1 200); do echo file $i > tree/f$i.txt; done");
+    sh(
+        &a.mountpoint,
+        "mkdir -p tree && for i in $(seq 1 200); do echo file $i > tree/f$i.txt; done",
+    );
     let b = s.mount(1, &[]);
     eventually(300, "B lists everything", || {
         fs::metadata(b.path("big.bin")).is_ok_and(|m| m.len() == 1 << 30)
             && fs::read_dir(b.path("tree")).is_ok_and(|d| d.count() == 200)
     });
     // stat, ls -l, find and getfattr download nothing.
-    sh(&b.mountpoint, "ls -lR >/dev/null && find . -type f -exec stat {} + >/dev/null");
+    sh(
+        &b.mountpoint,
+        "ls -lR >/dev/null && find . -type f -exec stat {} + >/dev/null",
+    );
     assert_eq!(xattr(&b.path("big.bin"), "user.bvfs.state"), "online-only");
-    assert_eq!(chunk_files(&b).0, 0, "listing and stat must not download chunks");
+    assert_eq!(
+        chunk_files(&b).0,
+        0,
+        "listing and stat must not download chunks"
+    );
 
     // 4 KiB at an offset of the 1 GiB file fetches only the chunks covering it.
     let f = fs::File::open(b.path("big.bin")).unwrap();
@@ -205,7 +287,10 @@ fn placeholders_and_ranged_hydration() {
     let expected = &random_bytes(8 << 20, 700 / 8 + 1)[(offset as usize % (8 << 20))..][..4096];
     assert_eq!(buf, expected);
     let (chunks, bytes) = chunk_files(&b);
-    assert!((1..=4).contains(&chunks), "{chunks} chunks fetched for a 4 KiB read");
+    assert!(
+        (1..=4).contains(&chunks),
+        "{chunks} chunks fetched for a 4 KiB read"
+    );
     assert!(bytes <= 1 << 20, "{bytes} bytes fetched for a 4 KiB read");
     assert_eq!(xattr(&b.path("big.bin"), "user.bvfs.state"), "partial");
 
@@ -213,7 +298,9 @@ fn placeholders_and_ranged_hydration() {
     let before = chunk_files(&b).0;
     fs::write(b.path("big.bin"), b"small now").unwrap();
     assert_eq!(chunk_files(&b).0, before, "truncating must not download");
-    eventually(120, "A sees the truncation", || fs::read(a.path("big.bin")).is_ok_and(|d| d == b"small now"));
+    eventually(120, "A sees the truncation", || {
+        fs::read(a.path("big.bin")).is_ok_and(|d| d == b"small now")
+    });
 }
 
 #[test]
@@ -224,7 +311,9 @@ fn cache_limit_pins_and_unsynced_data() {
         fs::write(a.path(&format!("f{i}.bin")), random_bytes(1 << 20, 100 + i)).unwrap();
     }
     let b = s.mount(1, &["--cache-size", "3M"]);
-    eventually(30, "B lists the files", || (0..8).all(|i| b.path(&format!("f{i}.bin")).exists()));
+    eventually(30, "B lists the files", || {
+        (0..8).all(|i| b.path(&format!("f{i}.bin")).exists())
+    });
     // Pin one file: it is fetched and stays, whatever else is read.
     sh(&b.mountpoint, "setfattr -n user.bvfs.pin -v 1 f0.bin");
     assert_eq!(xattr(&b.path("f0.bin"), "user.bvfs.pin"), "1");
@@ -233,23 +322,40 @@ fn cache_limit_pins_and_unsynced_data() {
         count > 0 && bytes >= 1 << 20
     });
     for i in 1..8 {
-        assert_eq!(fs::read(b.path(&format!("f{i}.bin"))).unwrap(), random_bytes(1 << 20, 100 + i));
+        assert_eq!(
+            fs::read(b.path(&format!("f{i}.bin"))).unwrap(),
+            random_bytes(1 << 20, 100 + i)
+        );
     }
     let (_, bytes) = chunk_files(&b);
-    assert!(bytes <= 3 << 20, "the cache holds {bytes} bytes over its 3 MiB limit");
+    assert!(
+        bytes <= 3 << 20,
+        "the cache holds {bytes} bytes over its 3 MiB limit"
+    );
     // Unsynced data lives in the materialized copy, outside the cache's eviction.
     fs::write(b.path("unsynced.bin"), random_bytes(2 << 20, 9)).unwrap();
     // With the server gone, the pinned file still reads in full; an evicted one does not.
     s.server.terminate();
-    assert_eq!(fs::read(b.path("f0.bin")).unwrap(), random_bytes(1 << 20, 100));
+    assert_eq!(
+        fs::read(b.path("f0.bin")).unwrap(),
+        random_bytes(1 << 20, 100)
+    );
     assert_eq!(xattr(&b.path("f0.bin"), "user.bvfs.state"), "pinned");
-    assert_eq!(fs::read(b.path("unsynced.bin")).unwrap(), random_bytes(2 << 20, 9));
+    assert_eq!(
+        fs::read(b.path("unsynced.bin")).unwrap(),
+        random_bytes(2 << 20, 9)
+    );
     // The files read first were evicted to keep the limit (the kernel may still have their pages).
     let cached = |i: u64| {
-        let manifest = bvfs_engine::chunking::chunk_bytes(&random_bytes(1 << 20, 100 + i), Default::default());
+        let manifest =
+            bvfs_engine::chunking::chunk_bytes(&random_bytes(1 << 20, 100 + i), Default::default());
         manifest.chunks.iter().all(|c| {
             let hex = c.id.to_hex();
-            b.data.join("chunks/chunks").join(&hex[..2]).join(&hex).exists()
+            b.data
+                .join("chunks/chunks")
+                .join(&hex[..2])
+                .join(&hex)
+                .exists()
         })
     };
     assert!(cached(0), "the pinned file stays cached");
@@ -263,7 +369,9 @@ fn offline_reads_fail_fast_and_writes_catch_up() {
     fs::write(a.path("local.txt"), b"hydrated").unwrap();
     fs::write(a.path("remote.bin"), random_bytes(300_000, 7)).unwrap();
     let b = s.mount(1, &[]);
-    eventually(20, "B has both", || b.path("remote.bin").exists() && b.path("local.txt").exists());
+    eventually(20, "B has both", || {
+        b.path("remote.bin").exists() && b.path("local.txt").exists()
+    });
     assert_eq!(fs::read(b.path("local.txt")).unwrap(), b"hydrated");
     let port = s.server.url.rsplit(':').next().unwrap().to_string();
     s.server.terminate();
@@ -275,9 +383,21 @@ fn offline_reads_fail_fast_and_writes_catch_up() {
     // Bytes that were never fetched fail fast with a clear errno, never hang.
     let start = Instant::now();
     let err = fs::read(b.path("remote.bin")).unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(3), "an offline read took {:?}", start.elapsed());
-    assert!(matches!(err.raw_os_error(), Some(libc::EIO) | Some(libc::ENETUNREACH)), "{err:?}");
-    eventually(5, "a log line names the file", || b.log().contains("remote.bin"));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "an offline read took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(
+            err.raw_os_error(),
+            Some(libc::EIO) | Some(libc::ENETUNREACH)
+        ),
+        "{err:?}"
+    );
+    eventually(5, "a log line names the file", || {
+        b.log().contains("remote.bin")
+    });
 
     // The server returns; everything catches up.
     let server_dir = s.server.data.clone();
@@ -286,7 +406,10 @@ fn offline_reads_fail_fast_and_writes_catch_up() {
         fs::read(a.path("local.txt")).is_ok_and(|d| d == b"edited offline")
             && fs::read(a.path("new offline.txt")).is_ok_and(|d| d == b"made offline")
     });
-    assert_eq!(fs::read(b.path("remote.bin")).unwrap(), random_bytes(300_000, 7));
+    assert_eq!(
+        fs::read(b.path("remote.bin")).unwrap(),
+        random_bytes(300_000, 7)
+    );
 }
 
 #[test]
@@ -302,7 +425,10 @@ fn kill_9_loses_nothing_that_was_fsynced() {
         acked.push((name, format!("version {i}")));
     }
     // Rewrite one in place and fsync without closing, then kill the daemon.
-    let mut f = fs::OpenOptions::new().write(true).open(a.path("doc3.txt")).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(a.path("doc3.txt"))
+        .unwrap();
     f.seek(SeekFrom::Start(0)).unwrap();
     f.write_all(b"VERSION 3").unwrap();
     f.sync_all().unwrap();
@@ -310,7 +436,11 @@ fn kill_9_loses_nothing_that_was_fsynced() {
     a.kill9_and_remount(&s.server.url, &s.tokens[0], "laptop");
     drop(f);
     for (name, content) in &acked {
-        assert_eq!(fs::read_to_string(a.path(name)).unwrap(), *content, "{name}");
+        assert_eq!(
+            fs::read_to_string(a.path(name)).unwrap(),
+            *content,
+            "{name}"
+        );
     }
     // A commit whose answer the crash swallowed is recognised, not mistaken for someone else's edit.
     std::thread::sleep(Duration::from_secs(2));
@@ -319,7 +449,10 @@ fn kill_9_loses_nothing_that_was_fsynced() {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().contains("conflicted copy"))
         .collect();
-    assert!(conflicts.is_empty(), "a crash must not make conflicted copies: {conflicts:?}");
+    assert!(
+        conflicts.is_empty(),
+        "a crash must not make conflicted copies: {conflicts:?}"
+    );
     // And they reach the other device.
     let b = s.mount(1, &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -328,7 +461,11 @@ fn kill_9_loses_nothing_that_was_fsynced() {
             match fs::read_to_string(b.path(name)) {
                 Ok(c) if c == *content => break,
                 other if Instant::now() > deadline => {
-                    panic!("B never got {name} = {content:?} (last: {other:?})\nA's log:\n{}\nB's log:\n{}", a.log(), b.log())
+                    panic!(
+                        "B never got {name} = {content:?} (last: {other:?})\nA's log:\n{}\nB's log:\n{}",
+                        a.log(),
+                        b.log()
+                    )
                 }
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
@@ -348,9 +485,14 @@ fn git_and_sqlite_work_inside_the_mount() {
             "git init -q src && cd src && git config user.email t@e && git config user.name t \
              && for i in 1 2 3; do echo $i > f$i; git add f$i; git commit -qm c$i; done",
         );
-        sh(&a.mountpoint, &format!("git clone -q {}/src repo", work.path().display()));
+        sh(
+            &a.mountpoint,
+            &format!("git clone -q {}/src repo", work.path().display()),
+        );
         let head = sh(&a.path("repo"), "git rev-parse HEAD");
-        eventually(60, "B has the clone", || b.path("repo/.git/HEAD").exists() && b.path("repo/f3").exists());
+        eventually(60, "B has the clone", || {
+            b.path("repo/.git/HEAD").exists() && b.path("repo/f3").exists()
+        });
         eventually(60, "git status is clean on B", || {
             Command::new("git")
                 .args(["-c", "safe.directory=*", "status", "--porcelain"])
@@ -358,30 +500,50 @@ fn git_and_sqlite_work_inside_the_mount() {
                 .output()
                 .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
         });
-        assert_eq!(sh(&b.path("repo"), "git -c safe.directory='*' rev-parse HEAD"), head);
+        assert_eq!(
+            sh(&b.path("repo"), "git -c safe.directory='*' rev-parse HEAD"),
+            head
+        );
     }
 
     // SQLite, through the mount, then checked on the other device.
     {
         let db = rusqlite::Connection::open(a.path("app.db")).unwrap();
-        db.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);").unwrap();
+        db.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);")
+            .unwrap();
         for i in 0..500 {
-            db.execute("INSERT INTO t (v) VALUES (?1)", [format!("row {i}")]).unwrap();
+            db.execute("INSERT INTO t (v) VALUES (?1)", [format!("row {i}")])
+                .unwrap();
         }
     }
     eventually(60, "B has the database", || {
-        fs::metadata(b.path("app.db")).ok().map(|m| m.len()) == fs::metadata(a.path("app.db")).ok().map(|m| m.len())
+        fs::metadata(b.path("app.db")).ok().map(|m| m.len())
+            == fs::metadata(a.path("app.db")).ok().map(|m| m.len())
             && fs::read(b.path("app.db")).ok() == fs::read(a.path("app.db")).ok()
     });
-    let db = rusqlite::Connection::open_with_flags(b.path("app.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let db = rusqlite::Connection::open_with_flags(
+        b.path("app.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
-    let rows: i64 = db.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(rows, 500);
 
     // Shared mmap writes land in the file.
     {
-        let f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(a.path("mapped")).unwrap();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(a.path("mapped"))
+            .unwrap();
         f.set_len(4096).unwrap();
         let ptr = unsafe {
             libc::mmap(
@@ -401,9 +563,14 @@ fn git_and_sqlite_work_inside_the_mount() {
         }
     }
     let mut content = Vec::new();
-    fs::File::open(a.path("mapped")).unwrap().read_to_end(&mut content).unwrap();
+    fs::File::open(a.path("mapped"))
+        .unwrap()
+        .read_to_end(&mut content)
+        .unwrap();
     assert_eq!(&content[..20], b"written through mmap");
-    eventually(30, "B sees the mmap write", || fs::read(b.path("mapped")).is_ok_and(|d| d.starts_with(b"written through mmap")));
+    eventually(30, "B sees the mmap write", || {
+        fs::read(b.path("mapped")).is_ok_and(|d| d.starts_with(b"written through mmap"))
+    });
 }
 
 #[test]
@@ -431,9 +598,15 @@ fn tree_digest(root: &std::path::Path) -> Vec<(String, String)> {
                 stack.push(path);
                 out.push((rel, "dir".into()));
             } else if meta.is_symlink() {
-                out.push((rel, format!("-> {}", fs::read_link(&path).unwrap().display())));
+                out.push((
+                    rel,
+                    format!("-> {}", fs::read_link(&path).unwrap().display()),
+                ));
             } else {
-                out.push((rel, blake3::hash(&fs::read(&path).unwrap()).to_hex().to_string()));
+                out.push((
+                    rel,
+                    blake3::hash(&fs::read(&path).unwrap()).to_hex().to_string(),
+                ));
             }
         }
     }
@@ -448,7 +621,11 @@ fn stress_run_ends_clean_and_the_data_verifies() {
     let b = s.mount(1, &[]);
     fs::create_dir(a.path("keep")).unwrap();
     for i in 0..30 {
-        fs::write(a.path(&format!("keep/{i}.bin")), random_bytes(1000 + i * 3000, 500 + i as u64)).unwrap();
+        fs::write(
+            a.path(&format!("keep/{i}.bin")),
+            random_bytes(1000 + i * 3000, 500 + i as u64),
+        )
+        .unwrap();
     }
     fs::create_dir(a.path("dbench")).unwrap();
     fs::create_dir(a.path("stress")).unwrap();
@@ -458,11 +635,29 @@ fn stress_run_ends_clean_and_the_data_verifies() {
         .args(["-t", "10", "2"])
         .output()
         .expect("dbench is installed by scripts/test.sh");
-    assert!(dbench.status.success(), "dbench failed:\n{}", String::from_utf8_lossy(&dbench.stdout));
+    assert!(
+        dbench.status.success(),
+        "dbench failed:\n{}",
+        String::from_utf8_lossy(&dbench.stdout)
+    );
     let stress = Command::new("stress-ng")
         .arg("--temp-path")
         .arg(a.path("stress"))
-        .args(["--hdd", "2", "--hdd-bytes", "4M", "--dir", "1", "--rename", "1", "--seek", "1", "--verify", "-t", "10s"])
+        .args([
+            "--hdd",
+            "2",
+            "--hdd-bytes",
+            "4M",
+            "--dir",
+            "1",
+            "--rename",
+            "1",
+            "--seek",
+            "1",
+            "--verify",
+            "-t",
+            "10s",
+        ])
         .output()
         .expect("stress-ng is installed by scripts/test.sh");
     assert!(
@@ -473,22 +668,36 @@ fn stress_run_ends_clean_and_the_data_verifies() {
     );
     // The data written before is intact, and the other device ends with exactly the same tree.
     for i in 0..30 {
-        assert_eq!(fs::read(a.path(&format!("keep/{i}.bin"))).unwrap(), random_bytes(1000 + i * 3000, 500 + i as u64));
+        assert_eq!(
+            fs::read(a.path(&format!("keep/{i}.bin"))).unwrap(),
+            random_bytes(1000 + i * 3000, 500 + i as u64)
+        );
     }
     // If the benchmarks' clean-up deletes engage the bulk-delete brake, confirm them as a user would.
     let expected = tree_digest(&a.mountpoint);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if !xattr(&a.mountpoint, "user.bvfs.held-deletes").is_empty() {
-            sh(&a.mountpoint, "setfattr -n user.bvfs.held-deletes -v confirm .");
+            sh(
+                &a.mountpoint,
+                "setfattr -n user.bvfs.held-deletes -v confirm .",
+            );
         }
         let got = tree_digest(&b.mountpoint);
         if got == expected {
             break;
         }
         if Instant::now() > deadline {
-            let missing: Vec<_> = expected.iter().filter(|e| !got.contains(e)).take(10).collect();
-            let extra: Vec<_> = got.iter().filter(|e| !expected.contains(e)).take(10).collect();
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|e| !got.contains(e))
+                .take(10)
+                .collect();
+            let extra: Vec<_> = got
+                .iter()
+                .filter(|e| !expected.contains(e))
+                .take(10)
+                .collect();
             panic!("B did not converge with A: missing {missing:?}, extra {extra:?}");
         }
         std::thread::sleep(Duration::from_millis(500));

@@ -57,10 +57,16 @@ async fn commit_list_snapshot_round_trip() {
     assert_eq!(resp.cursor, 2);
     assert_eq!(resp.nodes.len(), 2);
     assert_eq!(resp.nodes[1].revision, 2);
-    assert_eq!(resp.nodes[1].attrs.as_ref().unwrap().size, data.len() as u64);
+    assert_eq!(
+        resp.nodes[1].attrs.as_ref().unwrap().size,
+        data.len() as u64
+    );
 
     let changes = all_changes(&mut api, 0).await;
-    assert_eq!(changes.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        changes.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     assert_eq!(changes[1].node.as_ref().unwrap().name, "notes.txt");
     assert_eq!(changes[1].device, "laptop");
 
@@ -82,7 +88,9 @@ async fn commit_list_snapshot_round_trip() {
     assert_eq!(seen, vec![1, 2]);
 
     // Move, then the snapshot shows the namespace as it is.
-    let resp = commit(&mut api, vec![mv(&file, 2, &root(), "renamed.txt")]).await.unwrap();
+    let resp = commit(&mut api, vec![mv(&file, 2, &root(), "renamed.txt")])
+        .await
+        .unwrap();
     assert_eq!(resp.nodes[0].revision, 3);
     let snap = api
         .snapshot(v1::SnapshotRequest::default())
@@ -108,14 +116,22 @@ async fn snapshot_at_a_cursor_stays_consistent_while_commits_land() {
     let at = commit(&mut api, ops).await.unwrap().cursor;
     // First page at `at`, then the namespace changes, then the remaining pages.
     let first = api
-        .snapshot(v1::SnapshotRequest { at_cursor: 0, after_id: vec![], limit: 10 })
+        .snapshot(v1::SnapshotRequest {
+            at_cursor: 0,
+            after_id: vec![],
+            limit: 10,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(first.at_cursor, at);
     let mut later = vec![];
     for (i, id) in ids.iter().enumerate().take(20) {
-        later.push(if i % 2 == 0 { delete(id, (i + 1) as u64) } else { mv(id, (i + 1) as u64, &root(), &format!("moved{i}")) });
+        later.push(if i % 2 == 0 {
+            delete(id, (i + 1) as u64)
+        } else {
+            mv(id, (i + 1) as u64, &root(), &format!("moved{i}"))
+        });
     }
     later.push(mkdir(&new_id(), &root(), "late"));
     commit(&mut api, later).await.unwrap();
@@ -123,7 +139,11 @@ async fn snapshot_at_a_cursor_stays_consistent_while_commits_land() {
     let mut after = first.next_after_id;
     while !after.is_empty() {
         let page = api
-            .snapshot(v1::SnapshotRequest { at_cursor: at, after_id: after, limit: 10 })
+            .snapshot(v1::SnapshotRequest {
+                at_cursor: at,
+                after_id: after,
+                limit: 10,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -135,7 +155,10 @@ async fn snapshot_at_a_cursor_stays_consistent_while_commits_land() {
     let mut expected: Vec<_> = (0..50).map(|i| format!("d{i}")).collect();
     expected.push(String::new());
     expected.sort();
-    assert_eq!(names, expected, "the snapshot must show the namespace exactly as of cursor {at}");
+    assert_eq!(
+        names, expected,
+        "the snapshot must show the namespace exactly as of cursor {at}"
+    );
 }
 
 #[tokio::test]
@@ -148,14 +171,18 @@ async fn subscribe_pushes_each_advance() {
         .await
         .unwrap()
         .into_inner();
-    commit(&mut api, vec![mkdir(&new_id(), &root(), "a")]).await.unwrap();
+    commit(&mut api, vec![mkdir(&new_id(), &root(), "a")])
+        .await
+        .unwrap();
     let event = tokio::time::timeout(Duration::from_secs(5), events.next())
         .await
         .expect("a notification within 5 s")
         .unwrap()
         .unwrap();
     assert_eq!(event.head, 1);
-    commit(&mut api, vec![mkdir(&new_id(), &root(), "b")]).await.unwrap();
+    commit(&mut api, vec![mkdir(&new_id(), &root(), "b")])
+        .await
+        .unwrap();
     let event = tokio::time::timeout(Duration::from_secs(5), events.next())
         .await
         .unwrap()
@@ -164,8 +191,16 @@ async fn subscribe_pushes_each_advance() {
     assert_eq!(event.head, 2);
 
     // A subscriber behind the head hears about it at once.
-    let mut late = api.subscribe(v1::SubscribeRequest { cursor: 1 }).await.unwrap().into_inner();
-    let event = tokio::time::timeout(Duration::from_secs(5), late.next()).await.unwrap().unwrap().unwrap();
+    let mut late = api
+        .subscribe(v1::SubscribeRequest { cursor: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    let event = tokio::time::timeout(Duration::from_secs(5), late.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(event.head, 2);
 }
 
@@ -175,20 +210,38 @@ async fn chunks_find_missing_put_get_and_refuse_corruption() {
     let mut api = client(&f.server.url, &f.token).await;
     let a = vec![7u8; 100_000];
     let b = b"second chunk".to_vec();
-    let (ida, idb) = (blake3::hash(&a).as_bytes().to_vec(), blake3::hash(&b).as_bytes().to_vec());
+    let (ida, idb) = (
+        blake3::hash(&a).as_bytes().to_vec(),
+        blake3::hash(&b).as_bytes().to_vec(),
+    );
     let missing = api
-        .find_missing_chunks(v1::FindMissingChunksRequest { ids: vec![ida.clone(), idb.clone()] })
+        .find_missing_chunks(v1::FindMissingChunksRequest {
+            ids: vec![ida.clone(), idb.clone()],
+        })
         .await
         .unwrap()
         .into_inner()
         .missing;
     assert_eq!(missing.len(), 2);
-    let put = put_chunks(&mut api, vec![(ida.clone(), a.clone())]).await.unwrap();
+    let put = put_chunks(&mut api, vec![(ida.clone(), a.clone())])
+        .await
+        .unwrap();
     assert_eq!((put.stored, put.already_present), (1, 0));
-    let put = put_chunks(&mut api, vec![(ida.clone(), a.clone()), (idb.clone(), b.clone())]).await.unwrap();
-    assert_eq!((put.stored, put.already_present), (1, 1), "dedup: the first chunk is not rewritten");
+    let put = put_chunks(
+        &mut api,
+        vec![(ida.clone(), a.clone()), (idb.clone(), b.clone())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (put.stored, put.already_present),
+        (1, 1),
+        "dedup: the first chunk is not rewritten"
+    );
     let missing = api
-        .find_missing_chunks(v1::FindMissingChunksRequest { ids: vec![ida.clone(), idb.clone()] })
+        .find_missing_chunks(v1::FindMissingChunksRequest {
+            ids: vec![ida.clone(), idb.clone()],
+        })
         .await
         .unwrap()
         .into_inner()
@@ -196,7 +249,9 @@ async fn chunks_find_missing_put_get_and_refuse_corruption() {
     assert!(missing.is_empty());
 
     let mut stream = api
-        .get_chunks(v1::GetChunksRequest { ids: vec![idb.clone(), ida.clone()] })
+        .get_chunks(v1::GetChunksRequest {
+            ids: vec![idb.clone(), ida.clone()],
+        })
         .await
         .unwrap()
         .into_inner();
@@ -207,10 +262,14 @@ async fn chunks_find_missing_put_get_and_refuse_corruption() {
 
     // Bytes that do not hash to the id are refused and not stored.
     let bogus_id = blake3::hash(b"what the client claims").as_bytes().to_vec();
-    let err = put_chunks(&mut api, vec![(bogus_id.clone(), b"other bytes".to_vec())]).await.unwrap_err();
+    let err = put_chunks(&mut api, vec![(bogus_id.clone(), b"other bytes".to_vec())])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
     let missing = api
-        .find_missing_chunks(v1::FindMissingChunksRequest { ids: vec![bogus_id.clone()] })
+        .find_missing_chunks(v1::FindMissingChunksRequest {
+            ids: vec![bogus_id.clone()],
+        })
         .await
         .unwrap()
         .into_inner()
@@ -218,10 +277,21 @@ async fn chunks_find_missing_put_get_and_refuse_corruption() {
     assert_eq!(missing, vec![bogus_id.clone()]);
 
     // Unknown chunk: NOT_FOUND; malformed id: INVALID_ARGUMENT.
-    let mut stream = api.get_chunks(v1::GetChunksRequest { ids: vec![bogus_id] }).await.unwrap().into_inner();
-    assert_eq!(stream.next().await.unwrap().unwrap_err().code(), Code::NotFound);
+    let mut stream = api
+        .get_chunks(v1::GetChunksRequest {
+            ids: vec![bogus_id],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stream.next().await.unwrap().unwrap_err().code(),
+        Code::NotFound
+    );
     let err = api
-        .find_missing_chunks(v1::FindMissingChunksRequest { ids: vec![vec![1, 2, 3]] })
+        .find_missing_chunks(v1::FindMissingChunksRequest {
+            ids: vec![vec![1, 2, 3]],
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -252,68 +322,176 @@ async fn commits_are_rejected_precisely_and_atomically() {
     };
 
     // Stale base revision: compare-and-swap fails.
-    expect(commit(&mut api, vec![mv(&file, rev_file - 1, &root(), "x")]).await, Code::Aborted, "stale-revision");
+    expect(
+        commit(&mut api, vec![mv(&file, rev_file - 1, &root(), "x")]).await,
+        Code::Aborted,
+        "stale-revision",
+    );
     // Duplicate id, including the root's.
-    expect(commit(&mut api, vec![mkdir(&dir, &root(), "again")]).await, Code::AlreadyExists, "duplicate-id");
-    expect(commit(&mut api, vec![mkdir(&root(), &root(), "r")]).await, Code::AlreadyExists, "duplicate-id");
+    expect(
+        commit(&mut api, vec![mkdir(&dir, &root(), "again")]).await,
+        Code::AlreadyExists,
+        "duplicate-id",
+    );
+    expect(
+        commit(&mut api, vec![mkdir(&root(), &root(), "r")]).await,
+        Code::AlreadyExists,
+        "duplicate-id",
+    );
     // Sibling-name collision on create and on move.
-    expect(commit(&mut api, vec![mkdir(&new_id(), &root(), "dir")]).await, Code::AlreadyExists, "name-collision");
-    expect(commit(&mut api, vec![mv(&file, rev_file, &root(), "dir")]).await, Code::AlreadyExists, "name-collision");
+    expect(
+        commit(&mut api, vec![mkdir(&new_id(), &root(), "dir")]).await,
+        Code::AlreadyExists,
+        "name-collision",
+    );
+    expect(
+        commit(&mut api, vec![mv(&file, rev_file, &root(), "dir")]).await,
+        Code::AlreadyExists,
+        "name-collision",
+    );
     // Missing parent, non-directory parent.
-    expect(commit(&mut api, vec![mkdir(&new_id(), &new_id(), "orphan")]).await, Code::NotFound, "not-found");
-    expect(commit(&mut api, vec![mkdir(&new_id(), &file, "inside-a-file")]).await, Code::FailedPrecondition, "parent-not-directory");
+    expect(
+        commit(&mut api, vec![mkdir(&new_id(), &new_id(), "orphan")]).await,
+        Code::NotFound,
+        "not-found",
+    );
+    expect(
+        commit(&mut api, vec![mkdir(&new_id(), &file, "inside-a-file")]).await,
+        Code::FailedPrecondition,
+        "parent-not-directory",
+    );
     // A move into its own subtree.
-    expect(commit(&mut api, vec![mv(&dir, rev_dir, &sub, "loop")]).await, Code::FailedPrecondition, "cycle");
-    expect(commit(&mut api, vec![mv(&dir, rev_dir, &dir, "self")]).await, Code::FailedPrecondition, "cycle");
+    expect(
+        commit(&mut api, vec![mv(&dir, rev_dir, &sub, "loop")]).await,
+        Code::FailedPrecondition,
+        "cycle",
+    );
+    expect(
+        commit(&mut api, vec![mv(&dir, rev_dir, &dir, "self")]).await,
+        Code::FailedPrecondition,
+        "cycle",
+    );
     // Deleting a non-empty directory.
-    expect(commit(&mut api, vec![delete(&dir, rev_dir)]).await, Code::FailedPrecondition, "directory-not-empty");
+    expect(
+        commit(&mut api, vec![delete(&dir, rev_dir)]).await,
+        Code::FailedPrecondition,
+        "directory-not-empty",
+    );
     // Content whose chunks were never uploaded.
     expect(
-        commit(&mut api, vec![create(&new_id(), &root(), "ghost", NodeKind::File, file_attrs(b"never uploaded"))]).await,
+        commit(
+            &mut api,
+            vec![create(
+                &new_id(),
+                &root(),
+                "ghost",
+                NodeKind::File,
+                file_attrs(b"never uploaded"),
+            )],
+        )
+        .await,
         Code::FailedPrecondition,
         "missing-chunks",
     );
     // Invalid names, each form.
     for bad in ["", ".", "..", "a/b", "nul\0byte", &"x".repeat(256)] {
-        expect(commit(&mut api, vec![mkdir(&new_id(), &root(), bad)]).await, Code::InvalidArgument, "invalid-name");
+        expect(
+            commit(&mut api, vec![mkdir(&new_id(), &root(), bad)]).await,
+            Code::InvalidArgument,
+            "invalid-name",
+        );
     }
     // Malformed requests.
-    expect(commit(&mut api, vec![]).await, Code::InvalidArgument, "malformed");
-    expect(commit(&mut api, vec![mkdir(&[1, 2, 3], &root(), "short-id")]).await, Code::InvalidArgument, "malformed");
-    let mut wrong_size = file_attrs(b"v1");
-    wrong_size.size = 99;
     expect(
-        commit(&mut api, vec![create(&new_id(), &root(), "lies", NodeKind::File, wrong_size)]).await,
+        commit(&mut api, vec![]).await,
         Code::InvalidArgument,
         "malformed",
     );
-    expect(commit(&mut api, vec![delete(&root(), 0)]).await, Code::InvalidArgument, "root-immutable");
+    expect(
+        commit(&mut api, vec![mkdir(&[1, 2, 3], &root(), "short-id")]).await,
+        Code::InvalidArgument,
+        "malformed",
+    );
+    let mut wrong_size = file_attrs(b"v1");
+    wrong_size.size = 99;
+    expect(
+        commit(
+            &mut api,
+            vec![create(
+                &new_id(),
+                &root(),
+                "lies",
+                NodeKind::File,
+                wrong_size,
+            )],
+        )
+        .await,
+        Code::InvalidArgument,
+        "malformed",
+    );
+    expect(
+        commit(&mut api, vec![delete(&root(), 0)]).await,
+        Code::InvalidArgument,
+        "root-immutable",
+    );
 
     // All or nothing: a valid first op is rolled back when the second fails.
-    let head_before = api.hello(v1::HelloRequest {}).await.unwrap().into_inner().head;
-    let fresh = new_id();
-    let status = commit(&mut api, vec![mkdir(&fresh, &root(), "fresh"), mkdir(&new_id(), &root(), "dir")])
+    let head_before = api
+        .hello(v1::HelloRequest {})
         .await
-        .unwrap_err();
+        .unwrap()
+        .into_inner()
+        .head;
+    let fresh = new_id();
+    let status = commit(
+        &mut api,
+        vec![
+            mkdir(&fresh, &root(), "fresh"),
+            mkdir(&new_id(), &root(), "dir"),
+        ],
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.metadata().get("bvfs-op-index").unwrap(), "1");
-    let head_after = api.hello(v1::HelloRequest {}).await.unwrap().into_inner().head;
-    assert_eq!(head_before, head_after, "a rejected commit leaves no journal entry");
+    let head_after = api
+        .hello(v1::HelloRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .head;
+    assert_eq!(
+        head_before, head_after,
+        "a rejected commit leaves no journal entry"
+    );
     commit(&mut api, vec![mkdir(&fresh, &root(), "fresh")])
         .await
         .expect("the rolled-back id is still free");
 
     // Several ops on one node all compare against the revision before the commit.
-    let resp = commit(&mut api, vec![mv(&file, rev_file, &dir, "file"), update(&file, rev_file, file_attrs(b"v1"))])
-        .await
-        .unwrap();
+    let resp = commit(
+        &mut api,
+        vec![
+            mv(&file, rev_file, &dir, "file"),
+            update(&file, rev_file, file_attrs(b"v1")),
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.nodes[1].parent_id, dir);
 
     // Deleting a directory together with its children, children first, in one commit.
     let sub_rev = 2;
     let file_rev = resp.nodes[1].revision;
-    commit(&mut api, vec![delete(&sub, sub_rev), delete(&file, file_rev), delete(&dir, rev_dir)])
-        .await
-        .expect("recursive delete in one commit");
+    commit(
+        &mut api,
+        vec![
+            delete(&sub, sub_rev),
+            delete(&file, file_rev),
+            delete(&dir, rev_dir),
+        ],
+    )
+    .await
+    .expect("recursive delete in one commit");
 }
 
 #[tokio::test]
@@ -321,7 +499,10 @@ async fn cursor_ahead_of_the_journal_is_out_of_range() {
     let f = fixture();
     let mut api = client(&f.server.url, &f.token).await;
     let err = api
-        .list_changes(v1::ListChangesRequest { cursor: 42, limit: 0 })
+        .list_changes(v1::ListChangesRequest {
+            cursor: 42,
+            limit: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
@@ -335,9 +516,14 @@ async fn no_token_or_a_wrong_one_is_unauthenticated() {
         let mut api = client(&f.server.url, token).await;
         let err = api.hello(v1::HelloRequest {}).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "token {token:?}");
-        let err = commit(&mut api, vec![mkdir(&new_id(), &root(), "x")]).await.unwrap_err();
+        let err = commit(&mut api, vec![mkdir(&new_id(), &root(), "x")])
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
-        let err = api.subscribe(v1::SubscribeRequest { cursor: 0 }).await.unwrap_err();
+        let err = api
+            .subscribe(v1::SubscribeRequest { cursor: 0 })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
     }
 }
@@ -355,36 +541,81 @@ async fn tenants_cannot_see_or_probe_each_other() {
     let chunk_id = blake3::hash(&secret).as_bytes().to_vec();
     put_blob(&mut alice, &secret).await;
     let id = new_id();
-    let resp = commit(&mut alice, vec![create(&id, &root(), "secret.txt", NodeKind::File, file_attrs(&secret))])
-        .await
-        .unwrap();
+    let resp = commit(
+        &mut alice,
+        vec![create(
+            &id,
+            &root(),
+            "secret.txt",
+            NodeKind::File,
+            file_attrs(&secret),
+        )],
+    )
+    .await
+    .unwrap();
     let rev = resp.nodes[0].revision;
 
     // Bob's namespace is empty and his journal has nothing of Alice's.
     assert!(all_changes(&mut bob, 0).await.is_empty());
-    let snap = bob.snapshot(v1::SnapshotRequest::default()).await.unwrap().into_inner();
+    let snap = bob
+        .snapshot(v1::SnapshotRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(snap.nodes.len(), 1, "only Bob's root");
     // Alice's node id does not exist for Bob, whatever he tries.
-    for op in [mv(&id, rev, &root(), "stolen"), delete(&id, rev), update(&id, rev, dir_attrs())] {
-        assert_eq!(commit(&mut bob, vec![op]).await.unwrap_err().code(), Code::NotFound);
+    for op in [
+        mv(&id, rev, &root(), "stolen"),
+        delete(&id, rev),
+        update(&id, rev, dir_attrs()),
+    ] {
+        assert_eq!(
+            commit(&mut bob, vec![op]).await.unwrap_err().code(),
+            Code::NotFound
+        );
     }
-    let err = bob.list_versions(v1::ListVersionsRequest { id: id.clone() }).await.unwrap_err();
+    let err = bob
+        .list_versions(v1::ListVersionsRequest { id: id.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     // Bob may even use the same id for his own node.
-    commit(&mut bob, vec![mkdir(&id, &root(), "mine")]).await.unwrap();
+    commit(&mut bob, vec![mkdir(&id, &root(), "mine")])
+        .await
+        .unwrap();
     // Chunks: Bob cannot learn that Alice has them, nor read them, nor reference them.
     let missing = bob
-        .find_missing_chunks(v1::FindMissingChunksRequest { ids: vec![chunk_id.clone()] })
+        .find_missing_chunks(v1::FindMissingChunksRequest {
+            ids: vec![chunk_id.clone()],
+        })
         .await
         .unwrap()
         .into_inner()
         .missing;
     assert_eq!(missing, vec![chunk_id.clone()]);
-    let mut stream = bob.get_chunks(v1::GetChunksRequest { ids: vec![chunk_id] }).await.unwrap().into_inner();
-    assert_eq!(stream.next().await.unwrap().unwrap_err().code(), Code::NotFound);
-    let err = commit(&mut bob, vec![create(&new_id(), &root(), "copy", NodeKind::File, file_attrs(&secret))])
+    let mut stream = bob
+        .get_chunks(v1::GetChunksRequest {
+            ids: vec![chunk_id],
+        })
         .await
-        .unwrap_err();
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stream.next().await.unwrap().unwrap_err().code(),
+        Code::NotFound
+    );
+    let err = commit(
+        &mut bob,
+        vec![create(
+            &new_id(),
+            &root(),
+            "copy",
+            NodeKind::File,
+            file_attrs(&secret),
+        )],
+    )
+    .await
+    .unwrap_err();
     assert_eq!(reason(&err), "missing-chunks");
     // Alice's node is untouched.
     let alice_changes = all_changes(&mut alice, 0).await;
@@ -399,9 +630,24 @@ async fn history_restore_and_undelete() {
     for data in [&b"one"[..], b"two", b"three"] {
         put_blob(&mut api, data).await;
     }
-    let r1 = commit(&mut api, vec![create(&id, &root(), "doc.txt", NodeKind::File, file_attrs(b"one"))]).await.unwrap();
-    let r2 = commit(&mut api, vec![update(&id, r1.cursor, file_attrs(b"two"))]).await.unwrap();
-    let r3 = commit(&mut api, vec![update(&id, r2.cursor, file_attrs(b"three"))]).await.unwrap();
+    let r1 = commit(
+        &mut api,
+        vec![create(
+            &id,
+            &root(),
+            "doc.txt",
+            NodeKind::File,
+            file_attrs(b"one"),
+        )],
+    )
+    .await
+    .unwrap();
+    let r2 = commit(&mut api, vec![update(&id, r1.cursor, file_attrs(b"two"))])
+        .await
+        .unwrap();
+    let r3 = commit(&mut api, vec![update(&id, r2.cursor, file_attrs(b"three"))])
+        .await
+        .unwrap();
 
     let versions = api
         .list_versions(v1::ListVersionsRequest { id: id.clone() })
@@ -409,20 +655,35 @@ async fn history_restore_and_undelete() {
         .unwrap()
         .into_inner()
         .versions;
-    assert_eq!(versions.iter().map(|v| v.seq).collect::<Vec<_>>(), vec![3, 2, 1], "newest first");
+    assert_eq!(
+        versions.iter().map(|v| v.seq).collect::<Vec<_>>(),
+        vec![3, 2, 1],
+        "newest first"
+    );
 
     // Restore "one" as a new revision.
     let restored = api
-        .restore_version(v1::RestoreVersionRequest { id: id.clone(), seq: r1.cursor, base_revision: r3.cursor })
+        .restore_version(v1::RestoreVersionRequest {
+            id: id.clone(),
+            seq: r1.cursor,
+            base_revision: r3.cursor,
+        })
         .await
         .unwrap()
         .into_inner();
     let node = &restored.nodes[0];
     assert_eq!(node.revision, 4);
-    assert_eq!(node.attrs.as_ref().unwrap().content, file_attrs(b"one").content);
+    assert_eq!(
+        node.attrs.as_ref().unwrap().content,
+        file_attrs(b"one").content
+    );
     // Restoring against a stale base is refused.
     let err = api
-        .restore_version(v1::RestoreVersionRequest { id: id.clone(), seq: r2.cursor, base_revision: r3.cursor })
+        .restore_version(v1::RestoreVersionRequest {
+            id: id.clone(),
+            seq: r2.cursor,
+            base_revision: r3.cursor,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
@@ -438,22 +699,43 @@ async fn history_restore_and_undelete() {
     assert_eq!(deleted.len(), 1);
     assert_eq!(deleted[0].node.as_ref().unwrap().name, "doc.txt");
     let back = api
-        .undelete(v1::UndeleteRequest { id: id.clone(), ..Default::default() })
+        .undelete(v1::UndeleteRequest {
+            id: id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(back.nodes[0].name, "doc.txt");
-    assert_eq!(back.nodes[0].attrs.as_ref().unwrap().content, file_attrs(b"one").content);
-    assert!(api.list_deleted(v1::ListDeletedRequest::default()).await.unwrap().into_inner().nodes.is_empty());
+    assert_eq!(
+        back.nodes[0].attrs.as_ref().unwrap().content,
+        file_attrs(b"one").content
+    );
+    assert!(
+        api.list_deleted(v1::ListDeletedRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes
+            .is_empty()
+    );
     // Undeleting a live node is refused; the journal shows the undelete as an upsert.
-    let err = api.undelete(v1::UndeleteRequest { id: id.clone(), ..Default::default() }).await.unwrap_err();
+    let err = api
+        .undelete(v1::UndeleteRequest {
+            id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     let last = all_changes(&mut api, 0).await.pop().unwrap();
     assert_eq!(last.kind, ChangeKind::Upsert as i32);
 
     // Every version's chunks are still readable.
     let mut stream = api
-        .get_chunks(v1::GetChunksRequest { ids: vec![blake3::hash(b"two").as_bytes().to_vec()] })
+        .get_chunks(v1::GetChunksRequest {
+            ids: vec![blake3::hash(b"two").as_bytes().to_vec()],
+        })
         .await
         .unwrap()
         .into_inner();
@@ -477,7 +759,9 @@ async fn plaintext_on_a_public_address_is_refused() {
 async fn sigterm_stops_the_server_cleanly() {
     let mut f = fixture();
     let mut api = client(&f.server.url, &f.token).await;
-    commit(&mut api, vec![mkdir(&new_id(), &root(), "a")]).await.unwrap();
+    commit(&mut api, vec![mkdir(&new_id(), &root(), "a")])
+        .await
+        .unwrap();
     let status = f.server.terminate();
     assert!(status.success(), "exit status {status:?}");
 }

@@ -45,11 +45,20 @@ async fn acknowledged_commits_survive_kill_9() {
             acked.insert(id, rev);
         }
     }
-    assert!(acked.len() > 10, "only {} commits were acknowledged before the crash", acked.len());
+    assert!(
+        acked.len() > 10,
+        "only {} commits were acknowledged before the crash",
+        acked.len()
+    );
 
     let server = ServerProcess::start(data.path(), &[]);
     let mut api = client(&server.url, &token).await;
-    let head = api.hello(v1::HelloRequest {}).await.unwrap().into_inner().head;
+    let head = api
+        .hello(v1::HelloRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .head;
     let changes = all_changes(&mut api, 0).await;
     // Gap-free, in order, up to the head.
     assert_eq!(changes.len() as u64, head);
@@ -62,11 +71,17 @@ async fn acknowledged_commits_survive_kill_9() {
         .map(|c| (c.node.as_ref().unwrap().id.clone(), c.seq))
         .collect();
     for (id, rev) in &acked {
-        assert_eq!(journal.get(id), Some(rev), "an acknowledged commit was lost");
+        assert_eq!(
+            journal.get(id),
+            Some(rev),
+            "an acknowledged commit was lost"
+        );
     }
     let max_acked = acked.values().max().copied().unwrap();
     assert!(head >= max_acked);
     // The cursor continues right after the head.
-    let next = commit(&mut api, vec![mkdir(&new_id(), &root(), "after-restart")]).await.unwrap();
+    let next = commit(&mut api, vec![mkdir(&new_id(), &root(), "after-restart")])
+        .await
+        .unwrap();
     assert_eq!(next.cursor, head + 1);
 }

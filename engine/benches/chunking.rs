@@ -32,7 +32,8 @@ fn chunking(c: &mut Criterion) {
     });
     group.bench_function("fastcdc cut points only", |b| {
         b.iter(|| {
-            let chunker = fastcdc::v2020::FastCDC::new(black_box(&data), 16 * 1024, 64 * 1024, 256 * 1024);
+            let chunker =
+                fastcdc::v2020::FastCDC::new(black_box(&data), 16 * 1024, 64 * 1024, 256 * 1024);
             black_box(chunker.count())
         })
     });

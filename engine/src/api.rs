@@ -169,7 +169,10 @@ impl Engine {
         std::fs::create_dir_all(&config.dir)?;
         let state = open_or_rebuild(&config.dir.join("state.sqlite"))?;
         let files = LocalFiles::open(&config.dir.join("files"))?;
-        let cache_dir = config.cache_dir.clone().unwrap_or_else(|| config.dir.join("chunks"));
+        let cache_dir = config
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| config.dir.join("chunks"));
         let cache = Arc::new(ChunkCache::open(&cache_dir, config.cache_limits)?);
         let fetcher = Arc::new(ChunkFetcher::new(cache.clone(), remote.clone()));
         let engine = Arc::new(Self {
@@ -245,8 +248,16 @@ impl Engine {
     }
 
     /// Up to `limit` children of `dir` after the name `after`, in name order.
-    pub fn list(&self, dir: u64, after: Option<&str>, limit: usize) -> EngineResult<Vec<LocalEntry>> {
-        Ok(self.state.lock().read(|t| t.local_children(dir, after, limit))?)
+    pub fn list(
+        &self,
+        dir: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> EngineResult<Vec<LocalEntry>> {
+        Ok(self
+            .state
+            .lock()
+            .read(|t| t.local_children(dir, after, limit))?)
     }
 
     /// The manifest of a file's current content.
@@ -268,14 +279,24 @@ impl Engine {
 
     // ----- mutations through the mount -----
 
-    fn mutate<T>(&self, f: impl FnOnce(&crate::state::Txn<'_>) -> Result<T, LocalError>) -> EngineResult<T> {
+    fn mutate<T>(
+        &self,
+        f: impl FnOnce(&crate::state::Txn<'_>) -> Result<T, LocalError>,
+    ) -> EngineResult<T> {
         let value = self.state.lock().transaction(f)?;
         self.changed_locally();
         Ok(value)
     }
 
     /// Creates a file, directory or symlink in `parent`.
-    pub fn create(&self, parent: u64, name: &str, kind: NodeKind, executable: bool, symlink_target: Option<String>) -> EngineResult<LocalEntry> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        kind: NodeKind,
+        executable: bool,
+        symlink_target: Option<String>,
+    ) -> EngineResult<LocalEntry> {
         let now = self.clock.now_ns();
         let attrs = match kind {
             NodeKind::File => Attrs {
@@ -315,7 +336,12 @@ impl Engine {
     }
 
     /// Sets the executable bit and/or mtime of `ino`.
-    pub fn set_attrs(&self, ino: u64, executable: Option<bool>, mtime_ns: Option<i64>) -> EngineResult<LocalEntry> {
+    pub fn set_attrs(
+        &self,
+        ino: u64,
+        executable: Option<bool>,
+        mtime_ns: Option<i64>,
+    ) -> EngineResult<LocalEntry> {
         self.mutate(|t| {
             let entry = t.local_by_ino(ino)?.ok_or(LocalError::NotFound)?;
             let mut attrs = entry.node.attrs.clone();
@@ -330,7 +356,13 @@ impl Engine {
     }
 
     /// Renames `ino` to `name` in `new_parent` (rename(2) semantics; see [`crate::state::Txn::local_rename`]).
-    pub fn rename(&self, ino: u64, new_parent: u64, name: &str, no_replace: bool) -> EngineResult<()> {
+    pub fn rename(
+        &self,
+        ino: u64,
+        new_parent: u64,
+        name: &str,
+        no_replace: bool,
+    ) -> EngineResult<()> {
         let replaced = self.mutate(|t| t.local_rename(ino, new_parent, name, no_replace))?;
         if let Some(replaced) = replaced {
             self.drop_local_copy(replaced.ino)?;
@@ -365,11 +397,16 @@ impl Engine {
     /// Pins (keeps local, recursively, inherited by new children) or unpins `ino`. Pinned files' chunks
     /// are held in the cache and fetched in the background. Returns how many nodes changed.
     pub fn set_pinned(&self, ino: u64, pinned: bool) -> EngineResult<usize> {
-        let changed = self.state.lock().transaction(|t| t.local_set_pinned(ino, pinned))?;
+        let changed = self
+            .state
+            .lock()
+            .transaction(|t| t.local_set_pinned(ino, pinned))?;
         let mut fetch = Vec::new();
         for entry in changed.iter().filter(|e| e.node.kind == NodeKind::File) {
             let ids = match (pinned, self.manifest(entry)) {
-                (true, Ok(manifest)) => Some(manifest.chunks.iter().map(|c| c.id).collect::<Vec<_>>()),
+                (true, Ok(manifest)) => {
+                    Some(manifest.chunks.iter().map(|c| c.id).collect::<Vec<_>>())
+                }
                 _ => None,
             };
             fetch.extend(ids.iter().flatten().copied());
@@ -411,9 +448,14 @@ impl Engine {
             use std::io::Write;
             let manifest = self.manifest(&entry)?;
             // One batched, concurrent fetch of whatever is not cached, then the copy in order.
-            self.fetcher.hydrate(manifest.chunks.iter().map(|c| c.id)).await?;
+            self.fetcher
+                .hydrate(manifest.chunks.iter().map(|c| c.id))
+                .await?;
             for chunk in &manifest.chunks {
-                let bytes = self.fetcher.chunk(chunk.id, crate::fetch::Priority::OnDemand).await?;
+                let bytes = self
+                    .fetcher
+                    .chunk(chunk.id, crate::fetch::Priority::OnDemand)
+                    .await?;
                 pending.file().write_all(&bytes)?;
             }
         }
@@ -423,7 +465,12 @@ impl Engine {
     }
 
     /// [`Engine::materialize`] for threads outside the runtime (FUSE workers).
-    pub fn materialize_blocking(&self, handle: &tokio::runtime::Handle, ino: u64, truncate: bool) -> EngineResult<PathBuf> {
+    pub fn materialize_blocking(
+        &self,
+        handle: &tokio::runtime::Handle,
+        ino: u64,
+        truncate: bool,
+    ) -> EngineResult<PathBuf> {
         handle.block_on(self.materialize(ino, truncate))
     }
 
@@ -439,7 +486,8 @@ impl Engine {
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
                 .map_err(|e| state.sql_err(e))?;
-            rows.collect::<Result<_, _>>().map_err(|e| state.sql_err(e))?
+            rows.collect::<Result<_, _>>()
+                .map_err(|e| state.sql_err(e))?
         };
         for (ino, hash) in pinned {
             let manifest = match crate::model::ContentHash::from_slice(&hash) {
@@ -485,7 +533,11 @@ impl Engine {
 
     /// Re-chunks the materialized copy of `ino` and makes it the LOCAL content (on flush, fsync and
     /// the last close). Returns the new entry, or `None` if the node no longer exists.
-    pub fn commit_written(&self, ino: u64, mtime_ns: Option<i64>) -> EngineResult<Option<LocalEntry>> {
+    pub fn commit_written(
+        &self,
+        ino: u64,
+        mtime_ns: Option<i64>,
+    ) -> EngineResult<Option<LocalEntry>> {
         if !self.files.exists(ino) {
             return Ok(None);
         }
@@ -499,7 +551,9 @@ impl Engine {
             let Some(entry) = t.local_by_ino(ino)? else {
                 return Ok(None);
             };
-            if entry.node.attrs.content == Some(manifest.hash) && entry.node.attrs.size == manifest.size {
+            if entry.node.attrs.content == Some(manifest.hash)
+                && entry.node.attrs.size == manifest.size
+            {
                 return Ok(Some(entry));
             }
             t.put_manifest(&manifest)?;
@@ -510,7 +564,10 @@ impl Engine {
             t.local_set_attrs(ino, attrs).map(Some)
         })?;
         if let Some(entry) = result.as_ref().filter(|e| e.pinned) {
-            self.pin_hold(entry.ino, Some(manifest.chunks.iter().map(|c| c.id).collect()));
+            self.pin_hold(
+                entry.ino,
+                Some(manifest.chunks.iter().map(|c| c.id).collect()),
+            );
         }
         if result.is_none() && !self.writers.lock().contains_key(&ino) {
             // The node was deleted while open: its copy goes with the last handle.
@@ -593,7 +650,10 @@ fn open_or_rebuild(path: &Path) -> EngineResult<State> {
                     .map(|d| d.as_secs())
                     .unwrap_or(0)
             ));
-            tracing::error!("the engine database cannot be used ({e}); keeping it as {} and rebuilding", aside.display());
+            tracing::error!(
+                "the engine database cannot be used ({e}); keeping it as {} and rebuilding",
+                aside.display()
+            );
             std::fs::rename(path, &aside)?;
             for suffix in ["-wal", "-shm"] {
                 let side = PathBuf::from(format!("{}{suffix}", path.display()));

@@ -85,7 +85,12 @@ impl Manifest {
     }
 
     /// The indexes of the chunks covering `[offset, offset + len)`, given [`Manifest::offsets`].
-    pub fn chunks_covering(offsets: &[u64], size: u64, offset: u64, len: u64) -> std::ops::Range<usize> {
+    pub fn chunks_covering(
+        offsets: &[u64],
+        size: u64,
+        offset: u64,
+        len: u64,
+    ) -> std::ops::Range<usize> {
         if len == 0 || offset >= size || offsets.first().is_none_or(|&first| first > offset) {
             return 0..0;
         }
@@ -126,7 +131,9 @@ pub fn chunk_reader<R: Read>(
     mut sink: impl FnMut(&ChunkRef, &[u8]) -> io::Result<()>,
 ) -> io::Result<Manifest> {
     assert!(
-        params.min.is_multiple_of(2) && params.avg.is_multiple_of(2) && params.max.is_multiple_of(2),
+        params.min.is_multiple_of(2)
+            && params.avg.is_multiple_of(2)
+            && params.max.is_multiple_of(2),
         "FastCDC sizes must be even"
     );
     assert!(params.min <= params.avg && params.avg <= params.max);
@@ -156,7 +163,16 @@ pub fn chunk_reader<R: Read>(
             break;
         }
         let window = &buffer[start..filled];
-        let (_, len) = cut(window, params.min, params.avg, params.max, mask_s, mask_l, mask_s << 1, mask_l << 1);
+        let (_, len) = cut(
+            window,
+            params.min,
+            params.avg,
+            params.max,
+            mask_s,
+            mask_l,
+            mask_s << 1,
+            mask_l << 1,
+        );
         debug_assert!(len > 0 && len <= params.max);
         let data = &window[..len];
         let chunk = ChunkRef {

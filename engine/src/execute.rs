@@ -33,9 +33,16 @@ pub struct LocalEffects {
 
 impl LocalEffects {
     /// Records that the pinned file `ino` now holds `attrs`' content (or nothing).
-    fn repin(&mut self, t: &Txn<'_>, ino: u64, attrs: Option<&crate::model::Attrs>) -> Result<(), EngineError> {
+    fn repin(
+        &mut self,
+        t: &Txn<'_>,
+        ino: u64,
+        attrs: Option<&crate::model::Attrs>,
+    ) -> Result<(), EngineError> {
         let ids = match attrs.and_then(|a| a.content) {
-            Some(hash) => t.manifest(&hash)?.map(|m| m.chunks.iter().map(|c| c.id).collect()),
+            Some(hash) => t
+                .manifest(&hash)?
+                .map(|m| m.chunks.iter().map(|c| c.id).collect()),
             None => None,
         };
         self.pins.push((ino, ids));
@@ -62,7 +69,12 @@ impl Engine {
         self.writers.lock().contains_key(&ino)
     }
 
-    fn queue_fetch(&self, t: &Txn<'_>, attrs: &crate::model::Attrs, fetch: &mut Vec<ChunkId>) -> Result<(), EngineError> {
+    fn queue_fetch(
+        &self,
+        t: &Txn<'_>,
+        attrs: &crate::model::Attrs,
+        fetch: &mut Vec<ChunkId>,
+    ) -> Result<(), EngineError> {
         if let Some(hash) = attrs.content
             && let Some(manifest) = t.manifest(&hash)?
         {
@@ -72,9 +84,17 @@ impl Engine {
     }
 
     /// Applies one local op. Returns false if it has to wait for a later round.
-    pub(crate) fn apply_local_op(&self, t: &Txn<'_>, op: &PlannedOp, fx: &mut LocalEffects) -> Result<bool, EngineError> {
+    pub(crate) fn apply_local_op(
+        &self,
+        t: &Txn<'_>,
+        op: &PlannedOp,
+        fx: &mut LocalEffects,
+    ) -> Result<bool, EngineError> {
         match &op.kind {
-            OpKind::LocalCreate { node, fetch_content } => {
+            OpKind::LocalCreate {
+                node,
+                fetch_content,
+            } => {
                 if let Some(existing) = entry_of(t, node.id)? {
                     // Re-running an op whose effect is already there (a round interrupted after it).
                     debug_assert_eq!(existing.node.kind, node.kind);
@@ -101,7 +121,11 @@ impl Engine {
                     self.queue_fetch(t, &node.attrs, &mut fx.fetch)?;
                 }
             }
-            OpKind::LocalUpdate { id, attrs, fetch_content } => {
+            OpKind::LocalUpdate {
+                id,
+                attrs,
+                fetch_content,
+            } => {
                 let Some(mut entry) = entry_of(t, *id)? else {
                     return Ok(false);
                 };
@@ -126,7 +150,9 @@ impl Engine {
                 let Some(mut entry) = entry_of(t, *id)? else {
                     return Ok(false);
                 };
-                let (Some(old_parent_ino), Some(new_parent_ino)) = (ino_of(t, entry.node.parent)?, ino_of(t, *parent)?) else {
+                let (Some(old_parent_ino), Some(new_parent_ino)) =
+                    (ino_of(t, entry.node.parent)?, ino_of(t, *parent)?)
+                else {
                     return Ok(false);
                 };
                 if !name_free(t, *parent, name, *id)? {
@@ -151,7 +177,9 @@ impl Engine {
                 if self.is_open_for_writing(entry.ino) {
                     return Ok(false);
                 }
-                if entry.node.kind == NodeKind::Directory && !t.local_children(entry.ino, None, 1)?.is_empty() {
+                if entry.node.kind == NodeKind::Directory
+                    && !t.local_children(entry.ino, None, 1)?.is_empty()
+                {
                     return Ok(false);
                 }
                 let parent_ino = ino_of(t, entry.node.parent)?;
@@ -168,7 +196,12 @@ impl Engine {
                 }
                 fx.invalidations.push(Invalidation::Inode(entry.ino));
             }
-            OpKind::LocalConflictCopy { original, copy, original_attrs, fetch_content } => {
+            OpKind::LocalConflictCopy {
+                original,
+                copy,
+                original_attrs,
+                fetch_content,
+            } => {
                 let Some(mut entry) = entry_of(t, *original)? else {
                     return Ok(false);
                 };
@@ -197,7 +230,10 @@ impl Engine {
                         self.clock.now_ns(),
                         *original,
                         Some(copy.id),
-                        &format!("edited here and on another device: this device's version is now {:?}", copy.name),
+                        &format!(
+                            "edited here and on another device: this device's version is now {:?}",
+                            copy.name
+                        ),
                     )?;
                     tracing::warn!(name = %copy.name, "conflict: kept this device's version as a conflicted copy");
                 }
@@ -210,7 +246,13 @@ impl Engine {
                 }
                 fx.invalidations.push(Invalidation::Inode(entry.ino));
             }
-            OpKind::LocalReidentify { old, new, parent, name, attrs } => {
+            OpKind::LocalReidentify {
+                old,
+                new,
+                parent,
+                name,
+                attrs,
+            } => {
                 if entry_of(t, *new)?.is_none() {
                     if entry_of(t, *old)?.is_none() {
                         return Ok(false);
@@ -220,7 +262,9 @@ impl Engine {
                 let Some(mut entry) = entry_of(t, *new)? else {
                     return Ok(false);
                 };
-                let (Some(old_parent_ino), Some(new_parent_ino)) = (ino_of(t, entry.node.parent)?, ino_of(t, *parent)?) else {
+                let (Some(old_parent_ino), Some(new_parent_ino)) =
+                    (ino_of(t, entry.node.parent)?, ino_of(t, *parent)?)
+                else {
                     return Ok(false);
                 };
                 if !name_free(t, *parent, name, *new)? {

@@ -61,7 +61,11 @@ impl LocalFiles {
     }
 
     /// Atomically creates the copy of `ino`, filling it with `fill` (temp file, fsync, rename).
-    pub fn create(&self, ino: u64, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<PathBuf> {
+    pub fn create(
+        &self,
+        ino: u64,
+        fill: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> io::Result<PathBuf> {
         let mut pending = self.begin(ino)?;
         fill(pending.file())?;
         pending.commit()
@@ -80,7 +84,11 @@ impl LocalFiles {
     pub fn begin(&self, ino: u64) -> io::Result<PendingCopy> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!("{ino}.{n}.tmp"));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&tmp)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         Ok(PendingCopy {
             file,
             tmp,
@@ -112,14 +120,24 @@ impl LocalFiles {
     }
 
     /// Chunks the copy of `ino`, calling `sink` with each chunk.
-    pub fn chunk(&self, ino: u64, sink: impl FnMut(&crate::chunking::ChunkRef, &[u8]) -> io::Result<()>) -> io::Result<Manifest> {
+    pub fn chunk(
+        &self,
+        ino: u64,
+        sink: impl FnMut(&crate::chunking::ChunkRef, &[u8]) -> io::Result<()>,
+    ) -> io::Result<Manifest> {
         let file = File::open(self.path(ino))?;
         chunk_reader(file, ChunkParams::default(), sink)
     }
 
     /// Reads the bytes `[offset, offset + len)` of the copy of `ino` and returns them only if they are
     /// still the chunk `expected` (the file may have been written since it was chunked).
-    pub fn read_chunk(&self, ino: u64, offset: u64, len: u32, expected: ChunkId) -> io::Result<Option<Vec<u8>>> {
+    pub fn read_chunk(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: u32,
+        expected: ChunkId,
+    ) -> io::Result<Option<Vec<u8>>> {
         let mut file = match File::open(self.path(ino)) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

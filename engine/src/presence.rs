@@ -74,7 +74,11 @@ impl Engine {
             return Ok(Hydration::Local);
         }
         let manifest = self.manifest(entry)?;
-        let cached = manifest.chunks.iter().filter(|c| self.cache.contains(&c.id)).count();
+        let cached = manifest
+            .chunks
+            .iter()
+            .filter(|c| self.cache.contains(&c.id))
+            .count();
         Ok(match cached {
             _ if manifest.chunks.is_empty() => Hydration::Local,
             0 => Hydration::OnlineOnly,
@@ -107,7 +111,9 @@ impl Engine {
         let synced = state.tree(Table::Synced).node(id)?;
         let remote = state.tree(Table::Remote).node(id)?;
         Ok(match (synced, remote) {
-            (Some(s), Some(r)) if same_state(&s, &entry.node) && same_state(&s, &r) => SyncState::Synced,
+            (Some(s), Some(r)) if same_state(&s, &entry.node) && same_state(&s, &r) => {
+                SyncState::Synced
+            }
             _ => SyncState::Pending,
         })
     }

@@ -23,7 +23,9 @@ impl Engine {
         let inos = self.files.list()?;
         // A rebuilt database numbers inodes afresh: never hand out one that a kept copy still uses.
         if let Some(&max) = inos.iter().max() {
-            self.state.lock().transaction(|t| t.reserve_inos_through(max))?;
+            self.state
+                .lock()
+                .transaction(|t| t.reserve_inos_through(max))?;
         }
         for ino in inos {
             let known = self.getattr(ino)?.is_some();
@@ -56,11 +58,20 @@ impl Engine {
             let (parent, name, synced) = {
                 let state = self.state.lock();
                 let remote = state.tree(Table::Remote);
-                match owner.as_ref().and_then(|(id, _)| remote.node(*id).ok().flatten()) {
-                    Some(node) => (node.parent, node.name.clone(), node.attrs.content == Some(manifest.hash)),
+                match owner
+                    .as_ref()
+                    .and_then(|(id, _)| remote.node(*id).ok().flatten())
+                {
+                    Some(node) => (
+                        node.parent,
+                        node.name.clone(),
+                        node.attrs.content == Some(manifest.hash),
+                    ),
                     None => (
                         NodeId::ROOT,
-                        owner.map(|(_, name)| name).unwrap_or_else(|| format!("recovered-{ino}")),
+                        owner
+                            .map(|(_, name)| name)
+                            .unwrap_or_else(|| format!("recovered-{ino}")),
                         false,
                     ),
                 }
@@ -70,7 +81,10 @@ impl Engine {
                 continue;
             }
             let when = ConflictTime::from_unix_utc(self.clock.now_ns().div_euclid(1_000_000_000));
-            let copy_name = self.free_name(parent, &crate::planner::conflicted_copy_name(&name, &self.config.device, when))?;
+            let copy_name = self.free_name(
+                parent,
+                &crate::planner::conflicted_copy_name(&name, &self.config.device, when),
+            )?;
             let now = self.clock.now_ns();
             let id = self.ids.new_id();
             let entry = self.state.lock().transaction(|t| -> EngineResult<_> {
@@ -84,7 +98,12 @@ impl Engine {
                     symlink_target: None,
                 };
                 let entry = t.local_create(parent_ino, &copy_name, NodeKind::File, attrs, id)?;
-                t.record_conflict(now, id, Some(id), &format!("recovered after the local database was lost: {copy_name:?}"))?;
+                t.record_conflict(
+                    now,
+                    id,
+                    Some(id),
+                    &format!("recovered after the local database was lost: {copy_name:?}"),
+                )?;
                 Ok(entry)
             })?;
             self.files.rename(ino, entry.ino)?;
@@ -102,8 +121,14 @@ impl Engine {
         let state = self.state.lock();
         let (local, remote) = (state.tree(Table::Local), state.tree(Table::Remote));
         for n in 1.. {
-            let candidate = if n == 1 { name.to_string() } else { format!("{name} {n}") };
-            if local.child_id(parent, &candidate)?.is_none() && remote.child_id(parent, &candidate)?.is_none() {
+            let candidate = if n == 1 {
+                name.to_string()
+            } else {
+                format!("{name} {n}")
+            };
+            if local.child_id(parent, &candidate)?.is_none()
+                && remote.child_id(parent, &candidate)?.is_none()
+            {
                 return Ok(candidate);
             }
         }

@@ -62,7 +62,10 @@ pub enum ConnectError {
 pub struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
 
 impl Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         request.metadata_mut().insert(AUTHORIZATION, self.0.clone());
         Ok(request)
     }
@@ -77,7 +80,8 @@ fn endpoint(config: &RemoteConfig) -> Result<Endpoint, ConnectError> {
         url: config.url.clone(),
         reason,
     };
-    let mut endpoint = Endpoint::from_shared(config.url.clone()).map_err(|e| bad_url(e.to_string()))?;
+    let mut endpoint =
+        Endpoint::from_shared(config.url.clone()).map_err(|e| bad_url(e.to_string()))?;
     match endpoint.uri().scheme_str() {
         Some("https") => {
             let mut tls = ClientTlsConfig::new();
@@ -96,7 +100,11 @@ fn endpoint(config: &RemoteConfig) -> Result<Endpoint, ConnectError> {
                 .map_err(|e| ConnectError::Tls(e.to_string()))?;
         }
         Some("http") => {}
-        other => return Err(bad_url(format!("the scheme must be http or https, not {other:?}"))),
+        other => {
+            return Err(bad_url(format!(
+                "the scheme must be http or https, not {other:?}"
+            )));
+        }
     }
     Ok(endpoint
         .connect_timeout(config.connect_timeout)
@@ -201,7 +209,9 @@ impl From<tonic::Status> for RemoteError {
             | tonic::Code::Cancelled
             | tonic::Code::Unknown
             | tonic::Code::Internal
-            | tonic::Code::ResourceExhausted => RemoteError::Unavailable(status.message().to_string()),
+            | tonic::Code::ResourceExhausted => {
+                RemoteError::Unavailable(status.message().to_string())
+            }
             tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
                 RemoteError::Unauthenticated(status.message().to_string())
             }
@@ -225,7 +235,8 @@ pub struct Hello {
 }
 
 /// A stream of "the namespace advanced to N" notifications.
-pub type HeadStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<u64, RemoteError>> + Send>>;
+pub type HeadStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<u64, RemoteError>> + Send>>;
 
 /// The engine's view of the server. The real one is [`GrpcRemote`]; simulations wrap it to inject
 /// faults. Chunk bytes returned by [`Remote::get_chunks`] are NOT yet verified: callers check them.
@@ -233,8 +244,17 @@ pub type HeadStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<u64, R
 pub trait Remote: Send + Sync + 'static {
     async fn hello(&self) -> Result<Hello, RemoteError>;
     async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError>;
-    async fn list_changes(&self, cursor: u64, limit: u32) -> Result<v1::ListChangesResponse, RemoteError>;
-    async fn snapshot(&self, at_cursor: u64, after_id: Vec<u8>, limit: u32) -> Result<v1::SnapshotResponse, RemoteError>;
+    async fn list_changes(
+        &self,
+        cursor: u64,
+        limit: u32,
+    ) -> Result<v1::ListChangesResponse, RemoteError>;
+    async fn snapshot(
+        &self,
+        at_cursor: u64,
+        after_id: Vec<u8>,
+        limit: u32,
+    ) -> Result<v1::SnapshotResponse, RemoteError>;
     async fn subscribe(&self, cursor: u64) -> Result<HeadStream, RemoteError>;
     /// Which of these chunks the server lacks.
     async fn find_missing(&self, ids: Vec<ChunkId>) -> Result<Vec<ChunkId>, RemoteError>;
@@ -264,13 +284,19 @@ impl GrpcRemote {
 }
 
 fn chunk_id(bytes: &[u8]) -> Result<ChunkId, RemoteError> {
-    ChunkId::from_slice(bytes).ok_or_else(|| RemoteError::Corrupt("the server sent a malformed chunk id".into()))
+    ChunkId::from_slice(bytes)
+        .ok_or_else(|| RemoteError::Corrupt("the server sent a malformed chunk id".into()))
 }
 
 #[async_trait::async_trait]
 impl Remote for GrpcRemote {
     async fn hello(&self) -> Result<Hello, RemoteError> {
-        let reply = self.api.clone().hello(v1::HelloRequest {}).await?.into_inner();
+        let reply = self
+            .api
+            .clone()
+            .hello(v1::HelloRequest {})
+            .await?
+            .into_inner();
         Ok(Hello {
             tenant: reply.tenant,
             device: reply.device,
@@ -279,10 +305,19 @@ impl Remote for GrpcRemote {
     }
 
     async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError> {
-        Ok(self.api.clone().commit(v1::CommitRequest { ops }).await?.into_inner())
+        Ok(self
+            .api
+            .clone()
+            .commit(v1::CommitRequest { ops })
+            .await?
+            .into_inner())
     }
 
-    async fn list_changes(&self, cursor: u64, limit: u32) -> Result<v1::ListChangesResponse, RemoteError> {
+    async fn list_changes(
+        &self,
+        cursor: u64,
+        limit: u32,
+    ) -> Result<v1::ListChangesResponse, RemoteError> {
         Ok(self
             .api
             .clone()
@@ -291,7 +326,12 @@ impl Remote for GrpcRemote {
             .into_inner())
     }
 
-    async fn snapshot(&self, at_cursor: u64, after_id: Vec<u8>, limit: u32) -> Result<v1::SnapshotResponse, RemoteError> {
+    async fn snapshot(
+        &self,
+        at_cursor: u64,
+        after_id: Vec<u8>,
+        limit: u32,
+    ) -> Result<v1::SnapshotResponse, RemoteError> {
         Ok(self
             .api
             .clone()
@@ -312,7 +352,9 @@ impl Remote for GrpcRemote {
             .subscribe(v1::SubscribeRequest { cursor })
             .await?
             .into_inner();
-        Ok(Box::pin(stream.map(|event| event.map(|e| e.head).map_err(RemoteError::from))))
+        Ok(Box::pin(stream.map(|event| {
+            event.map(|e| e.head).map_err(RemoteError::from)
+        })))
     }
 
     async fn find_missing(&self, ids: Vec<ChunkId>) -> Result<Vec<ChunkId>, RemoteError> {
@@ -329,9 +371,15 @@ impl Remote for GrpcRemote {
     async fn put_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<(), RemoteError> {
         let messages: Vec<_> = chunks
             .into_iter()
-            .map(|(id, data)| v1::PutChunkRequest { id: id.0.to_vec(), data })
+            .map(|(id, data)| v1::PutChunkRequest {
+                id: id.0.to_vec(),
+                data,
+            })
             .collect();
-        self.api.clone().put_chunks(futures::stream::iter(messages)).await?;
+        self.api
+            .clone()
+            .put_chunks(futures::stream::iter(messages))
+            .await?;
         Ok(())
     }
 

@@ -19,7 +19,11 @@ pub struct StateResidency<'a> {
 
 impl<'a> StateResidency<'a> {
     pub fn new(state: &'a State, cache: &'a ChunkCache, files: &'a LocalFiles) -> Self {
-        Self { state, cache, files }
+        Self {
+            state,
+            cache,
+            files,
+        }
     }
 
     fn resident(&self, id: NodeId) -> crate::state::StateResult<bool> {
@@ -45,7 +49,8 @@ impl<'a> StateResidency<'a> {
             };
             Ok(match t.manifest(&hash)? {
                 Some(manifest) => {
-                    !manifest.chunks.is_empty() && manifest.chunks.iter().all(|c| self.cache.contains(&c.id))
+                    !manifest.chunks.is_empty()
+                        && manifest.chunks.iter().all(|c| self.cache.contains(&c.id))
                 }
                 None => false,
             })

@@ -124,7 +124,11 @@ async fn run_rounds(engine: Arc<Engine>, mut stop: watch::Receiver<bool>, timing
 }
 
 /// Keeps a `Subscribe` stream open and wakes the round loop on every head it reports.
-async fn listen_for_heads(engine: Arc<Engine>, mut stop: watch::Receiver<bool>, timing: LoopTiming) {
+async fn listen_for_heads(
+    engine: Arc<Engine>,
+    mut stop: watch::Receiver<bool>,
+    timing: LoopTiming,
+) {
     let mut backoff = timing.backoff_min;
     loop {
         let cursor = engine.cursor().unwrap_or(0);
@@ -158,7 +162,11 @@ async fn listen_for_heads(engine: Arc<Engine>, mut stop: watch::Receiver<bool>, 
 impl Engine {
     /// The cursor REMOTE has reached.
     pub fn cursor(&self) -> crate::state::StateResult<u64> {
-        Ok(self.state.lock().meta_u64(crate::state::pull::CURSOR)?.unwrap_or(0))
+        Ok(self
+            .state
+            .lock()
+            .meta_u64(crate::state::pull::CURSOR)?
+            .unwrap_or(0))
     }
 
     /// Runs rounds until one finds nothing to do (or `max_rounds`), for tests and `bvfs sync --once`.

@@ -23,7 +23,11 @@ const FIND_BATCH: usize = 10_000;
 impl Engine {
     /// Makes sure the server has every chunk of `manifest`, the content of node `id`. Returns false if
     /// the local bytes no longer match the manifest (written since): the caller re-plans.
-    pub(crate) async fn upload(&self, id: NodeId, manifest: Option<&Manifest>) -> Result<bool, RoundError> {
+    pub(crate) async fn upload(
+        &self,
+        id: NodeId,
+        manifest: Option<&Manifest>,
+    ) -> Result<bool, RoundError> {
         let Some(manifest) = manifest.filter(|m| !m.chunks.is_empty()) else {
             return Ok(true);
         };
@@ -61,11 +65,16 @@ impl Engine {
         for chunk in &manifest.chunks {
             if missing.remove(&chunk.id) {
                 let batch = batches.last_mut().expect("never empty");
-                if batch.len() >= PUT_BATCH_CHUNKS || batch_bytes + chunk.len as usize > PUT_BATCH_BYTES {
+                if batch.len() >= PUT_BATCH_CHUNKS
+                    || batch_bytes + chunk.len as usize > PUT_BATCH_BYTES
+                {
                     batches.push(Vec::new());
                     batch_bytes = 0;
                 }
-                batches.last_mut().expect("never empty").push((chunk.id, offset, chunk.len));
+                batches
+                    .last_mut()
+                    .expect("never empty")
+                    .push((chunk.id, offset, chunk.len));
                 batch_bytes += chunk.len as usize;
             }
             offset += u64::from(chunk.len);
@@ -78,11 +87,18 @@ impl Engine {
         Ok(sent.into_iter().all(|ok| ok))
     }
 
-    async fn put_batch(&self, ino: Option<u64>, batch: Vec<(ChunkId, u64, u32)>) -> Result<bool, RoundError> {
+    async fn put_batch(
+        &self,
+        ino: Option<u64>,
+        batch: Vec<(ChunkId, u64, u32)>,
+    ) -> Result<bool, RoundError> {
         let mut chunks = Vec::with_capacity(batch.len());
         for (id, offset, len) in batch {
             let from_copy = match ino {
-                Some(ino) => self.files.read_chunk(ino, offset, len, id).map_err(EngineError::from)?,
+                Some(ino) => self
+                    .files
+                    .read_chunk(ino, offset, len, id)
+                    .map_err(EngineError::from)?,
                 None => None,
             };
             let data = match from_copy {

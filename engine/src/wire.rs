@@ -40,20 +40,24 @@ pub fn node_id(bytes: &[u8]) -> Result<NodeId, WireError> {
 
 /// A manifest from its wire form, checking sizes.
 pub fn manifest_from_proto(content: &v1::Content, size: u64) -> Result<Manifest, WireError> {
-    let hash = ContentHash::from_slice(&content.hash).ok_or_else(|| bad("a content hash that is not 32 bytes"))?;
+    let hash = ContentHash::from_slice(&content.hash)
+        .ok_or_else(|| bad("a content hash that is not 32 bytes"))?;
     let chunks = content
         .chunks
         .iter()
         .map(|c| {
             Ok(ChunkRef {
-                id: ChunkId::from_slice(&c.id).ok_or_else(|| bad("a chunk id that is not 32 bytes"))?,
+                id: ChunkId::from_slice(&c.id)
+                    .ok_or_else(|| bad("a chunk id that is not 32 bytes"))?,
                 len: c.length,
             })
         })
         .collect::<Result<Vec<_>, WireError>>()?;
     let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
     if total != size {
-        return Err(bad(format!("a manifest of {total} bytes for a file of {size}")));
+        return Err(bad(format!(
+            "a manifest of {total} bytes for a file of {size}"
+        )));
     }
     Ok(Manifest { hash, size, chunks })
 }

@@ -21,9 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use bvfs_engine::api::{Clock, IdSource};
-use bvfs_engine::chunking::{ChunkId, chunk_bytes, ChunkParams};
+use bvfs_engine::chunking::{ChunkId, ChunkParams, chunk_bytes};
 use bvfs_engine::model::{NodeId, NodeKind};
-use bvfs_engine::remote::{GrpcRemote, HeadStream, Hello, Remote, RemoteConfig, RemoteError, connect};
+use bvfs_engine::remote::{
+    GrpcRemote, HeadStream, Hello, Remote, RemoteConfig, RemoteError, connect,
+};
 use bvfs_engine::state::local::LocalEntry;
 use bvfs_engine::{Engine, EngineConfig};
 use bvfs_proto::v1;
@@ -130,24 +132,40 @@ impl Remote for SimRemote {
         // The fate above consumed this call's decision for delays; drops are decided again.
         self.call("commit-send", 0, self.inner.commit(ops)).await
     }
-    async fn list_changes(&self, cursor: u64, limit: u32) -> Result<v1::ListChangesResponse, RemoteError> {
-        self.call("list_changes", 0, self.inner.list_changes(cursor, limit)).await
+    async fn list_changes(
+        &self,
+        cursor: u64,
+        limit: u32,
+    ) -> Result<v1::ListChangesResponse, RemoteError> {
+        self.call("list_changes", 0, self.inner.list_changes(cursor, limit))
+            .await
     }
-    async fn snapshot(&self, at: u64, after: Vec<u8>, limit: u32) -> Result<v1::SnapshotResponse, RemoteError> {
-        self.call("snapshot", 0, self.inner.snapshot(at, after, limit)).await
+    async fn snapshot(
+        &self,
+        at: u64,
+        after: Vec<u8>,
+        limit: u32,
+    ) -> Result<v1::SnapshotResponse, RemoteError> {
+        self.call("snapshot", 0, self.inner.snapshot(at, after, limit))
+            .await
     }
     async fn subscribe(&self, cursor: u64) -> Result<HeadStream, RemoteError> {
         self.inner.subscribe(cursor).await
     }
     async fn find_missing(&self, ids: Vec<ChunkId>) -> Result<Vec<ChunkId>, RemoteError> {
-        self.call("find_missing", 0, self.inner.find_missing(ids)).await
+        self.call("find_missing", 0, self.inner.find_missing(ids))
+            .await
     }
     async fn put_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<(), RemoteError> {
-        self.call("put_chunks", 0, self.inner.put_chunks(chunks)).await
+        self.call("put_chunks", 0, self.inner.put_chunks(chunks))
+            .await
     }
     async fn get_chunks(&self, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
-        let salt = ids.first().map_or(0, |id| u64::from_le_bytes(id.0[..8].try_into().unwrap()));
-        self.call("get_chunks", salt, self.inner.get_chunks(ids)).await
+        let salt = ids
+            .first()
+            .map_or(0, |id| u64::from_le_bytes(id.0[..8].try_into().unwrap()));
+        self.call("get_chunks", salt, self.inner.get_chunks(ids))
+            .await
     }
 }
 
@@ -170,7 +188,14 @@ struct SimIds {
 impl IdSource for SimIds {
     fn new_id(&self) -> NodeId {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        NodeId::derive("sim", &[&self.seed.to_le_bytes(), &(self.device as u64).to_le_bytes(), &n.to_le_bytes()])
+        NodeId::derive(
+            "sim",
+            &[
+                &self.seed.to_le_bytes(),
+                &(self.device as u64).to_le_bytes(),
+                &n.to_le_bytes(),
+            ],
+        )
     }
 }
 
@@ -219,7 +244,9 @@ impl World {
         let data = bvfs_server::DataDir::open_exclusive(&root.path().join("server")).unwrap();
         let mut tokens = Vec::new();
         for d in 0..devices {
-            let created = bvfs_server::auth::add_device(data.meta.as_ref(), "sim", &format!("dev{d}")).unwrap();
+            let created =
+                bvfs_server::auth::add_device(data.meta.as_ref(), "sim", &format!("dev{d}"))
+                    .unwrap();
             tokens.push(created.token);
         }
         let options = bvfs_server::ServeOptions {
@@ -227,7 +254,9 @@ impl World {
             tls: None,
             allow_plaintext: false,
         };
-        let server = bvfs_server::BoundServer::bind(&data, &options).await.unwrap();
+        let server = bvfs_server::BoundServer::bind(&data, &options)
+            .await
+            .unwrap();
         let url = server.url();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server_task = tokio::spawn(async move {
@@ -261,7 +290,9 @@ impl World {
                 dir,
                 token,
                 engine: None,
-                clock: Arc::new(SimClock(AtomicI64::new(1_700_000_000_000_000_000 + d as i64 * 7_000_000_000))),
+                clock: Arc::new(SimClock(AtomicI64::new(
+                    1_700_000_000_000_000_000 + d as i64 * 7_000_000_000,
+                ))),
                 ids: Arc::new(SimIds {
                     seed,
                     device: d,
@@ -289,7 +320,12 @@ impl World {
         // a moment (a real crash ends the process, and the lock with it).
         let mut attempts = 0;
         let engine = loop {
-            match Engine::open_with(config.clone(), remote.clone(), device.clock.clone(), device.ids.clone()) {
+            match Engine::open_with(
+                config.clone(),
+                remote.clone(),
+                device.clock.clone(),
+                device.ids.clone(),
+            ) {
                 Ok(engine) => break engine,
                 Err(e) if e.to_string().contains("in use") && attempts < 500 => {
                     attempts += 1;
@@ -346,17 +382,29 @@ impl World {
         names[self.rng.random_range(0..names.len())].to_string()
     }
 
-    async fn write_file(&mut self, d: usize, ino: u64, data: &[u8], truncate_first: bool) -> Result<(), String> {
+    async fn write_file(
+        &mut self,
+        d: usize,
+        ino: u64,
+        data: &[u8],
+        truncate_first: bool,
+    ) -> Result<(), String> {
         let engine = self.engine(d);
         engine.open_writer(ino);
         let result = async {
-            let path = engine.materialize(ino, truncate_first).await.map_err(|e| e.to_string())?;
+            let path = engine
+                .materialize(ino, truncate_first)
+                .await
+                .map_err(|e| e.to_string())?;
             std::fs::write(&path, data).map_err(|e| e.to_string())
         }
         .await;
-        engine.close_writer(ino, None, true).map_err(|e| e.to_string())?;
+        engine
+            .close_writer(ino, None, true)
+            .map_err(|e| e.to_string())?;
         result?;
-        self.acknowledged.insert((d, ino), chunk_bytes(data, ChunkParams::default()).hash.0);
+        self.acknowledged
+            .insert((d, ino), chunk_bytes(data, ChunkParams::default()).hash.0);
         Ok(())
     }
 
@@ -365,9 +413,18 @@ impl World {
         let engine = self.engine(d);
         let entries = self.local_entries(d);
         let dirs: Vec<u64> = std::iter::once(1)
-            .chain(entries.iter().filter(|e| e.node.kind == NodeKind::Directory).map(|e| e.ino))
+            .chain(
+                entries
+                    .iter()
+                    .filter(|e| e.node.kind == NodeKind::Directory)
+                    .map(|e| e.ino),
+            )
             .collect();
-        let files: Vec<u64> = entries.iter().filter(|e| e.node.kind == NodeKind::File).map(|e| e.ino).collect();
+        let files: Vec<u64> = entries
+            .iter()
+            .filter(|e| e.node.kind == NodeKind::File)
+            .map(|e| e.ino)
+            .collect();
         let choice = self.rng.random_range(0..100);
         let outcome: Result<String, String> = match choice {
             0..=24 => {
@@ -472,7 +529,10 @@ impl World {
             .iter()
             .filter(|((dev, ino), hash)| {
                 *dev % 1000 == d
-                    && (*dev >= 1000 || by_ino.get(ino).is_none_or(|e| e.node.attrs.content.map(|c| c.0) != Some(**hash)))
+                    && (*dev >= 1000
+                        || by_ino
+                            .get(ino)
+                            .is_none_or(|e| e.node.attrs.content.map(|c| c.0) != Some(**hash)))
             })
             .map(|(k, v)| (*k, *v))
             .collect();
@@ -516,10 +576,18 @@ impl World {
         self.devices[d].last_cursor = 0;
         // Inode numbers restart: acknowledgements keyed by the old inodes now refer to copies the
         // rebuild adopts under new inodes, so check them by content only from here on.
-        let moved: Vec<_> = self.acknowledged.keys().filter(|(dev, _)| *dev == d).copied().collect();
+        let moved: Vec<_> = self
+            .acknowledged
+            .keys()
+            .filter(|(dev, _)| *dev == d)
+            .copied()
+            .collect();
         for key in moved {
             let hash = self.acknowledged.remove(&key).unwrap();
-            self.acknowledged.insert((d + 1000 * self.devices[d].generation as usize, key.1), hash);
+            self.acknowledged.insert(
+                (d + 1000 * self.devices[d].generation as usize, key.1),
+                hash,
+            );
         }
         self.open_device(d);
         self.log(format!("{d}: database lost, rebuilding"));
@@ -527,7 +595,10 @@ impl World {
 
     fn corrupt_cache(&mut self, d: usize) {
         let dir = self.devices[d].dir.join("chunks");
-        let mut files: Vec<PathBuf> = walk(&dir).into_iter().filter(|p| p.metadata().is_ok_and(|m| m.len() > 0)).collect();
+        let mut files: Vec<PathBuf> = walk(&dir)
+            .into_iter()
+            .filter(|p| p.metadata().is_ok_and(|m| m.len() > 0))
+            .collect();
         files.sort();
         if files.is_empty() {
             return;
@@ -544,9 +615,18 @@ impl World {
     async fn deliver_delayed(&mut self) {
         let delayed = std::mem::take(&mut self.net.state.lock().delayed);
         for (d, ops) in delayed {
-            let mut api = connect(&RemoteConfig::new(&self.url, &self.devices[d].token)).await.unwrap();
+            let mut api = connect(&RemoteConfig::new(&self.url, &self.devices[d].token))
+                .await
+                .unwrap();
             let outcome = api.commit(v1::CommitRequest { ops }).await;
-            self.log(format!("{d}: a delayed commit arrives: {}", if outcome.is_ok() { "applied" } else { "refused" }));
+            self.log(format!(
+                "{d}: a delayed commit arrives: {}",
+                if outcome.is_ok() {
+                    "applied"
+                } else {
+                    "refused"
+                }
+            ));
         }
     }
 
@@ -560,7 +640,10 @@ impl World {
                 net.down = !net.down;
                 let down = net.down;
                 drop(net);
-                self.log(format!("server {}", if down { "unreachable" } else { "reachable" }));
+                self.log(format!(
+                    "server {}",
+                    if down { "unreachable" } else { "reachable" }
+                ));
             }
             86..=90 => {
                 let (a, b, c) = (
@@ -596,7 +679,10 @@ impl World {
                 let engine = self.engine(d);
                 match engine.sync_round().await {
                     Ok(report) => all_idle &= report.idle(),
-                    Err(e) => panic!("seed {}: device {d} cannot sync after healing (pass {pass}): {e}", self.seed),
+                    Err(e) => panic!(
+                        "seed {}: device {d} cannot sync after healing (pass {pass}): {e}",
+                        self.seed
+                    ),
                 }
                 self.check_cursor(d);
             }
@@ -604,17 +690,26 @@ impl World {
                 return;
             }
         }
-        panic!("seed {}: the devices did not become idle within 30 passes", self.seed);
+        panic!(
+            "seed {}: the devices did not become idle within 30 passes",
+            self.seed
+        );
     }
 
     /// The server's namespace as path → (kind, content), read from a snapshot.
     async fn server_namespace(&self) -> BTreeMap<String, (NodeKind, Option<[u8; 32]>)> {
-        let mut api = connect(&RemoteConfig::new(&self.url, &self.devices[0].token)).await.unwrap();
+        let mut api = connect(&RemoteConfig::new(&self.url, &self.devices[0].token))
+            .await
+            .unwrap();
         let mut nodes = HashMap::new();
         let mut after = Vec::new();
         loop {
             let page = api
-                .snapshot(v1::SnapshotRequest { at_cursor: 0, after_id: after, limit: 0 })
+                .snapshot(v1::SnapshotRequest {
+                    at_cursor: 0,
+                    after_id: after,
+                    limit: 0,
+                })
                 .await
                 .unwrap()
                 .into_inner();
@@ -665,7 +760,9 @@ impl World {
     }
 
     async fn history_contents(&self) -> BTreeSet<[u8; 32]> {
-        let mut api = connect(&RemoteConfig::new(&self.url, &self.devices[0].token)).await.unwrap();
+        let mut api = connect(&RemoteConfig::new(&self.url, &self.devices[0].token))
+            .await
+            .unwrap();
         let mut cursor = 0;
         let mut contents = BTreeSet::new();
         loop {
@@ -675,7 +772,12 @@ impl World {
                 .unwrap()
                 .into_inner();
             for change in &page.changes {
-                if let Some(content) = change.node.as_ref().and_then(|n| n.attrs.as_ref()).and_then(|a| a.content.as_ref()) {
+                if let Some(content) = change
+                    .node
+                    .as_ref()
+                    .and_then(|n| n.attrs.as_ref())
+                    .and_then(|a| a.content.as_ref())
+                {
                     contents.insert(content.hash.clone().try_into().unwrap());
                 }
             }
@@ -691,8 +793,14 @@ impl World {
         for d in 0..self.devices.len() {
             let device = self.device_namespace(d);
             if device != server {
-                let only_dev: Vec<_> = device.iter().filter(|(k, v)| server.get(*k) != Some(v)).collect();
-                let only_srv: Vec<_> = server.iter().filter(|(k, v)| device.get(*k) != Some(v)).collect();
+                let only_dev: Vec<_> = device
+                    .iter()
+                    .filter(|(k, v)| server.get(*k) != Some(v))
+                    .collect();
+                let only_srv: Vec<_> = server
+                    .iter()
+                    .filter(|(k, v)| device.get(*k) != Some(v))
+                    .collect();
                 panic!(
                     "seed {}: device {d} did not converge with the server\n  device only: {only_dev:?}\n  server only: {only_srv:?}",
                     self.seed
@@ -761,7 +869,10 @@ fn run_seed(seed: u64) -> Vec<String> {
 }
 
 fn run_seeds(shard: u64, shards: u64) {
-    let total: u64 = std::env::var("BVFS_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let total: u64 = std::env::var("BVFS_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     for seed in (shard..total).step_by(shards as usize) {
         let result = std::panic::catch_unwind(|| run_seed(seed));
         if let Err(panic) = result {
@@ -807,7 +918,10 @@ fn the_same_seed_gives_the_same_trace() {
 #[test]
 #[ignore = "replays the seed named by BVFS_SIM_SEED"]
 fn replay() {
-    let seed: u64 = std::env::var("BVFS_SIM_SEED").expect("set BVFS_SIM_SEED").parse().unwrap();
+    let seed: u64 = std::env::var("BVFS_SIM_SEED")
+        .expect("set BVFS_SIM_SEED")
+        .parse()
+        .unwrap();
     for line in run_seed(seed) {
         println!("{line}");
     }

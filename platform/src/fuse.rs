@@ -17,9 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bvfs_vfs::{Attr, Errno as VfsErrno, FileKind, OpenMode, TTL, Vfs};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 /// The filesystem handed to fuser.
@@ -180,7 +181,15 @@ impl Filesystem for BvfsFuse {
         }
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         match name_str(name) {
             Ok(name) => reply_entry(reply, self.vfs.mkdir(parent.0, name)),
             Err(e) => reply.error(e),
@@ -201,9 +210,18 @@ impl Filesystem for BvfsFuse {
         }
     }
 
-    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         match (name_str(link_name), target.to_str()) {
-            (Ok(name), Some(target)) => reply_entry(reply, self.vfs.symlink(parent.0, name, target)),
+            (Ok(name), Some(target)) => {
+                reply_entry(reply, self.vfs.symlink(parent.0, name, target))
+            }
             _ => reply.error(Errno::EINVAL),
         }
     }
@@ -218,21 +236,32 @@ impl Filesystem for BvfsFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
             // An atomic swap of two names cannot be one BitVault commit of independent moves.
             reply.error(Errno::EINVAL);
             return;
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         match (name_str(name), name_str(newname)) {
-            (Ok(name), Ok(newname)) => {
-                reply_empty(reply, self.vfs.rename(parent.0, name, newparent.0, newname, no_replace))
-            }
+            (Ok(name), Ok(newname)) => reply_empty(
+                reply,
+                self.vfs
+                    .rename(parent.0, name, newparent.0, newname, no_replace),
+            ),
             _ => reply.error(Errno::EINVAL),
         }
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         // Hard links have no BitVault representation.
         reply.error(Errno::EPERM);
     }
@@ -281,7 +310,14 @@ impl Filesystem for BvfsFuse {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         // Content is committed when the last handle is released, or on fsync.
         reply.ok();
     }
@@ -299,7 +335,14 @@ impl Filesystem for BvfsFuse {
         self.offload(move |vfs| reply_empty(reply, vfs.release(fh.0)));
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.offload(move |vfs| reply_empty(reply, vfs.fsync(fh.0)));
     }
 
@@ -310,9 +353,21 @@ impl Filesystem for BvfsFuse {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let result = self.vfs.readdir(fh.0, offset, |entry| {
-            reply.add(INodeNo(entry.ino), entry.offset, file_type(entry.kind), &entry.name)
+            reply.add(
+                INodeNo(entry.ino),
+                entry.offset,
+                file_type(entry.kind),
+                &entry.name,
+            )
         });
         match result {
             Ok(()) => reply.ok(),
@@ -320,10 +375,24 @@ impl Filesystem for BvfsFuse {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let result = self.vfs.readdir(fh.0, offset, |entry| {
             let attr = file_attr(&entry.attr);
-            reply.add(INodeNo(entry.ino), entry.offset, &entry.name, &TTL, &attr, Generation(0))
+            reply.add(
+                INodeNo(entry.ino),
+                entry.offset,
+                &entry.name,
+                &TTL,
+                &attr,
+                Generation(0),
+            )
         });
         match result {
             Ok(()) => reply.ok(),
@@ -331,18 +400,34 @@ impl Filesystem for BvfsFuse {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(reply, self.vfs.releasedir(fh.0));
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         // Namespace changes are durable when each call returns.
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.vfs.statfs() {
-            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize),
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -401,21 +486,33 @@ impl Filesystem for BvfsFuse {
             Err(e) => return reply.error(e),
         };
         match self.vfs.create(parent.0, &name, mode) {
-            Ok((attr, fh)) => reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((attr, fh)) => reply.created(
+                &TTL,
+                &file_attr(&attr),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
 }
 
 /// Forwards the engine's invalidations to the kernel until `stop` is set.
-pub fn spawn_invalidator(vfs: Arc<Vfs>, notifier: Notifier, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+pub fn spawn_invalidator(
+    vfs: Arc<Vfs>,
+    notifier: Notifier,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("bvfs-invalidate".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 for item in vfs.take_invalidations() {
                     let result = match &item {
-                        bvfs_engine::Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                        bvfs_engine::Invalidation::Inode(ino) => {
+                            notifier.inval_inode(INodeNo(*ino), 0, 0)
+                        }
                         bvfs_engine::Invalidation::Entry { parent, name } => {
                             notifier.inval_entry(INodeNo(*parent), OsStr::new(name))
                         }

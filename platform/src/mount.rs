@@ -42,7 +42,12 @@ pub struct Mounted {
 
 /// Mounts `vfs` at `mountpoint`. Returns when the kernel has completed the handshake: the mount is
 /// usable from then on.
-pub fn mount(vfs: Arc<Vfs>, runtime: tokio::runtime::Handle, mountpoint: &Path, options: &MountOptions) -> io::Result<Mounted> {
+pub fn mount(
+    vfs: Arc<Vfs>,
+    runtime: tokio::runtime::Handle,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> io::Result<Mounted> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("bvfs".into()),
@@ -50,9 +55,17 @@ pub fn mount(vfs: Arc<Vfs>, runtime: tokio::runtime::Handle, mountpoint: &Path, 
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,
-        if options.read_only { MountOption::RO } else { MountOption::RW },
+        if options.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
     ];
-    config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.acl = if options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
     let fs = BvfsFuse::new(vfs.clone(), runtime);
@@ -89,7 +102,9 @@ impl Mounted {
         }
         match self.session.take() {
             // Unmounted from outside (`bvfs umount`): only the threads are left to join.
-            Some(session) if session.guard.is_finished() || !is_fuse_mounted(&self.mountpoint) => session.join(),
+            Some(session) if session.guard.is_finished() || !is_fuse_mounted(&self.mountpoint) => {
+                session.join()
+            }
             Some(session) => session.umount_and_join(),
             None => Ok(()),
         }
@@ -128,7 +143,10 @@ pub fn clean_stale_mount(path: &Path) -> io::Result<bool> {
     }
     match std::fs::metadata(path) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            tracing::warn!("{} is a stale mount of a daemon that is gone; unmounting it", path.display());
+            tracing::warn!(
+                "{} is a stale mount of a daemon that is gone; unmounting it",
+                path.display()
+            );
             unmount(path, true)?;
             Ok(true)
         }
@@ -155,7 +173,10 @@ pub fn unmount(path: &Path, lazy: bool) -> io::Result<()> {
     }
     let status = command.arg(path).status()?;
     if !status.success() {
-        return Err(io::Error::other(format!("fusermount3 -u {} failed ({status})", path.display())));
+        return Err(io::Error::other(format!(
+            "fusermount3 -u {} failed ({status})",
+            path.display()
+        )));
     }
     Ok(())
 }

@@ -29,7 +29,10 @@ impl fmt::Display for NameError {
             NameError::ContainsSlash => f.write_str("the name contains '/'"),
             NameError::ContainsNul => f.write_str("the name contains a NUL byte"),
             NameError::TooLong { bytes } => {
-                write!(f, "the name is {bytes} bytes long, over the limit of {MAX_NAME_BYTES}")
+                write!(
+                    f,
+                    "the name is {bytes} bytes long, over the limit of {MAX_NAME_BYTES}"
+                )
             }
         }
     }
@@ -68,12 +71,23 @@ mod tests {
         assert_eq!(validate_name(".."), Err(NameError::DotDot));
         assert_eq!(validate_name("a/b"), Err(NameError::ContainsSlash));
         assert_eq!(validate_name("a\0b"), Err(NameError::ContainsNul));
-        assert_eq!(validate_name(&"x".repeat(256)), Err(NameError::TooLong { bytes: 256 }));
+        assert_eq!(
+            validate_name(&"x".repeat(256)),
+            Err(NameError::TooLong { bytes: 256 })
+        );
     }
 
     #[test]
     fn accepts_ordinary_and_edge_names() {
-        for name in ["a", "...", ".hidden", "name with spaces", "ünïcödé", "CON", "a\\b"] {
+        for name in [
+            "a",
+            "...",
+            ".hidden",
+            "name with spaces",
+            "ünïcödé",
+            "CON",
+            "a\\b",
+        ] {
             assert_eq!(validate_name(name), Ok(()), "{name:?}");
         }
         assert_eq!(validate_name(&"x".repeat(255)), Ok(()));

@@ -41,7 +41,10 @@ pub fn authenticate(store: &dyn MetaStore, header: Option<&str>) -> Result<Princ
         )
     };
     let header = header.ok_or_else(unauthenticated)?;
-    let token = header.strip_prefix("Bearer ").ok_or_else(unauthenticated)?.trim();
+    let token = header
+        .strip_prefix("Bearer ")
+        .ok_or_else(unauthenticated)?
+        .trim();
     if !token.starts_with(TOKEN_PREFIX) {
         return Err(unauthenticated());
     }
@@ -62,9 +65,15 @@ pub struct NewDevice {
 }
 
 /// Creates the user (tenant) if it does not exist and a token for one of its devices.
-pub fn add_device(store: &dyn MetaStore, user: &str, device: &str) -> Result<NewDevice, StoreError> {
+pub fn add_device(
+    store: &dyn MetaStore,
+    user: &str,
+    device: &str,
+) -> Result<NewDevice, StoreError> {
     if user.is_empty() || device.is_empty() {
-        return Err(StoreError::Meta("user and device names must not be empty".into()));
+        return Err(StoreError::Meta(
+            "user and device names must not be empty".into(),
+        ));
     }
     let (tenant, created_user) = match store.tenant_by_name(user)? {
         Some(tenant) => (tenant, false),

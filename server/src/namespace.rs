@@ -16,8 +16,8 @@ use bvfs_proto::names::validate_name;
 use bvfs_proto::v1::{self, ChangeKind, Node, NodeAttrs, NodeKind, op::Op as OpKind};
 use tonic::{Code, Status};
 
-use crate::store::{ChunkKey, ChunkStore, JournalEntry, MetaTxn, NodeKey, ROOT_ID, TenantId};
 use crate::store::sqlite::store_status;
+use crate::store::{ChunkKey, ChunkStore, JournalEntry, MetaTxn, NodeKey, ROOT_ID, TenantId};
 
 /// The most ops one commit may carry; larger batches must be split.
 pub const MAX_OPS_PER_COMMIT: usize = 10_000;
@@ -93,9 +93,15 @@ pub fn reject(reason: Reason, op_index: Option<usize>, message: impl Into<String
     }
     let mut status = Status::new(reason.code(), message);
     let meta = status.metadata_mut();
-    meta.insert(REASON_KEY, reason.as_str().parse().expect("reasons are ASCII"));
+    meta.insert(
+        REASON_KEY,
+        reason.as_str().parse().expect("reasons are ASCII"),
+    );
     if let Some(i) = op_index {
-        meta.insert(OP_INDEX_KEY, i.to_string().parse().expect("digits are ASCII"));
+        meta.insert(
+            OP_INDEX_KEY,
+            i.to_string().parse().expect("digits are ASCII"),
+        );
     }
     status
 }
@@ -127,14 +133,22 @@ fn short(id: &[u8]) -> String {
 }
 
 fn check_name(name: &str, op: Option<usize>) -> Result<(), Status> {
-    validate_name(name).map_err(|e| reject(Reason::InvalidName, op, format!("invalid name {name:?}: {e}")))
+    validate_name(name).map_err(|e| {
+        reject(
+            Reason::InvalidName,
+            op,
+            format!("invalid name {name:?}: {e}"),
+        )
+    })
 }
 
 fn kind_of(kind: i32, op: usize) -> Result<NodeKind, Status> {
     match NodeKind::try_from(kind) {
-        Ok(NodeKind::Unspecified) | Err(_) => {
-            Err(reject(Reason::Malformed, Some(op), format!("unknown node kind {kind}")))
-        }
+        Ok(NodeKind::Unspecified) | Err(_) => Err(reject(
+            Reason::Malformed,
+            Some(op),
+            format!("unknown node kind {kind}"),
+        )),
         Ok(kind) => Ok(kind),
     }
 }
@@ -163,7 +177,10 @@ fn check_attrs(kind: NodeKind, attrs: Option<&NodeAttrs>, op: usize) -> Result<N
                 return Err(reject(
                     Reason::Malformed,
                     Some(op),
-                    format!("size {} does not match the chunk lengths, which add up to {total}", attrs.size),
+                    format!(
+                        "size {} does not match the chunk lengths, which add up to {total}",
+                        attrs.size
+                    ),
                 ));
             }
             if !attrs.symlink_target.is_empty() {
@@ -175,7 +192,11 @@ fn check_attrs(kind: NodeKind, attrs: Option<&NodeAttrs>, op: usize) -> Result<N
             if attrs.content.is_some() || !attrs.symlink_target.is_empty() {
                 return bad("a directory has no content and no symlink target");
             }
-            Ok(NodeAttrs { size: 0, executable: false, ..attrs })
+            Ok(NodeAttrs {
+                size: 0,
+                executable: false,
+                ..attrs
+            })
         }
         NodeKind::Symlink => {
             let target = &attrs.symlink_target;
@@ -247,13 +268,20 @@ pub fn apply_commit(
     now_ns: i64,
 ) -> Result<Applied, Status> {
     if ops.is_empty() {
-        return Err(reject(Reason::Malformed, None, "a commit needs at least one op"));
+        return Err(reject(
+            Reason::Malformed,
+            None,
+            "a commit needs at least one op",
+        ));
     }
     if ops.len() > MAX_OPS_PER_COMMIT {
         return Err(reject(
             Reason::TooLarge,
             None,
-            format!("a commit may carry at most {MAX_OPS_PER_COMMIT} ops, got {}; split it", ops.len()),
+            format!(
+                "a commit may carry at most {MAX_OPS_PER_COMMIT} ops, got {}; split it",
+                ops.len()
+            ),
         ));
     }
     let mut applier = Applier::new(txn, device, now_ns)?;
@@ -286,10 +314,13 @@ struct Applier<'a> {
 
 impl<'a> Applier<'a> {
     fn live(&mut self, id: &NodeKey, op: Option<usize>) -> Result<Node, Status> {
-        self.txn
-            .node(id)
-            .map_err(store_status)?
-            .ok_or_else(|| reject(Reason::NotFound, op, format!("node {} does not exist", short(id))))
+        self.txn.node(id).map_err(store_status)?.ok_or_else(|| {
+            reject(
+                Reason::NotFound,
+                op,
+                format!("node {} does not exist", short(id)),
+            )
+        })
     }
 
     fn check_base(&mut self, node: &Node, base: u64, op: Option<usize>) -> Result<(), Status> {
@@ -316,9 +347,17 @@ impl<'a> Applier<'a> {
         moving: Option<&NodeKey>,
         op: Option<usize>,
     ) -> Result<(), Status> {
-        let dir = self.txn.node(parent).map_err(store_status)?.ok_or_else(|| {
-            reject(Reason::NotFound, op, format!("parent {} does not exist", short(parent)))
-        })?;
+        let dir = self
+            .txn
+            .node(parent)
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                reject(
+                    Reason::NotFound,
+                    op,
+                    format!("parent {} does not exist", short(parent)),
+                )
+            })?;
         if dir.kind != NodeKind::Directory as i32 {
             return Err(reject(
                 Reason::ParentNotDirectory,
@@ -361,7 +400,11 @@ impl<'a> Applier<'a> {
     }
 
     fn record(&mut self, kind: ChangeKind, node: &Node) -> Result<(), Status> {
-        debug_assert_eq!(node.revision, self.head + 1, "journal sequences are consecutive");
+        debug_assert_eq!(
+            node.revision,
+            self.head + 1,
+            "journal sequences are consecutive"
+        );
         self.head = node.revision;
         let entry = JournalEntry {
             seq: node.revision,
@@ -411,7 +454,11 @@ impl<'a> Applier<'a> {
     fn update(&mut self, op: usize, u: &v1::UpdateOp) -> Result<Node, Status> {
         let id = node_key(&u.id, "id", Some(op))?;
         if id == ROOT_ID {
-            return Err(reject(Reason::RootImmutable, Some(op), "the root cannot be updated"));
+            return Err(reject(
+                Reason::RootImmutable,
+                Some(op),
+                "the root cannot be updated",
+            ));
         }
         let mut node = self.live(&id, Some(op))?;
         self.check_base(&node, u.base_revision, Some(op))?;
@@ -427,7 +474,11 @@ impl<'a> Applier<'a> {
         let new_parent = node_key(&m.new_parent_id, "new parent id", Some(op))?;
         check_name(&m.new_name, Some(op))?;
         if id == ROOT_ID {
-            return Err(reject(Reason::RootImmutable, Some(op), "the root cannot be moved"));
+            return Err(reject(
+                Reason::RootImmutable,
+                Some(op),
+                "the root cannot be moved",
+            ));
         }
         let mut node = self.live(&id, Some(op))?;
         self.check_base(&node, m.base_revision, Some(op))?;
@@ -439,7 +490,10 @@ impl<'a> Applier<'a> {
                 return Err(reject(
                     Reason::Cycle,
                     Some(op),
-                    format!("moving {} into its own subtree would create a cycle", short(&id)),
+                    format!(
+                        "moving {} into its own subtree would create a cycle",
+                        short(&id)
+                    ),
                 ));
             }
             let ancestor = self.live(&cursor, Some(op))?;
@@ -455,15 +509,24 @@ impl<'a> Applier<'a> {
     fn delete(&mut self, op: usize, d: &v1::DeleteOp) -> Result<Node, Status> {
         let id = node_key(&d.id, "id", Some(op))?;
         if id == ROOT_ID {
-            return Err(reject(Reason::RootImmutable, Some(op), "the root cannot be deleted"));
+            return Err(reject(
+                Reason::RootImmutable,
+                Some(op),
+                "the root cannot be deleted",
+            ));
         }
         let mut node = self.live(&id, Some(op))?;
         self.check_base(&node, d.base_revision, Some(op))?;
-        if node.kind == NodeKind::Directory as i32 && self.txn.has_children(&id).map_err(store_status)? {
+        if node.kind == NodeKind::Directory as i32
+            && self.txn.has_children(&id).map_err(store_status)?
+        {
             return Err(reject(
                 Reason::DirectoryNotEmpty,
                 Some(op),
-                format!("directory {} is not empty; delete its children first in the same commit", short(&id)),
+                format!(
+                    "directory {} is not empty; delete its children first in the same commit",
+                    short(&id)
+                ),
             ));
         }
         node.revision = self.next_seq();
@@ -486,7 +549,10 @@ pub fn restore_version(
         return Err(reject(
             Reason::NotFound,
             None,
-            format!("node {} is deleted; undelete it before restoring a version", short(&id)),
+            format!(
+                "node {} is deleted; undelete it before restoring a version",
+                short(&id)
+            ),
         ));
     };
     applier.check_base(&node, base_revision, None)?;

@@ -37,7 +37,8 @@ impl DataDir {
     pub fn open_exclusive(dir: &Path) -> anyhow::Result<Self> {
         let mut data = Self::open(dir)?;
         let lock_path = dir.join("lock");
-        let lock = File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+        let lock = File::create(&lock_path)
+            .with_context(|| format!("cannot create {}", lock_path.display()))?;
         if lock.try_lock().is_err() {
             bail!(
                 "another bvfs server is using {}; stop it or choose another --data directory",
@@ -50,7 +51,8 @@ impl DataDir {
 
     /// Opens the data directory without the server lock (for admin commands beside a running server).
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         let meta = SqliteMetaStore::open(&dir.join("meta.sqlite"))
             .with_context(|| format!("cannot open the metadata database in {}", dir.display()))?;
         let chunks = FsChunkStore::open(&dir.join("chunks"))
@@ -102,8 +104,9 @@ impl BoundServer {
         let tls = match &options.tls {
             None => None,
             Some(files) => {
-                let cert = fs::read(&files.cert)
-                    .with_context(|| format!("cannot read the TLS certificate {}", files.cert.display()))?;
+                let cert = fs::read(&files.cert).with_context(|| {
+                    format!("cannot read the TLS certificate {}", files.cert.display())
+                })?;
                 let key = fs::read(&files.key)
                     .with_context(|| format!("cannot read the TLS key {}", files.key.display()))?;
                 Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
@@ -148,16 +151,20 @@ impl BoundServer {
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .concurrency_limit_per_connection(256);
         if let Some(tls) = self.tls {
-            builder = builder.tls_config(tls).context("invalid TLS certificate or key")?;
+            builder = builder
+                .tls_config(tls)
+                .context("invalid TLS certificate or key")?;
         }
         let service = SyncServer::new(self.service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let serving = builder.add_service(service).serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
+        let serving = builder
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            });
         tokio::pin!(serving);
         tokio::select! {
             result = &mut serving => return result.context("the server stopped with an error"),

@@ -9,8 +9,8 @@ use bvfs_proto::v1::{
     self, Change, ChunkData, CommitRequest, CommitResponse, DeletedNode, FindMissingChunksRequest,
     FindMissingChunksResponse, GetChunksRequest, HelloRequest, HelloResponse, ListChangesRequest,
     ListChangesResponse, ListDeletedRequest, ListDeletedResponse, ListVersionsRequest,
-    ListVersionsResponse, PutChunkRequest, PutChunksResponse, RestoreVersionRequest, SnapshotRequest,
-    SnapshotResponse, SubscribeEvent, SubscribeRequest, UndeleteRequest, Version,
+    ListVersionsResponse, PutChunkRequest, PutChunksResponse, RestoreVersionRequest,
+    SnapshotRequest, SnapshotResponse, SubscribeEvent, SubscribeRequest, UndeleteRequest, Version,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -47,7 +47,11 @@ fn now_ns() -> i64 {
 }
 
 fn page(limit: u32, (default, max): (u32, u32)) -> usize {
-    if limit == 0 { default as usize } else { limit.min(max) as usize }
+    if limit == 0 {
+        default as usize
+    } else {
+        limit.min(max) as usize
+    }
 }
 
 fn change(entry: JournalEntry) -> Change {
@@ -64,9 +68,9 @@ fn change(entry: JournalEntry) -> Change {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("the server failed while handling the request: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        Status::internal(format!("the server failed while handling the request: {e}"))
+    })?
 }
 
 fn cursor_ahead(cursor: u64, head: u64) -> Status {
@@ -74,15 +78,24 @@ fn cursor_ahead(cursor: u64, head: u64) -> Status {
         "cursor {cursor} is ahead of this namespace's journal (head {head}); the client state belongs to \
          another server or a lost one and must be rebuilt"
     ));
-    status
-        .metadata_mut()
-        .insert(namespace::REASON_KEY, "cursor-ahead".parse().expect("ASCII"));
+    status.metadata_mut().insert(
+        namespace::REASON_KEY,
+        "cursor-ahead".parse().expect("ASCII"),
+    );
     status
 }
 
 impl SyncService {
-    pub fn new(meta: Arc<dyn MetaStore>, chunks: Arc<dyn ChunkStore>, heads: Arc<HeadNotifier>) -> Self {
-        Self { meta, chunks, heads }
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        chunks: Arc<dyn ChunkStore>,
+        heads: Arc<HeadNotifier>,
+    ) -> Self {
+        Self {
+            meta,
+            chunks,
+            heads,
+        }
     }
 
     async fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
@@ -102,7 +115,10 @@ impl SyncService {
 
 #[tonic::async_trait]
 impl Sync for SyncService {
-    async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+    async fn hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloResponse>, Status> {
         let who = self.principal(&request).await?;
         let head = self.meta_call(move |m| m.head(who.tenant)).await?;
         Ok(Response::new(HelloResponse {
@@ -113,7 +129,10 @@ impl Sync for SyncService {
         }))
     }
 
-    async fn commit(&self, request: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
+    async fn commit(
+        &self,
+        request: Request<CommitRequest>,
+    ) -> Result<Response<CommitResponse>, Status> {
         let who = self.principal(&request).await?;
         let ops = request.into_inner().ops;
         let (meta, chunks) = (self.meta.clone(), self.chunks.clone());
@@ -155,7 +174,10 @@ impl Sync for SyncService {
         }
         let next_cursor = entries.last().map_or(req.cursor, |e| e.seq);
         debug_assert!(
-            entries.iter().zip(req.cursor + 1..).all(|(e, seq)| e.seq == seq),
+            entries
+                .iter()
+                .zip(req.cursor + 1..)
+                .all(|(e, seq)| e.seq == seq),
             "the journal has a gap after {}",
             req.cursor
         );
@@ -166,7 +188,10 @@ impl Sync for SyncService {
         }))
     }
 
-    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotResponse>, Status> {
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotResponse>, Status> {
         let who = self.principal(&request).await?;
         let req = request.into_inner();
         let after = if req.after_id.is_empty() {
@@ -178,11 +203,18 @@ impl Sync for SyncService {
         let (at, nodes, next) = self
             .meta_call(move |m| {
                 let head = m.head(who.tenant)?;
-                let at = if req.at_cursor == 0 { head } else { req.at_cursor };
+                let at = if req.at_cursor == 0 {
+                    head
+                } else {
+                    req.at_cursor
+                };
                 if at > head {
                     return Ok((at, Err(head)));
                 }
-                Ok((at, Ok(m.snapshot_page(who.tenant, at, after.as_ref(), limit)?)))
+                Ok((
+                    at,
+                    Ok(m.snapshot_page(who.tenant, at, after.as_ref(), limit)?),
+                ))
             })
             .await
             .and_then(|(at, page)| match page {
@@ -234,7 +266,10 @@ impl Sync for SyncService {
             return Err(reject(
                 Reason::TooLarge,
                 None,
-                format!("at most {MAX_IDS_PER_REQUEST} ids per request, got {}", ids.len()),
+                format!(
+                    "at most {MAX_IDS_PER_REQUEST} ids per request, got {}",
+                    ids.len()
+                ),
             ));
         }
         let keys = ids
@@ -245,7 +280,11 @@ impl Sync for SyncService {
         let missing = blocking(move || {
             let mut missing = Vec::new();
             for key in keys {
-                if chunks.stored_len(who.tenant, &key).map_err(store_status)?.is_none() {
+                if chunks
+                    .stored_len(who.tenant, &key)
+                    .map_err(store_status)?
+                    .is_none()
+                {
                     missing.push(key.to_vec());
                 }
             }
@@ -269,7 +308,11 @@ impl Sync for SyncService {
                 return Err(reject(
                     Reason::Malformed,
                     None,
-                    format!("chunk {}: a chunk is 1 byte to 4 MiB, got {}", hex::encode(key), data.len()),
+                    format!(
+                        "chunk {}: a chunk is 1 byte to 4 MiB, got {}",
+                        hex::encode(key),
+                        data.len()
+                    ),
                 ));
             }
             let chunks = self.chunks.clone();
@@ -308,7 +351,10 @@ impl Sync for SyncService {
             return Err(reject(
                 Reason::TooLarge,
                 None,
-                format!("at most {MAX_IDS_PER_REQUEST} ids per request, got {}", ids.len()),
+                format!(
+                    "at most {MAX_IDS_PER_REQUEST} ids per request, got {}",
+                    ids.len()
+                ),
             ));
         }
         let keys = ids
@@ -333,7 +379,10 @@ impl Sync for SyncService {
                             hex::encode(key)
                         )));
                     }
-                    Ok(ChunkData { id: key.to_vec(), data })
+                    Ok(ChunkData {
+                        id: key.to_vec(),
+                        data,
+                    })
                 })
                 .await;
                 let failed = result.is_err();
@@ -411,7 +460,11 @@ impl Sync for SyncService {
         let who = self.principal(&request).await?;
         let req = request.into_inner();
         let limit = page(req.limit, DELETED_PAGE);
-        let before = if req.before_seq == 0 { u64::MAX >> 1 } else { req.before_seq };
+        let before = if req.before_seq == 0 {
+            u64::MAX >> 1
+        } else {
+            req.before_seq
+        };
         let entries = self
             .meta_call(move |m| m.deleted(who.tenant, before, limit))
             .await?;
@@ -429,10 +482,16 @@ impl Sync for SyncService {
                 deleted_at_ns: e.committed_at_ns,
             })
             .collect();
-        Ok(Response::new(ListDeletedResponse { nodes, next_before_seq }))
+        Ok(Response::new(ListDeletedResponse {
+            nodes,
+            next_before_seq,
+        }))
     }
 
-    async fn undelete(&self, request: Request<UndeleteRequest>) -> Result<Response<CommitResponse>, Status> {
+    async fn undelete(
+        &self,
+        request: Request<UndeleteRequest>,
+    ) -> Result<Response<CommitResponse>, Status> {
         let who = self.principal(&request).await?;
         let req = request.into_inner();
         let id = node_key(&req.id, "id", None)?;

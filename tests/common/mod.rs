@@ -40,7 +40,9 @@ impl ServerProcess {
             .expect("spawn bvfs serve");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
         let url = line
             .split_whitespace()
             .find(|w| w.starts_with("http://") || w.starts_with("https://"))
@@ -101,14 +103,20 @@ pub fn add_user(data: &Path, user: &str, device: &str) -> String {
         .args(["--device", device])
         .output()
         .expect("run bvfs admin add-user");
-    assert!(out.status.success(), "add-user failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "add-user failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json from add-user");
     value["token"].as_str().expect("a token").to_string()
 }
 
 /// A connected client.
 pub async fn client(url: &str, token: &str) -> SyncApi {
-    connect(&RemoteConfig::new(url, token)).await.expect("connect")
+    connect(&RemoteConfig::new(url, token))
+        .await
+        .expect("connect")
 }
 
 pub fn new_id() -> Vec<u8> {
@@ -195,24 +203,37 @@ pub fn delete(id: &[u8], base: u64) -> v1::Op {
 }
 
 /// Commits ops and returns the response or the status.
-pub async fn commit(api: &mut SyncApi, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, tonic::Status> {
-    api.commit(v1::CommitRequest { ops }).await.map(|r| r.into_inner())
+pub async fn commit(
+    api: &mut SyncApi,
+    ops: Vec<v1::Op>,
+) -> Result<v1::CommitResponse, tonic::Status> {
+    api.commit(v1::CommitRequest { ops })
+        .await
+        .map(|r| r.into_inner())
 }
 
 /// Uploads whole chunks.
-pub async fn put_chunks(api: &mut SyncApi, chunks: Vec<(Vec<u8>, Vec<u8>)>) -> Result<v1::PutChunksResponse, tonic::Status> {
+pub async fn put_chunks(
+    api: &mut SyncApi,
+    chunks: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<v1::PutChunksResponse, tonic::Status> {
     let messages = chunks
         .into_iter()
         .map(|(id, data)| v1::PutChunkRequest { id, data })
         .collect::<Vec<_>>();
-    api.put_chunks(tokio_stream::iter(messages)).await.map(|r| r.into_inner())
+    api.put_chunks(tokio_stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
 }
 
 /// Uploads `data` as one chunk.
 pub async fn put_blob(api: &mut SyncApi, data: &[u8]) {
-    put_chunks(api, vec![(blake3::hash(data).as_bytes().to_vec(), data.to_vec())])
-        .await
-        .expect("put chunk");
+    put_chunks(
+        api,
+        vec![(blake3::hash(data).as_bytes().to_vec(), data.to_vec())],
+    )
+    .await
+    .expect("put chunk");
 }
 
 /// Every change after `cursor`, following pages.
@@ -251,9 +272,18 @@ pub struct MountProcess {
 }
 
 /// Runs `bvfs mount` (which returns once the mount is ready) and returns the daemon's pid.
-fn spawn_mount(url: &str, token: &str, device: &str, mountpoint: &Path, data: &Path, extra: &[&str]) -> i32 {
+fn spawn_mount(
+    url: &str,
+    token: &str,
+    device: &str,
+    mountpoint: &Path,
+    data: &Path,
+    extra: &[&str],
+) -> i32 {
     let out = bvfs()
-        .args(["mount", "--server", url, "--token", token, "--device", device, "--data"])
+        .args([
+            "mount", "--server", url, "--token", token, "--device", device, "--data",
+        ])
         .arg(data)
         .args(extra)
         .arg(mountpoint)
@@ -324,7 +354,10 @@ fn wait_for_exit(pid: i32) {
 
 impl Drop for MountProcess {
     fn drop(&mut self) {
-        let out = bvfs().args(["umount", "--lazy"]).arg(&self.mountpoint).output();
+        let out = bvfs()
+            .args(["umount", "--lazy"])
+            .arg(&self.mountpoint)
+            .output();
         if !out.is_ok_and(|o| o.status.success()) {
             // The daemon is gone or stuck: make sure nothing stays mounted.
             unsafe {
@@ -357,7 +390,9 @@ pub fn dir_usage(dir: &Path) -> (usize, u64) {
     let mut bytes = 0;
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let meta = entry.metadata().unwrap();
             if meta.is_dir() {

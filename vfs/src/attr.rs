@@ -79,12 +79,19 @@ impl Vfs {
     }
 
     pub(crate) fn entry(&self, ino: u64) -> VfsResult<LocalEntry> {
-        self.engine.getattr(ino).map_err(Errno::from)?.ok_or(Errno::ENOENT)
+        self.engine
+            .getattr(ino)
+            .map_err(Errno::from)?
+            .ok_or(Errno::ENOENT)
     }
 
     /// `lookup`: the entry `name` in `parent`.
     pub fn lookup(&self, parent: u64, name: &str) -> VfsResult<Attr> {
-        let entry = self.engine.lookup(parent, name).map_err(Errno::from)?.ok_or(Errno::ENOENT)?;
+        let entry = self
+            .engine
+            .lookup(parent, name)
+            .map_err(Errno::from)?
+            .ok_or(Errno::ENOENT)?;
         Ok(self.attr_of(&entry))
     }
 
@@ -105,7 +112,13 @@ impl Vfs {
 
     /// `setattr`: size (truncate), the executable bit (from the mode), mtime. Ownership and other
     /// mode bits are not kept by BitVault and are ignored, as on other sync folders.
-    pub fn setattr(&self, ino: u64, size: Option<u64>, mode: Option<u32>, mtime_ns: Option<i64>) -> VfsResult<Attr> {
+    pub fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> VfsResult<Attr> {
         if size.is_some() || mode.is_some() || mtime_ns.is_some() {
             self.writable()?;
         }
@@ -114,7 +127,9 @@ impl Vfs {
         }
         let executable = mode.map(|m| m & 0o111 != 0);
         if (executable.is_some() || mtime_ns.is_some()) && self.entry(ino).is_ok() {
-            self.engine.set_attrs(ino, executable, mtime_ns).map_err(Errno::from)?;
+            self.engine
+                .set_attrs(ino, executable, mtime_ns)
+                .map_err(Errno::from)?;
             if let Some(ns) = mtime_ns
                 && let Some(path) = self.engine.materialized_path(ino)
                 && let Ok(file) = std::fs::File::options().write(true).open(path)

@@ -76,7 +76,10 @@ impl Vfs {
         if dir.exhausted {
             return Ok(());
         }
-        let page = self.engine.list(dir.ino, dir.after.as_deref(), PAGE).map_err(Errno::from)?;
+        let page = self
+            .engine
+            .list(dir.ino, dir.after.as_deref(), PAGE)
+            .map_err(Errno::from)?;
         dir.exhausted = page.len() < PAGE;
         for entry in page {
             dir.after = Some(entry.node.name.clone());
@@ -94,7 +97,12 @@ impl Vfs {
 
     /// `readdir`/`readdirplus` from `offset`: hands entries to `add` until it returns true (the
     /// kernel's buffer is full); the entry it refused is offered again next time.
-    pub fn readdir(&self, fh: u64, offset: u64, mut add: impl FnMut(&DirEntry) -> bool) -> VfsResult<()> {
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry) -> bool,
+    ) -> VfsResult<()> {
         let handle = self.handle(fh)?;
         let mut guard = handle.lock();
         let Handle::Dir(dir) = &mut *guard else {
@@ -127,7 +135,13 @@ impl Vfs {
             let dots = [(1, ".", this), (2, "..", parent)];
             let start = dir.position;
             for (off, name, attr) in dots.into_iter().filter(|(off, ..)| *off > start) {
-                let entry = DirEntry { ino: attr.ino, offset: off, kind: FileKind::Directory, name: name.into(), attr };
+                let entry = DirEntry {
+                    ino: attr.ino,
+                    offset: off,
+                    kind: FileKind::Directory,
+                    name: name.into(),
+                    attr,
+                };
                 if add(&entry) {
                     return Ok(());
                 }
@@ -167,7 +181,13 @@ impl Vfs {
         }
         let entry = self
             .engine
-            .create(parent, name, NodeKind::Symlink, false, Some(target.to_string()))
+            .create(
+                parent,
+                name,
+                NodeKind::Symlink,
+                false,
+                Some(target.to_string()),
+            )
             .map_err(Errno::from)?;
         Ok(self.attr_of(&entry))
     }
@@ -181,9 +201,20 @@ impl Vfs {
 
     /// `rename`, with `RENAME_NOREPLACE` as `no_replace`. A rename is one node mutation: O(1) whatever
     /// the subtree, and never a download.
-    pub fn rename(&self, parent: u64, name: &str, new_parent: u64, new_name: &str, no_replace: bool) -> VfsResult<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> VfsResult<()> {
         self.writable()?;
-        let entry = self.engine.lookup(parent, name).map_err(Errno::from)?.ok_or(Errno::ENOENT)?;
+        let entry = self
+            .engine
+            .lookup(parent, name)
+            .map_err(Errno::from)?
+            .ok_or(Errno::ENOENT)?;
         self.engine
             .rename(entry.ino, new_parent, new_name, no_replace)
             .map_err(Errno::from)

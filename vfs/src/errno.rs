@@ -42,7 +42,9 @@ impl From<LocalError> for Errno {
             LocalError::NotDir => Errno::ENOTDIR,
             LocalError::IsDir => Errno::EISDIR,
             LocalError::NotEmpty => Errno::ENOTEMPTY,
-            LocalError::InvalidName(bvfs_engine::model::NameError::TooLong { .. }) => Errno::ENAMETOOLONG,
+            LocalError::InvalidName(bvfs_engine::model::NameError::TooLong { .. }) => {
+                Errno::ENAMETOOLONG
+            }
             LocalError::InvalidName(_) | LocalError::Invalid(_) => Errno::EINVAL,
             LocalError::State(e) => {
                 tracing::error!("engine database: {e}");

@@ -135,7 +135,13 @@ impl Vfs {
             .engine
             .create(parent, name, NodeKind::File, mode & 0o111 != 0, None)
             .map_err(Errno::from)?;
-        let fh = self.open(entry.ino, OpenMode { write: true, truncate: false })?;
+        let fh = self.open(
+            entry.ino,
+            OpenMode {
+                write: true,
+                truncate: false,
+            },
+        )?;
         Ok((self.attr_of(&entry), fh))
     }
 
@@ -199,7 +205,9 @@ impl Vfs {
         {
             f.sync_all()?;
             if file.wrote {
-                self.engine.commit_written(file.ino, None).map_err(Errno::from)?;
+                self.engine
+                    .commit_written(file.ino, None)
+                    .map_err(Errno::from)?;
             }
         }
         Ok(())
@@ -230,7 +238,9 @@ impl Vfs {
             return Err(Errno::EISDIR);
         }
         self.engine.open_writer(ino);
-        let result = self.writable_copy(ino, size == 0).and_then(|f| Ok(f.set_len(size)?));
+        let result = self
+            .writable_copy(ino, size == 0)
+            .and_then(|f| Ok(f.set_len(size)?));
         self.engine
             .close_writer(ino, None, result.is_ok())
             .map_err(Errno::from)?;
@@ -245,7 +255,9 @@ impl Vfs {
         let handles: Vec<_> = self.handles.lock().values().cloned().collect();
         for handle in handles {
             let guard = handle.lock();
-            let Handle::File(file) = &*guard else { continue };
+            let Handle::File(file) = &*guard else {
+                continue;
+            };
             if file.ino != ino {
                 continue;
             }
@@ -276,7 +288,12 @@ impl Vfs {
         let handles: Vec<_> = self.handles.lock().values().cloned().collect();
         for handle in handles {
             let guard = handle.lock();
-            if let Handle::File(FileHandle { ino: i, source: Source::Copy(f), writable: true, .. }) = &*guard
+            if let Handle::File(FileHandle {
+                ino: i,
+                source: Source::Copy(f),
+                writable: true,
+                ..
+            }) = &*guard
                 && *i == ino
             {
                 return Ok(f.set_len(size)?);

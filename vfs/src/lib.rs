@@ -103,7 +103,8 @@ impl Vfs {
     /// Filesystem statistics: space of the cache's filesystem, and the namespace's node count.
     pub fn statfs(&self) -> VfsResult<Statfs> {
         let status = self.engine.status().map_err(Errno::from)?;
-        let (blocks, bfree, bavail, bsize) = disk_space(self.engine.cache().dir()).unwrap_or((0, 0, 0, 4096));
+        let (blocks, bfree, bavail, bsize) =
+            disk_space(self.engine.cache().dir()).unwrap_or((0, 0, 0, 4096));
         Ok(Statfs {
             blocks,
             bfree,
@@ -136,5 +137,10 @@ fn disk_space(path: &std::path::Path) -> Option<(u64, u64, u64, u32)> {
     if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
         return None;
     }
-    Some((stat.f_blocks, stat.f_bfree, stat.f_bavail, stat.f_frsize as u32))
+    Some((
+        stat.f_blocks,
+        stat.f_bfree,
+        stat.f_bavail,
+        stat.f_frsize as u32,
+    ))
 }

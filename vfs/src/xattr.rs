@@ -26,12 +26,24 @@ impl Vfs {
     pub fn getxattr(&self, ino: u64, name: &str) -> VfsResult<Vec<u8>> {
         let entry = self.entry(ino)?;
         let value = match name {
-            STATE => self.engine.hydration(&entry).map_err(Errno::from)?.as_str().to_string(),
-            SYNC => self.engine.sync_state(&entry).map_err(Errno::from)?.as_str().to_string(),
+            STATE => self
+                .engine
+                .hydration(&entry)
+                .map_err(Errno::from)?
+                .as_str()
+                .to_string(),
+            SYNC => self
+                .engine
+                .sync_state(&entry)
+                .map_err(Errno::from)?
+                .as_str()
+                .to_string(),
             PIN => if entry.pinned { "1" } else { "0" }.to_string(),
             HELD_DELETES if ino == ROOT_INO => {
                 let held = self.engine.held_deletes().map_err(Errno::from)?;
-                held.iter().map(|(side, path)| format!("{side} {path}\n")).collect()
+                held.iter()
+                    .map(|(side, path)| format!("{side} {path}\n"))
+                    .collect()
             }
             _ => return Err(Errno::ENODATA),
         };
@@ -71,7 +83,9 @@ impl Vfs {
                     b"reject" => false,
                     _ => return Err(Errno::EINVAL),
                 };
-                self.engine.resolve_held_deletes(confirm).map_err(Errno::from)?;
+                self.engine
+                    .resolve_held_deletes(confirm)
+                    .map_err(Errno::from)?;
                 Ok(())
             }
             STATE | SYNC => Err(Errno::EPERM),

@@ -12,7 +12,14 @@ use crate::model::{Node, NodeId};
 pub type Expected = Option<Node>;
 
 /// An `inflight` row: parent, name, kind, content, symlink target, deleted.
-type InflightRow = (Option<Vec<u8>>, Option<String>, Option<i64>, Option<Vec<u8>>, Option<String>, bool);
+type InflightRow = (
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<String>,
+    bool,
+);
 
 fn same_content_and_place(a: &Node, b: &Node) -> bool {
     a.parent == b.parent
@@ -25,7 +32,9 @@ fn same_content_and_place(a: &Node, b: &Node) -> bool {
 impl Txn<'_> {
     /// Records the expected outcome of an op about to be sent.
     pub fn record_inflight(&self, id: NodeId, expected: &Expected) -> StateResult<()> {
-        let kind = expected.as_ref().map(|n| super::trees::kind_code_of(n.kind));
+        let kind = expected
+            .as_ref()
+            .map(|n| super::trees::kind_code_of(n.kind));
         self.conn()
             .prepare_cached(
                 "INSERT OR REPLACE INTO inflight (id, parent, name, kind, content, symlink, deleted)
@@ -60,10 +69,19 @@ impl Txn<'_> {
     pub fn adopt_if_inflight(&self, id: NodeId, node: Option<&Node>) -> StateResult<()> {
         let row: Option<InflightRow> = self
             .conn()
-            .prepare_cached("SELECT parent, name, kind, content, symlink, deleted FROM inflight WHERE id = ?1")
+            .prepare_cached(
+                "SELECT parent, name, kind, content, symlink, deleted FROM inflight WHERE id = ?1",
+            )
             .and_then(|mut s| {
                 s.query_row([&id.to_bytes()[..]], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
                 })
                 .optional()
             })
@@ -79,11 +97,18 @@ impl Txn<'_> {
             Some(node) if !deleted => {
                 let expected = Node {
                     id,
-                    parent: parent.as_deref().and_then(NodeId::from_bytes).unwrap_or(NodeId::ROOT),
+                    parent: parent
+                        .as_deref()
+                        .and_then(NodeId::from_bytes)
+                        .unwrap_or(NodeId::ROOT),
                     name: name.unwrap_or_default(),
-                    kind: kind.and_then(super::trees::kind_from_code_of).unwrap_or(node.kind),
+                    kind: kind
+                        .and_then(super::trees::kind_from_code_of)
+                        .unwrap_or(node.kind),
                     attrs: crate::model::Attrs {
-                        content: content.as_deref().and_then(crate::model::ContentHash::from_slice),
+                        content: content
+                            .as_deref()
+                            .and_then(crate::model::ContentHash::from_slice),
                         symlink_target: symlink,
                         ..node.attrs.clone()
                     },

@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::trees::node_from_row;
 use super::{StateError, Table, Txn};
-use crate::model::{Attrs, Node, NodeId, NodeKind, NameError};
+use crate::model::{Attrs, NameError, Node, NodeId, NodeKind};
 
 /// A LOCAL node with what only this device knows about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +56,11 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<LocalEntry
 }
 
 impl Txn<'_> {
-    fn local_query(&self, filter: &str, params: impl rusqlite::Params) -> LocalResult<Option<LocalEntry>> {
+    fn local_query(
+        &self,
+        filter: &str,
+        params: impl rusqlite::Params,
+    ) -> LocalResult<Option<LocalEntry>> {
         let sql = format!("SELECT {ENTRY_COLUMNS} FROM local WHERE {filter}");
         let row = self
             .conn()
@@ -83,11 +87,19 @@ impl Txn<'_> {
     /// The child `name` of the directory with inode `parent`.
     pub fn local_lookup(&self, parent: u64, name: &str) -> LocalResult<Option<LocalEntry>> {
         let dir = self.local_dir(parent)?;
-        self.local_query("parent = ?1 AND name = ?2 AND id != ?1", params![&dir.node.id.to_bytes()[..], name])
+        self.local_query(
+            "parent = ?1 AND name = ?2 AND id != ?1",
+            params![&dir.node.id.to_bytes()[..], name],
+        )
     }
 
     /// Children of the directory `parent` with names after `after`, in name order, at most `limit`.
-    pub fn local_children(&self, parent: u64, after: Option<&str>, limit: usize) -> LocalResult<Vec<LocalEntry>> {
+    pub fn local_children(
+        &self,
+        parent: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> LocalResult<Vec<LocalEntry>> {
         let dir = self.local_dir(parent)?;
         let sql = format!(
             "SELECT {ENTRY_COLUMNS} FROM local WHERE parent = ?1 AND id != ?1 AND name > ?2 ORDER BY name LIMIT ?3"
@@ -95,13 +107,20 @@ impl Txn<'_> {
         let mut stmt = self.conn().prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(
-                params![&dir.node.id.to_bytes()[..], after.unwrap_or(""), limit as i64],
+                params![
+                    &dir.node.id.to_bytes()[..],
+                    after.unwrap_or(""),
+                    limit as i64
+                ],
                 entry_from_row,
             )
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            out.push(row.map_err(|e| self.err(e))?.ok_or_else(|| self.corrupt("a malformed local row"))?);
+            out.push(
+                row.map_err(|e| self.err(e))?
+                    .ok_or_else(|| self.corrupt("a malformed local row"))?,
+            );
         }
         Ok(out)
     }
@@ -116,7 +135,14 @@ impl Txn<'_> {
 
     /// Creates a LOCAL node `name` in directory `parent` with a new id. The node has revision 0 until
     /// the server accepts it.
-    pub fn local_create(&self, parent: u64, name: &str, kind: NodeKind, attrs: Attrs, id: NodeId) -> LocalResult<LocalEntry> {
+    pub fn local_create(
+        &self,
+        parent: u64,
+        name: &str,
+        kind: NodeKind,
+        attrs: Attrs,
+        id: NodeId,
+    ) -> LocalResult<LocalEntry> {
         crate::model::validate_name(name).map_err(LocalError::InvalidName)?;
         let dir = self.local_dir(parent)?;
         if self.local_lookup(parent, name)?.is_some() {
@@ -183,7 +209,10 @@ impl Txn<'_> {
             Some(target) if target.ino == ino => return Ok(None),
             Some(_) if no_replace => return Err(LocalError::Exists),
             Some(target) => {
-                match (entry.node.kind == NodeKind::Directory, target.node.kind == NodeKind::Directory) {
+                match (
+                    entry.node.kind == NodeKind::Directory,
+                    target.node.kind == NodeKind::Directory,
+                ) {
                     (false, true) => return Err(LocalError::IsDir),
                     (true, false) => return Err(LocalError::NotDir),
                     _ => {}
@@ -206,7 +235,8 @@ impl Txn<'_> {
         if entry.node.id.is_root() {
             return Err(LocalError::Invalid("the root cannot be removed"));
         }
-        if entry.node.kind == NodeKind::Directory && !self.local_children(ino, None, 1)?.is_empty() {
+        if entry.node.kind == NodeKind::Directory && !self.local_children(ino, None, 1)?.is_empty()
+        {
             return Err(LocalError::NotEmpty);
         }
         self.remove_node(Table::Local, entry.node.id)?;

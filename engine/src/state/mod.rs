@@ -77,7 +77,9 @@ impl State {
                 detail: quick,
             });
         }
-        schema::migrate(&mut conn).map_err(err)?.map_err(StateError::Schema)?;
+        schema::migrate(&mut conn)
+            .map_err(err)?
+            .map_err(StateError::Schema)?;
         let state = Self {
             conn,
             path: path.to_owned(),
@@ -105,7 +107,10 @@ impl State {
 
     /// Runs `f` in one transaction (`BEGIN IMMEDIATE`): everything or nothing, durable on return.
     /// An error from `f` rolls the transaction back.
-    pub fn transaction<T, E: From<StateError>>(&mut self, f: impl FnOnce(&Txn<'_>) -> Result<T, E>) -> Result<T, E> {
+    pub fn transaction<T, E: From<StateError>>(
+        &mut self,
+        f: impl FnOnce(&Txn<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
         let path = self.path.clone();
         let err = |source| StateError::Sqlite {
             path: path.clone(),
@@ -128,7 +133,10 @@ impl State {
 
     /// Runs `f` in a read transaction: a consistent view, no writes expected. Inside another read
     /// (see [`State::reading`]) it joins that one.
-    pub fn read<T, E: From<StateError>>(&self, f: impl FnOnce(&Txn<'_>) -> Result<T, E>) -> Result<T, E> {
+    pub fn read<T, E: From<StateError>>(
+        &self,
+        f: impl FnOnce(&Txn<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
         if !self.conn.is_autocommit() {
             // Only reads can be open here (a write transaction borrows the state mutably): the
             // enclosing read's snapshot serves this one too.
@@ -137,7 +145,10 @@ impl State {
                 path: &self.path,
             });
         }
-        let tx = self.conn.unchecked_transaction().map_err(|e| self.sql_err(e))?;
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.sql_err(e))?;
         let txn = Txn {
             tx: TxHandle::Own(tx),
             path: &self.path,
@@ -153,7 +164,10 @@ impl State {
     /// Runs `f` with `self` inside one read transaction, so that everything it reads through the
     /// state (tree views, [`State::read`]) sees one snapshot and SQLite takes its locks once rather
     /// than once per statement (a plan makes millions of point reads).
-    pub fn reading<T, E: From<StateError>>(&self, f: impl FnOnce(&State) -> Result<T, E>) -> Result<T, E> {
+    pub fn reading<T, E: From<StateError>>(
+        &self,
+        f: impl FnOnce(&State) -> Result<T, E>,
+    ) -> Result<T, E> {
         self.read(|_| f(self))
     }
 
@@ -223,7 +237,10 @@ impl State {
         let (mut ids, mut last) = (Vec::new(), 0);
         for row in rows {
             let (seq, bytes) = row.map_err(|e| self.sql_err(e))?;
-            ids.push(NodeId::from_bytes(&bytes).ok_or_else(|| self.corrupt("a changed id is not 16 bytes"))?);
+            ids.push(
+                NodeId::from_bytes(&bytes)
+                    .ok_or_else(|| self.corrupt("a changed id is not 16 bytes"))?,
+            );
             last = seq;
         }
         Ok((ids, last))
@@ -334,8 +351,12 @@ impl Txn<'_> {
             packed.extend_from_slice(&chunk.len.to_le_bytes());
         }
         self.tx
-            .prepare_cached("INSERT OR IGNORE INTO manifests (hash, size, chunks) VALUES (?1, ?2, ?3)")
-            .and_then(|mut s| s.execute(params![&manifest.hash.0[..], manifest.size as i64, packed]))
+            .prepare_cached(
+                "INSERT OR IGNORE INTO manifests (hash, size, chunks) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![&manifest.hash.0[..], manifest.size as i64, packed])
+            })
             .map_err(|e| self.err(e))?;
         Ok(())
     }
@@ -369,7 +390,10 @@ fn manifest(conn: &Connection, hash: &ContentHash, path: &Path) -> StateResult<O
     if packed.len() % 36 != 0 {
         return Err(StateError::Corrupt {
             path: path.to_owned(),
-            detail: format!("manifest {hash} is {} bytes, not a multiple of 36", packed.len()),
+            detail: format!(
+                "manifest {hash} is {} bytes, not a multiple of 36",
+                packed.len()
+            ),
         });
     }
     let chunks = packed

@@ -52,7 +52,10 @@ impl Txn<'_> {
             SyncedChange::Remove(id) => {
                 self.remove_node(Table::Synced, *id)?;
                 self.conn()
-                    .execute("DELETE FROM confirmed_deletes WHERE id = ?1", [&id.to_bytes()[..]])
+                    .execute(
+                        "DELETE FROM confirmed_deletes WHERE id = ?1",
+                        [&id.to_bytes()[..]],
+                    )
                     .map_err(|e| self.err(e))?;
             }
             SyncedChange::Reidentify { old, new } => {
@@ -75,7 +78,9 @@ impl Txn<'_> {
 
     /// Replaces the held deletes with the plan's, so `bvfs status` shows what waits for confirmation.
     pub fn record_plan_outcome(&self, plan: &Plan) -> StateResult<()> {
-        self.conn().execute("DELETE FROM held_deletes", []).map_err(|e| self.err(e))?;
+        self.conn()
+            .execute("DELETE FROM held_deletes", [])
+            .map_err(|e| self.err(e))?;
         let local = self.tree(Table::Local);
         let remote = self.tree(Table::Remote);
         for held in &plan.held_deletes {
@@ -107,7 +112,10 @@ impl Txn<'_> {
         for id in ids {
             let bytes = id.to_bytes();
             self.conn()
-                .execute("INSERT OR IGNORE INTO confirmed_deletes (id) VALUES (?1)", [&bytes[..]])
+                .execute(
+                    "INSERT OR IGNORE INTO confirmed_deletes (id) VALUES (?1)",
+                    [&bytes[..]],
+                )
                 .map_err(|e| self.err(e))?;
             self.conn()
                 .execute("DELETE FROM held_deletes WHERE id = ?1", [&bytes[..]])
@@ -123,34 +131,50 @@ impl Txn<'_> {
             .conn()
             .prepare("SELECT side, path FROM held_deletes ORDER BY path")
             .map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// Confirms every held delete (the brake lets them through), or rejects them: a node deleted here
     /// comes back from SYNCED (a placeholder of the last agreed state); a node deleted on the server
     /// stays here under a new id, and is uploaded again as a new node. `fresh_id` mints ids.
-    pub fn resolve_held_deletes(&self, confirm: bool, mut fresh_id: impl FnMut() -> NodeId) -> StateResult<usize> {
+    pub fn resolve_held_deletes(
+        &self,
+        confirm: bool,
+        mut fresh_id: impl FnMut() -> NodeId,
+    ) -> StateResult<usize> {
         let held: Vec<(Vec<u8>, String)> = {
             let mut stmt = self
                 .conn()
                 .prepare("SELECT id, side FROM held_deletes")
                 .map_err(|e| self.err(e))?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| self.err(e))?;
             rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
         };
         let mut restore = Vec::new();
         for (bytes, side) in &held {
-            let id = NodeId::from_bytes(bytes).ok_or_else(|| self.corrupt("an id that is not 16 bytes"))?;
+            let id = NodeId::from_bytes(bytes)
+                .ok_or_else(|| self.corrupt("an id that is not 16 bytes"))?;
             if confirm {
                 self.conn()
-                    .execute("INSERT OR IGNORE INTO confirmed_deletes (id) VALUES (?1)", [&bytes[..]])
+                    .execute(
+                        "INSERT OR IGNORE INTO confirmed_deletes (id) VALUES (?1)",
+                        [&bytes[..]],
+                    )
                     .map_err(|e| self.err(e))?;
             } else if side == "remote" {
                 if let Some(node) = self.tree(Table::Synced).node(id)? {
                     restore.push(node);
                 }
-            } else if self.local_by_id(id).map_err(|e| self.corrupt(&e.to_string()))?.is_some() {
+            } else if self
+                .local_by_id(id)
+                .map_err(|e| self.corrupt(&e.to_string()))?
+                .is_some()
+            {
                 let new = fresh_id();
                 self.reidentify_local(id, new)?;
                 self.mark_changed(new)?;
@@ -161,22 +185,32 @@ impl Txn<'_> {
         let synced = self.tree(Table::Synced);
         let mut by_depth = Vec::new();
         for node in restore {
-            let depth = synced.path_of(node.id)?.map_or(0, |p| p.matches('/').count());
+            let depth = synced
+                .path_of(node.id)?
+                .map_or(0, |p| p.matches('/').count());
             by_depth.push((depth, node));
         }
         by_depth.sort_by_key(|(depth, _)| *depth);
         for (_, node) in by_depth {
-            if self.local_by_id(node.id).map_err(|e| self.corrupt(&e.to_string()))?.is_none() {
+            if self
+                .local_by_id(node.id)
+                .map_err(|e| self.corrupt(&e.to_string()))?
+                .is_none()
+            {
                 self.insert_local(&node)?;
             }
         }
-        self.conn().execute("DELETE FROM held_deletes", []).map_err(|e| self.err(e))?;
+        self.conn()
+            .execute("DELETE FROM held_deletes", [])
+            .map_err(|e| self.err(e))?;
         Ok(held.len())
     }
 
     /// Nodes whose ops are parked after repeated refusals.
     pub fn blocked_ids(&self) -> StateResult<NodeIdSet> {
-        self.id_set(&format!("SELECT id FROM sync_errors WHERE attempts >= {MAX_ATTEMPTS}"))
+        self.id_set(&format!(
+            "SELECT id FROM sync_errors WHERE attempts >= {MAX_ATTEMPTS}"
+        ))
     }
 
     /// Counts a refusal against a node.
@@ -208,11 +242,22 @@ impl Txn<'_> {
     }
 
     /// Logs a conflict for the user.
-    pub fn record_conflict(&self, at_ns: i64, node: NodeId, copy: Option<NodeId>, description: &str) -> StateResult<()> {
+    pub fn record_conflict(
+        &self,
+        at_ns: i64,
+        node: NodeId,
+        copy: Option<NodeId>,
+        description: &str,
+    ) -> StateResult<()> {
         self.conn()
             .execute(
                 "INSERT INTO conflicts (at_ns, node, copy, description) VALUES (?1, ?2, ?3, ?4)",
-                params![at_ns, &node.to_bytes()[..], copy.map(|c| c.to_bytes().to_vec()), description],
+                params![
+                    at_ns,
+                    &node.to_bytes()[..],
+                    copy.map(|c| c.to_bytes().to_vec()),
+                    description
+                ],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -228,11 +273,16 @@ impl Txn<'_> {
 
     fn id_set(&self, sql: &str) -> StateResult<NodeIdSet> {
         let mut stmt = self.conn().prepare_cached(sql).map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.err(e))?;
         let mut set = NodeIdSet::default();
         for row in rows {
             let bytes = row.map_err(|e| self.err(e))?;
-            set.insert(NodeId::from_bytes(&bytes).ok_or_else(|| self.corrupt("an id that is not 16 bytes"))?);
+            set.insert(
+                NodeId::from_bytes(&bytes)
+                    .ok_or_else(|| self.corrupt("an id that is not 16 bytes"))?,
+            );
         }
         Ok(set)
     }

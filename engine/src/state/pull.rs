@@ -43,7 +43,10 @@ impl Txn<'_> {
                 continue; // Already applied (a repeated page after a lost response).
             }
             if change.seq != cursor + 1 {
-                return Err(PullError::Gap { cursor, seq: change.seq });
+                return Err(PullError::Gap {
+                    cursor,
+                    seq: change.seq,
+                });
             }
             let node = change
                 .node
@@ -65,7 +68,11 @@ impl Txn<'_> {
                     self.remove_node(Table::Remote, node.id)?;
                     self.adopt_if_inflight(node.id, None)?;
                 }
-                _ => return Err(WireError(format!("change {} has an unknown kind", change.seq)).into()),
+                _ => {
+                    return Err(
+                        WireError(format!("change {} has an unknown kind", change.seq)).into(),
+                    );
+                }
             }
             self.mark_changed(node.id)?;
             cursor = change.seq;
@@ -82,7 +89,11 @@ impl Txn<'_> {
 
     /// Applies one snapshot page (parsed): every node in it is put into REMOTE as of the snapshot
     /// cursor, and the page's end is recorded (`next_after`, or `None` for the last page).
-    pub fn apply_snapshot_page(&self, nodes: &[(Node, Option<Manifest>)], next_after: Option<NodeId>) -> StateResult<()> {
+    pub fn apply_snapshot_page(
+        &self,
+        nodes: &[(Node, Option<Manifest>)],
+        next_after: Option<NodeId>,
+    ) -> StateResult<()> {
         for (node, manifest) in nodes {
             if node.id.is_root() {
                 continue;

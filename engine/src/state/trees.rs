@@ -32,7 +32,8 @@ impl Table {
     }
 }
 
-const NODE_COLUMNS: &str = "id, parent, name, kind, size, mtime_ns, executable, content, symlink, revision";
+const NODE_COLUMNS: &str =
+    "id, parent, name, kind, size, mtime_ns, executable, content, symlink, revision";
 
 fn kind_code(kind: NodeKind) -> i64 {
     match kind {
@@ -95,7 +96,12 @@ pub(crate) fn node_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Node>> {
 }
 
 /// Reads one node by id from a table.
-pub(crate) fn get_node(conn: &Connection, table: Table, id: NodeId, path: &Path) -> StateResult<Option<Node>> {
+pub(crate) fn get_node(
+    conn: &Connection,
+    table: Table,
+    id: NodeId,
+    path: &Path,
+) -> StateResult<Option<Node>> {
     let err = |source| StateError::Sqlite {
         path: path.to_owned(),
         source,
@@ -164,7 +170,10 @@ impl<'a> SqlTree<'a> {
             path: self.path.to_owned(),
             source,
         };
-        let sql = format!("SELECT id FROM {} WHERE parent = ?1 AND name = ?2 AND id != ?1", self.table.name());
+        let sql = format!(
+            "SELECT id FROM {} WHERE parent = ?1 AND name = ?2 AND id != ?1",
+            self.table.name()
+        );
         let id: Option<Vec<u8>> = self
             .conn
             .prepare_cached(&sql)
@@ -196,7 +205,10 @@ impl<'a> SqlTree<'a> {
                 None => {
                     return Err(StateError::Corrupt {
                         path: self.path.to_owned(),
-                        detail: format!("a malformed child row of {parent} in {}", self.table.name()),
+                        detail: format!(
+                            "a malformed child row of {parent} in {}",
+                            self.table.name()
+                        ),
                     });
                 }
             }
@@ -214,14 +226,18 @@ impl<'a> SqlTree<'a> {
             .conn
             .prepare(&format!("SELECT id FROM {}", self.table.name()))
             .map_err(err)?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(err)?;
         let mut ids = Vec::new();
         for row in rows {
             let bytes = row.map_err(err)?;
-            ids.push(NodeId::from_bytes(&bytes).ok_or_else(|| StateError::Corrupt {
-                path: self.path.to_owned(),
-                detail: "an id that is not 16 bytes".into(),
-            })?);
+            ids.push(
+                NodeId::from_bytes(&bytes).ok_or_else(|| StateError::Corrupt {
+                    path: self.path.to_owned(),
+                    detail: "an id that is not 16 bytes".into(),
+                })?,
+            );
         }
         Ok(ids)
     }
@@ -229,8 +245,29 @@ impl<'a> SqlTree<'a> {
     /// How many nodes the tree holds, the root included.
     pub fn count(&self) -> StateResult<u64> {
         self.conn
-            .query_row(&format!("SELECT count(*) FROM {}", self.table.name()), [], |r| {
-                r.get::<_, i64>(0)
+            .query_row(
+                &format!("SELECT count(*) FROM {}", self.table.name()),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|source| StateError::Sqlite {
+                path: self.path.to_owned(),
+                source,
+            })
+    }
+
+    /// How many nodes the tree holds, the root included, counting no further than `limit`: the
+    /// answer is `min(count, limit)`, at the cost of `limit` rows rather than the whole table.
+    pub fn count_up_to(&self, limit: u64) -> StateResult<u64> {
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT ?1)",
+            self.table.name()
+        );
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_row([limit.min(i64::MAX as u64) as i64], |r| r.get::<_, i64>(0))
             })
             .map(|n| n as u64)
             .map_err(|source| StateError::Sqlite {
@@ -281,7 +318,11 @@ impl TreeView for SqlTree<'_> {
 impl Txn<'_> {
     /// Inserts or replaces a node in REMOTE or SYNCED.
     pub fn put_node(&self, table: Table, node: &Node) -> StateResult<()> {
-        debug_assert_ne!(table, Table::Local, "LOCAL rows carry an inode: use put_local");
+        debug_assert_ne!(
+            table,
+            Table::Local,
+            "LOCAL rows carry an inode: use put_local"
+        );
         let sql = format!(
             "INSERT OR REPLACE INTO {} ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             table.name()
@@ -393,7 +434,10 @@ impl Txn<'_> {
     pub fn reidentify_local(&self, old: NodeId, new: NodeId) -> StateResult<()> {
         let (old_b, new_b) = (old.to_bytes(), new.to_bytes());
         self.conn()
-            .execute("UPDATE local SET id = ?2 WHERE id = ?1", params![&old_b[..], &new_b[..]])
+            .execute(
+                "UPDATE local SET id = ?2 WHERE id = ?1",
+                params![&old_b[..], &new_b[..]],
+            )
             .map_err(|e| self.err(e))?;
         self.conn()
             .execute(
@@ -408,7 +452,10 @@ impl Txn<'_> {
     pub fn local_ino(&self, id: NodeId) -> StateResult<Option<u64>> {
         self.conn()
             .prepare_cached("SELECT ino FROM local WHERE id = ?1")
-            .and_then(|mut s| s.query_row([&id.to_bytes()[..]], |r| r.get::<_, i64>(0)).optional())
+            .and_then(|mut s| {
+                s.query_row([&id.to_bytes()[..]], |r| r.get::<_, i64>(0))
+                    .optional()
+            })
             .map(|v| v.map(|v| v as u64))
             .map_err(|e| self.err(e))
     }

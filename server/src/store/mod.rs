@@ -74,7 +74,12 @@ pub trait MetaStore: Send + Sync + 'static {
     /// The tenant's journal head (0 before the first commit).
     fn head(&self, tenant: TenantId) -> StoreResult<u64>;
     /// Journal entries with `seq > cursor`, in order, at most `limit`.
-    fn changes_after(&self, tenant: TenantId, cursor: u64, limit: usize) -> StoreResult<Vec<JournalEntry>>;
+    fn changes_after(
+        &self,
+        tenant: TenantId,
+        cursor: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<JournalEntry>>;
     /// The namespace as of `at` (live nodes only), ordered by id, ids strictly after `after`; the root
     /// comes first on the first page. At most `limit` ids are examined; the second value is the id to
     /// continue after, `None` on the last page.
@@ -90,7 +95,12 @@ pub trait MetaStore: Send + Sync + 'static {
     /// One journal entry by sequence.
     fn entry(&self, tenant: TenantId, seq: u64) -> StoreResult<Option<JournalEntry>>;
     /// Deletions of nodes that are still deleted, newest first, with `seq < before`, at most `limit`.
-    fn deleted(&self, tenant: TenantId, before: u64, limit: usize) -> StoreResult<Vec<JournalEntry>>;
+    fn deleted(
+        &self,
+        tenant: TenantId,
+        before: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<JournalEntry>>;
 
     /// Runs `f` inside one write transaction of the tenant's namespace. If `f` returns `Ok`, everything
     /// it wrote is committed durably before this returns; on `Err` nothing is, and the error is returned.

@@ -15,8 +15,8 @@ use prost::Message;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    JournalEntry, MetaStore, MetaTxn, NodeKey, Principal, ROOT_ID, StoreError, StoreResult, TenantId,
-    WriteFn,
+    JournalEntry, MetaStore, MetaTxn, NodeKey, Principal, ROOT_ID, StoreError, StoreResult,
+    TenantId, WriteFn,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -86,7 +86,8 @@ fn now_ns() -> i64 {
 
 fn open_connection(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path).map_err(meta_err)?;
-    conn.busy_timeout(Duration::from_secs(30)).map_err(meta_err)?;
+    conn.busy_timeout(Duration::from_secs(30))
+        .map_err(meta_err)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
@@ -125,10 +126,18 @@ fn root_node() -> Node {
 }
 
 fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, Vec<u8>, String, i64)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
 }
 
-fn to_entry((seq, kind, node, device, committed_at_ns): (i64, i64, Vec<u8>, String, i64)) -> StoreResult<JournalEntry> {
+fn to_entry(
+    (seq, kind, node, device, committed_at_ns): (i64, i64, Vec<u8>, String, i64),
+) -> StoreResult<JournalEntry> {
     Ok(JournalEntry {
         seq: seq as u64,
         kind: decode_kind(kind)?,
@@ -194,8 +203,11 @@ impl MetaStore for SqliteMetaStore {
         )
         .map_err(meta_err)?;
         let tenant = tx.last_insert_rowid();
-        tx.execute("INSERT INTO heads (tenant_id, head) VALUES (?1, 0)", [tenant])
-            .map_err(meta_err)?;
+        tx.execute(
+            "INSERT INTO heads (tenant_id, head) VALUES (?1, 0)",
+            [tenant],
+        )
+        .map_err(meta_err)?;
         let root = root_node();
         tx.execute(
             "INSERT INTO nodes (tenant_id, id, parent_id, name, node) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -208,9 +220,11 @@ impl MetaStore for SqliteMetaStore {
 
     fn tenant_by_name(&self, name: &str) -> StoreResult<Option<TenantId>> {
         self.read(|c| {
-            c.query_row("SELECT id FROM tenants WHERE name = ?1", [name], |r| r.get(0))
-                .optional()
-                .map_err(meta_err)
+            c.query_row("SELECT id FROM tenants WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(meta_err)
         })
     }
 
@@ -260,7 +274,12 @@ impl MetaStore for SqliteMetaStore {
         self.read(|c| read_head(c, tenant))
     }
 
-    fn changes_after(&self, tenant: TenantId, cursor: u64, limit: usize) -> StoreResult<Vec<JournalEntry>> {
+    fn changes_after(
+        &self,
+        tenant: TenantId,
+        cursor: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<JournalEntry>> {
         self.read(|c| {
             let mut stmt = c
                 .prepare_cached(
@@ -271,7 +290,8 @@ impl MetaStore for SqliteMetaStore {
             let rows = stmt
                 .query_map(params![tenant, cursor as i64, limit as i64], entry_from_row)
                 .map_err(meta_err)?;
-            rows.map(|r| r.map_err(meta_err).and_then(to_entry)).collect()
+            rows.map(|r| r.map_err(meta_err).and_then(to_entry))
+                .collect()
         })
     }
 
@@ -329,7 +349,8 @@ impl MetaStore for SqliteMetaStore {
             let rows = stmt
                 .query_map(params![tenant, &id[..]], entry_from_row)
                 .map_err(meta_err)?;
-            rows.map(|r| r.map_err(meta_err).and_then(to_entry)).collect()
+            rows.map(|r| r.map_err(meta_err).and_then(to_entry))
+                .collect()
         })
     }
 
@@ -347,7 +368,12 @@ impl MetaStore for SqliteMetaStore {
         })
     }
 
-    fn deleted(&self, tenant: TenantId, before: u64, limit: usize) -> StoreResult<Vec<JournalEntry>> {
+    fn deleted(
+        &self,
+        tenant: TenantId,
+        before: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<JournalEntry>> {
         self.read(|c| {
             let mut stmt = c
                 .prepare_cached(
@@ -388,7 +414,11 @@ pub(crate) fn store_status(err: StoreError) -> tonic::Status {
 
 fn read_head(c: &Connection, tenant: TenantId) -> StoreResult<u64> {
     let head: Option<i64> = c
-        .query_row("SELECT head FROM heads WHERE tenant_id = ?1", [tenant], |r| r.get(0))
+        .query_row(
+            "SELECT head FROM heads WHERE tenant_id = ?1",
+            [tenant],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(meta_err)?;
     Ok(head.unwrap_or(0) as u64)
@@ -425,7 +455,9 @@ impl MetaTxn for SqliteTxn<'_> {
     fn child_by_name(&mut self, parent: &NodeKey, name: &str) -> StoreResult<Option<NodeKey>> {
         let id: Option<Vec<u8>> = self
             .tx
-            .prepare_cached("SELECT id FROM nodes WHERE tenant_id = ?1 AND parent_id = ?2 AND name = ?3")
+            .prepare_cached(
+                "SELECT id FROM nodes WHERE tenant_id = ?1 AND parent_id = ?2 AND name = ?3",
+            )
             .map_err(meta_err)?
             .query_row(params![self.tenant, &parent[..], name], |r| r.get(0))
             .optional()
