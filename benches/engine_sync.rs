@@ -729,13 +729,16 @@ async fn latency_bench(
     )
     .unwrap();
     let default = latency(&engine, &a, "default", samples, LoopTiming::default(), true).await;
-    print_latency("B with LoopTiming::default() (debounce 200 ms)", &default);
-    let no_debounce = LoopTiming {
-        debounce: Duration::ZERO,
+    print_latency(
+        "B with LoopTiming::default() (pushes coalesced for 5 ms; local changes debounced 200 ms)",
+        &default,
+    );
+    let no_coalescing = LoopTiming {
+        push_coalesce: Duration::ZERO,
         ..LoopTiming::default()
     };
-    let diag = latency(&engine, &a, "nodebounce", samples, no_debounce, false).await;
-    print_latency("diagnostic: the same with debounce 0", &diag);
+    let diag = latency(&engine, &a, "nocoalesce", samples, no_coalescing, false).await;
+    print_latency("diagnostic: the same with pushes not coalesced", &diag);
     drop(engine);
     let _ = std::fs::remove_dir_all(work.join("lat-device"));
 }

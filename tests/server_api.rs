@@ -765,3 +765,100 @@ async fn sigterm_stops_the_server_cleanly() {
     let status = f.server.terminate();
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// A file's chunks as (id, length) pairs, with the attrs of the whole content.
+fn multi_chunk_attrs(chunks: &[&[u8]]) -> v1::NodeAttrs {
+    let whole: Vec<u8> = chunks.concat();
+    let mut attrs = file_attrs(&whole);
+    attrs.content.as_mut().unwrap().chunks = chunks
+        .iter()
+        .map(|c| v1::ChunkRef {
+            id: blake3::hash(c).as_bytes().to_vec(),
+            length: c.len() as u32,
+        })
+        .collect();
+    attrs
+}
+
+#[tokio::test]
+async fn an_update_may_send_its_chunks_as_an_edit_of_the_current_content() {
+    let f = fixture();
+    let mut api = client(&f.server.url, &f.token).await;
+    let parts: [&[u8]; 5] = [b"alpha", b"bravo", b"charlie", b"delta", b"echo"];
+    for part in parts.iter().chain([&&b"CHARLIE!"[..]]) {
+        put_blob(&mut api, part).await;
+    }
+    let file = new_id();
+    let created = commit(
+        &mut api,
+        vec![create(
+            &file,
+            &root(),
+            "big",
+            NodeKind::File,
+            multi_chunk_attrs(&parts),
+        )],
+    )
+    .await
+    .unwrap();
+    let rev = created.nodes[0].revision;
+
+    // Replace the middle chunk: keep two before it and two after it, send one.
+    let edited: [&[u8]; 5] = [b"alpha", b"bravo", b"CHARLIE!", b"delta", b"echo"];
+    let mut edit = multi_chunk_attrs(&edited);
+    let content = edit.content.as_mut().unwrap();
+    content.chunks = vec![content.chunks[2].clone()];
+    content.keep_prefix = 2;
+    content.keep_suffix = 2;
+    let updated = commit(&mut api, vec![update(&file, rev, edit.clone())])
+        .await
+        .unwrap();
+    // The server stores, answers and journals the whole list.
+    let whole = multi_chunk_attrs(&edited).content.unwrap();
+    let answered = updated.nodes[0]
+        .attrs
+        .as_ref()
+        .unwrap()
+        .content
+        .as_ref()
+        .unwrap();
+    assert_eq!(answered, &whole);
+    let changes = all_changes(&mut api, rev).await;
+    let journaled = changes.last().unwrap().node.as_ref().unwrap();
+    assert_eq!(
+        journaled.attrs.as_ref().unwrap().content.as_ref().unwrap(),
+        &whole
+    );
+
+    let expect_malformed = |result: Result<v1::CommitResponse, tonic::Status>, why: &str| {
+        let status = result.expect_err(why);
+        assert_eq!(status.code(), Code::InvalidArgument, "{why}: {status:?}");
+        assert_eq!(reason(&status), "malformed", "{why}: {status:?}");
+    };
+    // An edit keeping more chunks than the current content has.
+    let mut greedy = edit.clone();
+    greedy.content.as_mut().unwrap().keep_prefix = 4;
+    expect_malformed(
+        commit(&mut api, vec![update(&file, updated.cursor, greedy)]).await,
+        "an edit keeping 4 + 2 of 5 chunks",
+    );
+    // An edit whose chunks do not add up to the size.
+    let mut short = edit.clone();
+    short.content.as_mut().unwrap().keep_suffix = 1;
+    expect_malformed(
+        commit(&mut api, vec![update(&file, updated.cursor, short)]).await,
+        "an edit one chunk short of the size",
+    );
+    // A create has no current content to edit.
+    expect_malformed(
+        commit(
+            &mut api,
+            vec![create(&new_id(), &root(), "new", NodeKind::File, edit)],
+        )
+        .await,
+        "an edit in a create",
+    );
+    // Nothing of the refused commits landed.
+    let after = all_changes(&mut api, updated.cursor).await;
+    assert!(after.is_empty(), "{after:?}");
+}

@@ -151,6 +151,10 @@ pub struct Engine {
     /// Wakes the sync loop after a local change.
     pub(crate) wake: tokio::sync::Notify,
     pub(crate) online: AtomicBool,
+    /// Set once the server refused a commit for missing chunks: from then on uploads ask about every
+    /// chunk and send whole chunk lists, instead of trusting that the server still stores the chunks
+    /// of a file's current version.
+    pub(crate) full_chunk_checks: AtomicBool,
 }
 
 impl Engine {
@@ -190,6 +194,7 @@ impl Engine {
             uploading: Mutex::new(std::collections::HashSet::new()),
             wake: tokio::sync::Notify::new(),
             online: AtomicBool::new(false),
+            full_chunk_checks: AtomicBool::new(false),
         });
         engine.recover_materialized()?;
         engine.hold_pinned_content()?;

@@ -474,6 +474,13 @@ impl Engine {
                     self.record_commit(ops, &response)?;
                 }
                 Err(e @ RemoteError::Rejected { .. }) => {
+                    if matches!(&e, RemoteError::Rejected { reason, .. } if reason == "missing-chunks")
+                    {
+                        tracing::warn!(
+                            "the server lacks chunks of a file's current version: {e}; checking every chunk from now on"
+                        );
+                        self.full_chunk_checks.store(true, Ordering::Relaxed);
+                    }
                     // Refused as a whole: nothing of it landed.
                     self.state.lock().transaction(|t| {
                         ops.iter()
@@ -498,7 +505,7 @@ impl Engine {
         let wire = match &op.kind {
             OpKind::RemoteCreate { node, upload } => {
                 let manifest = self.content_manifest(node.kind, &node.attrs)?;
-                if *upload && !self.upload(node.id, manifest.as_ref()).await? {
+                if *upload && !self.upload(node.id, manifest.as_ref(), None).await? {
                     return Ok(None);
                 }
                 W::Create(v1::CreateOp {
@@ -521,13 +528,20 @@ impl Engine {
             } => {
                 let kind = self.remote_kind(*id)?;
                 let manifest = self.content_manifest(kind, attrs)?;
-                if *upload && !self.upload(*id, manifest.as_ref()).await? {
+                let base = self.base_manifest(*id, *base_revision)?;
+                if *upload && !self.upload(*id, manifest.as_ref(), base.as_ref()).await? {
                     return Ok(None);
                 }
+                let mut wire_attrs = crate::wire::attrs_to_proto(kind, attrs, None);
+                wire_attrs.content = match (&manifest, &base) {
+                    (Some(m), Some(b)) => Some(crate::wire::manifest_edit_to_proto(m, b)),
+                    (Some(m), None) => Some(crate::wire::manifest_to_proto(m)),
+                    (None, _) => None,
+                };
                 W::Update(v1::UpdateOp {
                     id: id.to_bytes().to_vec(),
                     base_revision: *base_revision,
-                    attrs: Some(crate::wire::attrs_to_proto(kind, attrs, manifest.as_ref())),
+                    attrs: Some(wire_attrs),
                 })
             }
             OpKind::RemoteMove {
@@ -561,6 +575,31 @@ impl Engine {
                 .ok_or_else(|| EngineError::Local(crate::state::local::LocalError::NotFound))?,
         };
         Ok(node.kind)
+    }
+
+    /// The content manifest of file `id` at `base_revision` as REMOTE holds it, if REMOTE is at
+    /// that revision: the server stores every chunk it names, and an update can be sent as an edit
+    /// of it. `None` when the node is not a file, not in REMOTE, or at another revision (the
+    /// commit would be stale anyway) or a manifest is not at hand.
+    fn base_manifest(
+        &self,
+        id: NodeId,
+        base_revision: u64,
+    ) -> Result<Option<crate::chunking::Manifest>, RoundError> {
+        if self.full_chunk_checks.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let state = self.state.lock();
+        let Some(node) = state.tree(Table::Remote).node(id)? else {
+            return Ok(None);
+        };
+        if node.revision != base_revision || node.kind != crate::model::NodeKind::File {
+            return Ok(None);
+        }
+        match node.attrs.content {
+            Some(hash) => Ok(state.manifest(&hash)?),
+            None => Ok(None),
+        }
     }
 
     fn content_manifest(

@@ -1,7 +1,8 @@
 //! The background sync loop: when to run a round.
 //!
 //! A round runs when a local change wakes the engine (after a short debounce, so a burst of writes
-//! becomes one upload), when the server pushes "namespace advanced" (`Subscribe`, a hint only), and
+//! becomes one upload), when the server pushes "namespace advanced" (`Subscribe`, a hint only; after
+//! a much shorter window, since another device's change should show up here at once), and
 //! periodically as a safety net. Failures back off exponentially with jitter, up to a minute; the
 //! first success after an outage brings the device back online and catches up on everything.
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::Engine;
@@ -20,6 +21,9 @@ use crate::round::RoundError;
 pub struct LoopTiming {
     /// Wait this long after a local change for more before syncing.
     pub debounce: Duration,
+    /// Wait this long after the server reports a new head, so that a burst of commits elsewhere is
+    /// pulled in one round. A push also cuts a local debounce short.
+    pub push_coalesce: Duration,
     /// Run a round at least this often even without any signal.
     pub poll: Duration,
     /// First and largest wait after a failure.
@@ -31,6 +35,7 @@ impl Default for LoopTiming {
     fn default() -> Self {
         Self {
             debounce: Duration::from_millis(200),
+            push_coalesce: Duration::from_millis(5),
             poll: Duration::from_secs(30),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(60),
@@ -49,8 +54,14 @@ impl SyncLoop {
     /// Starts the loop on the current tokio runtime.
     pub fn start(engine: Arc<Engine>, timing: LoopTiming) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        let notifications = tokio::spawn(listen_for_heads(engine.clone(), stop_rx.clone(), timing));
-        let rounds = tokio::spawn(run_rounds(engine, stop_rx, timing));
+        let pushed = Arc::new(Notify::new());
+        let notifications = tokio::spawn(listen_for_heads(
+            engine.clone(),
+            pushed.clone(),
+            stop_rx.clone(),
+            timing,
+        ));
+        let rounds = tokio::spawn(run_rounds(engine, pushed, stop_rx, timing));
         Self {
             stop,
             rounds,
@@ -77,7 +88,14 @@ fn jittered(d: Duration) -> Duration {
     Duration::from_nanos(nanos / 2 + seed % (nanos / 2 + 1))
 }
 
-async fn run_rounds(engine: Arc<Engine>, mut stop: watch::Receiver<bool>, timing: LoopTiming) {
+/// Runs rounds while there is work; then waits for a local change (`engine.wake`), a push from the
+/// server (`pushed`), the poll interval, or `stop`.
+async fn run_rounds(
+    engine: Arc<Engine>,
+    pushed: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    timing: LoopTiming,
+) {
     let mut backoff = timing.backoff_min;
     loop {
         if *stop.borrow() {
@@ -108,24 +126,32 @@ async fn run_rounds(engine: Arc<Engine>, mut stop: watch::Receiver<bool>, timing
             tokio::select! {
                 _ = tokio::time::sleep(jittered(wait)) => {}
                 _ = engine.wake.notified() => {}
+                _ = pushed.notified() => {}
                 _ = stop.changed() => return,
             }
             continue;
         }
-        // Idle: wait for a local change (debounced), a push, or the poll interval.
+        // Idle: wait for a local change (debounced, unless a push comes meanwhile), a push
+        // (briefly coalesced), or the poll interval.
         tokio::select! {
             _ = engine.wake.notified() => {
-                tokio::time::sleep(timing.debounce).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(timing.debounce) => {}
+                    _ = pushed.notified() => tokio::time::sleep(timing.push_coalesce).await,
+                    _ = stop.changed() => return,
+                }
             }
+            _ = pushed.notified() => tokio::time::sleep(timing.push_coalesce).await,
             _ = tokio::time::sleep(timing.poll) => {}
             _ = stop.changed() => return,
         }
     }
 }
 
-/// Keeps a `Subscribe` stream open and wakes the round loop on every head it reports.
+/// Keeps a `Subscribe` stream open and tells the round loop (`pushed`) of every head it reports.
 async fn listen_for_heads(
     engine: Arc<Engine>,
+    pushed: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
     timing: LoopTiming,
 ) {
@@ -138,7 +164,7 @@ async fn listen_for_heads(
                 loop {
                     tokio::select! {
                         event = stream.next() => match event {
-                            Some(Ok(_head)) => engine.wake.notify_one(),
+                            Some(Ok(_head)) => pushed.notify_one(),
                             Some(Err(e)) => {
                                 tracing::debug!("notification stream ended: {e}");
                                 break;

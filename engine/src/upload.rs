@@ -21,22 +21,31 @@ const PUT_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const FIND_BATCH: usize = 10_000;
 
 impl Engine {
-    /// Makes sure the server has every chunk of `manifest`, the content of node `id`. Returns false if
-    /// the local bytes no longer match the manifest (written since): the caller re-plans.
+    /// Makes sure the server has every chunk of `manifest`, the content of node `id`. Chunks of
+    /// `stored` (the node's version on the server, whose chunks the server keeps with its history)
+    /// are not asked about, so a small edit of a large file costs a few ids, not the whole list.
+    /// Returns false if the local bytes no longer match the manifest (written since): the caller
+    /// re-plans.
     pub(crate) async fn upload(
         &self,
         id: NodeId,
         manifest: Option<&Manifest>,
+        stored: Option<&Manifest>,
     ) -> Result<bool, RoundError> {
         let Some(manifest) = manifest.filter(|m| !m.chunks.is_empty()) else {
             return Ok(true);
         };
         let mut unique = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen: HashSet<ChunkId> = stored
+            .map(|m| m.chunks.iter().map(|c| c.id).collect())
+            .unwrap_or_default();
         for chunk in &manifest.chunks {
             if seen.insert(chunk.id) {
                 unique.push(chunk.id);
             }
+        }
+        if unique.is_empty() {
+            return Ok(true);
         }
         let mut missing: HashSet<ChunkId> = HashSet::new();
         for batch in unique.chunks(FIND_BATCH) {

@@ -40,6 +40,9 @@ pub fn node_id(bytes: &[u8]) -> Result<NodeId, WireError> {
 
 /// A manifest from its wire form, checking sizes.
 pub fn manifest_from_proto(content: &v1::Content, size: u64) -> Result<Manifest, WireError> {
+    if content.keep_prefix != 0 || content.keep_suffix != 0 {
+        return Err(bad("a content edit where the whole chunk list belongs"));
+    }
     let hash = ContentHash::from_slice(&content.hash)
         .ok_or_else(|| bad("a content hash that is not 32 bytes"))?;
     let chunks = content
@@ -73,6 +76,41 @@ pub fn manifest_to_proto(manifest: &Manifest) -> v1::Content {
                 length: c.len,
             })
             .collect(),
+        keep_prefix: 0,
+        keep_suffix: 0,
+    }
+}
+
+/// `manifest`'s wire form for an update whose base content is `base`: as an edit of `base` (see
+/// `Content` in the protocol) when the two share leading or trailing chunks, so that a small edit of
+/// a large file sends the chunks around the edit, not the whole list.
+pub fn manifest_edit_to_proto(manifest: &Manifest, base: &Manifest) -> v1::Content {
+    let (new, old) = (&manifest.chunks, &base.chunks);
+    let prefix = new.iter().zip(old).take_while(|(a, b)| a == b).count();
+    // The suffix may not overlap the prefix in either list.
+    let room = new.len().min(old.len()) - prefix;
+    let suffix = new
+        .iter()
+        .rev()
+        .zip(old.iter().rev())
+        .take(room)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let (Ok(keep_prefix), Ok(keep_suffix)) = (u32::try_from(prefix), u32::try_from(suffix)) else {
+        return manifest_to_proto(manifest);
+    };
+    debug_assert!(prefix + suffix <= new.len() && prefix + suffix <= old.len());
+    v1::Content {
+        hash: manifest.hash.0.to_vec(),
+        chunks: new[prefix..new.len() - suffix]
+            .iter()
+            .map(|c| v1::ChunkRef {
+                id: c.id.0.to_vec(),
+                length: c.len,
+            })
+            .collect(),
+        keep_prefix,
+        keep_suffix,
     }
 }
 
@@ -122,5 +160,64 @@ pub fn attrs_to_proto(kind: NodeKind, attrs: &Attrs, manifest: Option<&Manifest>
             _ => None,
         },
         symlink_target: attrs.symlink_target.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn manifest(ids: &[u8]) -> Manifest {
+        Manifest {
+            hash: ContentHash([0; 32]),
+            size: ids.len() as u64,
+            chunks: ids
+                .iter()
+                .map(|&i| ChunkRef {
+                    id: ChunkId([i; 32]),
+                    len: 1,
+                })
+                .collect(),
+        }
+    }
+
+    /// What the server does with an edit: keep the prefix and suffix of the base around the chunks.
+    fn resolve(edit: &v1::Content, base: &Manifest) -> Vec<u8> {
+        let (prefix, suffix) = (edit.keep_prefix as usize, edit.keep_suffix as usize);
+        assert!(
+            prefix + suffix <= base.chunks.len(),
+            "keeps too much: {edit:?}"
+        );
+        let ids = |chunks: &[ChunkRef]| chunks.iter().map(|c| c.id.0[0]).collect::<Vec<_>>();
+        let mut out = ids(&base.chunks[..prefix]);
+        out.extend(edit.chunks.iter().map(|c| c.id[0]));
+        out.extend(ids(&base.chunks[base.chunks.len() - suffix..]));
+        out
+    }
+
+    #[test]
+    fn an_edit_in_the_middle_sends_only_the_middle() {
+        let edit = manifest_edit_to_proto(&manifest(&[1, 2, 9, 4, 5]), &manifest(&[1, 2, 3, 4, 5]));
+        assert_eq!((edit.keep_prefix, edit.keep_suffix), (2, 2));
+        assert_eq!(edit.chunks.len(), 1);
+        // Repeated chunks: prefix and suffix never overlap.
+        let edit = manifest_edit_to_proto(&manifest(&[7]), &manifest(&[7, 7, 7]));
+        assert_eq!(edit.keep_prefix + edit.keep_suffix, 1);
+        assert_eq!(resolve(&edit, &manifest(&[7, 7, 7])), vec![7]);
+    }
+
+    proptest! {
+        /// Applying the edit to its base gives the new chunk list, whatever the two lists are.
+        #[test]
+        fn an_edit_applied_to_its_base_gives_the_new_list(
+            base in proptest::collection::vec(0u8..4, 0..12),
+            new in proptest::collection::vec(0u8..4, 0..12),
+        ) {
+            let (base, new_manifest) = (manifest(&base), manifest(&new));
+            let edit = manifest_edit_to_proto(&new_manifest, &base);
+            prop_assert_eq!(resolve(&edit, &base), new);
+        }
     }
 }

@@ -165,6 +165,9 @@ fn check_attrs(kind: NodeKind, attrs: Option<&NodeAttrs>, op: usize) -> Result<N
                 return bad("a file needs content (hash and chunk manifest)");
             };
             chunk_key(&content.hash, "content hash", Some(op))?;
+            if content.keep_prefix != 0 || content.keep_suffix != 0 {
+                return bad("a content edit (keep_prefix, keep_suffix) is only valid in an update");
+            }
             let mut total: u64 = 0;
             for chunk in &content.chunks {
                 chunk_key(&chunk.id, "chunk id", Some(op))?;
@@ -214,6 +217,51 @@ fn check_attrs(kind: NodeKind, attrs: Option<&NodeAttrs>, op: usize) -> Result<N
         }
         NodeKind::Unspecified => unreachable!("rejected by kind_of"),
     }
+}
+
+/// An update's attributes with a content edit (see `Content` in the protocol) turned into the whole
+/// chunk list, from `current`, the node's attributes at the op's base revision. Attributes without an
+/// edit come back as they are.
+fn resolve_content_edit<'a>(
+    attrs: &'a NodeAttrs,
+    current: Option<&NodeAttrs>,
+    op: usize,
+) -> Result<std::borrow::Cow<'a, NodeAttrs>, Status> {
+    let Some(content) = attrs
+        .content
+        .as_ref()
+        .filter(|c| c.keep_prefix != 0 || c.keep_suffix != 0)
+    else {
+        return Ok(std::borrow::Cow::Borrowed(attrs));
+    };
+    let base: &[v1::ChunkRef] = current
+        .and_then(|a| a.content.as_ref())
+        .map(|c| &c.chunks[..])
+        .unwrap_or_default();
+    let (prefix, suffix) = (content.keep_prefix as usize, content.keep_suffix as usize);
+    if prefix.saturating_add(suffix) > base.len() {
+        return Err(reject(
+            Reason::Malformed,
+            Some(op),
+            format!(
+                "the content edit keeps {prefix} leading and {suffix} trailing chunks, but the \
+                 node's current content has {} chunks",
+                base.len()
+            ),
+        ));
+    }
+    let mut chunks = Vec::with_capacity(prefix + content.chunks.len() + suffix);
+    chunks.extend_from_slice(&base[..prefix]);
+    chunks.extend_from_slice(&content.chunks);
+    chunks.extend_from_slice(&base[base.len() - suffix..]);
+    let mut resolved = attrs.clone();
+    resolved.content = Some(v1::Content {
+        hash: content.hash.clone(),
+        chunks,
+        keep_prefix: 0,
+        keep_suffix: 0,
+    });
+    Ok(std::borrow::Cow::Owned(resolved))
 }
 
 /// Checks, before the transaction, that every chunk named by a commit is stored with its length.
@@ -463,7 +511,11 @@ impl<'a> Applier<'a> {
         let mut node = self.live(&id, Some(op))?;
         self.check_base(&node, u.base_revision, Some(op))?;
         let kind = kind_of(node.kind, op)?;
-        node.attrs = Some(check_attrs(kind, u.attrs.as_ref(), op)?);
+        let attrs = match u.attrs.as_ref() {
+            Some(attrs) => Some(resolve_content_edit(attrs, node.attrs.as_ref(), op)?),
+            None => None,
+        };
+        node.attrs = Some(check_attrs(kind, attrs.as_deref(), op)?);
         node.revision = self.next_seq();
         self.record(ChangeKind::Upsert, &node)?;
         Ok(node)

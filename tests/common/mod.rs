@@ -151,6 +151,7 @@ pub fn file_attrs(data: &[u8]) -> NodeAttrs {
         content: Some(v1::Content {
             hash: blake3::hash(data).as_bytes().to_vec(),
             chunks,
+            ..Default::default()
         }),
         symlink_target: String::new(),
     }
