@@ -703,3 +703,30 @@ fn stress_run_ends_clean_and_the_data_verifies() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn umount_right_after_a_write_syncs_it_first() {
+    let s = setup();
+    let a = s.mount(0, &[]);
+    // Large enough that handing the content over (chunking it) outlasts the unmount itself: without
+    // waiting for that, the daemon synced, said so, and exited with the file not uploaded.
+    let data = random_bytes(256 << 20, 11);
+    fs::write(a.path("just-written.bin"), &data).unwrap();
+    let out = bvfs().arg("umount").arg(&a.mountpoint).output().unwrap();
+    assert!(
+        out.status.success(),
+        "bvfs umount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        a.log().contains("everything is synced"),
+        "the daemon exited without syncing:\n{}",
+        a.log()
+    );
+    // The other device sees the whole content without the first one ever coming back.
+    let b = s.mount(1, &[]);
+    eventually(30, "the file reaches the other device", || {
+        fs::metadata(b.path("just-written.bin")).is_ok_and(|m| m.len() == data.len() as u64)
+    });
+    assert!(fs::read(b.path("just-written.bin")).unwrap() == data);
+}

@@ -27,17 +27,68 @@ use fuser::{
 pub struct BvfsFuse {
     vfs: Arc<Vfs>,
     runtime: tokio::runtime::Handle,
+    offloaded: Arc<Offloaded>,
 }
 
 impl BvfsFuse {
-    pub fn new(vfs: Arc<Vfs>, runtime: tokio::runtime::Handle) -> Self {
-        Self { vfs, runtime }
+    /// `offloaded` counts the ops still running on the blocking pool, which outlive fuser's session:
+    /// whoever ends the mount waits for them before the last sync (a `release` that hands over a
+    /// file's new content may still be running when the kernel has already let the unmount through).
+    pub fn new(vfs: Arc<Vfs>, runtime: tokio::runtime::Handle, offloaded: Arc<Offloaded>) -> Self {
+        Self {
+            vfs,
+            runtime,
+            offloaded,
+        }
     }
 
     /// Runs `work` on the blocking pool; it replies itself.
     fn offload(&self, work: impl FnOnce(&Vfs) + Send + 'static) {
         let vfs = self.vfs.clone();
-        self.runtime.spawn_blocking(move || work(&vfs));
+        let running = self.offloaded.start();
+        self.runtime.spawn_blocking(move || {
+            work(&vfs);
+            drop(running);
+        });
+    }
+}
+
+/// How many offloaded ops are still running, and a way to wait until none is.
+#[derive(Debug, Default)]
+pub struct Offloaded {
+    running: parking_lot::Mutex<usize>,
+    idle: parking_lot::Condvar,
+}
+
+/// One running offloaded op; dropping it (even by a panic) ends it.
+struct Running(Arc<Offloaded>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut running = self.0.running.lock();
+        *running -= 1;
+        if *running == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+impl Offloaded {
+    fn start(self: &Arc<Self>) -> Running {
+        *self.running.lock() += 1;
+        Running(self.clone())
+    }
+
+    /// Waits until no offloaded op is running, or `timeout` passes; returns how many still run.
+    pub fn wait_idle(&self, timeout: Duration) -> usize {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut running = self.running.lock();
+        while *running > 0 {
+            if self.idle.wait_until(&mut running, deadline).timed_out() {
+                break;
+            }
+        }
+        *running
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bvfs_vfs::Vfs;
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
-use crate::fuse::{BvfsFuse, spawn_invalidator};
+use crate::fuse::{BvfsFuse, Offloaded, spawn_invalidator};
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -37,8 +37,14 @@ pub struct Mounted {
     session: Option<BackgroundSession>,
     stop: Arc<AtomicBool>,
     invalidator: Option<std::thread::JoinHandle<()>>,
+    offloaded: Arc<Offloaded>,
+    vfs: Arc<Vfs>,
     mountpoint: PathBuf,
 }
+
+/// How long an unmount waits for ops still running on the blocking pool (a `release` chunking a large
+/// file, a read waiting on the network, which times out well within this).
+const OFFLOADED_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Mounts `vfs` at `mountpoint`. Returns when the kernel has completed the handshake: the mount is
 /// usable from then on.
@@ -68,14 +74,17 @@ pub fn mount(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let fs = BvfsFuse::new(vfs.clone(), runtime);
+    let offloaded = Arc::new(Offloaded::default());
+    let fs = BvfsFuse::new(vfs.clone(), runtime, offloaded.clone());
     let session = fuser::Session::new(fs, mountpoint, &config)?.spawn()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let invalidator = spawn_invalidator(vfs, session.notifier(), stop.clone());
+    let invalidator = spawn_invalidator(vfs.clone(), session.notifier(), stop.clone());
     Ok(Mounted {
         session: Some(session),
         stop,
         invalidator: Some(invalidator),
+        offloaded,
+        vfs,
         mountpoint: mountpoint.to_owned(),
     })
 }
@@ -100,14 +109,24 @@ impl Mounted {
         if let Some(handle) = self.invalidator.take() {
             let _ = handle.join();
         }
-        match self.session.take() {
+        let result = match self.session.take() {
             // Unmounted from outside (`bvfs umount`): only the threads are left to join.
             Some(session) if session.guard.is_finished() || !is_fuse_mounted(&self.mountpoint) => {
                 session.join()
             }
             Some(session) => session.umount_and_join(),
             None => Ok(()),
+        };
+        // The kernel may let an unmount through while a `release` it sent is still being handled.
+        let still = self.offloaded.wait_idle(OFFLOADED_GRACE);
+        if still > 0 {
+            tracing::warn!("{still} file operation(s) still running after the unmount");
         }
+        let released = self.vfs.release_all();
+        if released > 0 {
+            tracing::info!("released {released} handle(s) the kernel left open at the unmount");
+        }
+        result
     }
 }
 

@@ -228,6 +228,21 @@ impl Vfs {
         Ok(())
     }
 
+    /// Releases every handle still open, returning how many. Once the mount has ended the kernel
+    /// sends no more `release`s (an unmount can even drop ones it had queued), so content written
+    /// through handles still open is handed to the engine here, before the last sync.
+    pub fn release_all(&self) -> usize {
+        let open: Vec<u64> = self.handles.lock().keys().copied().collect();
+        let mut released = 0;
+        for fh in open {
+            match self.release(fh) {
+                Ok(()) => released += 1,
+                Err(e) => tracing::warn!(fh, errno = e.0, "cannot release a handle left open"),
+            }
+        }
+        released
+    }
+
     /// Truncates (or extends) `ino` to `size`. Truncating to zero downloads nothing.
     pub(crate) fn truncate(&self, ino: u64, size: u64) -> VfsResult<()> {
         let entry = match self.entry(ino) {
