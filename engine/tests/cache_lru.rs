@@ -68,13 +68,7 @@ fn insert_then_get_round_trips_and_is_idempotent() {
         (5000, 1, 0, 1 << 20)
     );
     assert_accounting(&cache);
-    assert!(
-        std::fs::read_dir(dir.path().join("tmp"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "no temp file left"
-    );
+    assert!(temp_files(dir.path()).is_empty(), "no temp file left");
 }
 
 #[test]
@@ -352,6 +346,15 @@ fn losing_or_damaging_the_index_rebuilds_it_from_the_chunk_files() {
         }
     }
     std::fs::remove_file(dir.path().join("index")).unwrap();
+    // An unfinished write in a shard, and one in the `tmp/` directory of earlier versions.
+    let shard = std::fs::read_dir(dir.path().join("chunks"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(shard.join(".tmp.7"), b"partial").unwrap();
+    std::fs::create_dir(dir.path().join("tmp")).unwrap();
     std::fs::write(dir.path().join("tmp").join("half-written"), b"partial").unwrap();
     std::fs::write(dir.path().join("chunks").join("not-a-chunk"), b"stray").unwrap();
     {
@@ -360,12 +363,10 @@ fn losing_or_damaging_the_index_rebuilds_it_from_the_chunk_files() {
         for (id, data) in &chunks {
             assert_eq!(cache.get(id).unwrap().as_deref(), Some(&data[..]));
         }
+        assert!(temp_files(dir.path()).is_empty(), "temp files cleared");
         assert!(
-            std::fs::read_dir(dir.path().join("tmp"))
-                .unwrap()
-                .next()
-                .is_none(),
-            "temp files cleared"
+            !dir.path().join("tmp").exists(),
+            "the old temp directory is gone"
         );
         assert!(
             dir.path().join("chunks").join("not-a-chunk").exists(),
@@ -478,4 +479,22 @@ fn an_unreadable_chunk_file_is_an_error_not_a_panic_and_is_forgotten() {
     std::fs::remove_dir_all(&path).unwrap();
     cache.insert(id, &data).unwrap();
     assert_eq!(cache.get(&id).unwrap().as_deref(), Some(&data[..]));
+}
+
+/// Unfinished chunk writes (`.tmp.*` in a shard directory) under a cache directory.
+fn temp_files(cache_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut temps = Vec::new();
+    for shard in std::fs::read_dir(cache_dir.join("chunks")).unwrap() {
+        let shard = shard.unwrap().path();
+        if !shard.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&shard).unwrap() {
+            let file = file.unwrap();
+            if file.file_name().to_string_lossy().starts_with(".tmp.") {
+                temps.push(file.path());
+            }
+        }
+    }
+    temps
 }

@@ -4,8 +4,9 @@
 //! # Why it is shaped this way
 //!
 //! - **Files are the truth, bytes are verified on every read.** Each chunk is one file named by its
-//!   BLAKE3 id, written to `tmp/` and renamed into place, so a partial chunk is never visible under
-//!   its name. [`ChunkCache::get`] hashes the bytes before returning them; a corrupt or truncated file
+//!   BLAKE3 id, written to a temp file in its own shard directory and renamed into place, so a
+//!   partial chunk is never visible under its name. (Temps in one shared directory made every insert
+//!   contend for that directory's lock, and the cross-directory rename for two.) [`ChunkCache::get`] hashes the bytes before returning them; a corrupt or truncated file
 //!   is removed and reported as a miss, so the caller refetches. Bad bytes are never served.
 //! - **The index is in memory** (`index.rs`): an LRU list of present chunks plus hold counts, under one
 //!   mutex held for O(1) bookkeeping only, never across file I/O. A read costs no database write (an
@@ -130,7 +131,6 @@ const MAX_CHUNK_FILE: u64 = 64 << 20;
 pub struct ChunkCache {
     dir: PathBuf,
     chunks_dir: PathBuf,
-    tmp_dir: PathBuf,
     limits: CacheLimits,
     index: Mutex<Index>,
     stripes: Box<[Mutex<()>]>,
@@ -158,13 +158,12 @@ impl ChunkCache {
     /// the owner re-establishes holds first.
     pub fn open(dir: &Path, limits: CacheLimits) -> io::Result<Self> {
         let chunks_dir = dir.join("chunks");
-        let tmp_dir = dir.join("tmp");
         fs::create_dir_all(&chunks_dir)?;
-        fs::create_dir_all(&tmp_dir)?;
         let lock = persist::lock_exclusive(&dir.join("lock"))?;
-        let leftovers = persist::clear_dir(&tmp_dir)?;
-        if leftovers > 0 {
-            tracing::info!(dir = %dir.display(), "removed {leftovers} unfinished chunk writes");
+        // Caches written by earlier versions kept their unfinished writes in `tmp/`.
+        let old_tmp = dir.join("tmp");
+        if old_tmp.is_dir() {
+            fs::remove_dir_all(&old_tmp)?;
         }
 
         let index_path = dir.join("index");
@@ -188,6 +187,9 @@ impl ChunkCache {
             Some(entries) => entries,
             None => {
                 let scan = persist::scan_chunks(&chunks_dir)?;
+                if scan.temps > 0 {
+                    tracing::info!(dir = %dir.display(), "removed {} unfinished chunk writes", scan.temps);
+                }
                 if scan.strays > 0 {
                     tracing::warn!(dir = %chunks_dir.display(), "ignoring {} files that are not chunks", scan.strays);
                 }
@@ -202,7 +204,6 @@ impl ChunkCache {
         Ok(Self {
             dir: dir.to_path_buf(),
             chunks_dir,
-            tmp_dir,
             limits,
             index: Mutex::new(index),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
@@ -269,26 +270,27 @@ impl ChunkCache {
     /// under its name; removes its temp file on failure.
     fn publish(&self, id: ChunkId, data: &[u8], len: u32, durable: bool) -> io::Result<()> {
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp_dir.join(format!("{}.{seq}", &id.to_hex()[..16]));
+        let path = self.chunk_path(&id);
+        let shard = path.parent().expect("chunk paths have a parent");
+        let tmp = shard.join(format!("{}{seq}", persist::TEMP_PREFIX));
         let result = (|| {
-            let mut file = File::create_new(&tmp)?;
+            let mut file = match File::create_new(&tmp) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // The shard directory does not exist yet (created lazily).
+                    fs::create_dir_all(shard)?;
+                    File::create_new(&tmp)?
+                }
+                other => other?,
+            };
             file.write_all(data)?;
             if durable {
                 file.sync_all()?;
             }
             drop(file);
-            let path = self.chunk_path(&id);
             let _stripe = self.stripe(&id).lock();
-            if let Err(e) = fs::rename(&tmp, &path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    return Err(e);
-                }
-                // The shard directory does not exist yet (created lazily).
-                fs::create_dir_all(path.parent().expect("chunk paths have a parent"))?;
-                fs::rename(&tmp, &path)?;
-            }
+            fs::rename(&tmp, &path)?;
             if durable {
-                persist::sync_dir(path.parent().expect("chunk paths have a parent"))?;
+                persist::sync_dir(shard)?;
             }
             self.index.lock().add(id, len);
             Ok(())

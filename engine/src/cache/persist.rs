@@ -6,7 +6,7 @@
 //! lock                one process per directory (flock)
 //! index               the LRU order at the last clean close (consumed on open)
 //! chunks/ab/abcd…     one file per chunk, named by the hex of its BLAKE3 id
-//! tmp/                chunks being written; anything here at open is garbage
+//! chunks/ab/.tmp.N    a chunk being written; any such file at open is garbage
 //! ```
 //!
 //! The `index` file is a snapshot of the in-memory index, written once on clean close and removed
@@ -104,6 +104,8 @@ pub(super) struct Scan {
     pub entries: Vec<(ChunkId, u32)>,
     /// Files that are not chunks of this cache (left alone).
     pub strays: usize,
+    /// Unfinished chunk writes found and removed.
+    pub temps: usize,
 }
 
 /// Lists the chunk files under `chunks_dir`, oldest mtime first. Entries that cannot be read are
@@ -134,6 +136,15 @@ pub(super) fn scan_chunks(chunks_dir: &Path) -> io::Result<Scan> {
                 }
             };
             let name = file.file_name();
+            if name.to_string_lossy().starts_with(TEMP_PREFIX) {
+                match fs::remove_file(file.path()) {
+                    Ok(()) => scan.temps += 1,
+                    Err(e) => {
+                        tracing::warn!(path = %file.path().display(), "cannot remove an unfinished chunk write: {e}")
+                    }
+                }
+                continue;
+            }
             let id = name
                 .to_str()
                 .filter(|n| n.len() == 64 && n.starts_with(prefix) && is_lower_hex(n))
@@ -171,25 +182,9 @@ fn is_lower_hex(s: &str) -> bool {
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Removes everything in `dir` (the temp directory), logging what cannot be removed.
-pub(super) fn clear_dir(dir: &Path) -> io::Result<usize> {
-    let mut removed = 0;
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        let result = if path.is_dir() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        match result {
-            Ok(()) => removed += 1,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), "cannot remove leftover temp file: {e}")
-            }
-        }
-    }
-    Ok(removed)
-}
+/// The name prefix of a chunk being written, in its shard directory. A clean close leaves none
+/// behind; after a crash, [`scan_chunks`] removes them.
+pub(super) const TEMP_PREFIX: &str = ".tmp.";
 
 /// Makes the entries of `dir` (creations, renames, removals) durable.
 pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -98,8 +98,8 @@ impl Default for FetchConfig {
     fn default() -> Self {
         Self {
             batch_chunks: 8,
-            max_calls: 6,
-            readahead_calls: 4,
+            max_calls: 10,
+            readahead_calls: 8,
             background_calls: 2,
             call_timeout: Duration::from_millis(1000),
             per_chunk_timeout: Duration::from_millis(250),
