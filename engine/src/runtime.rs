@@ -164,7 +164,13 @@ async fn listen_for_heads(
                 loop {
                     tokio::select! {
                         event = stream.next() => match event {
-                            Some(Ok(_head)) => pushed.notify_one(),
+                            // A head this device already knows of (its own commits, mostly)
+                            // is no news: waking for it would cut a local debounce short.
+                            Some(Ok(head)) => {
+                                if engine.known_head().is_none_or(|known| head > known) {
+                                    pushed.notify_one();
+                                }
+                            }
                             Some(Err(e)) => {
                                 tracing::debug!("notification stream ended: {e}");
                                 break;
@@ -193,6 +199,15 @@ impl Engine {
             .lock()
             .meta_u64(crate::state::pull::CURSOR)?
             .unwrap_or(0))
+    }
+
+    /// The newest journal position this device knows of: its cursor, or a commit of its own that
+    /// the cursor has not reached yet. `None` if the state cannot be read.
+    fn known_head(&self) -> Option<u64> {
+        let state = self.state.lock();
+        let cursor = state.meta_u64(crate::state::pull::CURSOR).ok()?;
+        let target = state.meta_u64(crate::state::pull::PULL_TARGET).ok()?;
+        Some(cursor.unwrap_or(0).max(target.unwrap_or(0)))
     }
 
     /// Runs rounds until one finds nothing to do (or `max_rounds`), for tests and `bvfs sync --once`.
