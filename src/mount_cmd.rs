@@ -368,6 +368,9 @@ fn serve_mount_inner(
         let _ = runtime.block_on(task);
     }
     let _ = std::fs::remove_file(registry.join("daemon.pid"));
+    // The registry of this mountpoint goes too, unless it holds more (it is also the default state
+    // directory of a mount without `--data`; `remove_dir` only removes an empty directory).
+    let _ = std::fs::remove_dir(&registry);
     Ok(())
 }
 
