@@ -66,19 +66,7 @@ pub fn manifest_from_proto(content: &v1::Content, size: u64) -> Result<Manifest,
 }
 
 pub fn manifest_to_proto(manifest: &Manifest) -> v1::Content {
-    v1::Content {
-        hash: manifest.hash.0.to_vec(),
-        chunks: manifest
-            .chunks
-            .iter()
-            .map(|c| v1::ChunkRef {
-                id: c.id.0.to_vec(),
-                length: c.len,
-            })
-            .collect(),
-        keep_prefix: 0,
-        keep_suffix: 0,
-    }
+    content_to_proto(manifest, 0, 0)
 }
 
 /// `manifest`'s wire form for an update whose base content is `base`: as an edit of `base` (see
@@ -96,13 +84,20 @@ pub fn manifest_edit_to_proto(manifest: &Manifest, base: &Manifest) -> v1::Conte
         .take(room)
         .take_while(|(a, b)| a == b)
         .count();
-    let (Ok(keep_prefix), Ok(keep_suffix)) = (u32::try_from(prefix), u32::try_from(suffix)) else {
-        return manifest_to_proto(manifest);
-    };
     debug_assert!(prefix + suffix <= new.len() && prefix + suffix <= old.len());
+    content_to_proto(manifest, prefix, suffix)
+}
+
+/// The wire form of `manifest` that keeps its first `prefix` and last `suffix` chunks out of the
+/// list (0 and 0: the whole list). A count beyond `u32` sends the whole list instead.
+fn content_to_proto(manifest: &Manifest, prefix: usize, suffix: usize) -> v1::Content {
+    let (Ok(keep_prefix), Ok(keep_suffix)) = (u32::try_from(prefix), u32::try_from(suffix)) else {
+        return content_to_proto(manifest, 0, 0);
+    };
+    let chunks = &manifest.chunks[prefix..manifest.chunks.len() - suffix];
     v1::Content {
         hash: manifest.hash.0.to_vec(),
-        chunks: new[prefix..new.len() - suffix]
+        chunks: chunks
             .iter()
             .map(|c| v1::ChunkRef {
                 id: c.id.0.to_vec(),

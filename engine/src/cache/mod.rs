@@ -6,8 +6,9 @@
 //! - **Files are the truth, bytes are verified on every read.** Each chunk is one file named by its
 //!   BLAKE3 id, written to a temp file in its own shard directory and renamed into place, so a
 //!   partial chunk is never visible under its name. (Temps in one shared directory made every insert
-//!   contend for that directory's lock, and the cross-directory rename for two.) [`ChunkCache::get`] hashes the bytes before returning them; a corrupt or truncated file
-//!   is removed and reported as a miss, so the caller refetches. Bad bytes are never served.
+//!   contend for that directory's lock, and the cross-directory rename for two.)
+//!   [`ChunkCache::get`] hashes the bytes before returning them; a corrupt or truncated file is
+//!   removed and reported as a miss, so the caller refetches. Bad bytes are never served.
 //! - **The index is in memory** (`index.rs`): an LRU list of present chunks plus hold counts, under one
 //!   mutex held for O(1) bookkeeping only, never across file I/O. A read costs no database write (an
 //!   SQLite index would turn every cache hit into a write to keep recency). Memory is about 100 bytes
