@@ -273,8 +273,7 @@ async fn wire_bench(server_url: &str, token: &str, work: &Path, file_mib: u64) {
         .create(ROOT_INO, "disk.img", NodeKind::File, false, None)
         .unwrap();
 
-    engine.open_writer(file.ino);
-    let path = engine.materialize(file.ino, true).await.unwrap();
+    let path = engine.open_write(file.ino, true).await.unwrap().path;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     {
         let mut out = std::fs::File::create(&path).unwrap();
@@ -288,7 +287,7 @@ async fn wire_bench(server_url: &str, token: &str, work: &Path, file_mib: u64) {
         }
     }
     let start = Instant::now();
-    engine.close_writer(file.ino, None, true).unwrap();
+    engine.close_write(file.ino, true, None).unwrap();
     let chunked = start.elapsed();
     engine.sync_until_idle(10).await.unwrap();
     let first_time = start.elapsed();
@@ -302,8 +301,7 @@ async fn wire_bench(server_url: &str, token: &str, work: &Path, file_mib: u64) {
     remote.reset();
 
     // The edit: 1 MiB of random bytes at the middle, through the materialized copy as the mount writes.
-    engine.open_writer(file.ino);
-    let path = engine.materialize(file.ino, false).await.unwrap();
+    let path = engine.open_write(file.ino, false).await.unwrap().path;
     {
         let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.seek(SeekFrom::Start(size / 2)).unwrap();
@@ -315,7 +313,7 @@ async fn wire_bench(server_url: &str, token: &str, work: &Path, file_mib: u64) {
     // Counting starts here: whatever crossed before (keepalives) is not the edit's.
     proxy.take();
     let start = Instant::now();
-    engine.close_writer(file.ino, None, true).unwrap();
+    engine.close_write(file.ino, true, None).unwrap();
     let rechunk = start.elapsed();
     engine.sync_until_idle(10).await.unwrap();
     let edit_time = start.elapsed();

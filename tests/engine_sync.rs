@@ -76,10 +76,9 @@ fn device(
 
 /// Writes `data` as the whole content of `ino` through the engine, as the mount does.
 async fn write(engine: &Engine, ino: u64, data: &[u8]) {
-    engine.open_writer(ino);
-    let path = engine.materialize(ino, true).await.unwrap();
+    let path = engine.open_write(ino, true).await.unwrap().path;
     std::fs::write(path, data).unwrap();
-    engine.close_writer(ino, None, true).unwrap();
+    engine.close_write(ino, true, None).unwrap();
 }
 
 async fn read_all(engine: &Engine, ino: u64) -> Vec<u8> {
@@ -278,8 +277,7 @@ async fn editing_the_middle_of_a_1gib_file_uploads_only_nearby_chunks() {
         .unwrap();
 
     // 1 GiB of pseudo-random bytes, written in 8 MiB pieces.
-    engine.open_writer(file.ino);
-    let path = engine.materialize(file.ino, true).await.unwrap();
+    let path = engine.open_write(file.ino, true).await.unwrap().path;
     {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
         let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -294,7 +292,7 @@ async fn editing_the_middle_of_a_1gib_file_uploads_only_nearby_chunks() {
             out.write_all(&piece).unwrap();
         }
     }
-    engine.close_writer(file.ino, None, true).unwrap();
+    engine.close_write(file.ino, true, None).unwrap();
     engine.sync_until_idle(10).await.unwrap();
     let first = remote.uploaded.swap(0, Ordering::Relaxed);
     assert!(
@@ -303,8 +301,7 @@ async fn editing_the_middle_of_a_1gib_file_uploads_only_nearby_chunks() {
     );
 
     // Overwrite 1 MiB in the middle.
-    engine.open_writer(file.ino);
-    let path = engine.materialize(file.ino, false).await.unwrap();
+    let path = engine.open_write(file.ino, false).await.unwrap().path;
     {
         let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.seek(SeekFrom::Start(GIB / 2)).unwrap();
@@ -318,7 +315,7 @@ async fn editing_the_middle_of_a_1gib_file_uploads_only_nearby_chunks() {
             .collect();
         f.write_all(&edit).unwrap();
     }
-    engine.close_writer(file.ino, None, true).unwrap();
+    engine.close_write(file.ino, true, None).unwrap();
     engine.sync_until_idle(10).await.unwrap();
     let second = remote.uploaded.load(Ordering::Relaxed);
     println!("a 1 MiB edit in a 1 GiB file uploaded {second} bytes");

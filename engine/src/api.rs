@@ -122,14 +122,6 @@ pub enum Invalidation {
     Entry { parent: u64, name: String },
 }
 
-/// The writing handles open on one inode.
-#[derive(Debug, Default)]
-pub(crate) struct Writers {
-    pub handles: usize,
-    /// Whether a closed handle wrote: the content is committed when the last one closes.
-    pub wrote: bool,
-}
-
 /// The sync engine of one device.
 pub struct Engine {
     pub(crate) state: Mutex<State>,
@@ -140,9 +132,8 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) ids: Arc<dyn IdSource>,
-    /// Inodes open for writing, with how many handles: their local content may change any moment, so
-    /// the sync loop leaves their content alone until they are closed.
-    pub(crate) writers: Mutex<HashMap<u64, Writers>>,
+    /// The one owner of every inode's local content: handles, copies, commits, replacements (D10).
+    pub(crate) contents: Arc<crate::content::Contents>,
     pub(crate) invalidations: Mutex<Vec<Invalidation>>,
     /// Nodes whose content is being uploaded right now.
     pub(crate) uploading: Mutex<std::collections::HashSet<NodeId>>,
@@ -188,7 +179,7 @@ impl Engine {
             config,
             clock,
             ids,
-            writers: Mutex::new(HashMap::new()),
+            contents: Arc::new(crate::content::Contents::new()),
             invalidations: Mutex::new(Vec::new()),
             pin_holds: Mutex::new(HashMap::new()),
             uploading: Mutex::new(std::collections::HashSet::new()),
@@ -196,6 +187,7 @@ impl Engine {
             online: AtomicBool::new(false),
             full_chunk_checks: AtomicBool::new(false),
         });
+        engine.replay_file_intents(true)?;
         engine.recover_materialized()?;
         engine.hold_pinned_content()?;
         Ok(engine)
@@ -276,15 +268,9 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownContent(hash.to_hex()))
     }
 
-    /// The path of the materialized copy of `ino`, if it has one.
-    pub fn materialized_path(&self, ino: u64) -> Option<PathBuf> {
-        let path = self.files.path(ino);
-        path.exists().then_some(path)
-    }
-
     // ----- mutations through the mount -----
 
-    fn mutate<T>(
+    pub(crate) fn mutate<T>(
         &self,
         f: impl FnOnce(&crate::state::Txn<'_>) -> Result<T, LocalError>,
     ) -> EngineResult<T> {
@@ -390,15 +376,6 @@ impl Engine {
         Ok(entry)
     }
 
-    /// Drops the materialized copy of an inode that no longer exists, unless it is open (the last
-    /// release drops it then).
-    fn drop_local_copy(&self, ino: u64) -> EngineResult<()> {
-        if !self.writers.lock().contains_key(&ino) {
-            self.files.remove(ino)?;
-        }
-        Ok(())
-    }
-
     /// Pins (keeps local, recursively, inherited by new children) or unpins `ino`. Pinned files' chunks
     /// are held in the cache and fetched in the background. Returns how many nodes changed.
     pub fn set_pinned(&self, ino: u64, pinned: bool) -> EngineResult<usize> {
@@ -438,47 +415,6 @@ impl Engine {
 
     // ----- content -----
 
-    /// Makes a writable copy of `ino` (copy-on-write from its chunks, or empty when `truncate`) and
-    /// returns its path. Fetches any chunks not cached; a partial copy is never visible.
-    pub async fn materialize(&self, ino: u64, truncate: bool) -> EngineResult<PathBuf> {
-        if !truncate && let Some(path) = self.materialized_path(ino) {
-            return Ok(path);
-        }
-        let entry = self.getattr(ino)?.ok_or(LocalError::NotFound)?;
-        if entry.node.kind != NodeKind::File {
-            return Err(LocalError::IsDir.into());
-        }
-        let mut pending = self.files.begin(ino)?;
-        if !truncate {
-            use std::io::Write;
-            let manifest = self.manifest(&entry)?;
-            // One batched, concurrent fetch of whatever is not cached, then the copy in order.
-            self.fetcher
-                .hydrate(manifest.chunks.iter().map(|c| c.id))
-                .await?;
-            for chunk in &manifest.chunks {
-                let bytes = self
-                    .fetcher
-                    .chunk(chunk.id, crate::fetch::Priority::OnDemand)
-                    .await?;
-                pending.file().write_all(&bytes)?;
-            }
-        }
-        let path = pending.commit()?;
-        self.files.set_owner(ino, entry.node.id, &entry.node.name)?;
-        Ok(path)
-    }
-
-    /// [`Engine::materialize`] for threads outside the runtime (FUSE workers).
-    pub fn materialize_blocking(
-        &self,
-        handle: &tokio::runtime::Handle,
-        ino: u64,
-        truncate: bool,
-    ) -> EngineResult<PathBuf> {
-        handle.block_on(self.materialize(ino, truncate))
-    }
-
     /// Holds in the cache every chunk of every pinned file: pinned content is never evicted. Holds live
     /// in memory, so this runs at every start.
     fn hold_pinned_content(&self) -> EngineResult<()> {
@@ -506,90 +442,17 @@ impl Engine {
         Ok(())
     }
 
-    /// A handle opened `ino` for writing.
-    pub fn open_writer(&self, ino: u64) {
-        self.writers.lock().entry(ino).or_default().handles += 1;
-    }
-
-    /// A writing handle of `ino` was closed, after writing to it if `wrote`. When the last writing
-    /// handle closes and any of them wrote, the content is committed.
-    pub fn close_writer(&self, ino: u64, mtime_ns: Option<i64>, wrote: bool) -> EngineResult<()> {
-        let commit = {
-            let mut writers = self.writers.lock();
-            match writers.get_mut(&ino) {
-                Some(w) if w.handles > 1 => {
-                    w.handles -= 1;
-                    w.wrote |= wrote;
-                    false
-                }
-                Some(w) => {
-                    let wrote = w.wrote || wrote;
-                    writers.remove(&ino);
-                    wrote
-                }
-                None => false,
-            }
-        };
-        if commit {
-            self.commit_written(ino, mtime_ns)?;
-        }
-        Ok(())
-    }
-
-    /// Re-chunks the materialized copy of `ino` and makes it the LOCAL content (on flush, fsync and
-    /// the last close). Returns the new entry, or `None` if the node no longer exists.
-    pub fn commit_written(
-        &self,
-        ino: u64,
-        mtime_ns: Option<i64>,
-    ) -> EngineResult<Option<LocalEntry>> {
-        if !self.files.exists(ino) {
-            return Ok(None);
-        }
-        let manifest = match self.files.chunk(ino, |_, _| Ok(())) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let now = mtime_ns.unwrap_or_else(|| self.clock.now_ns());
-        let result = self.mutate(|t| {
-            let Some(entry) = t.local_by_ino(ino)? else {
-                return Ok(None);
-            };
-            if entry.node.attrs.content == Some(manifest.hash)
-                && entry.node.attrs.size == manifest.size
-            {
-                return Ok(Some(entry));
-            }
-            t.put_manifest(&manifest)?;
-            let mut attrs = entry.node.attrs.clone();
-            attrs.content = Some(manifest.hash);
-            attrs.size = manifest.size;
-            attrs.mtime_ns = now;
-            t.local_set_attrs(ino, attrs).map(Some)
-        })?;
-        if let Some(entry) = result.as_ref().filter(|e| e.pinned) {
-            self.pin_hold(
-                entry.ino,
-                Some(manifest.chunks.iter().map(|c| c.id).collect()),
-            );
-        }
-        if result.is_none() && !self.writers.lock().contains_key(&ino) {
-            // The node was deleted while open: its copy goes with the last handle.
-            self.files.remove(ino)?;
-        }
-        Ok(result)
-    }
-
     /// Reads `[offset, offset+len)` of `ino`'s current content: from the materialized copy, else from
     /// chunks (cache, else server).
     pub async fn read(&self, entry: &LocalEntry, offset: u64, len: u32) -> EngineResult<Vec<u8>> {
-        if let Some(path) = self.materialized_path(entry.ino) {
-            return Ok(read_file_range(&path, offset, len)?);
+        let open = self.open_read(entry.ino)?;
+        match &open.source {
+            crate::content::ReadSource::Copy(file) => Ok(read_file_range(file, offset, len)?),
+            crate::content::ReadSource::Chunks(manifest) => {
+                let offsets = manifest.offsets();
+                Ok(self.fetcher.read(manifest, &offsets, offset, len).await?)
+            }
         }
-        let manifest = self.manifest(entry)?;
-        let offsets = manifest.offsets();
-        Ok(self.fetcher.read(&manifest, &offsets, offset, len).await?)
     }
 
     // ----- the bulk-delete brake -----
@@ -682,9 +545,8 @@ pub struct Status {
     pub cache: crate::cache::CacheUsage,
 }
 
-fn read_file_range(path: &Path, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
+fn read_file_range(file: &std::fs::File, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path)?;
     let mut buf = vec![0; len as usize];
     let mut filled = 0;
     while filled < buf.len() {

@@ -1,32 +1,28 @@
 //! Applying the planner's local ops to the LOCAL tree (placeholders: database rows) and the
 //! materialized copies, and advancing SYNCED as each op says.
 //!
-//! Local ops run inside the round's transaction. File moves and removals are collected and done after
-//! the transaction commits, so a failed transaction never leaves files moved for rows that were not.
-//! An op whose node is open for writing waits: its local content may be changing under it.
+//! Local ops run inside the round's transaction. An op that changes the content of a file first
+//! reserves its inode with the content owner ([`crate::content`]): if a writer, uncommitted bytes or a
+//! commit hold it, the op waits for a later round. File moves and removals are recorded as intents
+//! in the transaction and done after it commits ([`crate::content::FileChanges`]), so a failed
+//! transaction never leaves files moved for rows that were not, and a crash never leaves a stale
+//! copy that could pass for a local edit. A content change under open handles moves the node to a
+//! fresh inode, so the old handles' kernel page cache never mixes with the new version.
 
 use crate::api::{Engine, EngineError, Invalidation};
 use crate::chunking::ChunkId;
+use crate::content::{FileChanges, FileOp, Reservation};
 use crate::model::{NodeId, NodeKind};
 use crate::planner::{OpKind, PlannedOp};
 use crate::state::Txn;
 use crate::state::local::LocalEntry;
-
-/// A change to the materialized copies, done after the transaction commits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileOp {
-    /// The copy of this inode is stale: drop it.
-    Remove(u64),
-    /// The copy moves to another inode (a conflicted copy takes the local bytes).
-    Rename { from: u64, to: u64 },
-}
 
 /// What applying local ops produced besides database changes.
 #[derive(Default)]
 pub struct LocalEffects {
     pub invalidations: Vec<Invalidation>,
     pub fetch: Vec<ChunkId>,
-    pub files: Vec<FileOp>,
+    pub files: FileChanges,
     /// Pinned files whose content changed: the chunks to hold for each inode now (`None`: none).
     pub pins: Vec<(u64, Option<Vec<ChunkId>>)>,
 }
@@ -65,10 +61,6 @@ fn name_free(t: &Txn<'_>, parent: NodeId, name: &str, id: NodeId) -> Result<bool
 }
 
 impl Engine {
-    fn is_open_for_writing(&self, ino: u64) -> bool {
-        self.writers.lock().contains_key(&ino)
-    }
-
     fn queue_fetch(
         &self,
         t: &Txn<'_>,
@@ -130,21 +122,30 @@ impl Engine {
                     return Ok(false);
                 };
                 let content_changes = !entry.node.attrs.same_content(attrs);
-                if content_changes && self.is_open_for_writing(entry.ino) {
-                    return Ok(false);
+                let old_ino = entry.ino;
+                let mut ino = entry.ino;
+                if content_changes && entry.node.kind == NodeKind::File {
+                    let Some(reservation) = self.reserve_content(&mut fx.files, entry.ino) else {
+                        return Ok(false);
+                    };
+                    if self.files.exists(entry.ino) {
+                        let op = FileOp::Remove {
+                            ino: entry.ino,
+                            expected: entry.node.attrs.content,
+                        };
+                        self.plan_file_op(t, &mut fx.files, op)?;
+                    }
+                    ino = self.place_new_version(t, fx, &entry, reservation)?;
                 }
                 if content_changes && entry.pinned {
-                    fx.repin(t, entry.ino, Some(attrs))?;
+                    fx.repin(t, ino, Some(attrs))?;
                 }
                 entry.node.attrs = attrs.clone();
                 t.update_local(&entry.node)?;
-                if content_changes && entry.node.kind == NodeKind::File {
-                    fx.files.push(FileOp::Remove(entry.ino));
-                }
                 if *fetch_content {
                     self.queue_fetch(t, attrs, &mut fx.fetch)?;
                 }
-                fx.invalidations.push(Invalidation::Inode(entry.ino));
+                fx.invalidations.push(Invalidation::Inode(old_ino));
             }
             OpKind::LocalMove { id, parent, name } => {
                 let Some(mut entry) = entry_of(t, *id)? else {
@@ -174,20 +175,28 @@ impl Engine {
                 let Some(entry) = entry_of(t, *id)? else {
                     return Ok(true);
                 };
-                if self.is_open_for_writing(entry.ino) {
-                    return Ok(false);
-                }
                 if entry.node.kind == NodeKind::Directory
                     && !t.local_children(entry.ino, None, 1)?.is_empty()
                 {
                     return Ok(false);
+                }
+                if entry.node.kind == NodeKind::File {
+                    if self.reserve_content(&mut fx.files, entry.ino).is_none() {
+                        return Ok(false);
+                    }
+                    if self.files.exists(entry.ino) {
+                        let op = FileOp::Remove {
+                            ino: entry.ino,
+                            expected: entry.node.attrs.content,
+                        };
+                        self.plan_file_op(t, &mut fx.files, op)?;
+                    }
                 }
                 let parent_ino = ino_of(t, entry.node.parent)?;
                 if entry.pinned {
                     fx.repin(t, entry.ino, None)?;
                 }
                 t.remove_node(crate::state::Table::Local, *id)?;
-                fx.files.push(FileOp::Remove(entry.ino));
                 if let Some(parent) = parent_ino {
                     fx.invalidations.push(Invalidation::Entry {
                         parent,
@@ -205,9 +214,9 @@ impl Engine {
                 let Some(mut entry) = entry_of(t, *original)? else {
                     return Ok(false);
                 };
-                if self.is_open_for_writing(entry.ino) {
+                let Some(reservation) = self.reserve_content(&mut fx.files, entry.ino) else {
                     return Ok(false);
-                }
+                };
                 let Some(parent_ino) = ino_of(t, copy.parent)? else {
                     return Ok(false);
                 };
@@ -217,10 +226,13 @@ impl Engine {
                     }
                     let copy_ino = t.insert_local(copy)?;
                     if self.files.exists(entry.ino) {
-                        fx.files.push(FileOp::Rename {
+                        debug_assert_eq!(copy.attrs.content, entry.node.attrs.content);
+                        let op = FileOp::Rename {
                             from: entry.ino,
                             to: copy_ino,
-                        });
+                            expected: entry.node.attrs.content,
+                        };
+                        self.plan_file_op(t, &mut fx.files, op)?;
                     }
                     fx.invalidations.push(Invalidation::Entry {
                         parent: parent_ino,
@@ -237,6 +249,13 @@ impl Engine {
                     )?;
                     tracing::warn!(name = %copy.name, "conflict: kept this device's version as a conflicted copy");
                 }
+                let old_ino = entry.ino;
+                if !entry.node.attrs.same_content(original_attrs) {
+                    let ino = self.place_new_version(t, fx, &entry, reservation)?;
+                    if entry.pinned {
+                        fx.repin(t, ino, Some(original_attrs))?;
+                    }
+                }
                 entry.node.attrs = original_attrs.clone();
                 t.update_local(&entry.node)?;
                 // The copy is a new local node: the next plan uploads it.
@@ -244,7 +263,7 @@ impl Engine {
                 if *fetch_content {
                     self.queue_fetch(t, original_attrs, &mut fx.fetch)?;
                 }
-                fx.invalidations.push(Invalidation::Inode(entry.ino));
+                fx.invalidations.push(Invalidation::Inode(old_ino));
             }
             OpKind::LocalReidentify {
                 old,
@@ -277,6 +296,24 @@ impl Engine {
                 entry.node.parent = *parent;
                 entry.node.name = name.clone();
                 if let Some(attrs) = attrs {
+                    // A merge of two creates of equal content: the copy stays valid.
+                    debug_assert!(
+                        entry.node.kind != NodeKind::File || entry.node.attrs.same_content(attrs)
+                    );
+                    if entry.node.kind == NodeKind::File && !entry.node.attrs.same_content(attrs) {
+                        let Some(reservation) = self.reserve_content(&mut fx.files, entry.ino)
+                        else {
+                            return Ok(false);
+                        };
+                        if self.files.exists(entry.ino) {
+                            let op = FileOp::Remove {
+                                ino: entry.ino,
+                                expected: entry.node.attrs.content,
+                            };
+                            self.plan_file_op(t, &mut fx.files, op)?;
+                        }
+                        self.place_new_version(t, fx, &entry, reservation)?;
+                    }
                     entry.node.attrs = attrs.clone();
                 }
                 t.update_local(&entry.node)?;
@@ -300,17 +337,38 @@ impl Engine {
         Ok(true)
     }
 
-    /// Does the file changes of committed local ops.
-    pub(crate) fn apply_file_ops(&self, ops: &[FileOp]) {
-        for op in ops {
-            let result = match *op {
-                FileOp::Remove(ino) if self.is_open_for_writing(ino) => Ok(()),
-                FileOp::Remove(ino) => self.files.remove(ino),
-                FileOp::Rename { from, to } => self.files.rename(from, to),
-            };
-            if let Err(e) = result {
-                tracing::error!(?op, "materialized file change failed: {e}");
-            }
+    /// Where the new content of a reserved file goes: in place when no handle is open on it (its
+    /// next open drops the kernel's cached pages), else under a fresh inode, so the open handles keep
+    /// the old inode, its version and its page cache (rule 4 of [`crate::content`]). Returns the
+    /// inode the node has now.
+    fn place_new_version(
+        &self,
+        t: &Txn<'_>,
+        fx: &mut LocalEffects,
+        entry: &LocalEntry,
+        reservation: Reservation,
+    ) -> Result<u64, EngineError> {
+        if reservation != Reservation::Held {
+            self.content_changed_in_place(&mut fx.files, entry.ino);
+            return Ok(entry.ino);
         }
+        let (old, new) = t.renumber_local(entry.node.id)?;
+        debug_assert_eq!(old, entry.ino);
+        tracing::debug!(
+            name = %entry.node.name,
+            old,
+            new,
+            "a new version of a file open here: it moves to a new inode"
+        );
+        if let Some(parent) = ino_of(t, entry.node.parent)? {
+            fx.invalidations.push(Invalidation::Entry {
+                parent,
+                name: entry.node.name.clone(),
+            });
+        }
+        if entry.pinned {
+            fx.pins.push((old, None));
+        }
+        Ok(new)
     }
 }

@@ -71,17 +71,20 @@ impl LocalFiles {
         pending.commit()
     }
 
-    /// Creates an empty copy of a new file. No fsync: if a crash loses it, the file's LOCAL content is
-    /// the empty content anyway, which reads the same without a copy.
-    pub fn create_empty(&self, ino: u64) -> io::Result<PathBuf> {
+    /// Creates an empty copy of a new file (never over an existing one). No fsync: if a crash loses
+    /// it, the file's LOCAL content is the empty content anyway, which reads the same without a copy.
+    pub(crate) fn create_empty(&self, ino: u64) -> io::Result<PathBuf> {
         let path = self.path(ino);
-        File::create(&path)?;
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         Ok(path)
     }
 
     /// Starts building the copy of `ino` in a temporary file; [`PendingCopy::commit`] puts it in place.
     /// Dropped without commit, the temporary file is removed.
-    pub fn begin(&self, ino: u64) -> io::Result<PendingCopy> {
+    pub(crate) fn begin(&self, ino: u64) -> io::Result<PendingCopy> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!("{ino}.{n}.tmp"));
         let file = OpenOptions::new()
@@ -98,8 +101,9 @@ impl LocalFiles {
         })
     }
 
-    /// Removes the copy of `ino`, if any. An open descriptor keeps reading its old bytes.
-    pub fn remove(&self, ino: u64) -> io::Result<()> {
+    /// Removes the copy of `ino`, if any. An open descriptor keeps reading its old bytes. Durable
+    /// after [`LocalFiles::sync_dir`].
+    pub(crate) fn remove(&self, ino: u64) -> io::Result<()> {
         for path in [self.path(ino), self.owner_path(ino)] {
             match fs::remove_file(path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -109,13 +113,19 @@ impl LocalFiles {
         Ok(())
     }
 
-    /// Gives the copy of `from` to `to` (a conflicted copy takes the local bytes).
-    pub fn rename(&self, from: u64, to: u64) -> io::Result<()> {
-        fs::rename(self.path(from), self.path(to))?;
+    /// Gives the copy of `from` to `to` (a conflicted copy takes the local bytes). Never replaces a
+    /// copy `to` already has.
+    pub(crate) fn rename(&self, from: u64, to: u64) -> io::Result<()> {
+        rename_no_replace(&self.path(from), &self.path(to))?;
         match fs::rename(self.owner_path(from), self.owner_path(to)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// fsyncs the directory: removals and renames done so far are durable.
+    pub(crate) fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
     }
 
@@ -170,10 +180,11 @@ impl PendingCopy {
         &mut self.file
     }
 
-    /// fsyncs the bytes, renames the copy into place and fsyncs the directory.
+    /// fsyncs the bytes, renames the copy into place (never over another copy: one inode has one
+    /// copy, built once) and fsyncs the directory.
     pub fn commit(mut self) -> io::Result<PathBuf> {
         self.file.sync_all()?;
-        fs::rename(&self.tmp, &self.path)?;
+        rename_no_replace(&self.tmp, &self.path)?;
         File::open(&self.dir)?.sync_all()?;
         self.done = true;
         Ok(self.path.clone())
@@ -186,4 +197,40 @@ impl Drop for PendingCopy {
             let _ = fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// `rename(2)` that fails with `EEXIST` instead of replacing `to`.
+#[cfg(target_os = "linux")]
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path holds a NUL byte"))
+    };
+    let (from, to) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD makes them relative to the cwd.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `rename(2)` that fails with `EEXIST` instead of replacing `to` (racy where the OS has no
+/// no-replace rename; the content owner serializes every change of one inode's copy anyway).
+#[cfg(not(target_os = "linux"))]
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    if to.exists() {
+        return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+    }
+    fs::rename(from, to)
 }

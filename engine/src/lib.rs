@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cache;
 pub mod chunking;
+pub mod content;
 pub mod execute;
 pub mod fetch;
 pub mod files;

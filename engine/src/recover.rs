@@ -53,66 +53,90 @@ impl Engine {
             if self.getattr(ino)?.is_some() {
                 continue;
             }
-            let owner = self.files.owner(ino)?;
             let manifest = self.files.chunk(ino, |_, _| Ok(()))?;
-            let (parent, name, synced) = {
+            let owner = self.files.owner(ino)?;
+            let synced = {
                 let state = self.state.lock();
-                let remote = state.tree(Table::Remote);
-                match owner
+                owner
                     .as_ref()
-                    .and_then(|(id, _)| remote.node(*id).ok().flatten())
-                {
-                    Some(node) => (
-                        node.parent,
-                        node.name.clone(),
-                        node.attrs.content == Some(manifest.hash),
-                    ),
-                    None => (
-                        NodeId::ROOT,
-                        owner
-                            .map(|(_, name)| name)
-                            .unwrap_or_else(|| format!("recovered-{ino}")),
-                        false,
-                    ),
-                }
+                    .and_then(|(id, _)| state.tree(Table::Remote).node(*id).ok().flatten())
+                    .is_some_and(|node| node.attrs.content == Some(manifest.hash))
             };
             if synced {
                 self.files.remove(ino)?;
                 continue;
             }
-            let when = ConflictTime::from_unix_utc(self.clock.now_ns().div_euclid(1_000_000_000));
-            let copy_name = self.free_name(
-                parent,
-                &crate::planner::conflicted_copy_name(&name, &self.config.device, when),
+            self.keep_as_conflicted_copy(
+                ino,
+                &manifest,
+                "recovered after the local database was lost",
             )?;
-            let now = self.clock.now_ns();
-            let id = self.ids.new_id();
-            let entry = self.state.lock().transaction(|t| -> EngineResult<_> {
-                t.put_manifest(&manifest)?;
-                let parent_ino = t.local_ino(parent)?.unwrap_or(crate::state::ROOT_INO);
-                let attrs = Attrs {
-                    size: manifest.size,
-                    mtime_ns: now,
-                    executable: false,
-                    content: Some(manifest.hash),
-                    symlink_target: None,
-                };
-                let entry = t.local_create(parent_ino, &copy_name, NodeKind::File, attrs, id)?;
-                t.record_conflict(
-                    now,
-                    id,
-                    Some(id),
-                    &format!("recovered after the local database was lost: {copy_name:?}"),
-                )?;
-                Ok(entry)
-            })?;
-            self.files.rename(ino, entry.ino)?;
-            tracing::warn!(name = %copy_name, "kept a local copy found after a database rebuild");
         }
         self.state
             .lock()
             .transaction(|t| t.delete_meta(REBUILD_PENDING))?;
         self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Keeps the copy `ino`, whose bytes no node holds, as a new conflicted copy beside the node it
+    /// belonged to (found in LOCAL, else REMOTE, else at the root). Recovery only: it moves the copy.
+    pub(crate) fn keep_copy_aside(&self, ino: u64) -> EngineResult<()> {
+        let manifest = self.files.chunk(ino, |_, _| Ok(()))?;
+        self.keep_as_conflicted_copy(
+            ino,
+            &manifest,
+            "a local copy whose pending change found other bytes than expected",
+        )
+    }
+
+    fn keep_as_conflicted_copy(
+        &self,
+        ino: u64,
+        manifest: &crate::chunking::Manifest,
+        why: &str,
+    ) -> EngineResult<()> {
+        let owner = self.files.owner(ino)?;
+        let (parent, name) = {
+            let state = self.state.lock();
+            let node = owner.as_ref().and_then(|(id, _)| {
+                [Table::Local, Table::Remote]
+                    .into_iter()
+                    .find_map(|table| state.tree(table).node(*id).ok().flatten())
+            });
+            match node {
+                Some(node) => (node.parent, node.name.clone()),
+                None => (
+                    NodeId::ROOT,
+                    owner
+                        .map(|(_, name)| name)
+                        .unwrap_or_else(|| format!("recovered-{ino}")),
+                ),
+            }
+        };
+        let when = ConflictTime::from_unix_utc(self.clock.now_ns().div_euclid(1_000_000_000));
+        let copy_name = self.free_name(
+            parent,
+            &crate::planner::conflicted_copy_name(&name, &self.config.device, when),
+        )?;
+        let now = self.clock.now_ns();
+        let id = self.ids.new_id();
+        let entry = self.state.lock().transaction(|t| -> EngineResult<_> {
+            t.put_manifest(manifest)?;
+            let parent_ino = t.local_ino(parent)?.unwrap_or(crate::state::ROOT_INO);
+            let attrs = Attrs {
+                size: manifest.size,
+                mtime_ns: now,
+                executable: false,
+                content: Some(manifest.hash),
+                symlink_target: None,
+            };
+            let entry = t.local_create(parent_ino, &copy_name, NodeKind::File, attrs, id)?;
+            t.record_conflict(now, id, Some(id), &format!("{why}: {copy_name:?}"))?;
+            Ok(entry)
+        })?;
+        self.files.rename(ino, entry.ino)?;
+        tracing::warn!(name = %copy_name, "kept a local copy as a conflicted copy ({why})");
         Ok(())
     }
 

@@ -157,6 +157,10 @@ impl Engine {
     }
 
     async fn round(&self, report: &mut RoundReport) -> Result<(), RoundError> {
+        // Content left behind by failures: copy changes that failed on disk, commits that failed or
+        // saw a write land while chunking. Both must be settled before planning over those files.
+        self.replay_file_intents(false)?;
+        self.commit_dirty_copies();
         report.pulled = self.pull().await?;
         self.adopt_orphans()?;
         let plan = self.plan_and_apply_local(report)?;
@@ -394,7 +398,7 @@ impl Engine {
         }
         let mut done: HashSet<OpId> = HashSet::new();
         let mut effects = LocalEffects::default();
-        state.transaction(|t| -> Result<(), EngineError> {
+        let applied = state.transaction(|t| -> Result<(), EngineError> {
             for op in &plan.ops {
                 if op.kind.side() == Some(Side::Remote) || !op.deps.iter().all(|d| done.contains(d))
                 {
@@ -409,9 +413,15 @@ impl Engine {
                 }
             }
             Ok(())
-        })?;
+        });
         drop(state);
-        self.apply_file_ops(&effects.files);
+        let files = std::mem::take(&mut effects.files);
+        if let Err(e) = applied {
+            // Rolled back: no LOCAL change happened, so no file change is due.
+            self.abandon_file_changes(files);
+            return Err(e.into());
+        }
+        self.finish_file_changes(files);
         for (ino, ids) in effects.pins {
             self.pin_hold(ino, ids);
         }

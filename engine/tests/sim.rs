@@ -390,17 +390,13 @@ impl World {
         truncate_first: bool,
     ) -> Result<(), String> {
         let engine = self.engine(d);
-        engine.open_writer(ino);
-        let result = async {
-            let path = engine
-                .materialize(ino, truncate_first)
-                .await
-                .map_err(|e| e.to_string())?;
-            std::fs::write(&path, data).map_err(|e| e.to_string())
-        }
-        .await;
+        let open = engine
+            .open_write(ino, truncate_first)
+            .await
+            .map_err(|e| e.to_string())?;
+        let result = std::fs::write(&open.path, data).map_err(|e| e.to_string());
         engine
-            .close_writer(ino, None, true)
+            .close_write(ino, true, None)
             .map_err(|e| e.to_string())?;
         result?;
         self.acknowledged

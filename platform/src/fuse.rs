@@ -124,9 +124,16 @@ fn file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
+/// A name from the kernel as a BitVault name. Names are UTF-8 (the wire carries strings), so other
+/// bytes name nothing that exists (`ENOENT` for lookups and removals) and cannot be created
+/// (`EILSEQ`, "illegal byte sequence", for creates and rename targets).
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
-    // BitVault names are UTF-8 (the wire carries strings); other bytes cannot be synced.
-    name.to_str().ok_or(Errno::EINVAL)
+    name.to_str().ok_or(Errno::ENOENT)
+}
+
+/// A name for something new: see [`name_str`].
+fn new_name_str(name: &OsStr) -> Result<&str, Errno> {
+    name.to_str().ok_or(Errno::EILSEQ)
 }
 
 fn time_ns(time: TimeOrNow) -> i64 {
@@ -241,7 +248,7 @@ impl Filesystem for BvfsFuse {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match name_str(name) {
+        match new_name_str(name) {
             Ok(name) => reply_entry(reply, self.vfs.mkdir(parent.0, name)),
             Err(e) => reply.error(e),
         }
@@ -269,11 +276,11 @@ impl Filesystem for BvfsFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match (name_str(link_name), target.to_str()) {
+        match (new_name_str(link_name), target.to_str()) {
             (Ok(name), Some(target)) => {
                 reply_entry(reply, self.vfs.symlink(parent.0, name, target))
             }
-            _ => reply.error(Errno::EINVAL),
+            _ => reply.error(Errno::EILSEQ),
         }
     }
 
@@ -295,13 +302,13 @@ impl Filesystem for BvfsFuse {
             return;
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        match (name_str(name), name_str(newname)) {
+        match (name_str(name), new_name_str(newname)) {
             (Ok(name), Ok(newname)) => reply_empty(
                 reply,
                 self.vfs
                     .rename(parent.0, name, newparent.0, newname, no_replace),
             ),
-            _ => reply.error(Errno::EINVAL),
+            (Err(e), _) | (_, Err(e)) => reply.error(e),
         }
     }
 
@@ -320,8 +327,11 @@ impl Filesystem for BvfsFuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = OpenMode::from_flags(flags.0);
         self.offload(move |vfs| match vfs.open(ino.0, mode) {
-            // The engine invalidates the kernel's pages when the content changes remotely.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            // Cached pages are kept unless the engine changed the content since the last open (then
+            // the kernel drops them at this open). A remote version never arrives under an inode that
+            // has handles open: it gets a new inode, so one page cache never mixes two versions.
+            Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         });
     }
@@ -495,7 +505,7 @@ impl Filesystem for BvfsFuse {
     ) {
         match name_str(name) {
             Ok(name) => reply_empty(reply, self.vfs.setxattr(ino.0, name, value)),
-            Err(e) => reply.error(e),
+            Err(_) => reply.error(Errno::ENOTSUP),
         }
     }
 
@@ -513,7 +523,7 @@ impl Filesystem for BvfsFuse {
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match name_str(name) {
             Ok(name) => reply_empty(reply, self.vfs.removexattr(ino.0, name)),
-            Err(e) => reply.error(e),
+            Err(_) => reply.error(Errno::ENODATA),
         }
     }
 
@@ -532,7 +542,7 @@ impl Filesystem for BvfsFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let name = match name_str(name) {
+        let name = match new_name_str(name) {
             Ok(name) => name.to_string(),
             Err(e) => return reply.error(e),
         };

@@ -37,7 +37,7 @@ pub(crate) fn kind_of(kind: NodeKind) -> FileKind {
     }
 }
 
-fn time_of(ns: i64) -> SystemTime {
+pub(crate) fn time_of(ns: i64) -> SystemTime {
     if ns >= 0 {
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
     } else {
@@ -53,7 +53,7 @@ impl Vfs {
         let mut size = entry.node.attrs.size;
         let mut mtime = time_of(entry.node.attrs.mtime_ns);
         if kind == FileKind::File
-            && let Some(path) = self.engine.materialized_path(entry.ino)
+            && let Some(path) = self.engine.newer_copy(entry.ino)
             && let Ok(meta) = std::fs::metadata(path)
         {
             size = meta.len();
@@ -131,7 +131,7 @@ impl Vfs {
                 .set_attrs(ino, executable, mtime_ns)
                 .map_err(Errno::from)?;
             if let Some(ns) = mtime_ns
-                && let Some(path) = self.engine.materialized_path(ino)
+                && let Some(path) = self.engine.newer_copy(ino)
                 && let Ok(file) = std::fs::File::options().write(true).open(path)
             {
                 let _ = file.set_modified(time_of(ns));

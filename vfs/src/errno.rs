@@ -26,6 +26,8 @@ impl Errno {
     pub const ERANGE: Errno = Errno(libc::ERANGE);
     pub const EPERM: Errno = Errno(libc::EPERM);
     pub const ENETUNREACH: Errno = Errno(libc::ENETUNREACH);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
+    pub const EILSEQ: Errno = Errno(libc::EILSEQ);
 }
 
 impl From<std::io::Error> for Errno {

@@ -12,10 +12,13 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use bvfs_engine::EngineError;
 use bvfs_engine::cache::HoldGuard;
 use bvfs_engine::chunking::Manifest;
+use bvfs_engine::content::{ReadLease, ReadSource, WriteCounter};
 use bvfs_engine::fetch::{FetchError, ReadAhead};
 use bvfs_engine::model::NodeKind;
+use bvfs_engine::state::local::LocalError;
 
 use crate::{Attr, Errno, Handle, Vfs, VfsResult};
 
@@ -28,6 +31,7 @@ enum Source {
         manifest: Manifest,
         offsets: Vec<u64>,
         readahead: ReadAhead,
+        mtime_ns: i64,
         _hold: HoldGuard,
     },
 }
@@ -35,8 +39,11 @@ enum Source {
 pub(crate) struct FileHandle {
     ino: u64,
     source: Source,
-    writable: bool,
+    /// Set for a writing handle: counts its writes for the content owner.
+    writer: Option<WriteCounter>,
     wrote: bool,
+    /// Set for a reading handle: registered with the content owner until the handle goes.
+    _reader: Option<ReadLease>,
 }
 
 /// How a file is opened.
@@ -58,22 +65,6 @@ impl OpenMode {
 }
 
 impl Vfs {
-    /// Returns the writable materialized copy of `ino`, creating it (and emptying it when `truncate`).
-    fn writable_copy(&self, ino: u64, truncate: bool) -> VfsResult<File> {
-        if let Some(path) = self.engine.materialized_path(ino) {
-            let file = File::options().read(true).write(true).open(path)?;
-            if truncate {
-                file.set_len(0)?;
-            }
-            return Ok(file);
-        }
-        let path = self
-            .engine
-            .materialize_blocking(&self.runtime, ino, truncate)
-            .map_err(|e| self.content_error(ino, e))?;
-        Ok(File::options().read(true).write(true).open(path)?)
-    }
-
     /// Logs why content could not be read (naming the file) and maps it to an errno.
     fn content_error(&self, ino: u64, error: bvfs_engine::EngineError) -> Errno {
         let name = self.entry(ino).map(|e| e.node.name).unwrap_or_default();
@@ -86,46 +77,63 @@ impl Vfs {
         Errno::from(error)
     }
 
-    /// `open`.
-    pub fn open(&self, ino: u64, mode: OpenMode) -> VfsResult<u64> {
-        let entry = self.entry(ino)?;
-        match entry.node.kind {
-            NodeKind::Directory => return Err(Errno::EISDIR),
-            NodeKind::Symlink => return Err(Errno::EINVAL),
-            NodeKind::File => {}
-        }
-        let source = if mode.write {
-            self.writable()?;
-            self.engine.open_writer(ino);
-            match self.writable_copy(ino, mode.truncate) {
-                Ok(file) => Source::Copy(file),
-                Err(e) => {
-                    let _ = self.engine.close_writer(ino, None, false);
-                    return Err(e);
-                }
-            }
-        } else if let Some(path) = self.engine.materialized_path(ino) {
-            Source::Copy(File::open(path)?)
-        } else {
-            let manifest = self.engine.manifest(&entry).map_err(Errno::from)?;
-            let hold = self
-                .engine
-                .cache()
-                .hold_guard(manifest.chunks.iter().map(|c| c.id).collect());
-            Source::Chunks {
-                name: entry.node.name.clone(),
-                offsets: manifest.offsets(),
-                manifest,
-                readahead: ReadAhead::default(),
-                _hold: hold,
-            }
+    /// `open`: returns the handle and whether the kernel may keep its cached pages of the file (not
+    /// after the engine changed its content since the last open).
+    pub fn open(&self, ino: u64, mode: OpenMode) -> VfsResult<(u64, bool)> {
+        let stale = |e: EngineError| match e {
+            // The inode left LOCAL (deleted, or a new version moved to a new inode): the kernel
+            // looks the name up again on ESTALE.
+            EngineError::Local(LocalError::NotFound) => Errno::ESTALE,
+            EngineError::Local(LocalError::IsDir) => Errno::EISDIR,
+            EngineError::Local(LocalError::Invalid(_)) => Errno::EINVAL,
+            other => self.content_error(ino, other),
         };
-        Ok(self.insert_handle(Handle::File(FileHandle {
-            ino,
-            source,
-            writable: mode.write,
-            wrote: mode.truncate,
-        })))
+        let (handle, keep_cache) = if mode.write {
+            self.writable()?;
+            if self.entry(ino)?.node.kind != NodeKind::File {
+                return Err(Errno::EISDIR);
+            }
+            let open = self
+                .engine
+                .open_write_blocking(&self.runtime, ino, mode.truncate)
+                .map_err(stale)?;
+            let handle = FileHandle {
+                ino,
+                source: Source::Copy(open.file),
+                writer: Some(open.counter),
+                wrote: mode.truncate,
+                _reader: None,
+            };
+            (handle, open.keep_cache)
+        } else {
+            let open = self.engine.open_read(ino).map_err(stale)?;
+            let source = match open.source {
+                ReadSource::Copy(file) => Source::Copy(file),
+                ReadSource::Chunks(manifest) => {
+                    let hold = self
+                        .engine
+                        .cache()
+                        .hold_guard(manifest.chunks.iter().map(|c| c.id).collect());
+                    Source::Chunks {
+                        name: open.entry.node.name.clone(),
+                        offsets: manifest.offsets(),
+                        manifest,
+                        readahead: ReadAhead::default(),
+                        mtime_ns: open.entry.node.attrs.mtime_ns,
+                        _hold: hold,
+                    }
+                }
+            };
+            let handle = FileHandle {
+                ino,
+                source,
+                writer: None,
+                wrote: false,
+                _reader: Some(open.lease),
+            };
+            (handle, open.keep_cache)
+        };
+        Ok((self.insert_handle(Handle::File(handle)), keep_cache))
     }
 
     /// `create`: a new empty file, opened for writing.
@@ -135,7 +143,7 @@ impl Vfs {
             .engine
             .create(parent, name, NodeKind::File, mode & 0o111 != 0, None)
             .map_err(Errno::from)?;
-        let fh = self.open(
+        let (fh, _) = self.open(
             entry.ino,
             OpenMode {
                 write: true,
@@ -152,11 +160,12 @@ impl Vfs {
         let Handle::File(file) = &mut *guard else {
             return Err(Errno::EISDIR);
         };
-        // A copy made by a local writer since this handle opened holds newer bytes: read those.
+        // A copy made by a local writer since this handle opened holds newer bytes: read those. (A
+        // remote version never arrives under this inode while the handle is open.)
         if matches!(file.source, Source::Chunks { .. })
-            && let Some(path) = self.engine.materialized_path(file.ino)
+            && let Some(copy) = self.engine.reader_copy(file.ino)
         {
-            file.source = Source::Copy(File::open(path)?);
+            file.source = Source::Copy(copy);
         }
         match &mut file.source {
             Source::Copy(f) => read_at(f, offset, size),
@@ -182,12 +191,10 @@ impl Vfs {
         let Handle::File(file) = &mut *guard else {
             return Err(Errno::EISDIR);
         };
-        let Source::Copy(f) = &file.source else {
+        let (Source::Copy(f), Some(counter)) = (&file.source, &file.writer) else {
             return Err(Errno::EBADF);
         };
-        if !file.writable {
-            return Err(Errno::EBADF);
-        }
+        counter.wrote();
         f.write_all_at(data, offset)?;
         file.wrote = true;
         Ok(data.len() as u32)
@@ -201,7 +208,7 @@ impl Vfs {
             return Ok(());
         };
         if let Source::Copy(f) = &file.source
-            && file.writable
+            && file.writer.is_some()
         {
             f.sync_all()?;
             if file.wrote {
@@ -220,9 +227,9 @@ impl Vfs {
         let Handle::File(file) = &*guard else {
             return Ok(());
         };
-        if file.writable {
+        if file.writer.is_some() {
             self.engine
-                .close_writer(file.ino, None, file.wrote)
+                .close_write(file.ino, file.wrote, None)
                 .map_err(Errno::from)?;
         }
         Ok(())
@@ -252,12 +259,14 @@ impl Vfs {
         if entry.node.kind != NodeKind::File {
             return Err(Errno::EISDIR);
         }
-        self.engine.open_writer(ino);
-        let result = self
-            .writable_copy(ino, size == 0)
-            .and_then(|f| Ok(f.set_len(size)?));
+        let open = self
+            .engine
+            .open_write_blocking(&self.runtime, ino, size == 0)
+            .map_err(|e| self.content_error(ino, e))?;
+        open.counter.wrote();
+        let result = open.file.set_len(size).map_err(Errno::from);
         self.engine
-            .close_writer(ino, None, result.is_ok())
+            .close_write(ino, true, None)
             .map_err(Errno::from)?;
         result
     }
@@ -281,7 +290,9 @@ impl Vfs {
                     let meta = f.metadata().ok()?;
                     (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH))
                 }
-                Source::Chunks { manifest, .. } => (manifest.size, std::time::UNIX_EPOCH),
+                Source::Chunks {
+                    manifest, mtime_ns, ..
+                } => (manifest.size, crate::attr::time_of(*mtime_ns)),
             };
             return Some(Attr {
                 ino,
@@ -306,11 +317,12 @@ impl Vfs {
             if let Handle::File(FileHandle {
                 ino: i,
                 source: Source::Copy(f),
-                writable: true,
+                writer: Some(counter),
                 ..
             }) = &*guard
                 && *i == ino
             {
+                counter.wrote();
                 return Ok(f.set_len(size)?);
             }
         }

@@ -10,6 +10,7 @@
 
 pub mod bootstrap;
 pub mod inflight;
+pub mod intents;
 pub mod local;
 pub mod outcomes;
 pub mod pull;

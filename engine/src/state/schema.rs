@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// The schema this build writes.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 /// The three trees share one shape; LOCAL adds the per-device columns.
 const TREE_COLUMNS: &str = "
@@ -94,13 +94,29 @@ CREATE TABLE sync_errors (
     )
 }
 
+/// Version 2: file intents (see `state::intents`); the unused `materialized` table goes.
+const V2: &str = "
+CREATE TABLE file_intents (
+    -- The copy the change is about (files/<ino>).
+    ino INTEGER PRIMARY KEY,
+    -- NULL: remove the copy; else rename it to files/<to_ino> (a conflicted copy takes the bytes).
+    to_ino INTEGER,
+    -- The content hash the copy held when the change was decided.
+    expected BLOB
+);
+DROP TABLE IF EXISTS materialized;
+";
+
 /// Brings the database to [`VERSION`].
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     match version {
-        0 => {
+        0 | 1 => {
             let tx = conn.transaction()?;
-            tx.execute_batch(&v1())?;
+            if version == 0 {
+                tx.execute_batch(&v1())?;
+            }
+            tx.execute_batch(V2)?;
             tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))?;
             tx.commit()?;
             Ok(Ok(()))

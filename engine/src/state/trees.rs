@@ -414,6 +414,21 @@ impl Txn<'_> {
         Ok(ino)
     }
 
+    /// Gives the LOCAL node `id` a fresh inode number and returns (old, new). The round does this when
+    /// it changes the content of a file that handles hold open: they keep the old inode and its
+    /// kernel page cache, new opens find the new one.
+    pub fn renumber_local(&self, id: NodeId) -> StateResult<(u64, u64)> {
+        let old = self
+            .local_ino(id)?
+            .ok_or_else(|| self.corrupt(&format!("renumbering {id}, which LOCAL lacks")))?;
+        let new = self.next_ino()?;
+        self.conn()
+            .prepare_cached("UPDATE local SET ino = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![&id.to_bytes()[..], new as i64]))
+            .map_err(|e| self.err(e))?;
+        Ok((old, new))
+    }
+
     /// The next unused inode number (persisted, never reused).
     fn next_ino(&self) -> StateResult<u64> {
         let next = self.meta_u64("next_ino")?.unwrap_or(super::ROOT_INO + 1);
