@@ -40,6 +40,8 @@ pub struct EngineConfig {
     pub transfer_concurrency: usize,
     /// At most this many ops per commit.
     pub commit_batch: usize,
+    /// Crash injection at durability points (tests; none in production).
+    pub faults: crate::faults::FaultPoints,
 }
 
 impl EngineConfig {
@@ -52,6 +54,7 @@ impl EngineConfig {
             brake: DeleteBrake::default(),
             transfer_concurrency: 4,
             commit_batch: 1000,
+            faults: crate::faults::FaultPoints::default(),
         }
     }
 }
@@ -356,6 +359,9 @@ impl Engine {
     ) -> EngineResult<()> {
         let replaced = self.mutate(|t| t.local_rename(ino, new_parent, name, no_replace))?;
         if let Some(replaced) = replaced {
+            self.config
+                .faults
+                .reach(crate::faults::FaultPoint::Unlinked);
             self.drop_local_copy(replaced.ino)?;
         }
         Ok(())
@@ -372,6 +378,9 @@ impl Engine {
             }
             t.local_remove(entry.ino)
         })?;
+        self.config
+            .faults
+            .reach(crate::faults::FaultPoint::Unlinked);
         self.drop_local_copy(entry.ino)?;
         Ok(entry)
     }

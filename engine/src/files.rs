@@ -124,6 +124,20 @@ impl LocalFiles {
         File::open(&self.dir)?.sync_all()
     }
 
+    /// Gives a copy of `from`'s bytes to `to`, then removes `from`: descriptors open on `from` keep
+    /// reading what they read, whatever is written to `to` later.
+    pub(crate) fn copy_then_remove(&self, from: u64, to: u64) -> io::Result<()> {
+        let mut source = File::open(self.path(from))?;
+        let mut pending = self.begin(to)?;
+        io::copy(&mut source, pending.file())?;
+        pending.commit()?;
+        match fs::copy(self.owner_path(from), self.owner_path(to)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        self.remove(from)
+    }
+
     /// fsyncs the directory: removals and renames done so far are durable.
     pub(crate) fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod chunking;
 pub mod content;
 pub mod execute;
+pub mod faults;
 pub mod fetch;
 pub mod files;
 pub mod model;

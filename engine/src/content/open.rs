@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::{Contents, WriteCounter, WriteStart};
 use crate::api::{Engine, EngineError, EngineResult};
 use crate::chunking::Manifest;
+use crate::faults::FaultPoint;
 use crate::model::NodeKind;
 use crate::state::local::{LocalEntry, LocalError};
 
@@ -145,6 +146,7 @@ impl Engine {
             }
         }
         pending.commit()?;
+        self.config.faults.reach(FaultPoint::CopyBuilt);
         self.files.set_owner(ino, entry.node.id, &entry.node.name)?;
         Ok(())
     }
@@ -194,6 +196,7 @@ impl Engine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, true)),
             Err(e) => return Err(e.into()),
         };
+        self.config.faults.reach(FaultPoint::CommitChunked);
         if counter.load() != before {
             // Chunked while being written: the manifest may mix two states of the file.
             tracing::debug!(
@@ -219,6 +222,7 @@ impl Engine {
             attrs.mtime_ns = now;
             t.local_set_attrs(ino, attrs).map(Some)
         })?;
+        self.config.faults.reach(FaultPoint::CommitRecorded);
         if let Some(entry) = entry.as_ref().filter(|e| e.pinned) {
             self.pin_hold(
                 entry.ino,

@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::Reservation;
 use crate::api::{Engine, EngineError, EngineResult};
+use crate::faults::FaultPoint;
 use crate::model::ContentHash;
 use crate::state::Txn;
 
@@ -59,6 +60,9 @@ pub struct FileChanges {
     ops: Vec<FileOp>,
     /// Inodes whose content changed in place: their next open drops the kernel's cached pages.
     stale_pages: Vec<u64>,
+    /// Copies that readers hold open and that a conflicted copy takes: the conflicted copy gets a
+    /// copy of the bytes, so what the readers read never changes under them.
+    copy_for_readers: HashSet<u64>,
 }
 
 impl FileChanges {
@@ -102,7 +106,10 @@ impl Engine {
         op: FileOp,
     ) -> EngineResult<()> {
         debug_assert!(changes.reserved.contains_key(&op.ino()));
-        if let FileOp::Rename { to, .. } = op {
+        if let FileOp::Rename { from, to, .. } = op {
+            if changes.reserved.get(&from) == Some(&Reservation::Held) {
+                changes.copy_for_readers.insert(from);
+            }
             // The conflicted copy's inode is new, but visible once the transaction commits: opens of
             // it wait until its bytes are in place.
             let reserved = self.reserve_content(changes, to);
@@ -129,9 +136,18 @@ impl Engine {
     /// releases the reservations. A change that fails leaves its inode unusable (opens fail with
     /// `EIO`) until [`Engine::replay_file_intents`] succeeds.
     pub(crate) fn finish_file_changes(&self, changes: FileChanges) {
+        let faults = &self.config.faults;
+        faults.reach(FaultPoint::LocalOpsCommitted);
         let mut failed: HashSet<u64> = HashSet::new();
         for op in &changes.ops {
-            if let Err(e) = self.do_file_op(op) {
+            let done = match *op {
+                FileOp::Rename { from, to, .. } if changes.copy_for_readers.contains(&from) => {
+                    self.files.copy_then_remove(from, to)
+                }
+                _ => self.do_file_op(op),
+            };
+            faults.reach(FaultPoint::CopyChanged);
+            if let Err(e) = done {
                 tracing::error!(?op, "a change to a local copy failed: {e}; retrying later");
                 failed.insert(op.ino());
                 if let FileOp::Rename { to, .. } = op {
@@ -140,6 +156,7 @@ impl Engine {
             }
         }
         let synced = changes.ops.is_empty() || self.files.sync_dir().is_ok();
+        faults.reach(FaultPoint::CopiesSynced);
         let forgotten = synced
             && self
                 .state
@@ -152,6 +169,7 @@ impl Engine {
                         .try_for_each(|op| t.delete_file_intent(op.ino()))
                 })
                 .is_ok();
+        faults.reach(FaultPoint::IntentsForgotten);
         for ino in &changes.stale_pages {
             self.contents.mark_pages_stale(*ino);
         }
