@@ -229,13 +229,16 @@ async fn a_crash_while_keeping_a_conflicted_copy_keeps_both_versions() {
     }
 }
 
+/// A value one thread leaves for another (the fault hook runs on the round's thread).
+type Shared<T> = Arc<parking_lot::Mutex<Option<T>>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_opening_while_the_round_replaces_the_copy_gets_the_new_version() {
     let s = two();
     // At the window's first point, a writer opens the file on another thread: it must wait for the
     // round to finish replacing the copy, then see the new version (not write into the stale copy).
-    let engine_slot: Arc<parking_lot::Mutex<Option<(Arc<Engine>, u64)>>> = Default::default();
-    let opened: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>> = Default::default();
+    let engine_slot: Shared<(Arc<Engine>, u64)> = Default::default();
+    let opened: Shared<std::thread::JoinHandle<()>> = Default::default();
     let armed = Arc::new(AtomicBool::new(false));
     let faults = {
         let (slot, opened, armed) = (engine_slot.clone(), opened.clone(), armed.clone());

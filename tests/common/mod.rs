@@ -1,6 +1,8 @@
 //! Shared test harness: real `bvfs serve` processes on loopback, users and tokens, and proto builders.
 #![allow(dead_code)]
 
+pub mod mounts;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -399,6 +399,8 @@ impl Span {
             ));
         }
         let end = offset.saturating_add(u64::from(len)).min(manifest.size);
+        // A read that starts past the end is empty (not a negative length).
+        let offset = offset.min(end);
         Ok(Self {
             chunks,
             offset,
@@ -448,5 +450,22 @@ impl Span {
             ));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Span;
+    use crate::chunking::{ChunkParams, chunk_bytes};
+
+    #[test]
+    fn a_read_past_the_end_is_empty_not_a_panic() {
+        let manifest = chunk_bytes(&[7u8; 100_000], ChunkParams::default());
+        let offsets = manifest.offsets();
+        for (offset, len) in [(100_000, 10), (150_000, 4096), (u64::MAX - 1, u32::MAX)] {
+            let span = Span::new(&manifest, &offsets, offset, len).unwrap();
+            assert!(span.chunks.is_empty(), "{offset}+{len}");
+            assert_eq!(span.end - span.offset, 0, "{offset}+{len}");
+        }
     }
 }
