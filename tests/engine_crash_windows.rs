@@ -299,3 +299,48 @@ async fn a_writer_opening_while_the_round_replaces_the_copy_gets_the_new_version
     );
     assert_eq!(names(&b), ["f.txt"]);
 }
+
+/// A new device's database is marked for rebuild until its first pull places the copies found at
+/// start-up. A file created and unlinked while a writer keeps it open before that pull (found by the
+/// vfs simulation, seed 172) has no node either, but it is the writer's: the round must not adopt it
+/// as a recovered conflicted copy (which moved the writer's file under a new name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_unlinked_while_open_on_a_new_device_is_not_taken_for_an_orphan() {
+    let s = two();
+    let a = open_engine(
+        s.dir.path(),
+        "laptop",
+        &s.server.url,
+        &s.tokens[0],
+        FaultPoints::default(),
+    );
+    let f = a
+        .create(ROOT_INO, "scratch", NodeKind::File, false, None)
+        .unwrap();
+    let open = a.open_write(f.ino, true).await.unwrap();
+    a.remove(ROOT_INO, "scratch", false).unwrap();
+    {
+        use std::io::Write;
+        let mut file = &open.file;
+        open.counter.wrote();
+        file.write_all(b"written after the unlink").unwrap();
+        file.sync_all().unwrap();
+    }
+    a.sync_until_idle(10).await.unwrap();
+    assert_eq!(
+        names(&a),
+        Vec::<String>::new(),
+        "an unlinked file stays gone"
+    );
+    assert!(
+        open.path.exists(),
+        "the open writer's copy stays where its handle has it"
+    );
+    a.close_write(f.ino, true, None).unwrap();
+    a.sync_until_idle(10).await.unwrap();
+    assert_eq!(names(&a), Vec::<String>::new());
+    assert!(
+        a.status().unwrap().conflicts == 0,
+        "no conflicted copy was recorded"
+    );
+}

@@ -149,6 +149,10 @@ pub struct Engine {
     /// chunk and send whole chunk lists, instead of trusting that the server still stores the chunks
     /// of a file's current version.
     pub(crate) full_chunk_checks: AtomicBool,
+    /// Copies found at start-up that no LOCAL node holds, waiting (while the rebuild mark is set)
+    /// for the first pull to place them. Only these are orphans: a copy the mount unlinks while a
+    /// handle still has it open also has no node, and it belongs to that handle, not to recovery.
+    pub(crate) orphans: Mutex<Vec<u64>>,
 }
 
 impl Engine {
@@ -189,6 +193,7 @@ impl Engine {
             wake: tokio::sync::Notify::new(),
             online: AtomicBool::new(false),
             full_chunk_checks: AtomicBool::new(false),
+            orphans: Mutex::new(Vec::new()),
         });
         engine.replay_file_intents(true)?;
         engine.recover_materialized()?;

@@ -40,6 +40,11 @@ impl LocalFiles {
         self.dir.join(ino.to_string())
     }
 
+    /// The files that make up `ino`'s copy: the bytes and the owner record.
+    pub(crate) fn copy_paths(&self, ino: u64) -> [PathBuf; 2] {
+        [self.path(ino), self.owner_path(ino)]
+    }
+
     /// Where the owner record of `ino`'s copy lives (see [`LocalFiles::set_owner`]).
     pub(crate) fn owner_path(&self, ino: u64) -> PathBuf {
         self.dir.join(format!("{ino}.owner"))
@@ -104,7 +109,7 @@ impl LocalFiles {
     /// Removes the copy of `ino`, if any. An open descriptor keeps reading its old bytes. Durable
     /// after [`LocalFiles::sync_dir`].
     pub(crate) fn remove(&self, ino: u64) -> io::Result<()> {
-        for path in [self.path(ino), self.owner_path(ino)] {
+        for path in self.copy_paths(ino) {
             match fs::remove_file(path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}

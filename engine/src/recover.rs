@@ -33,6 +33,8 @@ impl Engine {
                 if self.state.lock().meta_u64(REBUILD_PENDING)?.is_none() {
                     tracing::info!(ino, "removing the copy of a file that no longer exists");
                     self.files.remove(ino)?;
+                } else {
+                    self.orphans.lock().push(ino);
                 }
                 continue;
             }
@@ -43,40 +45,58 @@ impl Engine {
         Ok(())
     }
 
-    /// After a rebuild has pulled REMOTE: gives every copy that has no LOCAL node a place, as a
-    /// conflicted copy beside the node it belonged to (or at the root).
+    /// After a rebuild has pulled REMOTE: gives every copy found at start-up without a LOCAL node
+    /// a place, as a conflicted copy beside the node it belonged to (or at the root).
+    ///
+    /// Only the copies [`Engine::recover_materialized`] listed: any other copy without a node was
+    /// unlinked through the mount while a handle keeps it open, and is that handle's until it
+    /// closes (adopting it would move the writer's file under a new name behind its back).
     pub(crate) fn adopt_orphans(&self) -> EngineResult<()> {
         if self.state.lock().meta_u64(REBUILD_PENDING)?.is_none() {
             return Ok(());
         }
-        for ino in self.files.list()? {
-            if self.getattr(ino)?.is_some() {
-                continue;
-            }
-            let manifest = self.files.chunk(ino, |_, _| Ok(()))?;
-            let owner = self.files.owner(ino)?;
-            let synced = {
-                let state = self.state.lock();
-                owner
-                    .as_ref()
-                    .and_then(|(id, _)| state.tree(Table::Remote).node(*id).ok().flatten())
-                    .is_some_and(|node| node.attrs.content == Some(manifest.hash))
-            };
-            if synced {
-                self.files.remove(ino)?;
-                continue;
-            }
-            self.keep_as_conflicted_copy(
-                ino,
-                &manifest,
-                "recovered after the local database was lost",
-            )?;
+        // Each orphan leaves the list only once placed: a failure part-way keeps the rest (and the
+        // rebuild mark) for the next round.
+        let orphans = self.orphans.lock().clone();
+        for ino in orphans {
+            self.adopt_orphan(ino)?;
+            self.orphans.lock().retain(|&orphan| orphan != ino);
         }
         self.state
             .lock()
             .transaction(|t| t.delete_meta(REBUILD_PENDING))?;
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Places one start-up orphan: removed if REMOTE holds exactly its bytes, else kept as a
+    /// conflicted copy.
+    fn adopt_orphan(&self, ino: u64) -> EngineResult<()> {
+        debug_assert!(
+            !self.contents.is_reserved(ino),
+            "a start-up orphan cannot have an owner yet: nothing can look it up"
+        );
+        if self.getattr(ino)?.is_some() || !self.files.exists(ino) {
+            return Ok(());
+        }
+        let manifest = self.files.chunk(ino, |_, _| Ok(()))?;
+        let owner = self.files.owner(ino)?;
+        let synced = {
+            let state = self.state.lock();
+            owner
+                .as_ref()
+                .and_then(|(id, _)| state.tree(Table::Remote).node(*id).ok().flatten())
+                .is_some_and(|node| node.attrs.content == Some(manifest.hash))
+        };
+        if synced {
+            self.files.remove(ino)?;
+            return Ok(());
+        }
+        self.keep_as_conflicted_copy(
+            ino,
+            &manifest,
+            "recovered after the local database was lost",
+        )
     }
 
     /// Keeps the copy `ino`, whose bytes no node holds, as a new conflicted copy beside the node it

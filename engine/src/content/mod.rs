@@ -258,17 +258,19 @@ impl Contents {
         } else if !recorded || !untouched {
             c.dirty = true;
         }
-        let remove = c.unlinked && c.writers == 0;
+        let remove = c.unlinked && c.writers == 0 && c.readers == 0;
         self.changed.notify_all();
         remove
     }
 
     /// Marks `ino` unlinked (its node is gone from LOCAL). Returns true if nothing holds the copy, so
     /// the caller removes it now; otherwise the last holder does ([`Contents::after_unlinked`]).
+    /// Readers hold it too: a reader of the chunks switches to the copy a local writer made, and
+    /// must still find it after the writer closed an unlinked file (as on a local filesystem).
     pub fn unlink(&self, ino: u64) -> bool {
         let mut inner = self.inner.lock();
         let c = inner.get(ino);
-        if c.writers == 0 && c.step == Step::Idle {
+        if c.writers == 0 && c.readers == 0 && c.step == Step::Idle {
             c.dirty = false;
             inner.tidy(ino);
             true
@@ -282,7 +284,7 @@ impl Contents {
     pub fn after_unlinked(&self, ino: u64) -> bool {
         let mut inner = self.inner.lock();
         let c = inner.get(ino);
-        let done = c.unlinked && c.writers == 0 && c.step == Step::Idle;
+        let done = c.unlinked && c.writers == 0 && c.readers == 0 && c.step == Step::Idle;
         if done {
             c.unlinked = false;
             c.dirty = false;
@@ -308,13 +310,20 @@ impl Contents {
         }
     }
 
-    /// A reader of `ino` closed.
-    pub fn end_read(&self, ino: u64) {
+    /// A reader of `ino` closed. Returns true if it was the last holder of an unlinked inode's
+    /// copy, which the caller removes now.
+    pub fn end_read(&self, ino: u64) -> bool {
         let mut inner = self.inner.lock();
         let c = inner.get(ino);
         debug_assert!(c.readers > 0, "a reader of inode {ino} closed twice");
         c.readers = c.readers.saturating_sub(1);
+        let remove = c.unlinked && c.writers == 0 && c.readers == 0 && c.step == Step::Idle;
+        if remove {
+            c.unlinked = false;
+            c.dirty = false;
+        }
         inner.tidy(ino);
+        remove
     }
 
     /// Whether the kernel may keep its cached pages for a writer's open of `ino` (consumes the mark).
@@ -478,6 +487,30 @@ mod tests {
         contents.end_write(9, false);
         assert_eq!(contents.reserve(9), Reservation::Busy);
         assert_eq!(contents.dirty_idle(), vec![9]);
+    }
+
+    #[test]
+    fn an_unlinked_copy_stays_until_its_last_writer_and_reader_close() {
+        // Found by the vfs simulation (seed 251): a reader of the chunks opened before a local writer
+        // made a copy; the writer unlinked and closed; the copy went with the writer and the reader
+        // then read the old (empty) version instead of the bytes the file holds.
+        let (_dir, files) = files();
+        let contents = Contents::new();
+        assert!(contents.begin_read(4).unwrap());
+        files.create_empty(4).unwrap();
+        assert!(matches!(
+            contents.begin_write(4, &files).unwrap(),
+            WriteStart::Joined(_)
+        ));
+        assert!(!contents.unlink(4), "held by a writer and a reader");
+        assert!(!contents.end_write(4, false));
+        assert!(!contents.after_unlinked(4), "still held by the reader");
+        assert!(contents.end_read(4), "the last holder removes the copy");
+        assert_eq!(
+            contents.reserve(4),
+            Reservation::Free,
+            "nothing holds the inode any more"
+        );
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct ReadOpen {
 pub struct ReadLease {
     contents: Arc<Contents>,
     ino: u64,
+    /// The copy (and its owner record) to remove if this is the last holder of an unlinked inode.
+    copy_paths: [PathBuf; 2],
 }
 
 impl ReadLease {
@@ -58,7 +60,17 @@ impl ReadLease {
 
 impl Drop for ReadLease {
     fn drop(&mut self) {
-        self.contents.end_read(self.ino);
+        if self.contents.end_read(self.ino) {
+            for path in &self.copy_paths {
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
+                        path = %path.display(),
+                        "cannot remove the copy of an unlinked file: {e}"
+                    ),
+                    _ => {}
+                }
+            }
+        }
     }
 }
 
@@ -256,6 +268,7 @@ impl Engine {
         let lease = ReadLease {
             contents: self.contents.clone(),
             ino,
+            copy_paths: self.files.copy_paths(ino),
         };
         let entry = self.getattr(ino)?.ok_or(LocalError::NotFound)?;
         match entry.node.kind {
