@@ -63,6 +63,19 @@ impl ServerProcess {
         let _ = self.child.wait();
     }
 
+    /// Kills the server with SIGKILL and starts it again on the same address and data (a crash and
+    /// a restart, as clients see it).
+    pub fn kill9_and_restart(&mut self) {
+        self.kill9();
+        let listen = self
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let data = self.data.clone();
+        *self = Self::start(&data, &["--listen", &listen]);
+    }
+
     /// Stops the server with SIGTERM and waits for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         unsafe {
