@@ -5,7 +5,8 @@
 #
 #   scripts/test.sh [extra cargo-nextest/cargo-test arguments]
 #
-# Long modes are opt-in: BVFS_PLANNER_CASES=1000000, BVFS_SIM_SEEDS=100000.
+# Long modes are opt-in: BVFS_PLANNER_CASES=1000000, BVFS_SIM_SEEDS=100000, BVFS_VFS_SIM_SEEDS=100000,
+# BVFS_FSX_OPS=100000, BVFS_KILL9_ROUNDS=200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
