@@ -4,6 +4,7 @@
 //! `bvfs-server` (serve, admin) and the engine/vfs/platform crates (mount).
 
 mod admin_cmd;
+mod binding;
 mod hash_cmd;
 mod mount_cmd;
 mod paths;
@@ -56,7 +57,10 @@ fn main() -> ExitCode {
     init_logging(!daemon && std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = match cli.command {
         Command::Mount(args) => mount_cmd::run(args),
-        Command::Umount(args) => mount_cmd::umount(args),
+        Command::Umount(args) => match mount_cmd::umount(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Serve(args) => serve_cmd::run(args),
         Command::Admin(cmd) => admin_cmd::run(cmd),
         Command::Hash(args) => hash_cmd::run(args),

@@ -19,7 +19,13 @@ use bvfs_platform::mount::{MountOptions, clean_stale_mount, is_fuse_mounted, mou
 use bvfs_vfs::{Vfs, VfsOptions};
 use clap::Args;
 
+use crate::binding::{self, Binding, Contact};
 use crate::paths::{data_home, default_server_dir};
+
+/// `bvfs umount`'s exit code when the folder was unmounted with changes not yet synced.
+const EXIT_UNSYNCED: u8 = 2;
+/// Where the daemon leaves what it could not sync before it exited (in the mountpoint's registry).
+const UNSYNCED_REPORT: &str = "unsynced";
 
 #[derive(Args)]
 #[command(
@@ -55,7 +61,8 @@ pub struct MountArgs {
     /// Cache size limit, e.g. 500M, 10G [default: 10G]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     cache_size: Option<u64>,
-    /// This device's name in conflicted-copy names [default: the host name]
+    /// This device's name in conflicted-copy names [default: the token's device name; for the
+    /// embedded server, the host name]
     #[arg(long, value_name = "NAME")]
     device: Option<String>,
     /// Mount read-only
@@ -70,12 +77,19 @@ pub struct MountArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Exit status: 0 when unmounted with everything synced; 2 when unmounted with changes \
+that have not reached the server yet (they sync on the next mount; --force makes that 0); 1 on errors."
+)]
 pub struct UmountArgs {
     /// The mountpoint
     mountpoint: PathBuf,
     /// Detach a busy mount now and let it finish when no longer used
     #[arg(long)]
     lazy: bool,
+    /// Exit 0 even if changes are left unsynced (they still sync on the next mount)
+    #[arg(long)]
+    force: bool,
 }
 
 impl MountArgs {
@@ -274,7 +288,6 @@ fn serve_mount_inner(
     let handle = runtime.handle().clone();
     // Clients and the engine spawn onto the runtime from this thread too.
     let _runtime_context = runtime.enter();
-    let device = args.device.clone().unwrap_or_else(host_name);
 
     // The server: the one given, or an embedded one on a local data directory.
     let mut embedded = None;
@@ -282,6 +295,7 @@ fn serve_mount_inner(
         (Some(url), Some(token)) => (url.clone(), token.clone()),
         _ => {
             let data_dir = args.server_data.clone().unwrap_or_else(default_server_dir);
+            let device = args.device.clone().unwrap_or_else(host_name);
             let (server, url, token) =
                 runtime.block_on(start_embedded_server(&data_dir, state_dir, &device))?;
             embedded = Some(server);
@@ -290,6 +304,8 @@ fn serve_mount_inner(
     };
     let mut remote_config = RemoteConfig::new(&url, &token);
     remote_config.ca_cert = args.ca_cert.clone();
+    let binding = check_binding(&runtime, &remote_config, state_dir)?;
+    let device = args.device.clone().unwrap_or(binding.device);
     let remote = Arc::new(GrpcRemote::new(&remote_config)?);
     let mut config = EngineConfig::new(state_dir, &device);
     config.cache_dir = args.cache_dir.clone();
@@ -322,6 +338,7 @@ fn serve_mount_inner(
     // `bvfs umount` finds the daemon by mountpoint, whatever --data says.
     let registry = state_dir_for(mountpoint);
     std::fs::create_dir_all(&registry)?;
+    let _ = std::fs::remove_file(registry.join(UNSYNCED_REPORT));
     std::fs::write(registry.join("daemon.pid"), std::process::id().to_string())?;
     tracing::info!(mountpoint = %mountpoint.display(), %url, "mounted");
     report(ready, &format!("ready {}\n", std::process::id()));
@@ -363,15 +380,70 @@ fn serve_mount_inner(
             Err(_) => tracing::warn!("still syncing after 10 s; the rest syncs on the next mount"),
         }
     });
+    // Tell `bvfs umount` what is left.
+    match engine.unsynced() {
+        Ok(left) if left.is_empty() => {}
+        Ok(left) => {
+            tracing::warn!("left unsynced: {left}");
+            let _ = std::fs::write(registry.join(UNSYNCED_REPORT), left.to_string());
+        }
+        Err(e) => {
+            let _ = std::fs::write(
+                registry.join(UNSYNCED_REPORT),
+                format!("unknown (cannot read the state: {e})"),
+            );
+        }
+    }
     if let Some((stop, task)) = embedded {
         let _ = stop.send(());
         let _ = runtime.block_on(task);
     }
     let _ = std::fs::remove_file(registry.join("daemon.pid"));
     // The registry of this mountpoint goes too, unless it holds more (it is also the default state
-    // directory of a mount without `--data`; `remove_dir` only removes an empty directory).
+    // directory of a mount without `--data`, and keeps the unsynced report for `bvfs umount`;
+    // `remove_dir` only removes an empty directory).
     let _ = std::fs::remove_dir(&registry);
     Ok(())
+}
+
+/// Checks that the server serves the namespace this state belongs to, and records it on the first
+/// contact. A first mount needs the server (a wrong token or address must fail now, not leave an
+/// empty folder that says `synced`); a later one works offline.
+fn check_binding(
+    runtime: &tokio::runtime::Runtime,
+    remote: &RemoteConfig,
+    state_dir: &Path,
+) -> anyhow::Result<Binding> {
+    let known = Binding::load(state_dir)?;
+    match (runtime.block_on(binding::contact(remote))?, known) {
+        (Contact::Reached(found), Some(known)) if !known.same_namespace(&found) => bail!(
+            "this folder's state ({}) belongs to another namespace: tenant {:?} on {}, while {} serves tenant {:?} (namespace {}). \
+Mounting it here would mix the two and could delete local files. Mount this server with its own state \
+(`--data EMPTY_DIR`, or another mountpoint); the other namespace's state stays as it is.",
+            state_dir.display(),
+            known.tenant,
+            known.server,
+            found.server,
+            found.tenant,
+            &found.root[..8.min(found.root.len())]
+        ),
+        (Contact::Reached(found), known) => {
+            if known.as_ref() != Some(&found) {
+                found
+                    .save(state_dir)
+                    .context("cannot record which namespace this mount holds")?;
+            }
+            Ok(found)
+        }
+        (Contact::Unreachable(why), Some(known)) => {
+            tracing::warn!("the server is unreachable ({why}); working offline until it answers");
+            Ok(known)
+        }
+        (Contact::Unreachable(why), None) => bail!(
+            "cannot reach the server ({why}). The first mount needs it: check --server and that the server runs \
+(or mount without --server to use the embedded one)"
+        ),
+    }
 }
 
 type EmbeddedServer = (
@@ -417,12 +489,13 @@ async fn start_embedded_server(
     Ok(((stop, task), url, token))
 }
 
-pub fn umount(args: UmountArgs) -> anyhow::Result<()> {
+pub fn umount(args: UmountArgs) -> anyhow::Result<std::process::ExitCode> {
     let mountpoint = absolute(&args.mountpoint)?;
     if !is_fuse_mounted(&mountpoint) {
         bail!("{} is not mounted", mountpoint.display());
     }
-    let pid_file = state_dir_for(&mountpoint).join("daemon.pid");
+    let registry = state_dir_for(&mountpoint);
+    let pid_file = registry.join("daemon.pid");
     let pid: Option<i32> = std::fs::read_to_string(&pid_file)
         .ok()
         .and_then(|p| p.trim().parse().ok());
@@ -443,6 +516,28 @@ pub fn umount(args: UmountArgs) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    println!("bvfs: unmounted {}", mountpoint.display());
-    Ok(())
+    let report = std::fs::read_to_string(registry.join(UNSYNCED_REPORT)).ok();
+    let _ = std::fs::remove_file(registry.join(UNSYNCED_REPORT));
+    let _ = std::fs::remove_dir(&registry);
+    match report {
+        None => {
+            println!(
+                "bvfs: unmounted {} (everything is synced)",
+                mountpoint.display()
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Some(left) => {
+            println!(
+                "bvfs: unmounted {}, but not everything reached the server: {}. It syncs on the next mount.",
+                mountpoint.display(),
+                left.trim()
+            );
+            Ok(if args.force {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(EXIT_UNSYNCED)
+            })
+        }
+    }
 }

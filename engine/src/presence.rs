@@ -118,3 +118,83 @@ impl Engine {
         })
     }
 }
+
+/// What a device has not synced yet, for the mount's root and for `bvfs umount`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unsynced {
+    /// Nodes with a change (either side) the sync has not finished with.
+    pub changes: u64,
+    /// Deletes the bulk-delete brake holds for confirmation.
+    pub held_deletes: u64,
+    /// Nodes whose changes the server keeps refusing.
+    pub errors: u64,
+    /// Files open for writing, or written and not yet recorded.
+    pub writing: u64,
+    /// Uploads running now.
+    pub uploading: u64,
+}
+
+impl Unsynced {
+    /// Whether everything is synced.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The namespace's state, as the root's `user.bvfs.sync` shows it: `error` if any node keeps
+    /// failing, `uploading` while an upload runs, `pending` while anything else waits.
+    pub fn state(&self) -> SyncState {
+        if self.errors > 0 {
+            SyncState::Error(format!("{} items cannot sync", self.errors))
+        } else if self.uploading > 0 {
+            SyncState::Uploading
+        } else if self.is_empty() {
+            SyncState::Synced
+        } else {
+            SyncState::Pending
+        }
+    }
+}
+
+impl std::fmt::Display for Unsynced {
+    /// E.g. `3 changes, 1 file being written, 2 held deletes`; `nothing` when all is synced.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = [
+            (self.changes, "change", "changes"),
+            (self.writing, "file being written", "files being written"),
+            (self.uploading, "upload running", "uploads running"),
+            (
+                self.held_deletes,
+                "held delete (see user.bvfs.held-deletes)",
+                "held deletes (see user.bvfs.held-deletes)",
+            ),
+            (
+                self.errors,
+                "item the server refuses",
+                "items the server refuses",
+            ),
+        ]
+        .into_iter()
+        .filter(|(n, _, _)| *n > 0)
+        .map(|(n, one, many)| format!("{n} {}", if n == 1 { one } else { many }))
+        .collect();
+        if parts.is_empty() {
+            f.write_str("nothing")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
+impl Engine {
+    /// What this device has not synced yet.
+    pub fn unsynced(&self) -> EngineResult<Unsynced> {
+        let status = self.status()?;
+        Ok(Unsynced {
+            changes: status.pending_changes,
+            held_deletes: status.held_deletes,
+            errors: status.errors,
+            writing: self.contents.unrecorded() as u64,
+            uploading: self.uploading.lock().len() as u64,
+        })
+    }
+}

@@ -109,13 +109,18 @@ impl Vfs {
             blocks,
             bfree,
             bavail,
-            files: status.local_nodes,
-            ffree: u64::from(u32::MAX),
+            // Inodes are not a limited resource here: report plenty free, and a total that is the
+            // used ones plus the free ones (`df -i` computes used = files - ffree).
+            files: status.local_nodes.saturating_add(FREE_INODES),
+            ffree: FREE_INODES,
             bsize,
             namelen: bvfs_proto::names::MAX_NAME_BYTES as u32,
         })
     }
 }
+
+/// The free inode count `statfs` reports.
+const FREE_INODES: u64 = u32::MAX as u64;
 
 /// What `statfs` reports.
 #[derive(Debug, Clone, Copy)]

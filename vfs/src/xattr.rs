@@ -1,7 +1,8 @@
 //! Files-on-demand states as extended attributes, for file managers and scripts:
 //!
 //! - `user.bvfs.state`: `online-only`, `partial`, `local` or `pinned`;
-//! - `user.bvfs.sync`: `synced`, `pending`, `uploading`, `conflict` or `error`;
+//! - `user.bvfs.sync`: `synced`, `pending`, `uploading`, `conflict` or `error`; on the root, the state
+//!   of the whole namespace (`pending` while any change, held delete or written file waits);
 //! - `user.bvfs.pin`: `1` or `0`; setting it pins (or unpins) a file or a whole tree, and new children
 //!   of a pinned directory inherit the pin.
 //!
@@ -30,6 +31,14 @@ impl Vfs {
                 .engine
                 .hydration(&entry)
                 .map_err(Errno::from)?
+                .as_str()
+                .to_string(),
+            // The root speaks for the whole namespace: anything unsynced anywhere shows there.
+            SYNC if ino == ROOT_INO => self
+                .engine
+                .unsynced()
+                .map_err(Errno::from)?
+                .state()
                 .as_str()
                 .to_string(),
             SYNC => self

@@ -415,6 +415,17 @@ impl Contents {
             .collect()
     }
 
+    /// How many inodes have a copy whose bytes may not be recorded yet: open for writing, dirty or
+    /// being committed (unlinked ones excepted: their bytes are going nowhere).
+    pub fn unrecorded(&self) -> usize {
+        let inner = self.inner.lock();
+        inner
+            .inodes
+            .values()
+            .filter(|c| !c.unlinked && (c.writers > 0 || c.dirty || c.step == Step::Committing))
+            .count()
+    }
+
     /// The step `ino` is in (tests and assertions).
     #[cfg(test)]
     pub fn step(&self, ino: u64) -> Step {
