@@ -191,6 +191,18 @@ impl Remote for CountingRemote {
         self.chunk_bytes_down
             .fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(chunks)
+    }    async fn get_manifest(
+        &self,
+        id: Vec<u8>,
+        revision: u64,
+    ) -> Result<Vec<bvfs_engine::chunking::ChunkRef>, RemoteError> {
+        self.inner.get_manifest(id, revision).await
+    }
+    async fn put_manifest(
+        &self,
+        chunks: Vec<bvfs_engine::chunking::ChunkRef>,
+    ) -> Result<Vec<u8>, RemoteError> {
+        self.inner.put_manifest(chunks).await
     }
 }
 

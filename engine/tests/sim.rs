@@ -166,6 +166,18 @@ impl Remote for SimRemote {
             .map_or(0, |id| u64::from_le_bytes(id.0[..8].try_into().unwrap()));
         self.call("get_chunks", salt, self.inner.get_chunks(ids))
             .await
+    }    async fn get_manifest(
+        &self,
+        id: Vec<u8>,
+        revision: u64,
+    ) -> Result<Vec<bvfs_engine::chunking::ChunkRef>, RemoteError> {
+        self.inner.get_manifest(id, revision).await
+    }
+    async fn put_manifest(
+        &self,
+        chunks: Vec<bvfs_engine::chunking::ChunkRef>,
+    ) -> Result<Vec<u8>, RemoteError> {
+        self.inner.put_manifest(chunks).await
     }
 }
 

@@ -7,7 +7,7 @@ use bvfs_proto::v1;
 
 use super::{StateResult, Table, Txn};
 use crate::chunking::Manifest;
-use crate::model::{Node, NodeId};
+use crate::model::{Node, NodeId, NodeKind};
 use crate::wire::{WireError, node_from_proto};
 
 /// Meta keys of the pull position.
@@ -61,6 +61,17 @@ impl Txn<'_> {
             }
             match v1::ChangeKind::try_from(change.kind) {
                 Ok(v1::ChangeKind::Upsert) => {
+                    // An elided list must have been fetched (`GetManifest`) before the page is applied.
+                    if manifest.is_none()
+                        && let Some(hash) = node.attrs.content.filter(|_| node.kind == NodeKind::File)
+                        && !self.has_manifest(&hash)?
+                    {
+                        return Err(WireError(format!(
+                            "change {}: the chunk list of content {hash} was elided and not fetched",
+                            change.seq
+                        ))
+                        .into());
+                    }
                     self.put_node(Table::Remote, &node)?;
                     self.adopt_if_inflight(node.id, Some(&node))?;
                 }
