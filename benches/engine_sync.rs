@@ -191,7 +191,8 @@ impl Remote for CountingRemote {
         self.chunk_bytes_down
             .fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(chunks)
-    }    async fn get_manifest(
+    }
+    async fn get_manifest(
         &self,
         id: Vec<u8>,
         revision: u64,

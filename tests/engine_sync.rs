@@ -57,7 +57,8 @@ impl Remote for CountingRemote {
     }
     async fn get_chunks(&self, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
         self.inner.get_chunks(ids).await
-    }    async fn get_manifest(
+    }
+    async fn get_manifest(
         &self,
         id: Vec<u8>,
         revision: u64,

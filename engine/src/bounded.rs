@@ -113,7 +113,9 @@ pub(crate) async fn fetch_elided(
     };
     let elided = elided.map_err(wire_err)?;
     let chunks = remote.get_manifest(node.id.clone(), node.revision).await?;
-    Ok(Some(wire::fetched_manifest(elided, chunks).map_err(wire_err)?))
+    Ok(Some(
+        wire::fetched_manifest(elided, chunks).map_err(wire_err)?,
+    ))
 }
 
 impl Engine {

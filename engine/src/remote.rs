@@ -192,9 +192,12 @@ impl RemoteError {
     /// should ask for less, not repeat the same request (see [`crate::bounded::PageLimit`]).
     pub fn is_too_large(&self) -> bool {
         match self {
-            RemoteError::Rejected { code, reason, message, .. } => {
-                reason == "too-large" || bvfs_proto::is_message_too_large(*code, message)
-            }
+            RemoteError::Rejected {
+                code,
+                reason,
+                message,
+                ..
+            } => reason == "too-large" || bvfs_proto::is_message_too_large(*code, message),
             // gRPC's RESOURCE_EXHAUSTED maps to `Unavailable`.
             RemoteError::Unavailable(message) => {
                 bvfs_proto::is_message_too_large(tonic::Code::ResourceExhausted, message)

@@ -89,11 +89,7 @@ fn engine(dir: &std::path::Path, name: &str, remote: Arc<dyn Remote>) -> Arc<Eng
 /// Stores `n` distinct chunks of `len` bytes and returns their references.
 async fn store_chunks(api: &mut SyncApi, n: usize, len: usize) -> Vec<v1::ChunkRef> {
     let chunks: Vec<Vec<u8>> = (0..n)
-        .map(|i| {
-            (0..len)
-                .map(|j| (i * 31 + j * 7 + j / 251) as u8)
-                .collect()
-        })
+        .map(|i| (0..len).map(|j| (i * 31 + j * 7 + j / 251) as u8).collect())
         .collect();
     let messages: Vec<_> = chunks
         .iter()
@@ -336,8 +332,19 @@ async fn a_manifest_of_two_million_chunks_goes_up_and_comes_back_whole() {
         .unwrap()
         .into_inner();
     assert!(changes.encoded_len() < 4096);
-    let change = changes.changes.iter().find(|c| c.node.as_ref().unwrap().id == [2; 16]);
-    let elided = |n: &v1::Node| n.attrs.as_ref().unwrap().content.as_ref().unwrap().chunks_elided;
+    let change = changes
+        .changes
+        .iter()
+        .find(|c| c.node.as_ref().unwrap().id == [2; 16]);
+    let elided = |n: &v1::Node| {
+        n.attrs
+            .as_ref()
+            .unwrap()
+            .content
+            .as_ref()
+            .unwrap()
+            .chunks_elided
+    };
     assert!(elided(change.unwrap().node.as_ref().unwrap()));
     let snapshot = a
         .snapshot(v1::SnapshotRequest::default())
@@ -345,7 +352,13 @@ async fn a_manifest_of_two_million_chunks_goes_up_and_comes_back_whole() {
         .unwrap()
         .into_inner();
     assert!(snapshot.encoded_len() < 4096);
-    assert!(snapshot.nodes.iter().filter(|n| n.id == [2; 16]).all(elided));
+    assert!(
+        snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.id == [2; 16])
+            .all(elided)
+    );
     let versions = a
         .list_versions(v1::ListVersionsRequest {
             id: vec![2; 16],
@@ -409,7 +422,12 @@ async fn every_page_is_bounded_in_bytes() {
         a.commit(v1::CommitRequest { ops }).await.unwrap();
     }
     // 30 more versions of file 0.
-    let mut revision = a.hello(v1::HelloRequest {}).await.unwrap().into_inner().head;
+    let mut revision = a
+        .hello(v1::HelloRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .head;
     let mut base = a
         .list_versions(v1::ListVersionsRequest {
             id: file_id(0).to_vec(),
@@ -523,8 +541,16 @@ async fn every_page_is_bounded_in_bytes() {
             base_revision: v.versions[0].seq,
         })));
     }
-    let response = a.commit(v1::CommitRequest { ops }).await.unwrap().into_inner();
-    assert!(response.encoded_len() <= budget, "{}", response.encoded_len());
+    let response = a
+        .commit(v1::CommitRequest { ops })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        response.encoded_len() <= budget,
+        "{}",
+        response.encoded_len()
+    );
 
     // ListDeleted.
     let (mut before, mut deleted) = (0, 0);
@@ -547,13 +573,28 @@ async fn every_page_is_bounded_in_bytes() {
     assert_eq!(deleted, 100);
 }
 
-/// Answers ListChanges with the status an old server gave for a page over the message limit
-/// whenever more than `max_ok` changes are asked for, and records every limit asked.
+/// The real server with a probe: answers ListChanges with the status an old server gave for a page
+/// over the message limit whenever more than `max_ok` changes are asked for, records every limit
+/// asked, and counts the lists staged with PutManifest.
 struct TooLargeAbove {
     inner: GrpcRemote,
-    max_ok: u32,
+    max_ok: std::sync::atomic::AtomicU32,
     asked: parking_lot::Mutex<Vec<u32>>,
     calls: AtomicUsize,
+    staged: AtomicUsize,
+}
+
+impl TooLargeAbove {
+    fn new(server: &Server, device: usize) -> Arc<Self> {
+        Arc::new(TooLargeAbove {
+            inner: GrpcRemote::new(&RemoteConfig::new(&server.url, &server.tokens[device]))
+                .unwrap(),
+            max_ok: u32::MAX.into(),
+            asked: Default::default(),
+            calls: AtomicUsize::new(0),
+            staged: AtomicUsize::new(0),
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -571,7 +612,7 @@ impl Remote for TooLargeAbove {
     ) -> Result<v1::ListChangesResponse, RemoteError> {
         self.asked.lock().push(limit);
         self.calls.fetch_add(1, Ordering::Relaxed);
-        if limit > self.max_ok {
+        if limit > self.max_ok.load(Ordering::Relaxed) {
             return Err(tonic::Status::out_of_range(
                 "Error, encoded message length too large: found 18329690 bytes, the limit is: \
                  16777216 bytes",
@@ -604,6 +645,7 @@ impl Remote for TooLargeAbove {
         self.inner.get_manifest(id, revision).await
     }
     async fn put_manifest(&self, chunks: Vec<ChunkRef>) -> Result<Vec<u8>, RemoteError> {
+        self.staged.fetch_add(1, Ordering::Relaxed);
         self.inner.put_manifest(chunks).await
     }
 }
@@ -615,39 +657,145 @@ async fn a_too_large_answer_makes_the_client_ask_for_less() {
     let server = start_server(&["laptop", "desktop", "tablet"]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut a = api(&server, 0).await;
-    let remote = |i: usize, max_ok: u32| {
-        Arc::new(TooLargeAbove {
-            inner: GrpcRemote::new(&RemoteConfig::new(&server.url, &server.tokens[i])).unwrap(),
-            max_ok,
-            asked: Default::default(),
-            calls: AtomicUsize::new(0),
-        })
-    };
-    let (b_remote, c_remote) = (remote(1, 3), remote(2, 0));
+    let (b_remote, c_remote) = (
+        TooLargeAbove::new(&server, 1),
+        TooLargeAbove::new(&server, 2),
+    );
     let b = engine(dir.path(), "desktop", b_remote.clone());
     let c = engine(dir.path(), "tablet", c_remote.clone());
     a.commit(v1::CommitRequest {
-        ops: vec![create([1; 16], "Docs", NodeKind::Directory, Default::default())],
+        ops: vec![create(
+            [1; 16],
+            "Docs",
+            NodeKind::Directory,
+            Default::default(),
+        )],
     })
     .await
     .unwrap();
     b.sync_until_idle(5).await.unwrap();
     c.sync_until_idle(5).await.unwrap();
     let ops = (0..20u8)
-        .map(|i| create([i + 10; 16], &format!("d{i}"), NodeKind::Directory, Default::default()))
+        .map(|i| {
+            create(
+                [i + 10; 16],
+                &format!("d{i}"),
+                NodeKind::Directory,
+                Default::default(),
+            )
+        })
         .collect();
-    let head = a.commit(v1::CommitRequest { ops }).await.unwrap().into_inner().cursor;
+    let head = a
+        .commit(v1::CommitRequest { ops })
+        .await
+        .unwrap()
+        .into_inner()
+        .cursor;
 
+    // From now on, pages of more than 3 changes (B) or any (C) are "too large".
+    b_remote.max_ok.store(3, Ordering::Relaxed);
+    c_remote.max_ok.store(0, Ordering::Relaxed);
     b_remote.asked.lock().clear();
     b.sync_until_idle(5).await.unwrap();
     assert_eq!(b.status().unwrap().cursor, head);
     let asked = b_remote.asked.lock().clone();
     // Halved down to what fits, never the same refused request twice in a row.
     assert_eq!(&asked[..9], &[1_000, 500, 250, 125, 62, 31, 15, 7, 3]);
-    assert!(asked.windows(2).all(|w| w[0] != w[1] || w[0] <= 3), "{asked:?}");
+    assert!(
+        asked.windows(2).all(|w| w[0] != w[1] || w[0] <= 3),
+        "{asked:?}"
+    );
 
     // Nothing fits: the round fails after the limit reached 1, it does not spin.
     c_remote.calls.store(0, Ordering::Relaxed);
     assert!(c.sync_round().await.is_err());
     assert_eq!(c_remote.calls.load(Ordering::Relaxed), 10);
+}
+
+/// The engine's own upload of a file whose chunk list is past the inline bound: a sparse 5 GiB file
+/// of zeros (20,480 chunks of 256 KiB, one distinct) is created through the engine, so its commit
+/// stages the list with PutManifest; a second device fetches it back whole. A one-byte edit in the
+/// middle then goes up as a small edit of that large base and arrives whole too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_uploads_and_downloads_a_list_past_the_inline_bound() {
+    let server = start_server(&["laptop", "desktop"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let remote = |i: usize| -> Arc<dyn Remote> {
+        Arc::new(GrpcRemote::new(&RemoteConfig::new(&server.url, &server.tokens[i])).unwrap())
+    };
+    let a_remote = TooLargeAbove::new(&server, 0);
+    let (a, b) = (
+        engine(dir.path(), "laptop", a_remote.clone()),
+        engine(dir.path(), "desktop", remote(1)),
+    );
+    let docs = a
+        .create(
+            ROOT_INO,
+            "Docs",
+            bvfs_engine::model::NodeKind::Directory,
+            false,
+            None,
+        )
+        .unwrap();
+    let _ = docs;
+    a.sync_until_idle(5).await.unwrap();
+    b.sync_until_idle(5).await.unwrap();
+
+    let size: u64 = 20_480 * 256 * 1024;
+    let file = a
+        .create(
+            ROOT_INO,
+            "zeros.img",
+            bvfs_engine::model::NodeKind::File,
+            false,
+            None,
+        )
+        .unwrap();
+    let path = a.open_write(file.ino, true).await.unwrap().path;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    a.close_write(file.ino, true, None).unwrap();
+    a.sync_until_idle(5).await.unwrap();
+    let sent = engine_chunks(&a, "zeros.img");
+    assert!(sent.len() > bvfs_proto::MAX_INLINE_CHUNKS, "{}", sent.len());
+    assert_eq!(
+        a_remote.staged.load(Ordering::Relaxed),
+        1,
+        "staged, not inline"
+    );
+    b.sync_until_idle(5).await.unwrap();
+    assert!(engine_chunks(&b, "zeros.img") == sent);
+
+    // One byte in the middle: an edit of a few chunks against the large base.
+    let path = a.open_write(file.ino, false).await.unwrap().path;
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(size / 2)).unwrap();
+        f.write_all(b"x").unwrap();
+    }
+    a.close_write(file.ino, true, None).unwrap();
+    a.sync_until_idle(5).await.unwrap();
+    let edited = engine_chunks(&a, "zeros.img");
+    assert_ne!(edited, sent);
+    assert_eq!(
+        a_remote.staged.load(Ordering::Relaxed),
+        1,
+        "the edit went inline"
+    );
+    b.sync_until_idle(5).await.unwrap();
+    assert!(engine_chunks(&b, "zeros.img") == edited);
+    assert_eq!(
+        b.lookup(ROOT_INO, "zeros.img")
+            .unwrap()
+            .unwrap()
+            .node
+            .attrs
+            .size,
+        size
+    );
 }

@@ -166,7 +166,8 @@ impl Remote for SimRemote {
             .map_or(0, |id| u64::from_le_bytes(id.0[..8].try_into().unwrap()));
         self.call("get_chunks", salt, self.inner.get_chunks(ids))
             .await
-    }    async fn get_manifest(
+    }
+    async fn get_manifest(
         &self,
         id: Vec<u8>,
         revision: u64,

@@ -45,8 +45,10 @@ const _: () = assert!(MAX_INLINE_CHUNKS * MAX_CHUNK_REF_BYTES < PAGE_BUDGET_BYTE
 /// decoder: `OUT_OF_RANGE` or `RESOURCE_EXHAUSTED` saying "message length too large"). A client that
 /// meets it asks for less instead of repeating the same request.
 pub fn is_message_too_large(code: tonic::Code, message: &str) -> bool {
-    matches!(code, tonic::Code::OutOfRange | tonic::Code::ResourceExhausted)
-        && message.contains("message length too large")
+    matches!(
+        code,
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    ) && message.contains("message length too large")
 }
 
 pub mod names;

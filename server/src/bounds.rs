@@ -87,7 +87,15 @@ mod tests {
         let mut short = file(MAX_INLINE_CHUNKS);
         elide(&mut short, false);
         assert_eq!(
-            short.attrs.as_ref().unwrap().content.as_ref().unwrap().chunks.len(),
+            short
+                .attrs
+                .as_ref()
+                .unwrap()
+                .content
+                .as_ref()
+                .unwrap()
+                .chunks
+                .len(),
             MAX_INLINE_CHUNKS
         );
         let mut long = file(MAX_INLINE_CHUNKS + 1);

@@ -8,10 +8,10 @@ use bvfs_proto::v1::sync_server::Sync;
 use bvfs_proto::v1::{
     self, Change, ChunkData, CommitRequest, CommitResponse, DeletedNode, FindMissingChunksRequest,
     FindMissingChunksResponse, GetChunksRequest, GetManifestRequest, HelloRequest, HelloResponse,
-    ListChangesRequest, ManifestPage, PutManifestResponse,
-    ListChangesResponse, ListDeletedRequest, ListDeletedResponse, ListVersionsRequest,
-    ListVersionsResponse, PutChunkRequest, PutChunksResponse, RestoreVersionRequest,
-    SnapshotRequest, SnapshotResponse, SubscribeEvent, SubscribeRequest, UndeleteRequest, Version,
+    ListChangesRequest, ListChangesResponse, ListDeletedRequest, ListDeletedResponse,
+    ListVersionsRequest, ListVersionsResponse, ManifestPage, PutChunkRequest, PutChunksResponse,
+    PutManifestResponse, RestoreVersionRequest, SnapshotRequest, SnapshotResponse, SubscribeEvent,
+    SubscribeRequest, UndeleteRequest, Version,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -20,9 +20,9 @@ use bvfs_proto::{MANIFEST_PAGE_CHUNKS, PAGE_BUDGET_BYTES};
 
 use crate::auth::{authenticate, authorization_header};
 use crate::bounds::{elide, elide_response, fitting};
-use crate::staging::{MAX_MANIFEST_CHUNKS, Staging, check_chunk_ref};
 use crate::namespace::{self, MAX_CHUNK_BYTES, Reason, chunk_key, node_key, reject};
 use crate::notify::HeadNotifier;
+use crate::staging::{MAX_MANIFEST_CHUNKS, Staging, check_chunk_ref};
 use crate::store::sqlite::store_status;
 use crate::store::{ChunkStore, JournalEntry, MetaStore, Principal, ROOT_ID, StoreError};
 
@@ -562,9 +562,11 @@ impl Sync for SyncService {
         let meta = self.meta.clone();
         let tenant = who.tenant;
         let applied = blocking(move || {
+            // Only the newest version: a node's history can hold many large lists.
             let last = meta
-                .versions(who.tenant, &id)
+                .versions_page(who.tenant, &id, u64::MAX >> 1, 1, usize::MAX)
                 .map_err(store_status)?
+                .0
                 .into_iter()
                 .next()
                 .ok_or_else(|| reject(Reason::NotFound, None, "no such node"))?;

@@ -54,7 +54,9 @@ pub fn check_chunk_ref(chunk: &ChunkRef, index: usize) -> Result<(), Status> {
         return Err(reject(
             Reason::Malformed,
             None,
-            format!("chunk {index} of the manifest: a chunk length must be between 1 byte and 4 MiB"),
+            format!(
+                "chunk {index} of the manifest: a chunk length must be between 1 byte and 4 MiB"
+            ),
         ));
     }
     Ok(())

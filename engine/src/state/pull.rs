@@ -63,7 +63,8 @@ impl Txn<'_> {
                 Ok(v1::ChangeKind::Upsert) => {
                     // An elided list must have been fetched (`GetManifest`) before the page is applied.
                     if manifest.is_none()
-                        && let Some(hash) = node.attrs.content.filter(|_| node.kind == NodeKind::File)
+                        && let Some(hash) =
+                            node.attrs.content.filter(|_| node.kind == NodeKind::File)
                         && !self.has_manifest(&hash)?
                     {
                         return Err(WireError(format!(

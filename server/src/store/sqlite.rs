@@ -357,7 +357,11 @@ impl MetaStore for SqliteMetaStore {
                     break;
                 }
             }
-            let next = if examined == limit || full { last } else { None };
+            let next = if examined == limit || full {
+                last
+            } else {
+                None
+            };
             Ok((nodes, next))
         })
     }
