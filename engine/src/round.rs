@@ -81,6 +81,10 @@ const SNAPSHOT_PAGE: u32 = 50_000;
 /// per transaction, 14 s at 50,000, 5 s in one). Each batch is held in memory: 100,000 nodes plus the
 /// page fetched ahead cost about 75 MB at the peak.
 const SNAPSHOT_BATCH: usize = 100_000;
+/// The most chunks the manifests of one snapshot batch may add up to (about 36 bytes each in memory):
+/// lists the server elided are fetched before their page is applied, and a batch of large files must
+/// not hold them all at once.
+const SNAPSHOT_BATCH_CHUNKS: usize = 4 * 1024 * 1024;
 /// Snapshot pages fetched ahead of the batch being applied.
 const SNAPSHOT_AHEAD: usize = 1;
 
@@ -313,11 +317,18 @@ impl Engine {
         let mut applied = 0;
         loop {
             let (mut batch, mut nodes, mut failure, mut complete) = (Vec::new(), 0, None, false);
-            while nodes < SNAPSHOT_BATCH && !complete {
+            let mut chunks = 0;
+            while nodes < SNAPSHOT_BATCH && chunks < SNAPSHOT_BATCH_CHUNKS && !complete {
                 match pages.recv().await {
                     Some(Ok(page)) => {
                         complete = page.next.is_none();
                         nodes += page.nodes.len();
+                        chunks += page
+                            .nodes
+                            .iter()
+                            .filter_map(|(_, m)| m.as_ref())
+                            .map(|m| m.chunks.len())
+                            .sum::<usize>();
                         batch.push(page);
                     }
                     Some(Err(e)) => {

@@ -41,6 +41,27 @@ pub fn fitting<T: Message>(items: &[T], overhead: usize) -> usize {
     items.len()
 }
 
+/// The most chunks the elided lists of one snapshot page may add up to: a client fetches a page's
+/// lists before applying it, so this bounds what it holds (about 36 bytes a chunk).
+pub const MAX_ELIDED_CHUNKS_PER_PAGE: u64 = 4 * 1024 * 1024;
+
+/// How many leading `nodes` (already elided) keep their elided lists within
+/// [`MAX_ELIDED_CHUNKS_PER_PAGE`] together: at least one.
+pub fn fitting_elided(nodes: &[Node]) -> usize {
+    let mut total = 0u64;
+    for (i, node) in nodes.iter().enumerate() {
+        if let Some(content) = node.attrs.as_ref().and_then(|a| a.content.as_ref())
+            && content.chunks_elided
+        {
+            total = total.saturating_add(content.chunk_count);
+        }
+        if total > MAX_ELIDED_CHUNKS_PER_PAGE {
+            return i.max(1);
+        }
+    }
+    nodes.len()
+}
+
 /// Elides as [`elide`] does; if the nodes together still exceed the page budget (a commit of many
 /// edits of mid-size files echoes each whole list), every list is elided.
 pub fn elide_response(nodes: &mut [Node]) {
@@ -115,5 +136,17 @@ mod tests {
         assert!(size + repeated_len(&nodes[n]) + 16 > PAGE_BUDGET_BYTES);
         assert_eq!(fitting(&nodes[..1], PAGE_BUDGET_BYTES), 1);
         assert_eq!(fitting::<Node>(&[], 0), 0);
+    }
+
+    #[test]
+    fn a_page_of_elided_lists_is_bounded_in_chunks() {
+        let mut nodes: Vec<Node> = (0..300).map(|_| file(MAX_INLINE_CHUNKS + 1)).collect();
+        nodes.iter_mut().for_each(|n| elide(n, false));
+        let n = fitting_elided(&nodes);
+        assert_eq!(
+            n as u64,
+            MAX_ELIDED_CHUNKS_PER_PAGE / (MAX_INLINE_CHUNKS as u64 + 1)
+        );
+        assert_eq!(fitting_elided(&nodes[..1]), 1);
     }
 }

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use bvfs_proto::{MANIFEST_PAGE_CHUNKS, PAGE_BUDGET_BYTES};
 
 use crate::auth::{authenticate, authorization_header};
-use crate::bounds::{elide, elide_response, fitting};
+use crate::bounds::{elide, elide_response, fitting, fitting_elided};
 use crate::namespace::{self, MAX_CHUNK_BYTES, Reason, chunk_key, node_key, reject};
 use crate::notify::HeadNotifier;
 use crate::staging::{MAX_MANIFEST_CHUNKS, Staging, check_chunk_ref};
@@ -244,7 +244,7 @@ impl Sync for SyncService {
         let mut nodes = nodes;
         nodes.iter_mut().for_each(|n| elide(n, false));
         let mut next_after_id = next.map(|k| k.to_vec()).unwrap_or_default();
-        let fit = fitting(&nodes, PAGE_OVERHEAD);
+        let fit = fitting(&nodes, PAGE_OVERHEAD).min(fitting_elided(&nodes));
         if fit < nodes.len() {
             nodes.truncate(fit);
             // Continue after the last node sent; the ones examined past it are examined again.
