@@ -13,7 +13,7 @@ use prost::Message;
 
 use crate::api::{Engine, EngineError};
 use crate::chunking::Manifest;
-use crate::remote::Remote;
+use crate::remote::{Remote, RemoteError};
 use crate::round::RoundError;
 use crate::wire::{self, WireError};
 
@@ -148,7 +148,8 @@ impl Engine {
 
     /// The wire content of `manifest` for a create (`base` `None`) or an update of `base`: inline
     /// (whole, or as an edit of `base`) while the list sent stays within [`MAX_INLINE_CHUNKS`],
-    /// otherwise staged with `PutManifest` and named by reference.
+    /// otherwise staged with `PutManifest` and named by reference (or, for a server that predates
+    /// `PutManifest`, inline after all while the list stays under the page budget).
     pub(crate) async fn content_for_commit(
         &self,
         manifest: &Manifest,
@@ -161,8 +162,15 @@ impl Engine {
         if inline.chunks.len() <= MAX_INLINE_CHUNKS {
             return Ok(inline);
         }
-        let manifest_ref = self.remote.put_manifest(manifest.chunks.clone()).await?;
-        Ok(wire::staged_content(manifest, manifest_ref))
+        match self.remote.put_manifest(manifest.chunks.clone()).await {
+            Ok(manifest_ref) => Ok(wire::staged_content(manifest, manifest_ref)),
+            // A server from before PutManifest: inline, as it always took, while the list fits.
+            Err(RemoteError::Rejected {
+                code: tonic::Code::Unimplemented,
+                ..
+            }) if inline.encoded_len() < PAGE_BUDGET_BYTES => Ok(inline),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

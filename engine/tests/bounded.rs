@@ -38,13 +38,16 @@ impl Drop for Server {
     }
 }
 
+/// A server with a token for each device; a device named `user:device` belongs to `user`, the
+/// others to alice.
 async fn start_server(devices: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = bvfs_server::DataDir::open(&dir.path().join("server")).unwrap();
     let tokens = devices
         .iter()
         .map(|d| {
-            bvfs_server::auth::add_device(data.meta.as_ref(), "alice", d)
+            let (user, device) = d.split_once(':').unwrap_or(("alice", d));
+            bvfs_server::auth::add_device(data.meta.as_ref(), user, device)
                 .unwrap()
                 .token
         })
@@ -797,5 +800,198 @@ async fn the_engine_uploads_and_downloads_a_list_past_the_inline_bound() {
             .attrs
             .size,
         size
+    );
+}
+
+fn reason(status: &tonic::Status) -> &str {
+    status
+        .metadata()
+        .get("bvfs-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// A staged-manifest create of `count` chunks of `stored`, by reference.
+fn staged_create(
+    id: [u8; 16],
+    name: &str,
+    manifest_ref: Vec<u8>,
+    chunks: &[v1::ChunkRef],
+) -> v1::Op {
+    let mut attrs = attrs(Vec::new(), 0);
+    attrs.size = chunks.iter().map(|c| u64::from(c.length)).sum();
+    let content = attrs.content.as_mut().unwrap();
+    content.manifest_ref = manifest_ref;
+    content.chunk_count = chunks.len() as u64;
+    create(id, name, NodeKind::File, attrs)
+}
+
+/// PutManifest, GetManifest and commits naming staged lists refuse bad input with precise statuses,
+/// and nothing is committed by a refused request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_calls_refuse_bad_input_precisely() {
+    let server = start_server(&["laptop", "bob:phone"]).await;
+    let (mut a, mut bob) = (api(&server, 0).await, api(&server, 1).await);
+    let stored = store_chunks(&mut a, 4, 1024).await;
+    let page = |chunks: Vec<v1::ChunkRef>| v1::ManifestPage { chunks };
+    let put = |api: &mut SyncApi, pages: Vec<v1::ManifestPage>| {
+        let mut api = api.clone();
+        async move { api.put_manifest(tokio_stream::iter(pages)).await }
+    };
+
+    // Malformed chunk references and oversize pages.
+    let mut bad = stored[0].clone();
+    bad.id.truncate(5);
+    let refused = put(&mut a, vec![page(vec![bad])]).await.unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused)),
+        (tonic::Code::InvalidArgument, "malformed")
+    );
+    let mut empty = stored[0].clone();
+    empty.length = 0;
+    let refused = put(&mut a, vec![page(vec![empty])]).await.unwrap_err();
+    assert_eq!(reason(&refused), "malformed");
+    let oversize = manifest(&stored, bvfs_proto::MANIFEST_PAGE_CHUNKS + 1, 0);
+    let refused = put(&mut a, vec![page(oversize)]).await.unwrap_err();
+    assert_eq!(reason(&refused), "too-large");
+
+    // A count that does not match the staged list; the ref is used up by the refused commit.
+    let chunks = manifest(&stored, 20_000, 1);
+    let staged = put(
+        &mut a,
+        vec![
+            page(chunks[..10_000].to_vec()),
+            page(chunks[10_000..].to_vec()),
+        ],
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(staged.chunk_count, 20_000);
+    let mut op = staged_create([2; 16], "f", staged.manifest_ref.clone(), &chunks);
+    if let Some(v1::op::Op::Create(c)) = &mut op.op {
+        c.attrs
+            .as_mut()
+            .unwrap()
+            .content
+            .as_mut()
+            .unwrap()
+            .chunk_count = 19_999;
+    }
+    let refused = a
+        .commit(v1::CommitRequest { ops: vec![op] })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "malformed");
+    let op = staged_create([2; 16], "f", staged.manifest_ref, &chunks);
+    let refused = a
+        .commit(v1::CommitRequest { ops: vec![op] })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "unknown-manifest");
+
+    // Another tenant's ref is unknown to this one.
+    let staged = put(&mut a, vec![page(chunks.clone())])
+        .await
+        .unwrap()
+        .into_inner();
+    let op = staged_create([2; 16], "f", staged.manifest_ref.clone(), &chunks);
+    let refused = bob
+        .commit(v1::CommitRequest { ops: vec![op] })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "unknown-manifest");
+    // ... and still usable by its own tenant.
+    let op = staged_create([2; 16], "f", staged.manifest_ref, &chunks);
+    let committed = a
+        .commit(v1::CommitRequest { ops: vec![op] })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A staged list naming chunks that are not stored is refused like an inline one.
+    let mut missing = chunks.clone();
+    missing[7].id = vec![9; 32];
+    let staged = put(&mut a, vec![page(missing.clone())])
+        .await
+        .unwrap()
+        .into_inner();
+    let op = staged_create([3; 16], "g", staged.manifest_ref, &missing);
+    let refused = a
+        .commit(v1::CommitRequest { ops: vec![op] })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "missing-chunks");
+
+    // A client never sends an elided list, nor a ref beside chunks.
+    let mut elided = attrs(Vec::new(), 0);
+    let content = elided.content.as_mut().unwrap();
+    content.chunks_elided = true;
+    content.chunk_count = 3;
+    let refused = a
+        .commit(v1::CommitRequest {
+            ops: vec![create([4; 16], "h", NodeKind::File, elided)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "malformed");
+    let mut both = attrs(stored.clone(), 0);
+    both.content.as_mut().unwrap().manifest_ref = vec![1; 16];
+    let refused = a
+        .commit(v1::CommitRequest {
+            ops: vec![create([4; 16], "h", NodeKind::File, both)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "malformed");
+
+    // GetManifest: wrong revision, wrong node, another tenant.
+    let revision = committed.cursor;
+    let get = |api: &mut SyncApi, id: Vec<u8>, revision: u64| {
+        let mut api = api.clone();
+        async move {
+            api.get_manifest(v1::GetManifestRequest { id, revision })
+                .await
+        }
+    };
+    assert_eq!(
+        get(&mut a, vec![2; 16], revision + 5)
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        get(&mut a, vec![3; 16], revision).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        get(&mut bob, vec![2; 16], revision)
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        get(&mut a, vec![2; 3], revision).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    let mut stream = get(&mut a, vec![2; 16], revision)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut back = Vec::new();
+    while let Some(page) = tokio_stream::StreamExt::next(&mut stream).await {
+        back.extend(page.unwrap().chunks);
+    }
+    assert!(back == chunks);
+    // Nothing but the one good commit landed.
+    assert_eq!(
+        a.hello(v1::HelloRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .head,
+        revision
     );
 }
