@@ -172,11 +172,8 @@ async fn an_offline_device_catches_up_after_many_saves_of_a_large_file() {
     let server = start_server(&["laptop", "desktop"]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut a = api(&server, 0).await;
-    let b = engine(
-        dir.path(),
-        "desktop",
-        Arc::new(GrpcRemote::new(&RemoteConfig::new(&server.url, &server.tokens[1])).unwrap()),
-    );
+    let probe = TooLargeAbove::new(&server, 1);
+    let b = engine(dir.path(), "desktop", probe.clone());
     // B syncs once, so that it later catches up through the journal rather than a snapshot.
     a.commit(v1::CommitRequest {
         ops: vec![create(
@@ -229,9 +226,16 @@ async fn an_offline_device_catches_up_after_many_saves_of_a_large_file() {
     assert!(journal > bvfs_proto::MAX_MESSAGE_BYTES, "{journal}");
 
     // B comes back: it catches up, with no failed round, and holds the last version.
+    probe.calls.store(0, Ordering::Relaxed);
     b.sync_until_idle(10)
         .await
         .expect("the offline device catches up");
+    let largest = probe.largest.load(Ordering::Relaxed);
+    assert!(largest <= bvfs_proto::PAGE_BUDGET_BYTES, "{largest}");
+    println!(
+        "catch-up: a journal of {journal} bytes in {} ListChanges calls, the largest answer {largest} bytes",
+        probe.calls.load(Ordering::Relaxed)
+    );
     assert_eq!(b.status().unwrap().cursor, head);
     assert_eq!(
         engine_chunks(&b, "big.bin"),
@@ -585,6 +589,8 @@ struct TooLargeAbove {
     asked: parking_lot::Mutex<Vec<u32>>,
     calls: AtomicUsize,
     staged: AtomicUsize,
+    /// The largest ListChanges answer seen, encoded.
+    largest: AtomicUsize,
 }
 
 impl TooLargeAbove {
@@ -596,6 +602,7 @@ impl TooLargeAbove {
             asked: Default::default(),
             calls: AtomicUsize::new(0),
             staged: AtomicUsize::new(0),
+            largest: AtomicUsize::new(0),
         })
     }
 }
@@ -622,7 +629,10 @@ impl Remote for TooLargeAbove {
             )
             .into());
         }
-        self.inner.list_changes(cursor, limit).await
+        let page = self.inner.list_changes(cursor, limit).await?;
+        self.largest
+            .fetch_max(page.encoded_len(), Ordering::Relaxed);
+        Ok(page)
     }
     async fn snapshot(
         &self,
