@@ -655,10 +655,10 @@ impl Sync for SyncService {
                     format!("a manifest has at most {MAX_MANIFEST_CHUNKS} chunks"),
                 ));
             }
+            let start = chunks.len();
             for (i, chunk) in page.chunks.iter().enumerate() {
-                check_chunk_ref(chunk, chunks.len() + i)?;
+                chunks.push(check_chunk_ref(chunk, start + i)?);
             }
-            chunks.extend(page.chunks);
         }
         let chunk_count = chunks.len() as u64;
         let key = self.staging.put(who.tenant, chunks)?;
