@@ -95,6 +95,17 @@ fn crate_repeated_len(message: &impl Message) -> usize {
     1 + prost::length_delimiter_len(len) + len
 }
 
+/// The index of each node's last change in a page (later changes supersede earlier ones).
+pub fn last_change_of_each_node(changes: &[v1::Change]) -> std::collections::HashSet<usize> {
+    let mut last = std::collections::HashMap::new();
+    for (i, change) in changes.iter().enumerate() {
+        if let Some(node) = &change.node {
+            last.insert(node.id.as_slice(), i);
+        }
+    }
+    last.into_values().collect()
+}
+
 /// The byte budget of one commit request.
 pub const COMMIT_BUDGET_BYTES: usize = PAGE_BUDGET_BYTES;
 
@@ -120,13 +131,16 @@ pub(crate) async fn fetch_elided(
 
 impl Engine {
     /// Fetches and stores the elided chunk lists of the upserts in `changes` that this device does
-    /// not hold yet, so that the page can then be applied in one transaction.
+    /// not hold yet, so that the page can then be applied in one transaction. Only each node's last
+    /// change in the page counts: a file saved many times while this device was away costs one list,
+    /// not one per version.
     pub(crate) async fn fetch_elided_changes(
         &self,
         changes: &[v1::Change],
     ) -> Result<(), RoundError> {
-        for change in changes {
-            if change.kind != v1::ChangeKind::Upsert as i32 {
+        let last = last_change_of_each_node(changes);
+        for (i, change) in changes.iter().enumerate() {
+            if change.kind != v1::ChangeKind::Upsert as i32 || !last.contains(&i) {
                 continue;
             }
             let Some(node) = &change.node else { continue };

@@ -591,6 +591,8 @@ struct TooLargeAbove {
     staged: AtomicUsize,
     /// The largest ListChanges answer seen, encoded.
     largest: AtomicUsize,
+    /// GetManifest calls.
+    fetched: AtomicUsize,
 }
 
 impl TooLargeAbove {
@@ -603,6 +605,7 @@ impl TooLargeAbove {
             calls: AtomicUsize::new(0),
             staged: AtomicUsize::new(0),
             largest: AtomicUsize::new(0),
+            fetched: AtomicUsize::new(0),
         })
     }
 }
@@ -655,6 +658,7 @@ impl Remote for TooLargeAbove {
         self.inner.get_chunks(ids).await
     }
     async fn get_manifest(&self, id: Vec<u8>, revision: u64) -> Result<Vec<ChunkRef>, RemoteError> {
+        self.fetched.fetch_add(1, Ordering::Relaxed);
         self.inner.get_manifest(id, revision).await
     }
     async fn put_manifest(&self, chunks: Vec<ChunkRef>) -> Result<Vec<u8>, RemoteError> {
@@ -1004,4 +1008,51 @@ async fn manifest_calls_refuse_bad_input_precisely() {
             .head,
         revision
     );
+}
+
+/// The same scenario with lists past the inline bound: 34 saves of a file of 20,000 chunks arrive
+/// elided, and the returning device fetches one list (the last version's), not 34.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_saves_of_a_huge_file_cost_one_manifest_fetch() {
+    let server = start_server(&["laptop", "desktop"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = api(&server, 0).await;
+    let probe = TooLargeAbove::new(&server, 1);
+    let b = engine(dir.path(), "desktop", probe.clone());
+    a.commit(v1::CommitRequest {
+        ops: vec![create(
+            [1; 16],
+            "Docs",
+            NodeKind::Directory,
+            Default::default(),
+        )],
+    })
+    .await
+    .unwrap();
+    b.sync_until_idle(5).await.unwrap();
+    let stored = store_chunks(&mut a, 16, 1024).await;
+    let count = bvfs_proto::MAX_INLINE_CHUNKS + 3_616;
+    let mut revision = 0;
+    for version in 0..34 {
+        let attrs = attrs(manifest(&stored, count, version), version);
+        let op = if version == 0 {
+            create([2; 16], "big.bin", NodeKind::File, attrs)
+        } else {
+            op(v1::op::Op::Update(v1::UpdateOp {
+                id: vec![2; 16],
+                base_revision: revision,
+                attrs: Some(attrs),
+            }))
+        };
+        revision = a
+            .commit(v1::CommitRequest { ops: vec![op] })
+            .await
+            .unwrap()
+            .into_inner()
+            .cursor;
+    }
+    b.sync_until_idle(5).await.unwrap();
+    assert_eq!(b.status().unwrap().cursor, revision);
+    assert!(engine_chunks(&b, "big.bin") == ids(&manifest(&stored, count, 33)));
+    assert_eq!(probe.fetched.load(Ordering::Relaxed), 1);
 }

@@ -76,6 +76,35 @@ fn change(mut entry: JournalEntry) -> Change {
     }
 }
 
+/// A page of changes after `cursor`: at most `limit`, and as many as fit [`PAGE_BUDGET_BYTES`]
+/// once their chunk lists are elided. The store is read in runs bounded by their stored size (which
+/// counts the lists in full), so a page of changes to large files is still filled, while what is held
+/// at once stays near the budget.
+fn changes_page(
+    meta: &dyn MetaStore,
+    tenant: crate::store::TenantId,
+    cursor: u64,
+    limit: usize,
+) -> Result<Vec<Change>, StoreError> {
+    let (mut changes, mut bytes, mut after) = (Vec::<Change>::new(), PAGE_OVERHEAD, cursor);
+    while changes.len() < limit {
+        let entries =
+            meta.changes_after(tenant, after, limit - changes.len(), PAGE_BUDGET_BYTES)?;
+        let Some(last) = entries.last() else { break };
+        after = last.seq;
+        for entry in entries {
+            let change = change(entry);
+            let len = crate::bounds::repeated_len(&change);
+            if !changes.is_empty() && bytes + len > PAGE_BUDGET_BYTES {
+                return Ok(changes);
+            }
+            bytes += len;
+            changes.push(change);
+        }
+    }
+    Ok(changes)
+}
+
 /// Runs blocking storage work off the async runtime.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
@@ -178,20 +207,18 @@ impl Sync for SyncService {
         let who = self.principal(&request).await?;
         let req = request.into_inner();
         let limit = page(req.limit, CHANGES_PAGE);
-        let (entries, head) = self
+        let (changes, head) = self
             .meta_call(move |m| {
                 let head = m.head(who.tenant)?;
-                Ok((
-                    m.changes_after(who.tenant, req.cursor, limit, PAGE_BUDGET_BYTES)?,
-                    head,
-                ))
+                if req.cursor > head {
+                    return Ok((Vec::new(), head));
+                }
+                Ok((changes_page(m, who.tenant, req.cursor, limit)?, head))
             })
             .await?;
         if req.cursor > head {
             return Err(cursor_ahead(req.cursor, head));
         }
-        let mut changes: Vec<Change> = entries.into_iter().map(change).collect();
-        changes.truncate(fitting(&changes, PAGE_OVERHEAD));
         let next_cursor = changes.last().map_or(req.cursor, |e| e.seq);
         debug_assert!(
             changes
