@@ -225,6 +225,20 @@ async fn an_offline_device_catches_up_after_many_saves_of_a_large_file() {
         .sum();
     assert!(journal > bvfs_proto::MAX_MESSAGE_BYTES, "{journal}");
 
+    // Meanwhile B wrote a file of its own, which it can upload only once it has caught up.
+    let notes = b
+        .create(
+            ROOT_INO,
+            "notes.txt",
+            bvfs_engine::model::NodeKind::File,
+            false,
+            None,
+        )
+        .unwrap();
+    let path = b.open_write(notes.ino, true).await.unwrap().path;
+    std::fs::write(path, b"written while away").unwrap();
+    b.close_write(notes.ino, true, None).unwrap();
+
     // B comes back: it catches up, with no failed round, and holds the last version.
     probe.calls.store(0, Ordering::Relaxed);
     b.sync_until_idle(10)
@@ -236,13 +250,21 @@ async fn an_offline_device_catches_up_after_many_saves_of_a_large_file() {
         "catch-up: a journal of {journal} bytes in {} ListChanges calls, the largest answer {largest} bytes",
         probe.calls.load(Ordering::Relaxed)
     );
-    assert_eq!(b.status().unwrap().cursor, head);
+    // A's 34 saves, then B's own create of notes.txt.
+    assert_eq!(b.status().unwrap().cursor, head + 1);
     assert_eq!(
         engine_chunks(&b, "big.bin"),
         ids(&manifest(&stored, count, 33))
     );
     let entry = b.lookup(ROOT_INO, "big.bin").unwrap().unwrap();
     assert_eq!(entry.node.attrs.size, GIB);
+    // ... and its own file reached the server.
+    let snapshot = a
+        .snapshot(v1::SnapshotRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(snapshot.nodes.iter().any(|n| n.name == "notes.txt"));
 }
 
 /// A manifest of more than 2,000,000 chunks (128 GiB of 64 KiB chunks): staged with PutManifest,
