@@ -177,9 +177,11 @@ impl Sync for SyncService {
     ) -> Result<Response<CommitResponse>, Status> {
         let who = self.principal(&request).await?;
         let mut ops = request.into_inner().ops;
-        self.staging.resolve(who.tenant, &mut ops)?;
-        let (meta, chunks) = (self.meta.clone(), self.chunks.clone());
+        let (meta, chunks, staging) =
+            (self.meta.clone(), self.chunks.clone(), self.staging.clone());
         let applied = blocking(move || {
+            // Staged lists can be millions of chunks: turned into the ops' lists off the runtime.
+            staging.resolve(who.tenant, &mut ops)?;
             namespace::check_chunks_stored(chunks.as_ref(), who.tenant, &ops)?;
             let mut result = None;
             meta.write(who.tenant, &mut |txn| {
