@@ -511,6 +511,7 @@ async fn every_page_is_bounded_in_bytes() {
 
     // Snapshot.
     let (mut after, mut nodes, mut pages) = (Vec::new(), 0, 0);
+    let mut ids_seen = std::collections::HashSet::new();
     loop {
         let page = a
             .snapshot(v1::SnapshotRequest {
@@ -523,13 +524,14 @@ async fn every_page_is_bounded_in_bytes() {
             .into_inner();
         assert!(page.encoded_len() <= budget, "{}", page.encoded_len());
         nodes += page.nodes.len();
+        ids_seen.extend(page.nodes.iter().map(|n| n.id.clone()));
         pages += 1;
         after = page.next_after_id;
         if after.is_empty() {
             break;
         }
     }
-    assert_eq!(nodes, 1 + 2_000 + 100);
+    assert_eq!((nodes, ids_seen.len()), (1 + 2_000 + 100, 1 + 2_000 + 100));
     assert!(pages > 5, "{pages} pages");
 
     // ListVersions.
