@@ -192,6 +192,19 @@ impl Remote for CountingRemote {
             .fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(chunks)
     }
+    async fn get_manifest(
+        &self,
+        id: Vec<u8>,
+        revision: u64,
+    ) -> Result<Vec<bvfs_engine::chunking::ChunkRef>, RemoteError> {
+        self.inner.get_manifest(id, revision).await
+    }
+    async fn put_manifest(
+        &self,
+        chunks: Vec<bvfs_engine::chunking::ChunkRef>,
+    ) -> Result<Vec<u8>, RemoteError> {
+        self.inner.put_manifest(chunks).await
+    }
 }
 
 /// A loopback TCP proxy in front of the server that counts every byte in each direction.

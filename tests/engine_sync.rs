@@ -58,6 +58,19 @@ impl Remote for CountingRemote {
     async fn get_chunks(&self, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
         self.inner.get_chunks(ids).await
     }
+    async fn get_manifest(
+        &self,
+        id: Vec<u8>,
+        revision: u64,
+    ) -> Result<Vec<bvfs_engine::chunking::ChunkRef>, RemoteError> {
+        self.inner.get_manifest(id, revision).await
+    }
+    async fn put_manifest(
+        &self,
+        chunks: Vec<bvfs_engine::chunking::ChunkRef>,
+    ) -> Result<Vec<u8>, RemoteError> {
+        self.inner.put_manifest(chunks).await
+    }
 }
 
 fn device(

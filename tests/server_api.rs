@@ -575,7 +575,10 @@ async fn tenants_cannot_see_or_probe_each_other() {
         );
     }
     let err = bob
-        .list_versions(v1::ListVersionsRequest { id: id.clone() })
+        .list_versions(v1::ListVersionsRequest {
+            id: id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -650,7 +653,10 @@ async fn history_restore_and_undelete() {
         .unwrap();
 
     let versions = api
-        .list_versions(v1::ListVersionsRequest { id: id.clone() })
+        .list_versions(v1::ListVersionsRequest {
+            id: id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

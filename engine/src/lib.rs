@@ -7,6 +7,7 @@
 //! ([`remote`]). [`Engine`] is the API the mount and the CLI use. It knows nothing of FUSE.
 
 pub mod api;
+pub mod bounded;
 pub mod cache;
 pub mod chunking;
 pub mod content;

@@ -11,7 +11,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::chunking::ChunkId;
+use crate::chunking::{ChunkId, ChunkRef};
 
 /// Where the server is and how to prove who we are.
 #[derive(Debug, Clone)]
@@ -188,6 +188,24 @@ impl RemoteError {
         matches!(self, RemoteError::Unavailable(_) | RemoteError::Corrupt(_))
     }
 
+    /// Whether a message was over gRPC's size limit (the server's answer or our request): the caller
+    /// should ask for less, not repeat the same request (see [`crate::bounded::PageLimit`]).
+    pub fn is_too_large(&self) -> bool {
+        match self {
+            RemoteError::Rejected {
+                code,
+                reason,
+                message,
+                ..
+            } => reason == "too-large" || bvfs_proto::is_message_too_large(*code, message),
+            // gRPC's RESOURCE_EXHAUSTED maps to `Unavailable`.
+            RemoteError::Unavailable(message) => {
+                bvfs_proto::is_message_too_large(tonic::Code::ResourceExhausted, message)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the server refused a commit because a base revision was stale.
     pub fn is_stale(&self) -> bool {
         matches!(self, RemoteError::Rejected { reason, .. } if reason == "stale-revision")
@@ -262,6 +280,26 @@ pub trait Remote: Send + Sync + 'static {
     async fn put_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<(), RemoteError>;
     /// Downloads chunks, in the order asked.
     async fn get_chunks(&self, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError>;
+    /// The whole chunk list of node `id` at journal sequence `revision` (for a list the server
+    /// elided). Remotes that do not pass it on refuse it, so content past the inline bound fails.
+    async fn get_manifest(&self, id: Vec<u8>, revision: u64) -> Result<Vec<ChunkRef>, RemoteError> {
+        let _ = (id, revision);
+        Err(unimplemented_call("GetManifest"))
+    }
+    /// Stages a chunk list for a commit; returns its `manifest_ref`.
+    async fn put_manifest(&self, chunks: Vec<ChunkRef>) -> Result<Vec<u8>, RemoteError> {
+        let _ = chunks;
+        Err(unimplemented_call("PutManifest"))
+    }
+}
+
+fn unimplemented_call(call: &str) -> RemoteError {
+    RemoteError::Rejected {
+        code: tonic::Code::Unimplemented,
+        reason: String::new(),
+        message: format!("this remote does not support {call}"),
+        op_index: None,
+    }
 }
 
 /// The real server over gRPC.
@@ -406,5 +444,53 @@ impl Remote for GrpcRemote {
             )));
         }
         Ok(out)
+    }
+
+    async fn get_manifest(&self, id: Vec<u8>, revision: u64) -> Result<Vec<ChunkRef>, RemoteError> {
+        use futures::StreamExt;
+        let mut stream = self
+            .api
+            .clone()
+            .get_manifest(v1::GetManifestRequest { id, revision })
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(page) = stream.next().await {
+            for chunk in page?.chunks {
+                out.push(ChunkRef {
+                    id: chunk_id(&chunk.id)?,
+                    len: chunk.length,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_manifest(&self, chunks: Vec<ChunkRef>) -> Result<Vec<u8>, RemoteError> {
+        let count = chunks.len() as u64;
+        let chunks = std::sync::Arc::new(chunks);
+        let pages = chunks.len().div_ceil(bvfs_proto::MANIFEST_PAGE_CHUNKS);
+        // Pages are encoded one at a time as the stream is polled, not all up front.
+        let stream = futures::stream::iter((0..pages).map(move |page| {
+            let start = page * bvfs_proto::MANIFEST_PAGE_CHUNKS;
+            let end = (start + bvfs_proto::MANIFEST_PAGE_CHUNKS).min(chunks.len());
+            v1::ManifestPage {
+                chunks: chunks[start..end]
+                    .iter()
+                    .map(|c| v1::ChunkRef {
+                        id: c.id.0.to_vec(),
+                        length: c.len,
+                    })
+                    .collect(),
+            }
+        }));
+        let reply = self.api.clone().put_manifest(stream).await?.into_inner();
+        if reply.chunk_count != count {
+            return Err(RemoteError::Corrupt(format!(
+                "the server staged {} of the manifest's {count} chunks",
+                reply.chunk_count
+            )));
+        }
+        Ok(reply.manifest_ref)
     }
 }

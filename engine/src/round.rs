@@ -70,8 +70,9 @@ impl From<crate::state::pull::PullError> for RoundError {
     }
 }
 
-/// Page sizes of pulls. Snapshot pages are the server's maximum: a first sync of a large namespace
-/// wants few, large requests.
+/// Page sizes of pulls, as upper bounds: the server cuts pages by bytes too, and the client halves
+/// its limit after an answer too large to carry ([`crate::bounded::PageLimit`]). Snapshot pages are
+/// the server's maximum: a first sync of a large namespace wants few, large requests.
 const CHANGES_PAGE: u32 = 1_000;
 const SNAPSHOT_PAGE: u32 = 50_000;
 /// Snapshot nodes applied per transaction. Every transaction writes each index page it touched to the
@@ -80,6 +81,10 @@ const SNAPSHOT_PAGE: u32 = 50_000;
 /// per transaction, 14 s at 50,000, 5 s in one). Each batch is held in memory: 100,000 nodes plus the
 /// page fetched ahead cost about 75 MB at the peak.
 const SNAPSHOT_BATCH: usize = 100_000;
+/// The most chunks the manifests of one snapshot batch may add up to (about 36 bytes each in memory):
+/// lists the server elided are fetched before their page is applied, and a batch of large files must
+/// not hold them all at once.
+const SNAPSHOT_BATCH_CHUNKS: usize = 4 * 1024 * 1024;
 /// Snapshot pages fetched ahead of the batch being applied.
 const SNAPSHOT_AHEAD: usize = 1;
 
@@ -91,6 +96,24 @@ struct SnapshotPage {
 }
 
 impl SnapshotPage {
+    /// Parses a page and fetches the chunk lists the server elided from it.
+    async fn fetch(
+        remote: &dyn crate::remote::Remote,
+        page: v1::SnapshotResponse,
+    ) -> Result<SnapshotPage, RoundError> {
+        let mut manifests = Vec::new();
+        for node in &page.nodes {
+            manifests.push(crate::bounded::fetch_elided(remote, node).await?);
+        }
+        let mut parsed = Self::parse(page)?;
+        for ((_, manifest), fetched) in parsed.nodes.iter_mut().zip(manifests) {
+            if fetched.is_some() {
+                *manifest = fetched;
+            }
+        }
+        Ok(parsed)
+    }
+
     fn parse(page: v1::SnapshotResponse) -> Result<SnapshotPage, RoundError> {
         let bad = |e: crate::wire::WireError| {
             RoundError::Engine(EngineError::Io(std::io::Error::other(e)))
@@ -174,6 +197,7 @@ impl Engine {
     /// changes were applied.
     pub async fn pull(&self) -> Result<usize, RoundError> {
         let mut applied = 0;
+        let mut limit = crate::bounded::PageLimit::new(CHANGES_PAGE);
         loop {
             let (cursor, snapshot_at, snapshot_after, target) = {
                 let state = self.state.lock();
@@ -199,7 +223,15 @@ impl Engine {
                 applied += self.pull_snapshot(at).await?;
                 continue;
             }
-            let page = match self.remote.list_changes(cursor, CHANGES_PAGE).await {
+            let page = match self.remote.list_changes(cursor, limit.get()).await {
+                Err(e) if e.is_too_large() && limit.shrink() => {
+                    tracing::info!(
+                        cursor,
+                        limit = limit.get(),
+                        "a page of changes was too large to carry; asking for fewer"
+                    );
+                    continue;
+                }
                 Err(RemoteError::Rejected { reason, .. }) if reason == "cursor-ahead" => {
                     tracing::warn!(
                         cursor,
@@ -213,6 +245,8 @@ impl Engine {
                 other => other?,
             };
             self.online.store(true, Ordering::Relaxed);
+            limit.grow();
+            self.fetch_elided_changes(&page.changes).await?;
             applied += page.changes.len();
             self.state
                 .lock()
@@ -255,9 +289,14 @@ impl Engine {
         // Stops after the last page or the first failure; dropped (aborted) with this future.
         let _fetcher = AbortOnDrop(tokio::spawn(async move {
             let mut after = after;
+            let mut limit = crate::bounded::PageLimit::new(SNAPSHOT_PAGE);
             loop {
-                let page = match remote.snapshot(at, after, SNAPSHOT_PAGE).await {
-                    Ok(page) => SnapshotPage::parse(page),
+                let page = match remote.snapshot(at, after.clone(), limit.get()).await {
+                    Err(e) if e.is_too_large() && limit.shrink() => continue,
+                    Ok(page) => {
+                        limit.grow();
+                        SnapshotPage::fetch(remote.as_ref(), page).await
+                    }
                     Err(e) => Err(e.into()),
                 };
                 let next = match &page {
@@ -278,11 +317,18 @@ impl Engine {
         let mut applied = 0;
         loop {
             let (mut batch, mut nodes, mut failure, mut complete) = (Vec::new(), 0, None, false);
-            while nodes < SNAPSHOT_BATCH && !complete {
+            let mut chunks = 0;
+            while nodes < SNAPSHOT_BATCH && chunks < SNAPSHOT_BATCH_CHUNKS && !complete {
                 match pages.recv().await {
                     Some(Ok(page)) => {
                         complete = page.next.is_none();
                         nodes += page.nodes.len();
+                        chunks += page
+                            .nodes
+                            .iter()
+                            .filter_map(|(_, m)| m.as_ref())
+                            .map(|m| m.chunks.len())
+                            .sum::<usize>();
                         batch.push(page);
                     }
                     Some(Err(e)) => {
@@ -473,10 +519,13 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
-        for (wire, ops) in wire_ops
-            .chunks(self.config.commit_batch.max(1))
-            .zip(committed_ops.chunks(self.config.commit_batch.max(1)))
-        {
+        let batches = crate::bounded::commit_batches(
+            &wire_ops,
+            self.config.commit_batch,
+            crate::bounded::COMMIT_BUDGET_BYTES,
+        );
+        for batch in batches {
+            let (wire, ops) = (&wire_ops[batch.clone()], &committed_ops[batch]);
             self.record_inflight(ops)?;
             match self.remote.commit(wire.to_vec()).await {
                 Ok(response) => {
@@ -518,16 +567,16 @@ impl Engine {
                 if *upload && !self.upload(node.id, manifest.as_ref(), None).await? {
                     return Ok(None);
                 }
+                let mut attrs = crate::wire::attrs_to_proto(node.kind, &node.attrs, None);
+                if let Some(m) = &manifest {
+                    attrs.content = Some(self.content_for_commit(m, None).await?);
+                }
                 W::Create(v1::CreateOp {
                     id: node.id.to_bytes().to_vec(),
                     parent_id: node.parent.to_bytes().to_vec(),
                     name: node.name.clone(),
                     kind: crate::wire::kind_to_proto(node.kind) as i32,
-                    attrs: Some(crate::wire::attrs_to_proto(
-                        node.kind,
-                        &node.attrs,
-                        manifest.as_ref(),
-                    )),
+                    attrs: Some(attrs),
                 })
             }
             OpKind::RemoteUpdate {
@@ -543,10 +592,9 @@ impl Engine {
                     return Ok(None);
                 }
                 let mut wire_attrs = crate::wire::attrs_to_proto(kind, attrs, None);
-                wire_attrs.content = match (&manifest, &base) {
-                    (Some(m), Some(b)) => Some(crate::wire::manifest_edit_to_proto(m, b)),
-                    (Some(m), None) => Some(crate::wire::manifest_to_proto(m)),
-                    (None, _) => None,
+                wire_attrs.content = match &manifest {
+                    Some(m) => Some(self.content_for_commit(m, base.as_ref()).await?),
+                    None => None,
                 };
                 W::Update(v1::UpdateOp {
                     id: id.to_bytes().to_vec(),

@@ -40,8 +40,11 @@ pub fn node_id(bytes: &[u8]) -> Result<NodeId, WireError> {
 
 /// A manifest from its wire form, checking sizes.
 pub fn manifest_from_proto(content: &v1::Content, size: u64) -> Result<Manifest, WireError> {
-    if content.keep_prefix != 0 || content.keep_suffix != 0 {
+    if content.keep_prefix != 0 || content.keep_suffix != 0 || !content.manifest_ref.is_empty() {
         return Err(bad("a content edit where the whole chunk list belongs"));
+    }
+    if content.chunks_elided {
+        return Err(bad("an elided chunk list where the whole list belongs"));
     }
     let hash = ContentHash::from_slice(&content.hash)
         .ok_or_else(|| bad("a content hash that is not 32 bytes"))?;
@@ -106,10 +109,55 @@ fn content_to_proto(manifest: &Manifest, prefix: usize, suffix: usize) -> v1::Co
             .collect(),
         keep_prefix,
         keep_suffix,
+        ..Default::default()
     }
 }
 
-/// A node (and its manifest, for files) from the wire.
+/// The wire content of a list staged with `PutManifest` (`manifest_ref`), for a create or update.
+pub fn staged_content(manifest: &Manifest, manifest_ref: Vec<u8>) -> v1::Content {
+    v1::Content {
+        hash: manifest.hash.0.to_vec(),
+        chunk_count: manifest.chunks.len() as u64,
+        manifest_ref,
+        ..Default::default()
+    }
+}
+
+/// What a node's content says about a chunk list the server left out (`chunks_elided`): the content
+/// hash, the file size and the number of chunks to fetch with `GetManifest`. `None` when the list is
+/// inline (or the node has no content).
+pub fn elided_content(node: &v1::Node) -> Option<Result<(ContentHash, u64, u64), WireError>> {
+    let attrs = node.attrs.as_ref()?;
+    let content = attrs.content.as_ref().filter(|c| c.chunks_elided)?;
+    Some(
+        ContentHash::from_slice(&content.hash)
+            .map(|hash| (hash, attrs.size, content.chunk_count))
+            .ok_or_else(|| bad("a content hash that is not 32 bytes")),
+    )
+}
+
+/// The manifest of an elided list fetched with `GetManifest`, checked against what the node said.
+pub fn fetched_manifest(
+    (hash, size, count): (ContentHash, u64, u64),
+    chunks: Vec<ChunkRef>,
+) -> Result<Manifest, WireError> {
+    if chunks.len() as u64 != count {
+        return Err(bad(format!(
+            "a manifest of {} chunks where the node said {count}",
+            chunks.len()
+        )));
+    }
+    let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+    if total != size {
+        return Err(bad(format!(
+            "a manifest of {total} bytes for a file of {size}"
+        )));
+    }
+    Ok(Manifest { hash, size, chunks })
+}
+
+/// A node (and its manifest, for files) from the wire. A file whose list the server elided comes
+/// with no manifest (its hash is in the attributes): fetch it first ([`elided_content`]).
 pub fn node_from_proto(node: &v1::Node) -> Result<(Node, Option<Manifest>), WireError> {
     let id = node_id(&node.id)?;
     let parent = if node.parent_id.is_empty() {
@@ -122,7 +170,15 @@ pub fn node_from_proto(node: &v1::Node) -> Result<(Node, Option<Manifest>), Wire
     };
     let kind = kind_from_proto(node.kind)?;
     let attrs = node.attrs.clone().unwrap_or_default();
+    let mut elided = None;
     let manifest = match (kind, &attrs.content) {
+        (NodeKind::File, Some(content)) if content.chunks_elided => {
+            elided = Some(
+                ContentHash::from_slice(&content.hash)
+                    .ok_or_else(|| bad("a content hash that is not 32 bytes"))?,
+            );
+            None
+        }
         (NodeKind::File, Some(content)) => Some(manifest_from_proto(content, attrs.size)?),
         (NodeKind::File, None) => return Err(bad(format!("file {id} has no content"))),
         _ => None,
@@ -136,7 +192,7 @@ pub fn node_from_proto(node: &v1::Node) -> Result<(Node, Option<Manifest>), Wire
             size: attrs.size,
             mtime_ns: attrs.mtime_ns,
             executable: attrs.executable,
-            content: manifest.as_ref().map(|m| m.hash),
+            content: manifest.as_ref().map(|m| m.hash).or(elided),
             symlink_target: (kind == NodeKind::Symlink).then(|| attrs.symlink_target.clone()),
         },
         revision: node.revision,

@@ -167,6 +167,19 @@ impl Remote for SimRemote {
         self.call("get_chunks", salt, self.inner.get_chunks(ids))
             .await
     }
+    async fn get_manifest(
+        &self,
+        id: Vec<u8>,
+        revision: u64,
+    ) -> Result<Vec<bvfs_engine::chunking::ChunkRef>, RemoteError> {
+        self.inner.get_manifest(id, revision).await
+    }
+    async fn put_manifest(
+        &self,
+        chunks: Vec<bvfs_engine::chunking::ChunkRef>,
+    ) -> Result<Vec<u8>, RemoteError> {
+        self.inner.put_manifest(chunks).await
+    }
 }
 
 // ----- deterministic clock and ids -----

@@ -17,8 +17,38 @@ pub const HASH_LEN: usize = 32;
 /// The metadata key that carries the bearer token.
 pub const AUTHORIZATION: &str = "authorization";
 
-/// The largest gRPC message either side accepts. A chunk is at most 256 KiB, so pages and chunk
-/// messages stay far below this.
+/// The largest gRPC message either side accepts. Everything that can grow (pages, chunk lists,
+/// commit batches) is kept under [`PAGE_BUDGET_BYTES`], a quarter of this, so no message gets near it.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The encoded size that a page (ListChanges, Snapshot, ListVersions, ListDeleted), a GetManifest or
+/// PutManifest page, and a client's CommitRequest stay under. A page always holds at least one entry,
+/// and one entry is small once its chunk list is elided (see [`MAX_INLINE_CHUNKS`]).
+pub const PAGE_BUDGET_BYTES: usize = 4 * 1024 * 1024;
+
+/// The longest chunk list a `Content` carries inline, either way. A longer list is elided by the
+/// server (fetched with GetManifest) and staged by the client (PutManifest). One chunk reference
+/// encodes to at most [`MAX_CHUNK_REF_BYTES`], so an inline list stays under 0.7 MiB.
+pub const MAX_INLINE_CHUNKS: usize = 16_384;
+
+/// Chunks per GetManifest / PutManifest page: at most 2.8 MB encoded, under [`PAGE_BUDGET_BYTES`].
+pub const MANIFEST_PAGE_CHUNKS: usize = 65_536;
+
+/// The most bytes one `ChunkRef` takes inside a repeated field: tag and length (2), the 32-byte id
+/// with its tag and length (34), the length varint with its tag (up to 6).
+pub const MAX_CHUNK_REF_BYTES: usize = 42;
+
+const _: () = assert!(MANIFEST_PAGE_CHUNKS * MAX_CHUNK_REF_BYTES < PAGE_BUDGET_BYTES);
+const _: () = assert!(MAX_INLINE_CHUNKS * MAX_CHUNK_REF_BYTES < PAGE_BUDGET_BYTES / 4);
+
+/// Whether a status is gRPC's refusal of a message over the size limit (either side's encoder or
+/// decoder: `OUT_OF_RANGE` or `RESOURCE_EXHAUSTED` saying "message length too large"). A client that
+/// meets it asks for less instead of repeating the same request.
+pub fn is_message_too_large(code: tonic::Code, message: &str) -> bool {
+    matches!(
+        code,
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    ) && message.contains("message length too large")
+}
 
 pub mod names;

@@ -5,14 +5,17 @@
 //! deduplicated per tenant. It pushes "namespace advanced" notifications to subscribed devices.
 //!
 //! Layout: [`service`] speaks gRPC and authenticates; [`namespace`] holds the commit rules; [`store`]
-//! defines the storage traits and the embedded backends (SQLite, files); [`serve`] runs it all.
+//! defines the storage traits and the embedded backends (SQLite, files); [`bounds`] keeps every answer
+//! under the byte budget and [`staging`] holds chunk lists uploaded for commits; [`serve`] runs it all.
 //! The server never depends on the client engine.
 
 pub mod auth;
+pub mod bounds;
 pub mod namespace;
 pub mod notify;
 pub mod serve;
 pub mod service;
+pub mod staging;
 pub mod store;
 
 pub use serve::{BoundServer, DataDir, ServeOptions, TlsFiles, shutdown_signal};

@@ -42,6 +42,7 @@ pub enum Reason {
     RootImmutable,
     TooLarge,
     KindMismatch,
+    UnknownManifest,
 }
 
 impl Reason {
@@ -60,6 +61,7 @@ impl Reason {
             Reason::RootImmutable => "root-immutable",
             Reason::TooLarge => "too-large",
             Reason::KindMismatch => "kind-mismatch",
+            Reason::UnknownManifest => "unknown-manifest",
         }
     }
 
@@ -75,7 +77,8 @@ impl Reason {
             | Reason::Cycle
             | Reason::DirectoryNotEmpty
             | Reason::MissingChunks
-            | Reason::KindMismatch => Code::FailedPrecondition,
+            | Reason::KindMismatch
+            | Reason::UnknownManifest => Code::FailedPrecondition,
         }
     }
 }
@@ -168,6 +171,20 @@ fn check_attrs(kind: NodeKind, attrs: Option<&NodeAttrs>, op: usize) -> Result<N
             if content.keep_prefix != 0 || content.keep_suffix != 0 {
                 return bad("a content edit (keep_prefix, keep_suffix) is only valid in an update");
             }
+            if content.chunks_elided || !content.manifest_ref.is_empty() {
+                return bad("an elided or staged chunk list where the whole list belongs");
+            }
+            if content.chunks.len() > crate::staging::MAX_MANIFEST_CHUNKS {
+                return Err(reject(
+                    Reason::TooLarge,
+                    Some(op),
+                    format!(
+                        "a file may have at most {} chunks, got {}",
+                        crate::staging::MAX_MANIFEST_CHUNKS,
+                        content.chunks.len()
+                    ),
+                ));
+            }
             let mut total: u64 = 0;
             for chunk in &content.chunks {
                 chunk_key(&chunk.id, "chunk id", Some(op))?;
@@ -258,8 +275,7 @@ fn resolve_content_edit<'a>(
     resolved.content = Some(v1::Content {
         hash: content.hash.clone(),
         chunks,
-        keep_prefix: 0,
-        keep_suffix: 0,
+        ..Default::default()
     });
     Ok(std::borrow::Cow::Owned(resolved))
 }
@@ -271,6 +287,8 @@ pub fn check_chunks_stored(
     ops: &[v1::Op],
 ) -> Result<(), Status> {
     let mut missing = Vec::new();
+    // A large manifest names few distinct chunks many times (zero runs, repeated blocks): ask once.
+    let mut checked: std::collections::HashSet<(ChunkKey, u32)> = Default::default();
     for (i, op) in ops.iter().enumerate() {
         let content = match &op.op {
             Some(OpKind::Create(c)) => c.attrs.as_ref().and_then(|a| a.content.as_ref()),
@@ -279,6 +297,9 @@ pub fn check_chunks_stored(
         };
         for chunk in content.map(|c| &c.chunks[..]).unwrap_or_default() {
             let id = chunk_key(&chunk.id, "chunk id", Some(i))?;
+            if !checked.insert((id, chunk.length)) {
+                continue;
+            }
             let stored = chunks.stored_len(tenant, &id).map_err(store_status)?;
             if stored != Some(u64::from(chunk.length)) {
                 missing.push((i, id));

@@ -7,17 +7,22 @@ use std::sync::Arc;
 use bvfs_proto::v1::sync_server::Sync;
 use bvfs_proto::v1::{
     self, Change, ChunkData, CommitRequest, CommitResponse, DeletedNode, FindMissingChunksRequest,
-    FindMissingChunksResponse, GetChunksRequest, HelloRequest, HelloResponse, ListChangesRequest,
-    ListChangesResponse, ListDeletedRequest, ListDeletedResponse, ListVersionsRequest,
-    ListVersionsResponse, PutChunkRequest, PutChunksResponse, RestoreVersionRequest,
-    SnapshotRequest, SnapshotResponse, SubscribeEvent, SubscribeRequest, UndeleteRequest, Version,
+    FindMissingChunksResponse, GetChunksRequest, GetManifestRequest, HelloRequest, HelloResponse,
+    ListChangesRequest, ListChangesResponse, ListDeletedRequest, ListDeletedResponse,
+    ListVersionsRequest, ListVersionsResponse, ManifestPage, PutChunkRequest, PutChunksResponse,
+    PutManifestResponse, RestoreVersionRequest, SnapshotRequest, SnapshotResponse, SubscribeEvent,
+    SubscribeRequest, UndeleteRequest, Version,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use bvfs_proto::{MANIFEST_PAGE_CHUNKS, PAGE_BUDGET_BYTES};
+
 use crate::auth::{authenticate, authorization_header};
+use crate::bounds::{elide, elide_response, fitting, fitting_elided};
 use crate::namespace::{self, MAX_CHUNK_BYTES, Reason, chunk_key, node_key, reject};
 use crate::notify::HeadNotifier;
+use crate::staging::{MAX_MANIFEST_CHUNKS, Staging, check_chunk_ref};
 use crate::store::sqlite::store_status;
 use crate::store::{ChunkStore, JournalEntry, MetaStore, Principal, ROOT_ID, StoreError};
 
@@ -27,6 +32,10 @@ const CHANGES_PAGE: (u32, u32) = (1_000, 10_000);
 const SNAPSHOT_PAGE: (u32, u32) = (5_000, 50_000);
 /// Default and largest page of `ListDeleted`.
 const DELETED_PAGE: (u32, u32) = (100, 1_000);
+/// Default and largest page of `ListVersions`.
+const VERSIONS_PAGE: (u32, u32) = (100, 1_000);
+/// Bytes of a page's fields besides its entries (cursors, flags), counted generously.
+const PAGE_OVERHEAD: usize = 64;
 /// The most ids in one `FindMissingChunks` or `GetChunks` request.
 const MAX_IDS_PER_REQUEST: usize = 10_000;
 
@@ -35,6 +44,7 @@ pub struct SyncService {
     meta: Arc<dyn MetaStore>,
     chunks: Arc<dyn ChunkStore>,
     heads: Arc<HeadNotifier>,
+    staging: Arc<Staging>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -54,7 +64,9 @@ fn page(limit: u32, (default, max): (u32, u32)) -> usize {
     }
 }
 
-fn change(entry: JournalEntry) -> Change {
+/// A journal entry on the wire, its chunk list elided if long.
+fn change(mut entry: JournalEntry) -> Change {
+    elide(&mut entry.node, false);
     Change {
         seq: entry.seq,
         kind: entry.kind as i32,
@@ -62,6 +74,35 @@ fn change(entry: JournalEntry) -> Change {
         device: entry.device,
         committed_at_ns: entry.committed_at_ns,
     }
+}
+
+/// A page of changes after `cursor`: at most `limit`, and as many as fit [`PAGE_BUDGET_BYTES`]
+/// once their chunk lists are elided. The store is read in runs bounded by their stored size (which
+/// counts the lists in full), so a page of changes to large files is still filled, while what is held
+/// at once stays near the budget.
+fn changes_page(
+    meta: &dyn MetaStore,
+    tenant: crate::store::TenantId,
+    cursor: u64,
+    limit: usize,
+) -> Result<Vec<Change>, StoreError> {
+    let (mut changes, mut bytes, mut after) = (Vec::<Change>::new(), PAGE_OVERHEAD, cursor);
+    while changes.len() < limit {
+        let entries =
+            meta.changes_after(tenant, after, limit - changes.len(), PAGE_BUDGET_BYTES)?;
+        let Some(last) = entries.last() else { break };
+        after = last.seq;
+        for entry in entries {
+            let change = change(entry);
+            let len = crate::bounds::repeated_len(&change);
+            if !changes.is_empty() && bytes + len > PAGE_BUDGET_BYTES {
+                return Ok(changes);
+            }
+            bytes += len;
+            changes.push(change);
+        }
+    }
+    Ok(changes)
 }
 
 /// Runs blocking storage work off the async runtime.
@@ -95,6 +136,7 @@ impl SyncService {
             meta,
             chunks,
             heads,
+            staging: Arc::default(),
         }
     }
 
@@ -134,9 +176,12 @@ impl Sync for SyncService {
         request: Request<CommitRequest>,
     ) -> Result<Response<CommitResponse>, Status> {
         let who = self.principal(&request).await?;
-        let ops = request.into_inner().ops;
-        let (meta, chunks) = (self.meta.clone(), self.chunks.clone());
+        let mut ops = request.into_inner().ops;
+        let (meta, chunks, staging) =
+            (self.meta.clone(), self.chunks.clone(), self.staging.clone());
         let applied = blocking(move || {
+            // Staged lists can be millions of chunks: turned into the ops' lists off the runtime.
+            staging.resolve(who.tenant, &mut ops)?;
             namespace::check_chunks_stored(chunks.as_ref(), who.tenant, &ops)?;
             let mut result = None;
             meta.write(who.tenant, &mut |txn| {
@@ -148,8 +193,9 @@ impl Sync for SyncService {
             Ok((who.tenant, applied))
         })
         .await?;
-        let (tenant, applied) = applied;
+        let (tenant, mut applied) = applied;
         self.heads.publish(tenant, applied.cursor);
+        elide_response(&mut applied.nodes);
         Ok(Response::new(CommitResponse {
             cursor: applied.cursor,
             nodes: applied.nodes,
@@ -163,18 +209,21 @@ impl Sync for SyncService {
         let who = self.principal(&request).await?;
         let req = request.into_inner();
         let limit = page(req.limit, CHANGES_PAGE);
-        let (entries, head) = self
+        let (changes, head) = self
             .meta_call(move |m| {
                 let head = m.head(who.tenant)?;
-                Ok((m.changes_after(who.tenant, req.cursor, limit)?, head))
+                if req.cursor > head {
+                    return Ok((Vec::new(), head));
+                }
+                Ok((changes_page(m, who.tenant, req.cursor, limit)?, head))
             })
             .await?;
         if req.cursor > head {
             return Err(cursor_ahead(req.cursor, head));
         }
-        let next_cursor = entries.last().map_or(req.cursor, |e| e.seq);
+        let next_cursor = changes.last().map_or(req.cursor, |e| e.seq);
         debug_assert!(
-            entries
+            changes
                 .iter()
                 .zip(req.cursor + 1..)
                 .all(|(e, seq)| e.seq == seq),
@@ -183,7 +232,7 @@ impl Sync for SyncService {
         );
         Ok(Response::new(ListChangesResponse {
             has_more: next_cursor < head,
-            changes: entries.into_iter().map(change).collect(),
+            changes,
             next_cursor,
         }))
     }
@@ -213,7 +262,7 @@ impl Sync for SyncService {
                 }
                 Ok((
                     at,
-                    Ok(m.snapshot_page(who.tenant, at, after.as_ref(), limit)?),
+                    Ok(m.snapshot_page(who.tenant, at, after.as_ref(), limit, PAGE_BUDGET_BYTES)?),
                 ))
             })
             .await
@@ -221,10 +270,19 @@ impl Sync for SyncService {
                 Ok((nodes, next)) => Ok((at, nodes, next)),
                 Err(head) => Err(cursor_ahead(at, head)),
             })?;
+        let mut nodes = nodes;
+        nodes.iter_mut().for_each(|n| elide(n, false));
+        let mut next_after_id = next.map(|k| k.to_vec()).unwrap_or_default();
+        let fit = fitting(&nodes, PAGE_OVERHEAD).min(fitting_elided(&nodes));
+        if fit < nodes.len() {
+            nodes.truncate(fit);
+            // Continue after the last node sent; the ones examined past it are examined again.
+            next_after_id = nodes.last().map(|n| n.id.clone()).unwrap_or_default();
+        }
         Ok(Response::new(SnapshotResponse {
             at_cursor: at,
             nodes,
-            next_after_id: next.map(|k| k.to_vec()).unwrap_or_default(),
+            next_after_id,
         }))
     }
 
@@ -399,22 +457,44 @@ impl Sync for SyncService {
         request: Request<ListVersionsRequest>,
     ) -> Result<Response<ListVersionsResponse>, Status> {
         let who = self.principal(&request).await?;
-        let id = node_key(&request.into_inner().id, "id", None)?;
-        let entries = self.meta_call(move |m| m.versions(who.tenant, &id)).await?;
-        if entries.is_empty() {
+        let req = request.into_inner();
+        let id = node_key(&req.id, "id", None)?;
+        let limit = page(req.limit, VERSIONS_PAGE);
+        let before = if req.before_seq == 0 {
+            u64::MAX >> 1
+        } else {
+            req.before_seq
+        };
+        let (entries, more) = self
+            .meta_call(move |m| m.versions_page(who.tenant, &id, before, limit, PAGE_BUDGET_BYTES))
+            .await?;
+        if entries.is_empty() && req.before_seq == 0 {
             return Err(reject(Reason::NotFound, None, "no such node"));
         }
-        let versions = entries
+        let mut versions: Vec<Version> = entries
             .into_iter()
-            .map(|e| Version {
-                seq: e.seq,
-                kind: e.kind as i32,
-                node: Some(e.node),
-                device: e.device,
-                committed_at_ns: e.committed_at_ns,
+            .map(|mut e| {
+                elide(&mut e.node, false);
+                Version {
+                    seq: e.seq,
+                    kind: e.kind as i32,
+                    node: Some(e.node),
+                    device: e.device,
+                    committed_at_ns: e.committed_at_ns,
+                }
             })
             .collect();
-        Ok(Response::new(ListVersionsResponse { versions }))
+        let fit = fitting(&versions, PAGE_OVERHEAD);
+        let more = more || fit < versions.len();
+        versions.truncate(fit);
+        let next_before_seq = match versions.last() {
+            Some(last) if more => last.seq,
+            _ => 0,
+        };
+        Ok(Response::new(ListVersionsResponse {
+            versions,
+            next_before_seq,
+        }))
     }
 
     async fn restore_version(
@@ -447,6 +527,8 @@ impl Sync for SyncService {
         })
         .await?;
         self.heads.publish(tenant, applied.cursor);
+        let mut applied = applied;
+        elide_response(&mut applied.nodes);
         Ok(Response::new(CommitResponse {
             cursor: applied.cursor,
             nodes: applied.nodes,
@@ -465,23 +547,28 @@ impl Sync for SyncService {
         } else {
             req.before_seq
         };
-        let entries = self
-            .meta_call(move |m| m.deleted(who.tenant, before, limit))
+        let (entries, more) = self
+            .meta_call(move |m| m.deleted(who.tenant, before, limit, PAGE_BUDGET_BYTES))
             .await?;
-        let next_before_seq = if entries.len() == limit {
-            entries.last().map_or(0, |e| e.seq)
-        } else {
-            0
-        };
-        let nodes = entries
+        let mut nodes: Vec<DeletedNode> = entries
             .into_iter()
-            .map(|e| DeletedNode {
-                deleted_seq: e.seq,
-                node: Some(e.node),
-                device: e.device,
-                deleted_at_ns: e.committed_at_ns,
+            .map(|mut e| {
+                elide(&mut e.node, false);
+                DeletedNode {
+                    deleted_seq: e.seq,
+                    node: Some(e.node),
+                    device: e.device,
+                    deleted_at_ns: e.committed_at_ns,
+                }
             })
             .collect();
+        let fit = fitting(&nodes, PAGE_OVERHEAD);
+        let more = more || fit < nodes.len();
+        nodes.truncate(fit);
+        let next_before_seq = match nodes.last() {
+            Some(last) if more => last.deleted_seq,
+            _ => 0,
+        };
         Ok(Response::new(ListDeletedResponse {
             nodes,
             next_before_seq,
@@ -504,9 +591,11 @@ impl Sync for SyncService {
         let meta = self.meta.clone();
         let tenant = who.tenant;
         let applied = blocking(move || {
+            // Only the newest version: a node's history can hold many large lists.
             let last = meta
-                .versions(who.tenant, &id)
+                .versions_page(who.tenant, &id, u64::MAX >> 1, 1, usize::MAX)
                 .map_err(store_status)?
+                .0
                 .into_iter()
                 .next()
                 .ok_or_else(|| reject(Reason::NotFound, None, "no such node"))?;
@@ -526,9 +615,85 @@ impl Sync for SyncService {
         })
         .await?;
         self.heads.publish(tenant, applied.cursor);
+        let mut applied = applied;
+        elide_response(&mut applied.nodes);
         Ok(Response::new(CommitResponse {
             cursor: applied.cursor,
             nodes: applied.nodes,
+        }))
+    }
+
+    type GetManifestStream = BoxStream<ManifestPage>;
+
+    async fn get_manifest(
+        &self,
+        request: Request<GetManifestRequest>,
+    ) -> Result<Response<Self::GetManifestStream>, Status> {
+        let who = self.principal(&request).await?;
+        let req = request.into_inner();
+        let id = node_key(&req.id, "id", None)?;
+        let entry = self
+            .meta_call(move |m| m.entry(who.tenant, req.revision))
+            .await?
+            .filter(|e| e.node.id == id)
+            .ok_or_else(|| reject(Reason::NotFound, None, "no such version of this node"))?;
+        let chunks = entry
+            .node
+            .attrs
+            .and_then(|a| a.content)
+            .map(|c| c.chunks)
+            .ok_or_else(|| reject(Reason::KindMismatch, None, "that version has no content"))?;
+        let stream = async_stream(move |tx| async move {
+            let mut chunks = chunks.into_iter();
+            loop {
+                let page: Vec<_> = chunks.by_ref().take(MANIFEST_PAGE_CHUNKS).collect();
+                if page.is_empty() {
+                    return;
+                }
+                if tx.send(Ok(ManifestPage { chunks: page })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn put_manifest(
+        &self,
+        request: Request<Streaming<ManifestPage>>,
+    ) -> Result<Response<PutManifestResponse>, Status> {
+        let who = self.principal(&request).await?;
+        let mut incoming = request.into_inner();
+        let mut chunks = Vec::new();
+        while let Some(page) = incoming.next().await {
+            let page = page?;
+            if page.chunks.len() > MANIFEST_PAGE_CHUNKS {
+                return Err(reject(
+                    Reason::TooLarge,
+                    None,
+                    format!(
+                        "a manifest page holds at most {MANIFEST_PAGE_CHUNKS} chunks, got {}",
+                        page.chunks.len()
+                    ),
+                ));
+            }
+            if chunks.len() + page.chunks.len() > MAX_MANIFEST_CHUNKS {
+                return Err(reject(
+                    Reason::TooLarge,
+                    None,
+                    format!("a manifest has at most {MAX_MANIFEST_CHUNKS} chunks"),
+                ));
+            }
+            let start = chunks.len();
+            for (i, chunk) in page.chunks.iter().enumerate() {
+                chunks.push(check_chunk_ref(chunk, start + i)?);
+            }
+        }
+        let chunk_count = chunks.len() as u64;
+        let key = self.staging.put(who.tenant, chunks)?;
+        Ok(Response::new(PutManifestResponse {
+            manifest_ref: key.to_vec(),
+            chunk_count,
         }))
     }
 }

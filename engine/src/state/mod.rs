@@ -218,6 +218,11 @@ impl State {
         manifest(&self.conn, hash, &self.path)
     }
 
+    /// Whether the manifest of a content hash is stored (without reading it).
+    pub fn has_manifest(&self, hash: &ContentHash) -> StateResult<bool> {
+        has_manifest(&self.conn, hash, &self.path)
+    }
+
     /// How many ids are waiting to be planned.
     pub fn changed_count(&self) -> StateResult<u64> {
         self.conn
@@ -365,6 +370,20 @@ impl Txn<'_> {
     pub fn manifest(&self, hash: &ContentHash) -> StateResult<Option<Manifest>> {
         manifest(&self.tx, hash, self.path)
     }
+
+    /// Whether the manifest of a content hash is stored (without reading it).
+    pub fn has_manifest(&self, hash: &ContentHash) -> StateResult<bool> {
+        has_manifest(&self.tx, hash, self.path)
+    }
+}
+
+fn has_manifest(conn: &Connection, hash: &ContentHash, path: &Path) -> StateResult<bool> {
+    conn.prepare_cached("SELECT 1 FROM manifests WHERE hash = ?1")
+        .and_then(|mut s| s.exists([&hash.0[..]]))
+        .map_err(|source| StateError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 fn meta_u64(conn: &Connection, key: &str) -> rusqlite::Result<Option<u64>> {

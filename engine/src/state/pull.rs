@@ -7,7 +7,7 @@ use bvfs_proto::v1;
 
 use super::{StateResult, Table, Txn};
 use crate::chunking::Manifest;
-use crate::model::{Node, NodeId};
+use crate::model::{Node, NodeId, NodeKind};
 use crate::wire::{WireError, node_from_proto};
 
 /// Meta keys of the pull position.
@@ -38,7 +38,8 @@ impl Txn<'_> {
     /// Applies one page of journal changes in order and advances the cursor to `next_cursor`.
     pub fn apply_changes(&self, changes: &[v1::Change], next_cursor: u64) -> Result<(), PullError> {
         let mut cursor = self.cursor()?;
-        for change in changes {
+        let last = crate::bounded::last_change_of_each_node(changes);
+        for (i, change) in changes.iter().enumerate() {
             if change.seq <= cursor {
                 continue; // Already applied (a repeated page after a lost response).
             }
@@ -61,6 +62,20 @@ impl Txn<'_> {
             }
             match v1::ChangeKind::try_from(change.kind) {
                 Ok(v1::ChangeKind::Upsert) => {
+                    // An elided list must have been fetched (`GetManifest`) before the page is
+                    // applied, unless a later change of the page supersedes this one.
+                    if manifest.is_none()
+                        && last.contains(&i)
+                        && let Some(hash) =
+                            node.attrs.content.filter(|_| node.kind == NodeKind::File)
+                        && !self.has_manifest(&hash)?
+                    {
+                        return Err(WireError(format!(
+                            "change {}: the chunk list of content {hash} was elided and not fetched",
+                            change.seq
+                        ))
+                        .into());
+                    }
                     self.put_node(Table::Remote, &node)?;
                     self.adopt_if_inflight(node.id, Some(&node))?;
                 }

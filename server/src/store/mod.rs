@@ -73,34 +73,51 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// The tenant's journal head (0 before the first commit).
     fn head(&self, tenant: TenantId) -> StoreResult<u64>;
-    /// Journal entries with `seq > cursor`, in order, at most `limit`.
+    /// Journal entries with `seq > cursor`, in order, at most `limit`, and no more once their stored
+    /// node records reach `max_bytes` (the entry that reaches it is included, so at least one).
     fn changes_after(
         &self,
         tenant: TenantId,
         cursor: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> StoreResult<Vec<JournalEntry>>;
     /// The namespace as of `at` (live nodes only), ordered by id, ids strictly after `after`; the root
-    /// comes first on the first page. At most `limit` ids are examined; the second value is the id to
-    /// continue after, `None` on the last page.
+    /// comes first on the first page. At most `limit` ids are examined, and none after the nodes'
+    /// stored records reach `max_bytes`; the second value is the id to continue after, `None` on the
+    /// last page.
     fn snapshot_page(
         &self,
         tenant: TenantId,
         at: u64,
         after: Option<&NodeKey>,
         limit: usize,
+        max_bytes: usize,
     ) -> StoreResult<(Vec<Node>, Option<NodeKey>)>;
     /// Every journal entry of one node, newest first.
     fn versions(&self, tenant: TenantId, id: &NodeKey) -> StoreResult<Vec<JournalEntry>>;
+    /// Journal entries of one node with `seq < before`, newest first, at most `limit` and bounded by
+    /// `max_bytes` like [`MetaStore::changes_after`]. The flag says whether more may follow.
+    fn versions_page(
+        &self,
+        tenant: TenantId,
+        id: &NodeKey,
+        before: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<JournalEntry>, bool)>;
     /// One journal entry by sequence.
     fn entry(&self, tenant: TenantId, seq: u64) -> StoreResult<Option<JournalEntry>>;
-    /// Deletions of nodes that are still deleted, newest first, with `seq < before`, at most `limit`.
+    /// Deletions of nodes that are still deleted, newest first, with `seq < before`, at most `limit`
+    /// and bounded by `max_bytes` like [`MetaStore::changes_after`]. The flag says whether more may
+    /// follow.
     fn deleted(
         &self,
         tenant: TenantId,
         before: u64,
         limit: usize,
-    ) -> StoreResult<Vec<JournalEntry>>;
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<JournalEntry>, bool)>;
 
     /// Runs `f` inside one write transaction of the tenant's namespace. If `f` returns `Ok`, everything
     /// it wrote is committed durably before this returns; on `Err` nothing is, and the error is returned.

@@ -147,6 +147,24 @@ fn to_entry(
     })
 }
 
+/// Journal rows as entries until their stored node records add up to `max_bytes` (the row that
+/// reaches it included, so at least one). The flag says whether the byte budget cut the read short.
+fn read_bounded(
+    rows: impl Iterator<Item = rusqlite::Result<(i64, i64, Vec<u8>, String, i64)>>,
+    max_bytes: usize,
+) -> StoreResult<(Vec<JournalEntry>, bool)> {
+    let (mut entries, mut bytes) = (Vec::new(), 0usize);
+    for row in rows {
+        let row = row.map_err(meta_err)?;
+        bytes = bytes.saturating_add(row.2.len());
+        entries.push(to_entry(row)?);
+        if bytes >= max_bytes {
+            return Ok((entries, true));
+        }
+    }
+    Ok((entries, false))
+}
+
 impl SqliteMetaStore {
     /// Opens (creating or migrating) the database at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
@@ -279,6 +297,7 @@ impl MetaStore for SqliteMetaStore {
         tenant: TenantId,
         cursor: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> StoreResult<Vec<JournalEntry>> {
         self.read(|c| {
             let mut stmt = c
@@ -290,8 +309,7 @@ impl MetaStore for SqliteMetaStore {
             let rows = stmt
                 .query_map(params![tenant, cursor as i64, limit as i64], entry_from_row)
                 .map_err(meta_err)?;
-            rows.map(|r| r.map_err(meta_err).and_then(to_entry))
-                .collect()
+            Ok(read_bounded(rows, max_bytes)?.0)
         })
     }
 
@@ -301,6 +319,7 @@ impl MetaStore for SqliteMetaStore {
         at: u64,
         after: Option<&NodeKey>,
         limit: usize,
+        max_bytes: usize,
     ) -> StoreResult<(Vec<Node>, Option<NodeKey>)> {
         self.read(|c| {
             let mut nodes = Vec::new();
@@ -323,17 +342,26 @@ impl MetaStore for SqliteMetaStore {
             let mut rows = stmt
                 .query(params![tenant, &after[..], at as i64, limit as i64])
                 .map_err(meta_err)?;
-            let mut examined = 0;
+            let (mut examined, mut bytes, mut full) = (0, 0, false);
             let mut last = None;
             while let Some(row) = rows.next().map_err(meta_err)? {
                 examined += 1;
                 last = Some(key(row.get(0).map_err(meta_err)?)?);
                 if decode_kind(row.get(1).map_err(meta_err)?)? == ChangeKind::Upsert {
                     let blob: Vec<u8> = row.get(2).map_err(meta_err)?;
+                    bytes += blob.len();
                     nodes.push(decode_node(&blob)?);
                 }
+                if bytes >= max_bytes {
+                    full = true;
+                    break;
+                }
             }
-            let next = if examined == limit { last } else { None };
+            let next = if examined == limit || full {
+                last
+            } else {
+                None
+            };
             Ok((nodes, next))
         })
     }
@@ -351,6 +379,33 @@ impl MetaStore for SqliteMetaStore {
                 .map_err(meta_err)?;
             rows.map(|r| r.map_err(meta_err).and_then(to_entry))
                 .collect()
+        })
+    }
+
+    fn versions_page(
+        &self,
+        tenant: TenantId,
+        id: &NodeKey,
+        before: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<JournalEntry>, bool)> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT seq, kind, node, device, committed_ns FROM journal
+                     WHERE tenant_id = ?1 AND node_id = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4",
+                )
+                .map_err(meta_err)?;
+            let rows = stmt
+                .query_map(
+                    params![tenant, &id[..], before as i64, limit as i64],
+                    entry_from_row,
+                )
+                .map_err(meta_err)?;
+            let (entries, full) = read_bounded(rows, max_bytes)?;
+            let more = full || entries.len() == limit;
+            Ok((entries, more))
         })
     }
 
@@ -373,7 +428,8 @@ impl MetaStore for SqliteMetaStore {
         tenant: TenantId,
         before: u64,
         limit: usize,
-    ) -> StoreResult<Vec<JournalEntry>> {
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<JournalEntry>, bool)> {
         self.read(|c| {
             let mut stmt = c
                 .prepare_cached(
@@ -391,7 +447,9 @@ impl MetaStore for SqliteMetaStore {
                     entry_from_row,
                 )
                 .map_err(meta_err)?;
-            rows.map(|r| r.map_err(meta_err).and_then(to_entry)).collect()
+            let (entries, full) = read_bounded(rows, max_bytes)?;
+            let more = full || entries.len() == limit;
+            Ok((entries, more))
         })
     }
 
