@@ -92,6 +92,20 @@ struct Two {
     tokens: [String; 2],
 }
 
+impl Two {
+    /// Device `i` (0: the laptop, 1: the desktop) with these fault points.
+    fn device(&self, i: usize, faults: FaultPoints) -> Arc<Engine> {
+        let name = ["laptop", "desktop"][i];
+        open_engine(
+            self.dir.path(),
+            name,
+            &self.server.url,
+            &self.tokens[i],
+            faults,
+        )
+    }
+}
+
 fn two() -> Two {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
@@ -112,14 +126,8 @@ async fn a_crash_after_a_remote_update_never_uploads_the_stale_copy() {
     for point in WINDOW {
         let s = two();
         let (faults, armed) = crash_at(point);
-        let a = open_engine(s.dir.path(), "laptop", &s.server.url, &s.tokens[0], faults);
-        let b = open_engine(
-            s.dir.path(),
-            "desktop",
-            &s.server.url,
-            &s.tokens[1],
-            FaultPoints::default(),
-        );
+        let a = s.device(0, faults);
+        let b = s.device(1, FaultPoints::default());
         // A writes f (so it has a materialized copy), B takes it and writes a newer version.
         let f = a
             .create(ROOT_INO, "f.txt", NodeKind::File, false, None)
@@ -135,13 +143,7 @@ async fn a_crash_after_a_remote_update_never_uploads_the_stale_copy() {
         armed.store(true, Ordering::SeqCst);
         round_that_crashes(&a).await;
         drop(a);
-        let a = open_engine(
-            s.dir.path(),
-            "laptop",
-            &s.server.url,
-            &s.tokens[0],
-            FaultPoints::default(),
-        );
+        let a = s.device(0, FaultPoints::default());
         a.sync_until_idle(10).await.unwrap();
         b.sync_until_idle(10).await.unwrap();
 
@@ -172,14 +174,8 @@ async fn a_crash_while_keeping_a_conflicted_copy_keeps_both_versions() {
     for point in WINDOW {
         let s = two();
         let (faults, armed) = crash_at(point);
-        let a = open_engine(s.dir.path(), "laptop", &s.server.url, &s.tokens[0], faults);
-        let b = open_engine(
-            s.dir.path(),
-            "desktop",
-            &s.server.url,
-            &s.tokens[1],
-            FaultPoints::default(),
-        );
+        let a = s.device(0, faults);
+        let b = s.device(1, FaultPoints::default());
         let f = a
             .create(ROOT_INO, "f.txt", NodeKind::File, false, None)
             .unwrap();
@@ -195,13 +191,7 @@ async fn a_crash_while_keeping_a_conflicted_copy_keeps_both_versions() {
         armed.store(true, Ordering::SeqCst);
         round_that_crashes(&a).await;
         drop(a);
-        let a = open_engine(
-            s.dir.path(),
-            "laptop",
-            &s.server.url,
-            &s.tokens[0],
-            FaultPoints::default(),
-        );
+        let a = s.device(0, FaultPoints::default());
         a.sync_until_idle(10).await.unwrap();
         b.sync_until_idle(10).await.unwrap();
         a.sync_until_idle(10).await.unwrap();
@@ -265,14 +255,8 @@ async fn a_writer_opening_while_the_round_replaces_the_copy_gets_the_new_version
             *opened.lock() = Some(writer);
         }))
     };
-    let a = open_engine(s.dir.path(), "laptop", &s.server.url, &s.tokens[0], faults);
-    let b = open_engine(
-        s.dir.path(),
-        "desktop",
-        &s.server.url,
-        &s.tokens[1],
-        FaultPoints::default(),
-    );
+    let a = s.device(0, faults);
+    let b = s.device(1, FaultPoints::default());
     let f = a
         .create(ROOT_INO, "f.txt", NodeKind::File, false, None)
         .unwrap();
@@ -307,13 +291,7 @@ async fn a_writer_opening_while_the_round_replaces_the_copy_gets_the_new_version
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_unlinked_while_open_on_a_new_device_is_not_taken_for_an_orphan() {
     let s = two();
-    let a = open_engine(
-        s.dir.path(),
-        "laptop",
-        &s.server.url,
-        &s.tokens[0],
-        FaultPoints::default(),
-    );
+    let a = s.device(0, FaultPoints::default());
     let f = a
         .create(ROOT_INO, "scratch", NodeKind::File, false, None)
         .unwrap();
