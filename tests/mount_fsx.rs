@@ -67,8 +67,9 @@ struct Handle {
 
 /// The run: two mounts, the model and every version each file has had.
 struct Fsx {
-    setup: Setup,
+    // (Dropped in this order: the mounts unmount while their server still runs.)
     mounts: [MountProcess; 2],
+    setup: Setup,
     rng: StdRng,
     seed: u64,
     /// What each file holds now (as its owner wrote it).
@@ -333,9 +334,14 @@ impl Fsx {
         match read {
             Ok(_) => {
                 if !self.versions[name].contains(&hash(&bytes)) {
+                    let model = &self.model[name];
+                    let differs = bytes.iter().zip(model).position(|(a, b)| a != b);
                     self.fail(format!(
-                        "device {d}: a fresh read of {name} ({} bytes) is none of its versions: a torn file",
-                        bytes.len()
+                        "device {d}: a fresh read of {name} ({} bytes) is none of its versions: a torn file (the newest is {} bytes; they differ from byte {differs:?}; trailing zeros: {})\n--- device {d}'s log:\n{}",
+                        bytes.len(),
+                        model.len(),
+                        bytes.iter().rev().take_while(|b| **b == 0).count(),
+                        tail(&self.mounts[d].log(), 60)
                     ));
                 }
             }

@@ -153,7 +153,15 @@ pub struct Engine {
     /// for the first pull to place them. Only these are orphans: a copy the mount unlinks while a
     /// handle still has it open also has no node, and it belongs to that handle, not to recovery.
     pub(crate) orphans: Mutex<Vec<u64>>,
+    /// Drops the kernel's cached attributes and pages of an inode now (set by the mount). The round
+    /// calls it for every inode whose content it changed *before* it lets opens of that inode go on:
+    /// otherwise an open right after the change would read the new bytes against the old size
+    /// still cached in the kernel (a file cut short or padded with zeros).
+    pub(crate) kernel_inode_invalidator: Mutex<Option<InodeInvalidator>>,
 }
+
+/// See [`Engine::set_kernel_inode_invalidator`].
+pub type InodeInvalidator = Arc<dyn Fn(u64) + Send + Sync>;
 
 impl Engine {
     /// Opens the engine's state in `config.dir`, creating it on first use.
@@ -194,6 +202,7 @@ impl Engine {
             online: AtomicBool::new(false),
             full_chunk_checks: AtomicBool::new(false),
             orphans: Mutex::new(Vec::new()),
+            kernel_inode_invalidator: Mutex::new(None),
         });
         engine.replay_file_intents(true)?;
         engine.recover_materialized()?;
@@ -225,6 +234,26 @@ impl Engine {
     /// Kernel-cache invalidations queued since the last call.
     pub fn take_invalidations(&self) -> Vec<Invalidation> {
         std::mem::take(&mut *self.invalidations.lock())
+    }
+
+    /// Lets the round drop the kernel's cache of an inode synchronously (the mount sets this; see
+    /// [`Engine::kernel_inode_invalidator`]). It must never wait for a filesystem request: the
+    /// round calls it while opens of that inode wait for the round.
+    pub fn set_kernel_inode_invalidator(&self, invalidate: InodeInvalidator) {
+        *self.kernel_inode_invalidator.lock() = Some(invalidate);
+    }
+
+    /// Drops the kernel's cache of these inodes now, if the mount gave a way to (else the queued
+    /// invalidations do it a moment later). Called without the state lock.
+    pub(crate) fn invalidate_inodes_now(&self, items: &[Invalidation]) {
+        let Some(invalidate) = self.kernel_inode_invalidator.lock().clone() else {
+            return;
+        };
+        for item in items {
+            if let Invalidation::Inode(ino) = item {
+                invalidate(*ino);
+            }
+        }
     }
 
     pub(crate) fn invalidate(&self, items: impl IntoIterator<Item = Invalidation>) {
