@@ -1087,8 +1087,11 @@ async fn many_saves_of_a_huge_file_cost_one_manifest_fetch() {
 struct LoseAnswers {
     inner: GrpcRemote,
     lose_next: std::sync::atomic::AtomicBool,
-    lost: fn() -> RemoteError,
+    lost: LostAnswer,
 }
+
+/// What a caller gets instead of a commit's answer.
+type LostAnswer = fn() -> RemoteError;
 
 #[async_trait::async_trait]
 impl Remote for LoseAnswers {
@@ -1148,12 +1151,12 @@ fn root_names(engine: &Engine) -> Vec<String> {
 }
 
 /// Issue 15, item 4: a commit that landed although its answer failed (over the message limit, which
-/// comes back OUT_OF_RANGE without a `bvfs-reason`; or INTERNAL, UNKNOWN) keeps its in-flight
+/// comes back OUT_OF_RANGE without a `bvfs-reason`; UNKNOWN; a status without a reason) keeps its in-flight
 /// record, and the journal settles it: a create and then an edit each leave one file with the
 /// edited content, no duplicate and no conflicted copy, on this device and another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_answer_is_lost_is_settled_by_the_journal() {
-    let lost: [(&str, fn() -> RemoteError); 3] = [
+    let lost: [(&str, LostAnswer); 3] = [
         ("over the message limit", || {
             tonic::Status::out_of_range(
                 "Error, decoded message length too large: found 18329690 bytes, the limit is: \

@@ -100,12 +100,10 @@ impl MetaStore for Probe {
     }
 }
 
-type Client = SyncClient<
-    InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// Adds the bearer token to every request.
+type Auth = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
+type Client = SyncClient<InterceptedService<Channel, Auth>>;
 
 /// The service on a loopback port, with handles on its parts.
 struct Server {
@@ -166,9 +164,7 @@ async fn client(server: &Server) -> Client {
         .unwrap();
     let header: tonic::metadata::MetadataValue<_> =
         format!("Bearer {}", server.token).parse().unwrap();
-    let auth: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut request: tonic::Request<()>| {
+    let auth: Auth = Box::new(move |mut request: tonic::Request<()>| {
         request
             .metadata_mut()
             .insert("authorization", header.clone());
@@ -436,7 +432,7 @@ async fn a_commit_is_bounded_in_resolved_chunks() {
     let server = start().await;
     let mut client = client(&server).await;
     let data = chunk(7);
-    put(&mut client, &[data.clone()]).await;
+    put(&mut client, std::slice::from_ref(&data)).await;
     let one = chunk_ref(&data);
     // A large file staged with PutManifest (one distinct chunk, named many times).
     let half = MAX_COMMIT_CHUNKS / 2 + 1;
