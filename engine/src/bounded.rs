@@ -69,24 +69,64 @@ impl PageLimit {
     }
 }
 
-/// Splits `ops` into consecutive commit batches of at most `max_ops` ops and at most `budget`
-/// encoded bytes each (an op larger than the budget alone goes in a batch of its own).
+/// Splits `ops` into consecutive commit batches under the server's caps: at most `max_ops` ops (and
+/// never more than [`bvfs_proto::MAX_OPS_PER_COMMIT`]), at most `budget` encoded bytes, resolved
+/// chunk lists of at most [`bvfs_proto::MAX_COMMIT_CHUNKS`] chunks together, and no node created or
+/// updated twice (the server refuses that with `repeated-update`). An op over a budget alone goes in a
+/// batch of its own.
 pub fn commit_batches(ops: &[v1::Op], max_ops: usize, budget: usize) -> Vec<Range<usize>> {
-    let max_ops = max_ops.max(1);
+    let max_ops = max_ops.clamp(1, bvfs_proto::MAX_OPS_PER_COMMIT);
     let mut batches = Vec::new();
-    let (mut start, mut bytes) = (0, 0usize);
+    let (mut start, mut bytes, mut chunks) = (0, 0usize, 0usize);
+    let mut set: std::collections::HashSet<&[u8]> = Default::default();
     for (i, op) in ops.iter().enumerate() {
-        let len = crate_repeated_len(op);
-        if i > start && (i - start >= max_ops || bytes + len > budget) {
+        let (len, cost, node) = (
+            crate_repeated_len(op),
+            resolved_chunks(op),
+            attrs_target(op),
+        );
+        let repeated = node.is_some_and(|id| set.contains(id));
+        let full = i - start >= max_ops
+            || bytes + len > budget
+            || chunks.saturating_add(cost) > bvfs_proto::MAX_COMMIT_CHUNKS;
+        if i > start && (full || repeated) {
             batches.push(start..i);
-            (start, bytes) = (i, 0);
+            (start, bytes, chunks) = (i, 0, 0);
+            set.clear();
         }
         bytes += len;
+        chunks = chunks.saturating_add(cost);
+        set.extend(node);
     }
     if start < ops.len() {
         batches.push(start..ops.len());
     }
     batches
+}
+
+/// The id of the node whose attributes `op` sets (a create or an update).
+fn attrs_target(op: &v1::Op) -> Option<&[u8]> {
+    match &op.op {
+        Some(v1::op::Op::Create(c)) => Some(&c.id),
+        Some(v1::op::Op::Update(u)) => Some(&u.id),
+        _ => None,
+    }
+}
+
+/// How many chunks the server stores for `op`: the whole resolved list of its content (an edit's
+/// kept chunks included, a staged list's `chunk_count`).
+fn resolved_chunks(op: &v1::Op) -> usize {
+    let content = match &op.op {
+        Some(v1::op::Op::Create(c)) => c.attrs.as_ref().and_then(|a| a.content.as_ref()),
+        Some(v1::op::Op::Update(u)) => u.attrs.as_ref().and_then(|a| a.content.as_ref()),
+        _ => None,
+    };
+    content.map_or(0, |c| {
+        (c.keep_prefix as usize)
+            .saturating_add(c.keep_suffix as usize)
+            .saturating_add(c.chunks.len())
+            .saturating_add(usize::try_from(c.chunk_count).unwrap_or(usize::MAX))
+    })
 }
 
 /// The bytes a message takes as an element of a repeated field (key, length, body).
@@ -215,9 +255,13 @@ mod tests {
         assert_eq!(PageLimit::new(0).get(), 1);
     }
 
+    /// A create of a fresh node with a name of `name_len` bytes.
     fn op(name_len: usize) -> v1::Op {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         v1::Op {
             op: Some(v1::op::Op::Create(v1::CreateOp {
+                id: u128::from(id).to_be_bytes().to_vec(),
                 name: "x".repeat(name_len),
                 ..Default::default()
             })),
@@ -238,5 +282,57 @@ mod tests {
         let ops = vec![op(10), op(5_000), op(10)];
         assert_eq!(commit_batches(&ops, 1_000, 1_000), vec![0..1, 1..2, 2..3]);
         assert!(commit_batches(&[], 10, 10).is_empty());
+    }
+
+    fn update(id: u8, keep_prefix: u32, chunk_count: u64) -> v1::Op {
+        v1::Op {
+            op: Some(v1::op::Op::Update(v1::UpdateOp {
+                id: vec![id; 16],
+                attrs: Some(v1::NodeAttrs {
+                    content: Some(v1::Content {
+                        keep_prefix,
+                        chunk_count,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn commit_batches_respect_the_chunk_cap_and_one_update_per_node() {
+        let max = bvfs_proto::MAX_COMMIT_CHUNKS as u32;
+        // Edits count their whole resolved lists, kept chunks included.
+        let ops = vec![
+            update(1, max / 2, 0),
+            update(2, max / 2, 0),
+            update(3, 1, 0),
+        ];
+        assert_eq!(commit_batches(&ops, 1_000, usize::MAX), vec![0..2, 2..3]);
+        // A staged list counts its chunk_count; one past the cap goes alone.
+        let ops = vec![
+            update(1, 0, 1),
+            update(2, 0, u64::from(max) + 1),
+            update(3, 0, 1),
+        ];
+        assert_eq!(
+            commit_batches(&ops, 1_000, usize::MAX),
+            vec![0..1, 1..2, 2..3]
+        );
+        // A node set twice starts a new batch at its second op.
+        let ops = vec![
+            update(1, 0, 0),
+            update(2, 0, 0),
+            update(1, 0, 0),
+            update(3, 0, 0),
+        ];
+        assert_eq!(commit_batches(&ops, 1_000, usize::MAX), vec![0..2, 2..4]);
+        // Never past the server's op cap, whatever the configuration says.
+        let ops: Vec<_> = (0..bvfs_proto::MAX_OPS_PER_COMMIT + 1)
+            .map(|_| op(1))
+            .collect();
+        assert_eq!(commit_batches(&ops, usize::MAX, usize::MAX).len(), 2);
     }
 }

@@ -206,6 +206,14 @@ impl RemoteError {
         }
     }
 
+    /// Whether the server itself refused the request, so nothing of it was applied: a status carrying
+    /// the server's `bvfs-reason`, which its handlers set on every refusal. Anything else after a
+    /// commit was sent (transport errors, an answer over the message limit, `INTERNAL`, `UNKNOWN`,
+    /// deadlines, cancellation) may follow a commit that landed; only the journal can tell.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, RemoteError::Rejected { reason, .. } if !reason.is_empty())
+    }
+
     /// Whether the server refused a commit because a base revision was stale.
     pub fn is_stale(&self) -> bool {
         matches!(self, RemoteError::Rejected { reason, .. } if reason == "stale-revision")

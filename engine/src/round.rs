@@ -161,6 +161,17 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// A commit's failure that is not the server's refusal, as the transient error it is: the round ends
+/// offline-like and the next one learns from the journal whether the commit landed.
+fn outcome_unknown(error: RemoteError) -> RemoteError {
+    match error {
+        RemoteError::Rejected { code, message, .. } => RemoteError::Unavailable(format!(
+            "the commit's answer was lost ({code:?}: {message}); whether it landed shows in the journal"
+        )),
+        other => other,
+    }
+}
+
 impl Engine {
     /// Runs one round: pull, plan, execute. Errors leave everything consistent; call again later.
     pub async fn sync_round(&self) -> Result<RoundReport, RoundError> {
@@ -534,7 +545,7 @@ impl Engine {
                     report.committed += ops.len();
                     self.record_commit(ops, &response)?;
                 }
-                Err(e @ RemoteError::Rejected { .. }) => {
+                Err(e) if e.is_refusal() => {
                     if matches!(&e, RemoteError::Rejected { reason, .. } if reason == "missing-chunks")
                     {
                         tracing::warn!(
@@ -553,7 +564,9 @@ impl Engine {
                     // Whatever changed on the server, the next round pulls it and plans again.
                     return Ok(());
                 }
-                Err(e) => return Err(e.into()),
+                // The commit may have landed (its answer was lost or too large to receive): keep the
+                // in-flight records, as for an unreachable server; the journal says which.
+                Err(e) => return Err(outcome_unknown(e).into()),
             }
         }
         Ok(())

@@ -1080,3 +1080,148 @@ async fn many_saves_of_a_huge_file_cost_one_manifest_fetch() {
     assert!(engine_chunks(&b, "big.bin") == ids(&manifest(&stored, count, 33)));
     assert_eq!(probe.fetched.load(Ordering::Relaxed), 1);
 }
+
+/// The real server behind a remote that can lose a commit's answer: the commit runs on the server,
+/// and the caller gets `lost()` instead of its answer (an answer over the message limit, a broken
+/// connection, a proxy's error).
+struct LoseAnswers {
+    inner: GrpcRemote,
+    lose_next: std::sync::atomic::AtomicBool,
+    lost: LostAnswer,
+}
+
+/// What a caller gets instead of a commit's answer.
+type LostAnswer = fn() -> RemoteError;
+
+#[async_trait::async_trait]
+impl Remote for LoseAnswers {
+    async fn hello(&self) -> Result<Hello, RemoteError> {
+        self.inner.hello().await
+    }
+    async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError> {
+        let answer = self.inner.commit(ops).await?;
+        if self.lose_next.swap(false, Ordering::Relaxed) {
+            return Err((self.lost)());
+        }
+        Ok(answer)
+    }
+    async fn list_changes(
+        &self,
+        cursor: u64,
+        limit: u32,
+    ) -> Result<v1::ListChangesResponse, RemoteError> {
+        self.inner.list_changes(cursor, limit).await
+    }
+    async fn snapshot(
+        &self,
+        at: u64,
+        after: Vec<u8>,
+        limit: u32,
+    ) -> Result<v1::SnapshotResponse, RemoteError> {
+        self.inner.snapshot(at, after, limit).await
+    }
+    async fn subscribe(&self, cursor: u64) -> Result<HeadStream, RemoteError> {
+        self.inner.subscribe(cursor).await
+    }
+    async fn find_missing(&self, ids: Vec<ChunkId>) -> Result<Vec<ChunkId>, RemoteError> {
+        self.inner.find_missing(ids).await
+    }
+    async fn put_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<(), RemoteError> {
+        self.inner.put_chunks(chunks).await
+    }
+    async fn get_chunks(&self, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
+        self.inner.get_chunks(ids).await
+    }
+    async fn get_manifest(&self, id: Vec<u8>, revision: u64) -> Result<Vec<ChunkRef>, RemoteError> {
+        self.inner.get_manifest(id, revision).await
+    }
+    async fn put_manifest(&self, chunks: Vec<ChunkRef>) -> Result<Vec<u8>, RemoteError> {
+        self.inner.put_manifest(chunks).await
+    }
+}
+
+/// The names in `engine`'s root.
+fn root_names(engine: &Engine) -> Vec<String> {
+    engine
+        .list(ROOT_INO, None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.node.name)
+        .collect()
+}
+
+/// Issue 15, item 4: a commit that landed although its answer failed (over the message limit, which
+/// comes back OUT_OF_RANGE without a `bvfs-reason`; UNKNOWN; a status without a reason) keeps its in-flight
+/// record, and the journal settles it: a create and then an edit each leave one file with the
+/// edited content, no duplicate and no conflicted copy, on this device and another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_is_settled_by_the_journal() {
+    let lost: [(&str, LostAnswer); 3] = [
+        ("over the message limit", || {
+            tonic::Status::out_of_range(
+                "Error, decoded message length too large: found 18329690 bytes, the limit is: \
+                 16777216 bytes",
+            )
+            .into()
+        }),
+        ("UNKNOWN from a proxy", || {
+            tonic::Status::unknown("h2 protocol error").into()
+        }),
+        ("NOT_FOUND without a reason", || {
+            tonic::Status::not_found("no route").into()
+        }),
+    ];
+    for (what, lost) in lost {
+        let server = start_server(&["laptop", "desktop"]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let remote = Arc::new(LoseAnswers {
+            inner: GrpcRemote::new(&RemoteConfig::new(&server.url, &server.tokens[0])).unwrap(),
+            lose_next: false.into(),
+            lost,
+        });
+        let a = engine(dir.path(), "laptop", remote.clone());
+        let b = engine(
+            dir.path(),
+            "desktop",
+            Arc::new(GrpcRemote::new(&RemoteConfig::new(&server.url, &server.tokens[1])).unwrap()),
+        );
+        let file = a
+            .create(
+                ROOT_INO,
+                "notes.txt",
+                bvfs_engine::model::NodeKind::File,
+                false,
+                None,
+            )
+            .unwrap();
+        for content in ["first version", "the edited second version"] {
+            let path = a.open_write(file.ino, false).await.unwrap().path;
+            std::fs::write(&path, content).unwrap();
+            a.close_write(file.ino, true, None).unwrap();
+            remote.lose_next.store(true, Ordering::Relaxed);
+            let _ = a.sync_round().await;
+            assert!(
+                !remote.lose_next.load(Ordering::Relaxed),
+                "{what}: committed"
+            );
+            a.sync_until_idle(10).await.unwrap();
+            b.sync_until_idle(10).await.unwrap();
+            for (device, engine) in [("laptop", &a), ("desktop", &b)] {
+                assert_eq!(
+                    root_names(engine),
+                    vec!["notes.txt".to_string()],
+                    "{what}, {content:?}: {device} has one file, no copy"
+                );
+                let entry = engine.lookup(ROOT_INO, "notes.txt").unwrap().unwrap();
+                let read = engine.read(&entry, 0, 100).await.unwrap();
+                assert_eq!(read, content.as_bytes(), "{what}: {device}");
+                let status = engine.status().unwrap();
+                assert_eq!(
+                    (status.conflicts, status.errors),
+                    (0, 0),
+                    "{what}, {content:?}: {device} has no conflict and no sync error"
+                );
+            }
+        }
+    }
+}

@@ -38,6 +38,16 @@ pub const MANIFEST_PAGE_CHUNKS: usize = 65_536;
 /// with its tag and length (34), the length varint with its tag (up to 6).
 pub const MAX_CHUNK_REF_BYTES: usize = 42;
 
+/// The most ops one commit may carry; a client splits larger batches.
+pub const MAX_OPS_PER_COMMIT: usize = 10_000;
+
+/// The most chunks the resolved chunk lists of one commit of several ops may name together (about
+/// 150 MB stored at 36 bytes a chunk): every create and update stores its node's whole resulting list,
+/// so a small request of many edits of large files would otherwise cost hundreds of times its size.
+/// A commit of a single op may name a whole file of any allowed length. An update's resolved list is
+/// `keep_prefix + chunks + keep_suffix` chunks, or `chunk_count` with a `manifest_ref`.
+pub const MAX_COMMIT_CHUNKS: usize = 4 * 1024 * 1024;
+
 const _: () = assert!(MANIFEST_PAGE_CHUNKS * MAX_CHUNK_REF_BYTES < PAGE_BUDGET_BYTES);
 const _: () = assert!(MAX_INLINE_CHUNKS * MAX_CHUNK_REF_BYTES < PAGE_BUDGET_BYTES / 4);
 

@@ -19,8 +19,8 @@ use tonic::{Code, Status};
 use crate::store::sqlite::store_status;
 use crate::store::{ChunkKey, ChunkStore, JournalEntry, MetaTxn, NodeKey, ROOT_ID, TenantId};
 
-/// The most ops one commit may carry; larger batches must be split.
-pub const MAX_OPS_PER_COMMIT: usize = 10_000;
+/// The commit caps, shared with clients (see `bvfs_proto`).
+pub use bvfs_proto::{MAX_COMMIT_CHUNKS, MAX_OPS_PER_COMMIT};
 /// The largest chunk the server accepts.
 pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// The longest symlink target (Linux `PATH_MAX`).
@@ -43,6 +43,7 @@ pub enum Reason {
     TooLarge,
     KindMismatch,
     UnknownManifest,
+    RepeatedUpdate,
 }
 
 impl Reason {
@@ -62,14 +63,17 @@ impl Reason {
             Reason::TooLarge => "too-large",
             Reason::KindMismatch => "kind-mismatch",
             Reason::UnknownManifest => "unknown-manifest",
+            Reason::RepeatedUpdate => "repeated-update",
         }
     }
 
     fn code(self) -> Code {
         match self {
-            Reason::Malformed | Reason::InvalidName | Reason::RootImmutable | Reason::TooLarge => {
-                Code::InvalidArgument
-            }
+            Reason::Malformed
+            | Reason::InvalidName
+            | Reason::RootImmutable
+            | Reason::TooLarge
+            | Reason::RepeatedUpdate => Code::InvalidArgument,
             Reason::StaleRevision => Code::Aborted,
             Reason::DuplicateId | Reason::NameCollision => Code::AlreadyExists,
             Reason::NotFound => Code::NotFound,
@@ -355,6 +359,7 @@ pub fn apply_commit(
     }
     let mut applier = Applier::new(txn, device, now_ns)?;
     let mut nodes = Vec::with_capacity(ops.len());
+    let mut chunks = 0usize;
     for (i, op) in ops.iter().enumerate() {
         let node = match &op.op {
             Some(OpKind::Create(c)) => applier.create(i, c)?,
@@ -363,10 +368,39 @@ pub fn apply_commit(
             Some(OpKind::Delete(d)) => applier.delete(i, d)?,
             None => return Err(reject(Reason::Malformed, Some(i), "the op is empty")),
         };
+        if matches!(op.op, Some(OpKind::Create(_) | OpKind::Update(_))) {
+            chunks = chunks.saturating_add(stored_chunks(&node));
+            check_commit_chunks(chunks, ops.len(), i)?;
+        }
         nodes.push(node);
     }
     let cursor = applier.finish()?;
     Ok(Applied { cursor, nodes })
+}
+
+/// How many chunks a node's stored record lists.
+fn stored_chunks(node: &Node) -> usize {
+    node.attrs
+        .as_ref()
+        .and_then(|a| a.content.as_ref())
+        .map_or(0, |c| c.chunks.len())
+}
+
+/// Refuses a commit of several ops whose resolved chunk lists reach past [`MAX_COMMIT_CHUNKS`] by
+/// op `op` (`chunks` so far, included).
+fn check_commit_chunks(chunks: usize, ops: usize, op: usize) -> Result<(), Status> {
+    if ops > 1 && chunks > MAX_COMMIT_CHUNKS {
+        return Err(reject(
+            Reason::TooLarge,
+            Some(op),
+            format!(
+                "the chunk lists of this commit's files name more than {MAX_COMMIT_CHUNKS} chunks \
+                 together (MAX_COMMIT_CHUNKS, counting each edit's whole resulting list); split it \
+                 into smaller commits"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Applies ops one by one, remembering each node's revision at the start of the commit so that
@@ -377,6 +411,9 @@ struct Applier<'a> {
     now_ns: i64,
     /// Revisions before this commit touched a node (0 for nodes it created).
     revision_at_start: HashMap<NodeKey, u64>,
+    /// Nodes whose attributes this commit set (created or updated): each may be set once, so that a
+    /// content edit always resolves against the content at its base revision, the commit's start.
+    attrs_set: std::collections::HashSet<NodeKey>,
     /// The journal head, advanced by each recorded change.
     head: u64,
 }
@@ -453,6 +490,7 @@ impl<'a> Applier<'a> {
             device,
             now_ns,
             revision_at_start: HashMap::new(),
+            attrs_set: Default::default(),
             head,
         })
     }
@@ -508,6 +546,7 @@ impl<'a> Applier<'a> {
         }
         self.check_slot(&parent, &c.name, None, Some(op))?;
         self.revision_at_start.insert(id, 0);
+        self.attrs_set.insert(id);
         let node = Node {
             id: id.to_vec(),
             parent_id: parent.to_vec(),
@@ -527,6 +566,18 @@ impl<'a> Applier<'a> {
                 Reason::RootImmutable,
                 Some(op),
                 "the root cannot be updated",
+            ));
+        }
+        if !self.attrs_set.insert(id) {
+            return Err(reject(
+                Reason::RepeatedUpdate,
+                Some(op),
+                format!(
+                    "node {} is created or updated by an earlier op of this commit; a node's \
+                     attributes may be set once per commit (an edit resolves against the content at \
+                     the commit's start): merge the updates or commit them separately",
+                    short(&id)
+                ),
             ));
         }
         let mut node = self.live(&id, Some(op))?;

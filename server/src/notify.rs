@@ -3,6 +3,10 @@
 //! A commit publishes its new head; every `Subscribe` stream of that tenant wakes and tells its client
 //! "the namespace advanced to N". Watch channels keep only the latest value, so a slow subscriber skips
 //! intermediate heads instead of queueing them: the client pulls `ListChanges` anyway.
+//!
+//! Each live subscription holds one receiver; a tenant holds at most [`MAX_SUBSCRIPTIONS_PER_TENANT`]
+//! (issue 15, item 7: departed clients once kept their tasks until the next commit). The receiver is
+//! the subscription's guard: dropping it, when the stream ends or its client goes, frees the slot.
 
 use std::collections::HashMap;
 
@@ -11,6 +15,14 @@ use tokio::sync::watch;
 
 use crate::store::TenantId;
 
+/// The most live `Subscribe` streams one tenant may hold (a device holds one; this leaves room for
+/// many devices and reconnects while bounding what a misbehaving client can pin).
+pub const MAX_SUBSCRIPTIONS_PER_TENANT: usize = 256;
+
+/// A subscription was refused: the tenant holds [`MAX_SUBSCRIPTIONS_PER_TENANT`] already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManySubscriptions;
+
 /// The per-tenant head channels.
 #[derive(Default)]
 pub struct HeadNotifier {
@@ -18,12 +30,21 @@ pub struct HeadNotifier {
 }
 
 impl HeadNotifier {
-    /// A receiver of the tenant's head; `current` seeds the channel if it is new.
-    pub fn subscribe(&self, tenant: TenantId, current: u64) -> watch::Receiver<u64> {
+    /// A receiver of the tenant's head; `current` seeds the channel if it is new. Refused when the
+    /// tenant already holds [`MAX_SUBSCRIPTIONS_PER_TENANT`] receivers (counted under the lock, so
+    /// concurrent subscribes cannot overshoot).
+    pub fn subscribe(
+        &self,
+        tenant: TenantId,
+        current: u64,
+    ) -> Result<watch::Receiver<u64>, TooManySubscriptions> {
         let mut channels = self.channels.lock();
         let sender = channels
             .entry(tenant)
             .or_insert_with(|| watch::channel(current).0);
+        if sender.receiver_count() >= MAX_SUBSCRIPTIONS_PER_TENANT {
+            return Err(TooManySubscriptions);
+        }
         sender.send_if_modified(|head| {
             let newer = current > *head;
             if newer {
@@ -31,7 +52,15 @@ impl HeadNotifier {
             }
             newer
         });
-        sender.subscribe()
+        Ok(sender.subscribe())
+    }
+
+    /// The tenant's live subscriptions (receivers not yet dropped).
+    pub fn subscribers(&self, tenant: TenantId) -> usize {
+        self.channels
+            .lock()
+            .get(&tenant)
+            .map_or(0, watch::Sender::receiver_count)
     }
 
     /// Publishes a new head for the tenant (never moves it backwards).

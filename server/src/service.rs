@@ -21,7 +21,7 @@ use bvfs_proto::{MANIFEST_PAGE_CHUNKS, PAGE_BUDGET_BYTES};
 use crate::auth::{authenticate, authorization_header};
 use crate::bounds::{elide, elide_response, fitting, fitting_elided};
 use crate::namespace::{self, MAX_CHUNK_BYTES, Reason, chunk_key, node_key, reject};
-use crate::notify::HeadNotifier;
+use crate::notify::{HeadNotifier, MAX_SUBSCRIPTIONS_PER_TENANT};
 use crate::staging::{MAX_MANIFEST_CHUNKS, Staging, check_chunk_ref};
 use crate::store::sqlite::store_status;
 use crate::store::{ChunkStore, JournalEntry, MetaStore, Principal, ROOT_ID, StoreError};
@@ -126,6 +126,19 @@ fn cursor_ahead(cursor: u64, head: u64) -> Status {
     status
 }
 
+/// The refusal of a subscription past [`MAX_SUBSCRIPTIONS_PER_TENANT`].
+fn too_many_subscriptions() -> Status {
+    let mut status = Status::resource_exhausted(format!(
+        "this tenant already holds {MAX_SUBSCRIPTIONS_PER_TENANT} live Subscribe streams, the most \
+         allowed; close unused ones (each device needs one) and retry later"
+    ));
+    status.metadata_mut().insert(
+        namespace::REASON_KEY,
+        "too-many-subscriptions".parse().expect("ASCII"),
+    );
+    status
+}
+
 impl SyncService {
     pub fn new(
         meta: Arc<dyn MetaStore>,
@@ -144,6 +157,50 @@ impl SyncService {
         let meta = self.meta.clone();
         let header = authorization_header(request);
         blocking(move || authenticate(meta.as_ref(), header.as_deref())).await
+    }
+
+    /// Stores the chunks of one `PutChunks` stream, counting them in `reply`; stops at the first bad
+    /// message. Nothing here syncs: the caller does, whether this succeeds or not.
+    async fn receive_chunks(
+        &self,
+        tenant: crate::store::TenantId,
+        mut incoming: Streaming<PutChunkRequest>,
+        reply: &mut PutChunksResponse,
+    ) -> Result<(), Status> {
+        while let Some(message) = incoming.next().await {
+            let PutChunkRequest { id, data } = message?;
+            let key = chunk_key(&id, "chunk id", None)?;
+            if data.is_empty() || data.len() > MAX_CHUNK_BYTES {
+                return Err(reject(
+                    Reason::Malformed,
+                    None,
+                    format!(
+                        "chunk {}: a chunk is 1 byte to 4 MiB, got {}",
+                        hex::encode(key),
+                        data.len()
+                    ),
+                ));
+            }
+            let chunks = self.chunks.clone();
+            let stored = blocking(move || {
+                let actual = blake3::hash(&data);
+                if actual.as_bytes() != &key {
+                    return Err(Status::data_loss(format!(
+                        "chunk {}: its bytes hash to {}; the upload was corrupted, send it again",
+                        hex::encode(key),
+                        actual.to_hex()
+                    )));
+                }
+                chunks.put(tenant, &key, &data).map_err(store_status)
+            })
+            .await?;
+            if stored {
+                reply.stored += 1;
+            } else {
+                reply.already_present += 1;
+            }
+        }
+        Ok(())
     }
 
     async fn meta_call<T: Send + 'static>(
@@ -183,6 +240,10 @@ impl Sync for SyncService {
             // Staged lists can be millions of chunks: turned into the ops' lists off the runtime.
             staging.resolve(who.tenant, &mut ops)?;
             namespace::check_chunks_stored(chunks.as_ref(), who.tenant, &ops)?;
+            // A chunk is visible from its rename, durable only once its directory is fsynced (an
+            // upload that failed midway never synced): make every chunk this commit names durable
+            // before the transaction that names it.
+            chunks.sync().map_err(store_status)?;
             let mut result = None;
             meta.write(who.tenant, &mut |txn| {
                 result = Some(namespace::apply_commit(txn, &ops, &who.device, now_ns())?);
@@ -296,7 +357,10 @@ impl Sync for SyncService {
         let mut cursor = request.into_inner().cursor;
         let tenant = who.tenant;
         let head = self.meta_call(move |m| m.head(tenant)).await?;
-        let mut heads = self.heads.subscribe(tenant, head);
+        let mut heads = self
+            .heads
+            .subscribe(tenant, head)
+            .map_err(|_| too_many_subscriptions())?;
         let stream = async_stream(move |tx| async move {
             loop {
                 let head = *heads.borrow_and_update();
@@ -306,8 +370,11 @@ impl Sync for SyncService {
                         return;
                     }
                 }
-                if heads.changed().await.is_err() {
-                    return;
+                // A client that goes away closes the channel: end now, not at the next commit, so an
+                // idle tenant does not keep a task (and a subscription slot) per departed client.
+                tokio::select! {
+                    changed = heads.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
                 }
             }
         });
@@ -357,43 +424,15 @@ impl Sync for SyncService {
         request: Request<Streaming<PutChunkRequest>>,
     ) -> Result<Response<PutChunksResponse>, Status> {
         let who = self.principal(&request).await?;
-        let mut incoming = request.into_inner();
         let mut reply = PutChunksResponse::default();
-        while let Some(message) = incoming.next().await {
-            let PutChunkRequest { id, data } = message?;
-            let key = chunk_key(&id, "chunk id", None)?;
-            if data.is_empty() || data.len() > MAX_CHUNK_BYTES {
-                return Err(reject(
-                    Reason::Malformed,
-                    None,
-                    format!(
-                        "chunk {}: a chunk is 1 byte to 4 MiB, got {}",
-                        hex::encode(key),
-                        data.len()
-                    ),
-                ));
-            }
-            let chunks = self.chunks.clone();
-            let stored = blocking(move || {
-                let actual = blake3::hash(&data);
-                if actual.as_bytes() != &key {
-                    return Err(Status::data_loss(format!(
-                        "chunk {}: its bytes hash to {}; the upload was corrupted, send it again",
-                        hex::encode(key),
-                        actual.to_hex()
-                    )));
-                }
-                chunks.put(who.tenant, &key, &data).map_err(store_status)
-            })
-            .await?;
-            if stored {
-                reply.stored += 1;
-            } else {
-                reply.already_present += 1;
-            }
-        }
+        let received = self
+            .receive_chunks(who.tenant, request.into_inner(), &mut reply)
+            .await;
+        // Also after a failed stream: what it stored is visible already and must become durable.
         let chunks = self.chunks.clone();
-        blocking(move || chunks.sync().map_err(store_status)).await?;
+        let synced = blocking(move || chunks.sync().map_err(store_status)).await;
+        received?;
+        synced?;
         Ok(Response::new(reply))
     }
 

@@ -1,9 +1,12 @@
 //! The embedded chunk store: one file per chunk under `DIR/<tenant>/<first byte>/<id hex>`.
 //!
 //! A chunk is written to a temporary file, fsynced and renamed into place, so a reader never sees a
-//! partial chunk; [`ChunkStore::sync`] fsyncs the directories that received renames, which makes them
-//! durable before the server acknowledges an upload. Tenants have separate directories: dedup is per
-//! tenant and one tenant can never reach another's bytes.
+//! partial chunk; [`ChunkStore::sync`] fsyncs the directories that received renames. A chunk is
+//! visible (to `FindMissingChunks`, to a commit's check) from its rename on, before its directory entry
+//! is durable, so every commit calls `sync` before its transaction: a commit never lands naming a chunk
+//! a crash could still take away (issue 15, item 3), whatever happened to the upload that stored it.
+//! Tenants have separate directories: dedup is per tenant and one tenant can never reach another's
+//! bytes.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -21,6 +24,10 @@ pub struct FsChunkStore {
     tmp: PathBuf,
     /// Directories with renames not yet fsynced.
     unsynced_dirs: Mutex<BTreeSet<PathBuf>>,
+    /// Held while a [`ChunkStore::sync`] fsyncs: a second caller waits for the first to finish, so
+    /// that when `sync` returns, every rename before the call is durable (not merely being fsynced by
+    /// someone else).
+    syncing: Mutex<()>,
     tmp_counter: AtomicU64,
 }
 
@@ -45,8 +52,15 @@ impl FsChunkStore {
             root: root.to_owned(),
             tmp,
             unsynced_dirs: Mutex::new(BTreeSet::new()),
+            syncing: Mutex::new(()),
             tmp_counter: AtomicU64::new(0),
         })
+    }
+
+    /// Directories holding renames that are not yet durable (for tests and diagnostics): empty right
+    /// after a [`ChunkStore::sync`].
+    pub fn unsynced_dirs(&self) -> Vec<PathBuf> {
+        self.unsynced_dirs.lock().iter().cloned().collect()
     }
 
     fn chunk_path(&self, tenant: TenantId, id: &ChunkKey) -> PathBuf {
@@ -91,11 +105,17 @@ impl ChunkStore for FsChunkStore {
     }
 
     fn sync(&self) -> StoreResult<()> {
+        let _syncing = self.syncing.lock();
         let dirs = std::mem::take(&mut *self.unsynced_dirs.lock());
-        for dir in dirs {
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(&dir))?;
+        let mut dirs = dirs.into_iter();
+        while let Some(dir) = dirs.next() {
+            if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
+                // Not durable yet: keep this one and the rest for the next sync.
+                let mut unsynced = self.unsynced_dirs.lock();
+                unsynced.insert(dir.clone());
+                unsynced.extend(dirs);
+                return Err(io_err(&dir)(e));
+            }
         }
         Ok(())
     }

@@ -157,7 +157,9 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn stored_len(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<Option<u64>>;
     /// Stores a chunk whose id the caller has verified. Idempotent. Returns false if it was present.
     fn put(&self, tenant: TenantId, id: &ChunkKey, data: &[u8]) -> StoreResult<bool>;
-    /// Makes every `put` so far durable (e.g. fsync of directories).
+    /// Makes every `put` so far durable (e.g. fsync of directories): when it returns `Ok`, every chunk
+    /// `stored_len` reported before the call survives a crash. Commits call it before their
+    /// transaction, so it must be cheap when nothing is pending.
     fn sync(&self) -> StoreResult<()>;
     /// Reads a chunk.
     fn get(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<Option<Vec<u8>>>;

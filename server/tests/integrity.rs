@@ -1,0 +1,548 @@
+//! Server integrity (issue 15, items 3, 7 and 5) against the real service on a loopback port, with
+//! the real SQLite and file stores: chunks a commit names are durable before its transaction,
+//! departed subscribers are noticed without a commit and subscriptions are capped per tenant, and a
+//! commit's cost is bounded (one update per node, a cap on its resolved chunk lists).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bvfs_proto::v1::sync_client::SyncClient;
+use bvfs_proto::v1::sync_server::SyncServer;
+use bvfs_proto::v1::{self, NodeKind, op::Op as OpKind};
+use bvfs_server::notify::{HeadNotifier, MAX_SUBSCRIPTIONS_PER_TENANT};
+use bvfs_server::service::SyncService;
+use bvfs_server::store::fs_chunks::FsChunkStore;
+use bvfs_server::store::{
+    ChunkStore, JournalEntry, MetaStore, NodeKey, Principal, StoreResult, TenantId, WriteFn,
+};
+use parking_lot::Mutex;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// The metadata store with a probe: before each write transaction, records the chunk store's
+/// directories whose renames are not yet durable.
+struct Probe {
+    inner: Arc<dyn MetaStore>,
+    chunks: Arc<FsChunkStore>,
+    unsynced_at_write: Mutex<Vec<usize>>,
+}
+
+impl MetaStore for Probe {
+    fn create_tenant(&self, name: &str) -> StoreResult<TenantId> {
+        self.inner.create_tenant(name)
+    }
+    fn tenant_by_name(&self, name: &str) -> StoreResult<Option<TenantId>> {
+        self.inner.tenant_by_name(name)
+    }
+    fn tenants(&self) -> StoreResult<Vec<(TenantId, String)>> {
+        self.inner.tenants()
+    }
+    fn add_token(&self, tenant: TenantId, hash: &[u8; 32], device: &str) -> StoreResult<()> {
+        self.inner.add_token(tenant, hash, device)
+    }
+    fn principal(&self, hash: &[u8; 32]) -> StoreResult<Option<Principal>> {
+        self.inner.principal(hash)
+    }
+    fn head(&self, tenant: TenantId) -> StoreResult<u64> {
+        self.inner.head(tenant)
+    }
+    fn changes_after(
+        &self,
+        tenant: TenantId,
+        cursor: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<JournalEntry>> {
+        self.inner.changes_after(tenant, cursor, limit, max_bytes)
+    }
+    fn snapshot_page(
+        &self,
+        tenant: TenantId,
+        at: u64,
+        after: Option<&NodeKey>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<v1::Node>, Option<NodeKey>)> {
+        self.inner
+            .snapshot_page(tenant, at, after, limit, max_bytes)
+    }
+    fn versions(&self, tenant: TenantId, id: &NodeKey) -> StoreResult<Vec<JournalEntry>> {
+        self.inner.versions(tenant, id)
+    }
+    fn versions_page(
+        &self,
+        tenant: TenantId,
+        id: &NodeKey,
+        before: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<JournalEntry>, bool)> {
+        self.inner
+            .versions_page(tenant, id, before, limit, max_bytes)
+    }
+    fn entry(&self, tenant: TenantId, seq: u64) -> StoreResult<Option<JournalEntry>> {
+        self.inner.entry(tenant, seq)
+    }
+    fn deleted(
+        &self,
+        tenant: TenantId,
+        before: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<JournalEntry>, bool)> {
+        self.inner.deleted(tenant, before, limit, max_bytes)
+    }
+    fn write(&self, tenant: TenantId, f: &mut WriteFn<'_>) -> Result<(), tonic::Status> {
+        self.unsynced_at_write
+            .lock()
+            .push(self.chunks.unsynced_dirs().len());
+        self.inner.write(tenant, f)
+    }
+}
+
+/// Adds the bearer token to every request.
+type Auth = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
+type Client = SyncClient<InterceptedService<Channel, Auth>>;
+
+/// The service on a loopback port, with handles on its parts.
+struct Server {
+    url: String,
+    token: String,
+    tenant: TenantId,
+    probe: Arc<Probe>,
+    chunks: Arc<FsChunkStore>,
+    heads: Arc<HeadNotifier>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let data = bvfs_server::DataDir::open(&dir.path().join("server")).unwrap();
+    let device = bvfs_server::auth::add_device(data.meta.as_ref(), "alice", "laptop").unwrap();
+    let probe = Arc::new(Probe {
+        inner: data.meta.clone(),
+        chunks: data.chunks.clone(),
+        unsynced_at_write: Mutex::default(),
+    });
+    let heads = Arc::new(HeadNotifier::default());
+    let chunks: Arc<dyn ChunkStore> = data.chunks.clone();
+    let service = SyncService::new(probe.clone(), chunks, heads.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(SyncServer::new(service))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+            .unwrap();
+    });
+    Server {
+        url,
+        token: device.token,
+        tenant: device.tenant,
+        probe,
+        chunks: data.chunks.clone(),
+        heads,
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+async fn client(server: &Server) -> Client {
+    let channel = Channel::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let header: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", server.token).parse().unwrap();
+    let auth: Auth = Box::new(move |mut request: tonic::Request<()>| {
+        request
+            .metadata_mut()
+            .insert("authorization", header.clone());
+        Ok(request)
+    });
+    SyncClient::new(InterceptedService::new(channel, auth))
+}
+
+fn reason(status: &tonic::Status) -> &str {
+    status
+        .metadata()
+        .get("bvfs-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn chunk(i: u32) -> Vec<u8> {
+    format!("chunk number {i}").into_bytes()
+}
+
+fn chunk_ref(data: &[u8]) -> v1::ChunkRef {
+    v1::ChunkRef {
+        id: blake3::hash(data).as_bytes().to_vec(),
+        length: data.len() as u32,
+    }
+}
+
+fn file_attrs(chunks: Vec<v1::ChunkRef>) -> v1::NodeAttrs {
+    v1::NodeAttrs {
+        size: chunks.iter().map(|c| u64::from(c.length)).sum(),
+        content: Some(v1::Content {
+            hash: vec![9; 32],
+            chunks,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn create_file(id: u8, chunks: Vec<v1::ChunkRef>) -> v1::Op {
+    v1::Op {
+        op: Some(OpKind::Create(v1::CreateOp {
+            id: vec![id; 16],
+            parent_id: vec![0; 16],
+            name: format!("f{id}"),
+            kind: NodeKind::File as i32,
+            attrs: Some(file_attrs(chunks)),
+        })),
+    }
+}
+
+fn update(id: u8, base_revision: u64, content: v1::Content) -> v1::Op {
+    v1::Op {
+        op: Some(OpKind::Update(v1::UpdateOp {
+            id: vec![id; 16],
+            base_revision,
+            attrs: Some(v1::NodeAttrs {
+                content: Some(content),
+                ..Default::default()
+            }),
+        })),
+    }
+}
+
+async fn commit(
+    client: &mut Client,
+    ops: Vec<v1::Op>,
+) -> Result<v1::CommitResponse, tonic::Status> {
+    client
+        .commit(v1::CommitRequest { ops })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Item 3: a PutChunks stream stores a chunk and then fails on a corrupted one. The stored chunk is
+/// visible at once (FindMissingChunks reports it present), so a client commits a file naming it; its
+/// directory entry must be durable before that commit's transaction, not merely visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_never_lands_before_the_chunks_it_names_are_durable() {
+    let server = start().await;
+    let mut client = client(&server).await;
+    let (good, bad) = (chunk(1), chunk(2));
+    let messages = vec![
+        v1::PutChunkRequest {
+            id: chunk_ref(&good).id,
+            data: good.clone(),
+        },
+        v1::PutChunkRequest {
+            id: chunk_ref(&bad).id,
+            data: b"not the bytes of that id".to_vec(),
+        },
+    ];
+    let failed = client
+        .put_chunks(tokio_stream::iter(messages))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::DataLoss, "{failed:?}");
+
+    let missing = client
+        .find_missing_chunks(v1::FindMissingChunksRequest {
+            ids: vec![chunk_ref(&good).id, chunk_ref(&bad).id],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing;
+    assert_eq!(
+        missing,
+        vec![chunk_ref(&bad).id],
+        "the good chunk is present"
+    );
+
+    commit(&mut client, vec![create_file(1, vec![chunk_ref(&good)])])
+        .await
+        .unwrap();
+    assert_eq!(
+        server.probe.unsynced_at_write.lock().as_slice(),
+        &[0],
+        "every directory entry was fsynced before the commit's transaction"
+    );
+    assert!(server.chunks.unsynced_dirs().is_empty());
+}
+
+/// Item 7: subscriptions of clients that went away end without any commit, and a tenant holds at
+/// most [`MAX_SUBSCRIPTIONS_PER_TENANT`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn departed_subscribers_are_noticed_and_subscriptions_are_capped() {
+    let server = start().await;
+    let mut client = client(&server).await;
+    let n = 40;
+    let mut streams = Vec::new();
+    for _ in 0..n {
+        let stream = client
+            .subscribe(v1::SubscribeRequest { cursor: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(stream);
+    }
+    assert_eq!(server.heads.subscribers(server.tenant), n);
+    drop(streams);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while server.heads.subscribers(server.tenant) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        server.heads.subscribers(server.tenant),
+        0,
+        "dropped subscriptions are gone within a second, with no commit"
+    );
+
+    // Up to the cap they are accepted (over a few connections: HTTP/2 limits streams per
+    // connection); the next is refused precisely.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(self::client(&server).await);
+    }
+    let mut held = Vec::new();
+    for i in 0..MAX_SUBSCRIPTIONS_PER_TENANT {
+        let c = &mut clients[i % 4];
+        held.push(
+            c.subscribe(v1::SubscribeRequest { cursor: 0 })
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let refused = client
+        .subscribe(v1::SubscribeRequest { cursor: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(reason(&refused), "too-many-subscriptions");
+    assert!(refused.message().contains("256"), "{}", refused.message());
+    // A slot freed is a slot usable again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while server.heads.subscribers(server.tenant) >= MAX_SUBSCRIPTIONS_PER_TENANT
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+        .subscribe(v1::SubscribeRequest { cursor: 0 })
+        .await
+        .unwrap();
+}
+
+/// Stores `chunks` with one PutChunks stream.
+async fn put(client: &mut Client, chunks: &[Vec<u8>]) {
+    let messages: Vec<_> = chunks
+        .iter()
+        .map(|data| v1::PutChunkRequest {
+            id: chunk_ref(data).id,
+            data: data.clone(),
+        })
+        .collect();
+    client
+        .put_chunks(tokio_stream::iter(messages))
+        .await
+        .unwrap();
+}
+
+/// Item 5: a second update of one node in one commit is refused (its edit would resolve against the
+/// first's result, not the content at the base revision), and so is a create followed by an update;
+/// one update per node still commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_updated_at_most_once_per_commit() {
+    let server = start().await;
+    let mut client = client(&server).await;
+    let data: Vec<_> = (0..4).map(chunk).collect();
+    put(&mut client, &data).await;
+    let refs: Vec<_> = data.iter().map(|d| chunk_ref(d)).collect();
+    let created = commit(&mut client, vec![create_file(1, refs[..2].to_vec())])
+        .await
+        .unwrap();
+    let rev = created.cursor;
+    let edit = |keep_prefix: u32, new: &v1::ChunkRef| v1::Content {
+        hash: vec![8; 32],
+        chunks: vec![new.clone()],
+        keep_prefix,
+        ..Default::default()
+    };
+    // Sizes are checked against the resolved list: first edit keeps 1 of 2 and adds one; the second,
+    // resolved against the first's result, would keep 2.
+    let mut first = update(1, rev, edit(1, &refs[2]));
+    let mut second = update(1, rev, edit(2, &refs[3]));
+    for (op, size) in [(&mut first, 2), (&mut second, 3)] {
+        if let Some(OpKind::Update(u)) = &mut op.op {
+            u.attrs.as_mut().unwrap().size = data[0].len() as u64 * size;
+        }
+    }
+    let refused = commit(&mut client, vec![first.clone(), second])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(reason(&refused), "repeated-update");
+    assert!(
+        refused.message().starts_with("op 1:"),
+        "{}",
+        refused.message()
+    );
+
+    let refused = commit(
+        &mut client,
+        vec![
+            create_file(2, refs[..1].to_vec()),
+            update(2, 0, edit(1, &refs[1])),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&refused), "repeated-update");
+
+    // Nothing of either landed; a single update commits.
+    let head = commit(&mut client, vec![first]).await.unwrap().cursor;
+    assert_eq!(head, rev + 1);
+}
+
+/// Item 5: a commit of several ops whose resolved chunk lists add up past MAX_COMMIT_CHUNKS is
+/// refused, counting each edit's kept chunks, while one file of that length alone commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_is_bounded_in_resolved_chunks() {
+    use bvfs_proto::{MAX_COMMIT_CHUNKS, MAX_OPS_PER_COMMIT};
+    let server = start().await;
+    let mut client = client(&server).await;
+    let data = chunk(7);
+    put(&mut client, std::slice::from_ref(&data)).await;
+    let one = chunk_ref(&data);
+    // A large file staged with PutManifest (one distinct chunk, named many times).
+    let half = MAX_COMMIT_CHUNKS / 2 + 1;
+    let stage = |n: usize| {
+        let pages: Vec<_> = vec![one.clone(); n]
+            .chunks(bvfs_proto::MANIFEST_PAGE_CHUNKS)
+            .map(|c| v1::ManifestPage { chunks: c.to_vec() })
+            .collect();
+        pages
+    };
+    let staged_create = |id: u8, manifest_ref: Vec<u8>, n: usize| v1::Op {
+        op: Some(OpKind::Create(v1::CreateOp {
+            id: vec![id; 16],
+            parent_id: vec![0; 16],
+            name: format!("big{id}"),
+            kind: NodeKind::File as i32,
+            attrs: Some(v1::NodeAttrs {
+                size: (data.len() * n) as u64,
+                content: Some(v1::Content {
+                    hash: vec![id; 32],
+                    manifest_ref,
+                    chunk_count: n as u64,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })),
+    };
+    let mut refs = Vec::new();
+    for _ in 0..2 {
+        refs.push(
+            client
+                .put_manifest(tokio_stream::iter(stage(half)))
+                .await
+                .unwrap()
+                .into_inner()
+                .manifest_ref,
+        );
+    }
+    let ops = vec![
+        staged_create(1, refs[0].clone(), half),
+        staged_create(2, refs[1].clone(), half),
+    ];
+    let refused = commit(&mut client, ops).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(reason(&refused), "too-large");
+    assert!(
+        refused.message().contains("MAX_COMMIT_CHUNKS"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().starts_with("op 1:"),
+        "{}",
+        refused.message()
+    );
+
+    // Alone, each commits; and an edit keeping them all counts them all.
+    let mut heads = Vec::new();
+    for id in [1, 2] {
+        let manifest_ref = client
+            .put_manifest(tokio_stream::iter(stage(half)))
+            .await
+            .unwrap()
+            .into_inner()
+            .manifest_ref;
+        heads.push(
+            commit(&mut client, vec![staged_create(id, manifest_ref, half)])
+                .await
+                .unwrap()
+                .cursor,
+        );
+    }
+    let keep_all = |id: u8, base: u64| {
+        let mut op = update(
+            id,
+            base,
+            v1::Content {
+                hash: vec![id + 10; 32],
+                chunks: vec![one.clone()],
+                keep_prefix: half as u32,
+                ..Default::default()
+            },
+        );
+        if let Some(OpKind::Update(u)) = &mut op.op {
+            u.attrs.as_mut().unwrap().size = (data.len() * (half + 1)) as u64;
+        }
+        op
+    };
+    let refused = commit(
+        &mut client,
+        vec![keep_all(1, heads[0]), keep_all(2, heads[1])],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&refused), "too-large", "{refused:?}");
+    commit(&mut client, vec![keep_all(1, heads[0])])
+        .await
+        .unwrap();
+
+    // The op cap names its limit.
+    let ops: Vec<_> = (0..=MAX_OPS_PER_COMMIT)
+        .map(|_| v1::Op {
+            op: Some(OpKind::Delete(v1::DeleteOp {
+                id: vec![1; 16],
+                base_revision: 1,
+            })),
+        })
+        .collect();
+    let refused = commit(&mut client, ops).await.unwrap_err();
+    assert_eq!(reason(&refused), "too-large");
+    assert!(refused.message().contains(&MAX_OPS_PER_COMMIT.to_string()));
+}
