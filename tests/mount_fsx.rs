@@ -347,6 +347,8 @@ impl Fsx {
             }
             // Not there yet (a new file that has not reached this device).
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // The server is restarting and these chunks are not cached: reads fail fast by design.
+            Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => {}
             Err(e) => self.fail(format!("device {d}: a fresh read of {name}: {e}")),
         }
         self.note("remote read", format!("{d}: read {name} whole"));
