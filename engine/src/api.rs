@@ -137,7 +137,7 @@ pub struct Engine {
     pub(crate) ids: Arc<dyn IdSource>,
     /// The one owner of every inode's local content: handles, copies, commits, replacements (D10).
     pub(crate) contents: Arc<crate::content::Contents>,
-    pub(crate) invalidations: Mutex<Vec<Invalidation>>,
+    pub(crate) invalidations: crate::invalidations::KernelInvalidations,
     /// Nodes whose content is being uploaded right now.
     pub(crate) uploading: Mutex<std::collections::HashSet<NodeId>>,
     /// The chunks held in the cache for each pinned file, so every release matches a hold.
@@ -153,15 +153,7 @@ pub struct Engine {
     /// for the first pull to place them. Only these are orphans: a copy the mount unlinks while a
     /// handle still has it open also has no node, and it belongs to that handle, not to recovery.
     pub(crate) orphans: Mutex<Vec<u64>>,
-    /// Drops the kernel's cached attributes and pages of an inode now (set by the mount). The round
-    /// calls it for every inode whose content it changed *before* it lets opens of that inode go on:
-    /// otherwise an open right after the change would read the new bytes against the old size
-    /// still cached in the kernel (a file cut short or padded with zeros).
-    pub(crate) kernel_inode_invalidator: Mutex<Option<InodeInvalidator>>,
 }
-
-/// See [`Engine::set_kernel_inode_invalidator`].
-pub type InodeInvalidator = Arc<dyn Fn(u64) + Send + Sync>;
 
 impl Engine {
     /// Opens the engine's state in `config.dir`, creating it on first use.
@@ -195,14 +187,13 @@ impl Engine {
             clock,
             ids,
             contents: Arc::new(crate::content::Contents::new()),
-            invalidations: Mutex::new(Vec::new()),
+            invalidations: Default::default(),
             pin_holds: Mutex::new(HashMap::new()),
             uploading: Mutex::new(std::collections::HashSet::new()),
             wake: tokio::sync::Notify::new(),
             online: AtomicBool::new(false),
             full_chunk_checks: AtomicBool::new(false),
             orphans: Mutex::new(Vec::new()),
-            kernel_inode_invalidator: Mutex::new(None),
         });
         engine.replay_file_intents(true)?;
         engine.recover_materialized()?;
@@ -233,31 +224,33 @@ impl Engine {
 
     /// Kernel-cache invalidations queued since the last call.
     pub fn take_invalidations(&self) -> Vec<Invalidation> {
-        std::mem::take(&mut *self.invalidations.lock())
+        self.invalidations.take()
     }
 
-    /// Lets the round drop the kernel's cache of an inode synchronously (the mount sets this; see
-    /// [`Engine::kernel_inode_invalidator`]). It must never wait for a filesystem request: the
-    /// round calls it while opens of that inode wait for the round.
-    pub fn set_kernel_inode_invalidator(&self, invalidate: InodeInvalidator) {
-        *self.kernel_inode_invalidator.lock() = Some(invalidate);
+    /// The queued kernel-cache invalidations, for a mount that acknowledges their delivery with
+    /// [`Engine::invalidations_delivered`] (opens of an inode wait for its invalidation, briefly).
+    pub fn take_invalidations_for_delivery(&self) -> (Vec<Invalidation>, u64) {
+        self.invalidations.take_for_delivery()
     }
 
-    /// Drops the kernel's cache of these inodes now, if the mount gave a way to (else the queued
-    /// invalidations do it a moment later). Called without the state lock.
-    pub(crate) fn invalidate_inodes_now(&self, items: &[Invalidation]) {
-        let Some(invalidate) = self.kernel_inode_invalidator.lock().clone() else {
-            return;
-        };
-        for item in items {
-            if let Invalidation::Inode(ino) = item {
-                invalidate(*ino);
-            }
-        }
+    /// The invalidations taken up to `through` reached the kernel.
+    pub fn invalidations_delivered(&self, through: u64) {
+        self.invalidations.delivered(through);
+    }
+
+    /// The mount stops delivering invalidations: opens no longer wait for them.
+    pub fn stop_waiting_for_invalidations(&self) {
+        self.invalidations.stop_waiting();
+    }
+
+    /// Waits (briefly) until the kernel has taken the invalidation of `ino` the round queued, so an
+    /// open after a change never reads new bytes against the old cached size.
+    pub fn await_kernel_invalidation(&self, ino: u64) {
+        self.invalidations.wait_for(ino);
     }
 
     pub(crate) fn invalidate(&self, items: impl IntoIterator<Item = Invalidation>) {
-        self.invalidations.lock().extend(items);
+        self.invalidations.push(items);
     }
 
     fn changed_locally(&self) {

@@ -15,6 +15,7 @@ pub mod execute;
 pub mod faults;
 pub mod fetch;
 pub mod files;
+pub mod invalidations;
 pub mod model;
 pub mod planner;
 pub mod presence;

@@ -478,8 +478,6 @@ impl Engine {
             self.abandon_file_changes(files);
             return Err(e.into());
         }
-        // Before the reservations end (opens of these inodes wait until then).
-        self.invalidate_inodes_now(&effects.invalidations);
         self.finish_file_changes(files);
         for (ino, ids) in effects.pins {
             self.pin_hold(ino, ids);

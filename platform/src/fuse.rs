@@ -569,7 +569,8 @@ pub fn spawn_invalidator(
         .name("bvfs-invalidate".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                for item in vfs.take_invalidations() {
+                let (items, through) = vfs.take_invalidations_for_delivery();
+                for item in items {
                     let result = match &item {
                         bvfs_engine::Invalidation::Inode(ino) => {
                             notifier.inval_inode(INodeNo(*ino), 0, 0)
@@ -585,8 +586,10 @@ pub fn spawn_invalidator(
                         tracing::debug!(?item, "kernel invalidation failed: {e}");
                     }
                 }
+                vfs.engine().invalidations_delivered(through);
                 std::thread::sleep(Duration::from_millis(20));
             }
+            vfs.engine().stop_waiting_for_invalidations();
         })
         .expect("spawn the invalidation thread")
 }

@@ -78,18 +78,6 @@ pub fn mount(
     let fs = BvfsFuse::new(vfs.clone(), runtime, offloaded.clone());
     let session = fuser::Session::new(fs, mountpoint, &config)?.spawn()?;
     let stop = Arc::new(AtomicBool::new(false));
-    // The round drops an inode's kernel cache itself before opens of it go on (inval_inode never
-    // waits for a request of ours); names are invalidated from the thread (inval_entry takes the
-    // directory's lock, which a lookup waiting for the engine may hold).
-    let notifier = session.notifier();
-    vfs.engine()
-        .set_kernel_inode_invalidator(Arc::new(move |ino| {
-            if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0)
-                && e.raw_os_error() != Some(libc::ENOENT)
-            {
-                tracing::debug!(ino, "kernel invalidation failed: {e}");
-            }
-        }));
     let invalidator = spawn_invalidator(vfs.clone(), session.notifier(), stop.clone());
     Ok(Mounted {
         session: Some(session),

@@ -88,6 +88,8 @@ impl Vfs {
             EngineError::Local(LocalError::Invalid(_)) => Errno::EINVAL,
             other => self.content_error(ino, other),
         };
+        // A remote update of this inode may still be on its way to the kernel's caches.
+        self.engine.await_kernel_invalidation(ino);
         let (handle, keep_cache) = if mode.write {
             self.writable()?;
             if self.entry(ino)?.node.kind != NodeKind::File {
