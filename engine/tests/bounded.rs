@@ -172,7 +172,7 @@ async fn an_offline_device_catches_up_after_many_saves_of_a_large_file() {
     let server = start_server(&["laptop", "desktop"]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut a = api(&server, 0).await;
-    let probe = TooLargeAbove::new(&server, 1);
+    let probe = Probe::new(&server, 1);
     let b = engine(dir.path(), "desktop", probe.clone());
     // B syncs once, so that it later catches up through the journal rather than a snapshot.
     a.commit(v1::CommitRequest {
@@ -606,8 +606,10 @@ async fn every_page_is_bounded_in_bytes() {
 
 /// The real server with a probe: answers ListChanges with the status an old server gave for a page
 /// over the message limit whenever more than `max_ok` changes are asked for, records every limit
-/// asked, and counts the lists staged with PutManifest.
-struct TooLargeAbove {
+/// asked, and counts the lists staged with PutManifest. When `lose_next` is set, the next commit
+/// runs on the server and the caller gets `lost()` instead of its answer (an answer over the message
+/// limit, a broken connection, a proxy's error).
+struct Probe {
     inner: GrpcRemote,
     max_ok: std::sync::atomic::AtomicU32,
     asked: parking_lot::Mutex<Vec<u32>>,
@@ -617,11 +619,18 @@ struct TooLargeAbove {
     largest: AtomicUsize,
     /// GetManifest calls.
     fetched: AtomicUsize,
+    lose_next: std::sync::atomic::AtomicBool,
+    lost: LostAnswer,
 }
 
-impl TooLargeAbove {
+impl Probe {
     fn new(server: &Server, device: usize) -> Arc<Self> {
-        Arc::new(TooLargeAbove {
+        Self::losing_answers(server, device, || RemoteError::Unavailable("lost".into()))
+    }
+
+    /// A probe whose lost commit answers (see `lose_next`) come back as `lost()`.
+    fn losing_answers(server: &Server, device: usize, lost: LostAnswer) -> Arc<Self> {
+        Arc::new(Probe {
             inner: GrpcRemote::new(&RemoteConfig::new(&server.url, &server.tokens[device]))
                 .unwrap(),
             max_ok: u32::MAX.into(),
@@ -630,17 +639,23 @@ impl TooLargeAbove {
             staged: AtomicUsize::new(0),
             largest: AtomicUsize::new(0),
             fetched: AtomicUsize::new(0),
+            lose_next: false.into(),
+            lost,
         })
     }
 }
 
 #[async_trait::async_trait]
-impl Remote for TooLargeAbove {
+impl Remote for Probe {
     async fn hello(&self) -> Result<Hello, RemoteError> {
         self.inner.hello().await
     }
     async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError> {
-        self.inner.commit(ops).await
+        let answer = self.inner.commit(ops).await?;
+        if self.lose_next.swap(false, Ordering::Relaxed) {
+            return Err((self.lost)());
+        }
+        Ok(answer)
     }
     async fn list_changes(
         &self,
@@ -698,10 +713,7 @@ async fn a_too_large_answer_makes_the_client_ask_for_less() {
     let server = start_server(&["laptop", "desktop", "tablet"]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut a = api(&server, 0).await;
-    let (b_remote, c_remote) = (
-        TooLargeAbove::new(&server, 1),
-        TooLargeAbove::new(&server, 2),
-    );
+    let (b_remote, c_remote) = (Probe::new(&server, 1), Probe::new(&server, 2));
     let b = engine(dir.path(), "desktop", b_remote.clone());
     let c = engine(dir.path(), "tablet", c_remote.clone());
     a.commit(v1::CommitRequest {
@@ -764,7 +776,7 @@ async fn the_engine_uploads_and_downloads_a_list_past_the_inline_bound() {
     let remote = |i: usize| -> Arc<dyn Remote> {
         Arc::new(GrpcRemote::new(&RemoteConfig::new(&server.url, &server.tokens[i])).unwrap())
     };
-    let a_remote = TooLargeAbove::new(&server, 0);
+    let a_remote = Probe::new(&server, 0);
     let (a, b) = (
         engine(dir.path(), "laptop", a_remote.clone()),
         engine(dir.path(), "desktop", remote(1)),
@@ -1041,7 +1053,7 @@ async fn many_saves_of_a_huge_file_cost_one_manifest_fetch() {
     let server = start_server(&["laptop", "desktop"]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut a = api(&server, 0).await;
-    let probe = TooLargeAbove::new(&server, 1);
+    let probe = Probe::new(&server, 1);
     let b = engine(dir.path(), "desktop", probe.clone());
     a.commit(v1::CommitRequest {
         ops: vec![create(
@@ -1081,66 +1093,9 @@ async fn many_saves_of_a_huge_file_cost_one_manifest_fetch() {
     assert_eq!(probe.fetched.load(Ordering::Relaxed), 1);
 }
 
-/// The real server behind a remote that can lose a commit's answer: the commit runs on the server,
-/// and the caller gets `lost()` instead of its answer (an answer over the message limit, a broken
-/// connection, a proxy's error).
-struct LoseAnswers {
-    inner: GrpcRemote,
-    lose_next: std::sync::atomic::AtomicBool,
-    lost: LostAnswer,
-}
-
 /// What a caller gets instead of a commit's answer.
 type LostAnswer = fn() -> RemoteError;
 
-#[async_trait::async_trait]
-impl Remote for LoseAnswers {
-    async fn hello(&self) -> Result<Hello, RemoteError> {
-        self.inner.hello().await
-    }
-    async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError> {
-        let answer = self.inner.commit(ops).await?;
-        if self.lose_next.swap(false, Ordering::Relaxed) {
-            return Err((self.lost)());
-        }
-        Ok(answer)
-    }
-    async fn list_changes(
-        &self,
-        cursor: u64,
-        limit: u32,
-    ) -> Result<v1::ListChangesResponse, RemoteError> {
-        self.inner.list_changes(cursor, limit).await
-    }
-    async fn snapshot(
-        &self,
-        at: u64,
-        after: Vec<u8>,
-        limit: u32,
-    ) -> Result<v1::SnapshotResponse, RemoteError> {
-        self.inner.snapshot(at, after, limit).await
-    }
-    async fn subscribe(&self, cursor: u64) -> Result<HeadStream, RemoteError> {
-        self.inner.subscribe(cursor).await
-    }
-    async fn find_missing(&self, ids: Vec<ChunkId>) -> Result<Vec<ChunkId>, RemoteError> {
-        self.inner.find_missing(ids).await
-    }
-    async fn put_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<(), RemoteError> {
-        self.inner.put_chunks(chunks).await
-    }
-    async fn get_chunks(&self, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
-        self.inner.get_chunks(ids).await
-    }
-    async fn get_manifest(&self, id: Vec<u8>, revision: u64) -> Result<Vec<ChunkRef>, RemoteError> {
-        self.inner.get_manifest(id, revision).await
-    }
-    async fn put_manifest(&self, chunks: Vec<ChunkRef>) -> Result<Vec<u8>, RemoteError> {
-        self.inner.put_manifest(chunks).await
-    }
-}
-
-/// The names in `engine`'s root.
 fn root_names(engine: &Engine) -> Vec<String> {
     engine
         .list(ROOT_INO, None, 100)
@@ -1174,11 +1129,7 @@ async fn a_commit_whose_answer_is_lost_is_settled_by_the_journal() {
     for (what, lost) in lost {
         let server = start_server(&["laptop", "desktop"]).await;
         let dir = tempfile::tempdir().unwrap();
-        let remote = Arc::new(LoseAnswers {
-            inner: GrpcRemote::new(&RemoteConfig::new(&server.url, &server.tokens[0])).unwrap(),
-            lose_next: false.into(),
-            lost,
-        });
+        let remote = Probe::losing_answers(&server, 0, lost);
         let a = engine(dir.path(), "laptop", remote.clone());
         let b = engine(
             dir.path(),
