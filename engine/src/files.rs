@@ -40,7 +40,8 @@ impl LocalFiles {
         self.dir.join(ino.to_string())
     }
 
-    /// The files that make up `ino`'s copy: the bytes and the owner record.
+    /// The files that make up `ino`'s copy: the bytes and the owner record (remove them with
+    /// [`remove_copy_files`]).
     pub(crate) fn copy_paths(&self, ino: u64) -> [PathBuf; 2] {
         [self.path(ino), self.owner_path(ino)]
     }
@@ -109,13 +110,7 @@ impl LocalFiles {
     /// Removes the copy of `ino`, if any. An open descriptor keeps reading its old bytes. Durable
     /// after [`LocalFiles::sync_dir`].
     pub(crate) fn remove(&self, ino: u64) -> io::Result<()> {
-        for path in self.copy_paths(ino) {
-            match fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-        Ok(())
+        remove_copy_files(&self.copy_paths(ino))
     }
 
     /// Gives the copy of `from` to `to` (a conflicted copy takes the local bytes). Never replaces a
@@ -252,4 +247,15 @@ fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
         return Err(io::Error::from(io::ErrorKind::AlreadyExists));
     }
     fs::rename(from, to)
+}
+
+/// Removes the files of a copy ([`LocalFiles::copy_paths`]); those already gone are fine.
+pub(crate) fn remove_copy_files(paths: &[PathBuf]) -> io::Result<()> {
+    for path in paths {
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -569,7 +569,7 @@ pub fn spawn_invalidator(
         .name("bvfs-invalidate".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let (items, through) = vfs.take_invalidations_for_delivery();
+                let (items, through) = vfs.engine().take_invalidations_for_delivery();
                 for item in items {
                     let result = match &item {
                         bvfs_engine::Invalidation::Inode(ino) => {

@@ -100,12 +100,6 @@ impl Vfs {
         self.engine.take_invalidations()
     }
 
-    /// The queued invalidations for a mount that acknowledges them (see
-    /// [`Engine::invalidations_delivered`]).
-    pub fn take_invalidations_for_delivery(&self) -> (Vec<bvfs_engine::Invalidation>, u64) {
-        self.engine.take_invalidations_for_delivery()
-    }
-
     /// Filesystem statistics: space of the cache's filesystem, and the namespace's node count.
     pub fn statfs(&self) -> VfsResult<Statfs> {
         let status = self.engine.status().map_err(Errno::from)?;

@@ -60,16 +60,13 @@ impl ReadLease {
 
 impl Drop for ReadLease {
     fn drop(&mut self) {
-        if self.contents.end_read(self.ino) {
-            for path in &self.copy_paths {
-                match std::fs::remove_file(path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
-                        path = %path.display(),
-                        "cannot remove the copy of an unlinked file: {e}"
-                    ),
-                    _ => {}
-                }
-            }
+        if self.contents.end_read(self.ino)
+            && let Err(e) = crate::files::remove_copy_files(&self.copy_paths)
+        {
+            tracing::warn!(
+                ino = self.ino,
+                "cannot remove the copy of an unlinked file: {e}"
+            );
         }
     }
 }
