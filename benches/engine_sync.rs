@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use bvfs_engine::chunking::ChunkId;
 use bvfs_engine::model::NodeKind;
 use bvfs_engine::remote::{
-    GrpcRemote, HeadStream, Hello, Remote, RemoteConfig, RemoteError, SyncApi,
+    GrpcRemote, HeadStream, Hello, Position, Remote, RemoteConfig, RemoteError, SyncApi,
 };
 use bvfs_engine::runtime::{LoopTiming, SyncLoop};
 use bvfs_engine::state::ROOT_INO;
@@ -141,7 +141,11 @@ impl Remote for CountingRemote {
     async fn hello(&self) -> Result<Hello, RemoteError> {
         self.inner.hello().await
     }
-    async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError> {
+    async fn commit(
+        &self,
+        ops: Vec<v1::Op>,
+        at: Position,
+    ) -> Result<v1::CommitResponse, RemoteError> {
         let refs: usize = ops
             .iter()
             .filter_map(|op| match &op.op {
@@ -154,18 +158,18 @@ impl Remote for CountingRemote {
             .sum();
         self.commit_manifest_refs
             .fetch_add(refs as u64, Ordering::Relaxed);
-        self.inner.commit(ops).await
+        self.inner.commit(ops, at).await
     }
     async fn list_changes(
         &self,
-        cursor: u64,
+        from: Position,
         limit: u32,
     ) -> Result<v1::ListChangesResponse, RemoteError> {
-        self.inner.list_changes(cursor, limit).await
+        self.inner.list_changes(from, limit).await
     }
     async fn snapshot(
         &self,
-        at: u64,
+        at: Position,
         after: Vec<u8>,
         limit: u32,
     ) -> Result<v1::SnapshotResponse, RemoteError> {
@@ -424,6 +428,7 @@ async fn raw_snapshot(api: &mut SyncApi) -> (usize, Duration) {
                 at_cursor: at,
                 after_id: after,
                 limit: SNAPSHOT_PAGE,
+                ..Default::default()
             })
             .await
             .expect("snapshot page")

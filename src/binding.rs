@@ -1,6 +1,6 @@
 //! Which namespace a mount's state belongs to (issue 15): a state directory is bound, on its first
-//! successful contact with a server, to that server's namespace (tenant and root id), and is never
-//! used with another one. Mounting a folder's state against another server or account would make the
+//! successful contact with a server, to that server's namespace (its random `namespace_id`, with the
+//! tenant's name for the messages), and is never used with another one. Mounting a folder's state against another server or account would make the
 //! engine take the new namespace's (empty) tree for deletions of everything it holds.
 
 use std::path::{Path, PathBuf};
@@ -10,11 +10,15 @@ use anyhow::{Context, bail};
 use bvfs_engine::remote::{ConnectError, RemoteConfig, RemoteError, connect, error_chain};
 use bvfs_proto::v1;
 
-/// A state directory's namespace: the tenant, the namespace's root id (random per namespace, so it
-/// names the server's copy of it too) and the device name the token gives.
+/// A state directory's namespace: the tenant, the namespace's identity (random per namespace, fixed
+/// at its creation: a tenant of the same name on another server, or recreated on this one, is
+/// another namespace) and the device name the token gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
     pub tenant: String,
+    /// The namespace id in hex; empty in a binding written before namespace ids existed (or from a
+    /// server that predates them).
+    pub namespace: String,
     pub root: String,
     pub device: String,
     /// The server it was first seen on (for the messages; the namespace is what counts).
@@ -48,6 +52,7 @@ impl Binding {
         ) {
             (Some(tenant), Some(root), Some(device), Some(server)) => Ok(Some(Self {
                 tenant,
+                namespace: field("namespace").unwrap_or_default(),
                 root,
                 device,
                 server,
@@ -63,8 +68,8 @@ impl Binding {
     /// Records the binding durably (temp file, fsync, rename, directory fsync).
     pub fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
         let text = format!(
-            "tenant={}\nroot={}\ndevice={}\nserver={}\n",
-            self.tenant, self.root, self.device, self.server
+            "tenant={}\nnamespace={}\nroot={}\ndevice={}\nserver={}\n",
+            self.tenant, self.namespace, self.root, self.device, self.server
         );
         let tmp = state_dir.join(format!("{FILE}.tmp"));
         {
@@ -78,8 +83,13 @@ impl Binding {
         Ok(())
     }
 
-    /// Whether `other` is the same namespace (the server's address may change).
+    /// Whether `other` is the same namespace (the server's address may change). Namespace ids decide
+    /// where both are known; a binding from before them is taken over by the first namespace of its
+    /// tenant that answers.
     pub fn same_namespace(&self, other: &Binding) -> bool {
+        if !self.namespace.is_empty() && !other.namespace.is_empty() {
+            return self.namespace == other.namespace;
+        }
         self.tenant == other.tenant && self.root == other.root
     }
 }
@@ -122,6 +132,7 @@ pub async fn contact(config: &RemoteConfig) -> anyhow::Result<Contact> {
     };
     Ok(Contact::Reached(Binding {
         tenant: hello.tenant,
+        namespace: hex::encode(&hello.namespace_id),
         root: hello.root_id.iter().map(|b| format!("{b:02x}")).collect(),
         device: hello.device,
         server: config.url.clone(),

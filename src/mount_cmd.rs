@@ -425,7 +425,7 @@ Mounting it here would mix the two and could delete local files. Mount this serv
             known.server,
             found.server,
             found.tenant,
-            &found.root[..8.min(found.root.len())]
+            &found.namespace[..8.min(found.namespace.len())]
         ),
         (Contact::Reached(found), known) => {
             if known.as_ref() != Some(&found) {

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bvfs_engine::chunking::ChunkId;
 use bvfs_engine::model::NodeKind;
-use bvfs_engine::remote::{GrpcRemote, HeadStream, Hello, Remote, RemoteConfig, RemoteError};
+use bvfs_engine::remote::{
+    GrpcRemote, HeadStream, Hello, Position, Remote, RemoteConfig, RemoteError,
+};
 use bvfs_engine::state::ROOT_INO;
 use bvfs_engine::{Engine, EngineConfig};
 use bvfs_proto::v1;
@@ -26,19 +28,23 @@ impl Remote for CountingRemote {
     async fn hello(&self) -> Result<Hello, RemoteError> {
         self.inner.hello().await
     }
-    async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError> {
-        self.inner.commit(ops).await
+    async fn commit(
+        &self,
+        ops: Vec<v1::Op>,
+        at: Position,
+    ) -> Result<v1::CommitResponse, RemoteError> {
+        self.inner.commit(ops, at).await
     }
     async fn list_changes(
         &self,
-        cursor: u64,
+        from: Position,
         limit: u32,
     ) -> Result<v1::ListChangesResponse, RemoteError> {
-        self.inner.list_changes(cursor, limit).await
+        self.inner.list_changes(from, limit).await
     }
     async fn snapshot(
         &self,
-        at: u64,
+        at: Position,
         after: Vec<u8>,
         limit: u32,
     ) -> Result<v1::SnapshotResponse, RemoteError> {

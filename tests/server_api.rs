@@ -75,7 +75,11 @@ async fn commit_list_snapshot_round_trip() {
     let mut seen = vec![];
     loop {
         let page = api
-            .list_changes(v1::ListChangesRequest { cursor, limit: 1 })
+            .list_changes(v1::ListChangesRequest {
+                cursor,
+                limit: 1,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -120,6 +124,7 @@ async fn snapshot_at_a_cursor_stays_consistent_while_commits_land() {
             at_cursor: 0,
             after_id: vec![],
             limit: 10,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -143,6 +148,7 @@ async fn snapshot_at_a_cursor_stays_consistent_while_commits_land() {
                 at_cursor: at,
                 after_id: after,
                 limit: 10,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -502,6 +508,7 @@ async fn cursor_ahead_of_the_journal_is_out_of_range() {
         .list_changes(v1::ListChangesRequest {
             cursor: 42,
             limit: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -103,6 +103,17 @@ pub enum EngineError {
     Fetch(#[from] crate::fetch::FetchError),
     #[error("the content of this file is not known locally (manifest {0} missing)")]
     UnknownContent(String),
+    /// The server's history no longer holds this device's position (restored from an older
+    /// backup): the pull re-bases ([`Engine::rebase`]).
+    #[error("the server's history diverged from this device's: {0}")]
+    Diverged(String),
+    /// The server serves another namespace than the one this state belongs to.
+    #[error(
+        "the server now serves another namespace ({found}) than the one this device's state belongs \
+         to ({expected}); nothing is synced with it. Mount that server with its own state \
+         (`bvfs mount --data EMPTY_DIR`)"
+    )]
+    OtherNamespace { expected: String, found: String },
 }
 
 impl From<crate::state::pull::PullError> for EngineError {
@@ -153,6 +164,8 @@ pub struct Engine {
     /// for the first pull to place them. Only these are orphans: a copy the mount unlinks while a
     /// handle still has it open also has no node, and it belongs to that handle, not to recovery.
     pub(crate) orphans: Mutex<Vec<u64>>,
+    /// Re-bases since the engine was opened (`crate::lineage`).
+    pub(crate) rebases: AtomicU64,
 }
 
 impl Engine {
@@ -193,6 +206,7 @@ impl Engine {
             wake: tokio::sync::Notify::new(),
             online: AtomicBool::new(false),
             full_chunk_checks: AtomicBool::new(false),
+            rebases: AtomicU64::new(0),
             orphans: Mutex::new(Vec::new()),
         });
         engine.replay_file_intents(true)?;

@@ -16,6 +16,7 @@ pub mod faults;
 pub mod fetch;
 pub mod files;
 pub mod invalidations;
+pub mod lineage;
 pub mod model;
 pub mod planner;
 pub mod presence;

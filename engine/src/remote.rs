@@ -218,6 +218,15 @@ impl RemoteError {
     pub fn is_stale(&self) -> bool {
         matches!(self, RemoteError::Rejected { reason, .. } if reason == "stale-revision")
     }
+
+    /// Whether the server refused a request because it no longer holds the journal position the
+    /// request came from (`journal-diverged`, `cursor-ahead`): it was restored from an older backup or
+    /// otherwise rewound, and this device must re-base its view on the server's (see
+    /// `Engine::rebase`).
+    pub fn is_diverged(&self) -> bool {
+        matches!(self, RemoteError::Rejected { reason, .. }
+            if reason == "journal-diverged" || reason == "cursor-ahead")
+    }
 }
 
 impl From<tonic::Status> for RemoteError {
@@ -252,12 +261,31 @@ impl From<tonic::Status> for RemoteError {
     }
 }
 
+/// A position in a namespace's journal: a cursor and the lineage tag of the entry there, which
+/// together name one history of the journal (see the proto's "Identity and lineage"). Tag 0 is not
+/// checked by the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub cursor: u64,
+    pub tag: u64,
+}
+
+impl Position {
+    pub fn new(cursor: u64, tag: u64) -> Self {
+        Self { cursor, tag }
+    }
+}
+
 /// Who the server says we are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub tenant: String,
     pub device: String,
     pub head: u64,
+    /// The tag of the entry at `head`.
+    pub head_tag: u64,
+    /// The namespace's identity (empty from a server that predates it).
+    pub namespace: Vec<u8>,
 }
 
 /// A stream of "the namespace advanced to N" notifications.
@@ -269,15 +297,22 @@ pub type HeadStream =
 #[async_trait::async_trait]
 pub trait Remote: Send + Sync + 'static {
     async fn hello(&self) -> Result<Hello, RemoteError>;
-    async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError>;
+    /// Commits `ops`, planned from REMOTE at position `at`.
+    async fn commit(
+        &self,
+        ops: Vec<v1::Op>,
+        at: Position,
+    ) -> Result<v1::CommitResponse, RemoteError>;
+    /// The journal after `from`.
     async fn list_changes(
         &self,
-        cursor: u64,
+        from: Position,
         limit: u32,
     ) -> Result<v1::ListChangesResponse, RemoteError>;
+    /// A page of the snapshot at `at`.
     async fn snapshot(
         &self,
-        at_cursor: u64,
+        at: Position,
         after_id: Vec<u8>,
         limit: u32,
     ) -> Result<v1::SnapshotResponse, RemoteError>;
@@ -347,34 +382,48 @@ impl Remote for GrpcRemote {
             tenant: reply.tenant,
             device: reply.device,
             head: reply.head,
+            head_tag: reply.head_tag,
+            namespace: reply.namespace_id,
         })
     }
 
-    async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError> {
+    async fn commit(
+        &self,
+        ops: Vec<v1::Op>,
+        at: Position,
+    ) -> Result<v1::CommitResponse, RemoteError> {
         Ok(self
             .api
             .clone()
-            .commit(v1::CommitRequest { ops })
+            .commit(v1::CommitRequest {
+                ops,
+                cursor: at.cursor,
+                cursor_tag: at.tag,
+            })
             .await?
             .into_inner())
     }
 
     async fn list_changes(
         &self,
-        cursor: u64,
+        from: Position,
         limit: u32,
     ) -> Result<v1::ListChangesResponse, RemoteError> {
         Ok(self
             .api
             .clone()
-            .list_changes(v1::ListChangesRequest { cursor, limit })
+            .list_changes(v1::ListChangesRequest {
+                cursor: from.cursor,
+                cursor_tag: from.tag,
+                limit,
+            })
             .await?
             .into_inner())
     }
 
     async fn snapshot(
         &self,
-        at_cursor: u64,
+        at: Position,
         after_id: Vec<u8>,
         limit: u32,
     ) -> Result<v1::SnapshotResponse, RemoteError> {
@@ -382,9 +431,10 @@ impl Remote for GrpcRemote {
             .api
             .clone()
             .snapshot(v1::SnapshotRequest {
-                at_cursor,
+                at_cursor: at.cursor,
                 after_id,
                 limit,
+                at_cursor_tag: at.tag,
             })
             .await?
             .into_inner())

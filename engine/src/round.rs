@@ -20,10 +20,14 @@ use crate::model::{NodeId, NodeIdSet};
 use crate::planner::{
     ConflictTime, OpId, OpKind, Plan, PlanContext, PlannedOp, Planner, Report, Side,
 };
+use crate::remote::Position;
 use crate::remote::RemoteError;
 use crate::residency::StateResidency;
 use crate::state::Table;
-use crate::state::pull::{PULL_TARGET, SNAPSHOT_AFTER, SNAPSHOT_AT};
+use crate::state::pull::{
+    PULL_TARGET, PULL_TARGET_TAG, PullError, SNAPSHOT_AFTER, SNAPSHOT_AT, SNAPSHOT_AT_TAG,
+};
+use crate::upload::Uploaded;
 
 /// How a round ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,11 +68,15 @@ impl From<crate::state::StateError> for RoundError {
     }
 }
 
-impl From<crate::state::pull::PullError> for RoundError {
-    fn from(e: crate::state::pull::PullError) -> Self {
+impl From<PullError> for RoundError {
+    fn from(e: PullError) -> Self {
         RoundError::Engine(e.into())
     }
 }
+
+/// How many times one pull may re-base before giving up (a server that keeps refusing the position
+/// a fresh snapshot gave is broken, not restored).
+const MAX_REBASES_PER_PULL: usize = 2;
 
 /// Page sizes of pulls, as upper bounds: the server cuts pages by bytes too, and the client halves
 /// its limit after an answer too large to carry ([`crate::bounded::PageLimit`]). Snapshot pages are
@@ -90,6 +98,8 @@ const SNAPSHOT_AHEAD: usize = 1;
 
 /// A snapshot page, parsed.
 struct SnapshotPage {
+    /// The namespace the page says it belongs to.
+    namespace: Vec<u8>,
     nodes: Vec<(crate::model::Node, Option<crate::chunking::Manifest>)>,
     /// The id to continue after; `None` on the last page.
     next: Option<NodeId>,
@@ -128,7 +138,11 @@ impl SnapshotPage {
             .map(crate::wire::node_from_proto)
             .collect::<Result<_, _>>()
             .map_err(bad)?;
-        Ok(SnapshotPage { nodes, next })
+        Ok(SnapshotPage {
+            namespace: page.namespace_id,
+            nodes,
+            next,
+        })
     }
 }
 
@@ -150,6 +164,15 @@ fn brake_namespace_size(
 fn brake_size_cap(brake: &crate::planner::DeleteBrake) -> Option<u64> {
     let cap = (brake.max_deletes as f64 / brake.max_fraction).ceil();
     (cap.is_finite() && cap >= 0.0 && cap < (u64::MAX / 2) as f64).then(|| cap as u64 + 1)
+}
+
+/// A remote op made ready to commit, or why not.
+enum Prepared {
+    Op(v1::Op),
+    /// The local content moved on since planning.
+    Replan,
+    /// Content the server lacks is not on this device.
+    Unavailable(crate::chunking::ChunkId),
 }
 
 /// Aborts a background task when its owner is dropped (a round cancelled mid-pull).
@@ -205,74 +228,111 @@ impl Engine {
     }
 
     /// Pulls until REMOTE is at (or past) the pull target and the journal head seen. Returns how many
-    /// changes were applied.
+    /// changes were applied. A server that no longer holds this device's position (restored from an
+    /// older backup) makes it re-base first ([`Engine::rebase`]).
     pub async fn pull(&self) -> Result<usize, RoundError> {
         let mut applied = 0;
+        let mut rebases = 0;
         let mut limit = crate::bounded::PageLimit::new(CHANGES_PAGE);
         loop {
-            let (cursor, snapshot_at, snapshot_after, target) = {
-                let state = self.state.lock();
-                (
-                    state.meta_u64(crate::state::pull::CURSOR)?.unwrap_or(0),
-                    state.meta_u64(SNAPSHOT_AT)?,
-                    state.meta_text(SNAPSHOT_AFTER).ok().flatten(),
-                    state.meta_u64(PULL_TARGET)?.unwrap_or(0),
-                )
+            let diverged = match self.pull_step(&mut limit, &mut applied).await {
+                Ok(true) => return Ok(applied),
+                Ok(false) => continue,
+                Err(RoundError::Remote(e)) if e.is_diverged() => e.to_string(),
+                Err(RoundError::Engine(EngineError::Diverged(why))) => why,
+                Err(e) => return Err(e),
             };
-            let _ = snapshot_after;
-            if cursor == 0 && snapshot_at.is_none() {
-                // First sync (or a rebuild): take a consistent snapshot rather than replaying history.
-                let hello = self.remote.hello().await?;
-                self.online.store(true, Ordering::Relaxed);
-                if hello.head > 0 {
-                    self.start_snapshot(hello.head)?;
-                    continue;
-                }
-                return Ok(applied);
+            rebases += 1;
+            if rebases > MAX_REBASES_PER_PULL {
+                return Err(RemoteError::Unavailable(format!(
+                    "the server keeps refusing this device's journal position after {MAX_REBASES_PER_PULL} re-bases: {diverged}"
+                ))
+                .into());
             }
-            if let Some(at) = snapshot_at {
-                applied += self.pull_snapshot(at).await?;
-                continue;
-            }
-            let page = match self.remote.list_changes(cursor, limit.get()).await {
-                Err(e) if e.is_too_large() && limit.shrink() => {
-                    tracing::info!(
-                        cursor,
-                        limit = limit.get(),
-                        "a page of changes was too large to carry; asking for fewer"
-                    );
-                    continue;
-                }
-                Err(RemoteError::Rejected { reason, .. }) if reason == "cursor-ahead" => {
-                    tracing::warn!(
-                        cursor,
-                        "the server's journal is behind this device: rebuilding from a snapshot"
-                    );
-                    self.state
-                        .lock()
-                        .transaction(|t| t.set_meta(crate::state::pull::CURSOR, 0i64))?;
-                    continue;
-                }
-                other => other?,
-            };
-            self.online.store(true, Ordering::Relaxed);
-            limit.grow();
-            self.fetch_elided_changes(&page.changes).await?;
-            applied += page.changes.len();
-            self.state
-                .lock()
-                .transaction(|t| t.apply_changes(&page.changes, page.next_cursor))?;
-            if !page.has_more && page.next_cursor >= target {
-                return Ok(applied);
-            }
-            if !page.has_more && page.changes.is_empty() {
-                // The server has not yet shown our own commit (it cannot lag; but never spin).
-                return Ok(applied);
-            }
+            self.rebase(&diverged).await?;
         }
     }
 
-    fn start_snapshot(&self, at: u64) -> Result<(), RoundError> {
+    /// One step of [`Engine::pull`]: a Hello, a snapshot, or a page of changes. `Ok(true)` when the
+    /// pull is done.
+    async fn pull_step(
+        &self,
+        limit: &mut crate::bounded::PageLimit,
+        applied: &mut usize,
+    ) -> Result<bool, RoundError> {
+        let (from, snapshot_at, target) = {
+            let state = self.state.lock();
+            let from = state.read(|t| t.position())?;
+            let snapshot_at = match state.meta_u64(SNAPSHOT_AT)? {
+                Some(at) => Some(Position::new(
+                    at,
+                    state.meta_u64(SNAPSHOT_AT_TAG)?.unwrap_or(0),
+                )),
+                None => None,
+            };
+            (from, snapshot_at, state.meta_u64(PULL_TARGET)?.unwrap_or(0))
+        };
+        if from.cursor == 0 && snapshot_at.is_none() {
+            // First sync (or a rebuild, or a re-base): a consistent snapshot rather than the history.
+            let hello = self.remote.hello().await?;
+            self.online.store(true, Ordering::Relaxed);
+            self.check_namespace(&hello.namespace)?;
+            if hello.head > 0 {
+                self.start_snapshot(Position::new(hello.head, hello.head_tag))?;
+                return Ok(false);
+            }
+            if target > 0 {
+                return Err(EngineError::Diverged(format!(
+                    "the server's journal is empty, but it acknowledged a commit of this device at {target}"
+                ))
+                .into());
+            }
+            return Ok(true);
+        }
+        if let Some(at) = snapshot_at {
+            *applied += self.pull_snapshot(at).await?;
+            return Ok(false);
+        }
+        let page = match self.remote.list_changes(from, limit.get()).await {
+            Err(e) if e.is_too_large() && limit.shrink() => {
+                tracing::info!(
+                    cursor = from.cursor,
+                    limit = limit.get(),
+                    "a page of changes was too large to carry; asking for fewer"
+                );
+                return Ok(false);
+            }
+            other => other?,
+        };
+        self.online.store(true, Ordering::Relaxed);
+        self.check_namespace(&page.namespace_id)?;
+        limit.grow();
+        self.fetch_elided_changes(&page.changes).await?;
+        *applied += page.changes.len();
+        let result = self.state.lock().transaction(|t| {
+            t.apply_changes(&page.changes, page.next_cursor, page.next_cursor_tag)
+        });
+        match result {
+            Err(PullError::Diverged { seq }) => {
+                return Err(EngineError::Diverged(format!(
+                    "the server's journal entry {seq} is not the commit it acknowledged to this device there"
+                ))
+                .into());
+            }
+            other => other?,
+        }
+        if !page.has_more && page.next_cursor < target {
+            // The whole journal is in, and a commit the server acknowledged is not in it.
+            return Err(EngineError::Diverged(format!(
+                "the server's journal ends at {}, before the commit it acknowledged to this device at {target}",
+                page.next_cursor
+            ))
+            .into());
+        }
+        Ok(!page.has_more && page.next_cursor >= target)
+    }
+
+    fn start_snapshot(&self, at: Position) -> Result<(), RoundError> {
         self.state.lock().transaction(|t| {
             // REMOTE is rebuilt from the snapshot: forget what it held, planning each id again.
             let ids = t.tree(Table::Remote).all_ids()?;
@@ -280,7 +340,8 @@ impl Engine {
                 t.remove_node(Table::Remote, id)?;
                 t.mark_changed(id)?;
             }
-            t.set_meta(SNAPSHOT_AT, at as i64)
+            t.set_meta(SNAPSHOT_AT_TAG, at.tag as i64)?;
+            t.set_meta(SNAPSHOT_AT, at.cursor as i64)
         })?;
         Ok(())
     }
@@ -289,7 +350,7 @@ impl Engine {
     /// ahead of the transactions (so the server's work and ours overlap); they are applied
     /// [`SNAPSHOT_BATCH`] nodes per transaction, each recording how far it got, so a crash resumes after
     /// the last one. Returns how many nodes were applied.
-    async fn pull_snapshot(&self, at: u64) -> Result<usize, RoundError> {
+    async fn pull_snapshot(&self, at: Position) -> Result<usize, RoundError> {
         let after = self
             .state
             .lock()
@@ -304,6 +365,13 @@ impl Engine {
             loop {
                 let page = match remote.snapshot(at, after.clone(), limit.get()).await {
                     Err(e) if e.is_too_large() && limit.shrink() => continue,
+                    Ok(page) if at.tag != 0 && page.at_cursor_tag != 0 && page.at_cursor_tag != at.tag => {
+                        Err(EngineError::Diverged(format!(
+                            "the server's journal entry {} changed while this device took a snapshot at it",
+                            at.cursor
+                        ))
+                        .into())
+                    }
                     Ok(page) => {
                         limit.grow();
                         SnapshotPage::fetch(remote.as_ref(), page).await
@@ -332,6 +400,10 @@ impl Engine {
             while nodes < SNAPSHOT_BATCH && chunks < SNAPSHOT_BATCH_CHUNKS && !complete {
                 match pages.recv().await {
                     Some(Ok(page)) => {
+                        if let Err(e) = self.check_namespace(&page.namespace) {
+                            failure = Some(e);
+                            break;
+                        }
                         complete = page.next.is_none();
                         nodes += page.nodes.len();
                         chunks += page
@@ -519,15 +591,37 @@ impl Engine {
         }
         let mut wire_ops = Vec::with_capacity(runnable.len());
         let mut committed_ops = Vec::with_capacity(runnable.len());
+        // Ops left out this round, and so every op that depends on them.
+        let mut left_out: HashSet<OpId> = HashSet::new();
         for op in runnable {
-            match self.prepare_remote_op(op).await {
-                Ok(Some(wire)) => {
+            if op.deps.iter().any(|d| left_out.contains(d)) {
+                left_out.insert(op.id);
+                continue;
+            }
+            match self.prepare_remote_op(op).await? {
+                Prepared::Op(wire) => {
                     wire_ops.push(wire);
                     committed_ops.push(op);
                 }
                 // The local content moved on since planning: the next round plans the new content.
-                Ok(None) => break,
-                Err(e) => return Err(e),
+                Prepared::Replan => break,
+                Prepared::Unavailable(chunk) => {
+                    let id = op.kind.node().expect("an upload is for a node");
+                    tracing::warn!(node = %id, %chunk, "content the server lacks is not on this device");
+                    self.state.lock().transaction(|t| {
+                        t.record_sync_error(
+                            id,
+                            &format!(
+                                "content-unavailable: the server does not have chunk {chunk} of this \
+                                 file and this device never downloaded it (was the server restored \
+                                 from an older backup?); the device that wrote the file uploads it \
+                                 again when it syncs"
+                            ),
+                        )
+                    })?;
+                    left_out.insert(op.id);
+                    report.more = true;
+                }
             }
         }
         let batches = crate::bounded::commit_batches(
@@ -538,7 +632,10 @@ impl Engine {
         for batch in batches {
             let (wire, ops) = (&wire_ops[batch.clone()], &committed_ops[batch]);
             self.record_inflight(ops)?;
-            match self.remote.commit(wire.to_vec()).await {
+            // The position REMOTE (and so every base revision) comes from: the server refuses it if
+            // its history no longer holds it.
+            let at = self.state.lock().read(|t| t.position())?;
+            match self.remote.commit(wire.to_vec(), at).await {
                 Ok(response) => {
                     report.committed += ops.len();
                     self.record_commit(ops, &response)?;
@@ -557,6 +654,12 @@ impl Engine {
                             .filter_map(|op| op.kind.node())
                             .try_for_each(|id| t.clear_inflight(id))
                     })?;
+                    if e.is_diverged() {
+                        // Not about these ops: the server lost the history they were planned on.
+                        self.rebase(&e.to_string()).await?;
+                        report.more = true;
+                        return Ok(());
+                    }
                     self.record_rejection(ops, &e)?;
                     report.more = true;
                     // Whatever changed on the server, the next round pulls it and plans again.
@@ -570,15 +673,18 @@ impl Engine {
         Ok(())
     }
 
-    /// The wire op for a remote op, after uploading its content. `None` if the content to upload is no
-    /// longer what the plan saw.
-    async fn prepare_remote_op(&self, op: &PlannedOp) -> Result<Option<v1::Op>, RoundError> {
+    /// The wire op for a remote op, after uploading its content.
+    async fn prepare_remote_op(&self, op: &PlannedOp) -> Result<Prepared, RoundError> {
         use v1::op::Op as W;
         let wire = match &op.kind {
             OpKind::RemoteCreate { node, upload } => {
                 let manifest = self.content_manifest(node.kind, &node.attrs)?;
-                if *upload && !self.upload(node.id, manifest.as_ref(), None).await? {
-                    return Ok(None);
+                if *upload {
+                    match self.upload(node.id, manifest.as_ref(), None).await? {
+                        Uploaded::Done => {}
+                        Uploaded::Changed => return Ok(Prepared::Replan),
+                        Uploaded::Unavailable(chunk) => return Ok(Prepared::Unavailable(chunk)),
+                    }
                 }
                 let mut attrs = crate::wire::attrs_to_proto(node.kind, &node.attrs, None);
                 if let Some(m) = &manifest {
@@ -601,8 +707,12 @@ impl Engine {
                 let kind = self.remote_kind(*id)?;
                 let manifest = self.content_manifest(kind, attrs)?;
                 let base = self.base_manifest(*id, *base_revision)?;
-                if *upload && !self.upload(*id, manifest.as_ref(), base.as_ref()).await? {
-                    return Ok(None);
+                if *upload {
+                    match self.upload(*id, manifest.as_ref(), base.as_ref()).await? {
+                        Uploaded::Done => {}
+                        Uploaded::Changed => return Ok(Prepared::Replan),
+                        Uploaded::Unavailable(chunk) => return Ok(Prepared::Unavailable(chunk)),
+                    }
                 }
                 let mut wire_attrs = crate::wire::attrs_to_proto(kind, attrs, None);
                 wire_attrs.content = match &manifest {
@@ -632,7 +742,7 @@ impl Engine {
             }),
             _ => unreachable!("only remote ops are prepared"),
         };
-        Ok(Some(v1::Op { op: Some(wire) }))
+        Ok(Prepared::Op(v1::Op { op: Some(wire) }))
     }
 
     fn remote_kind(&self, id: NodeId) -> Result<crate::model::NodeKind, RoundError> {
@@ -752,8 +862,10 @@ impl Engine {
                     t.clear_sync_error(node.id)?;
                     t.mark_changed(node.id)?;
                 }
-                let target = t.meta_u64(PULL_TARGET)?.unwrap_or(0).max(response.cursor);
-                t.set_meta(PULL_TARGET, target as i64)?;
+                if response.cursor > t.meta_u64(PULL_TARGET)?.unwrap_or(0) {
+                    t.set_meta(PULL_TARGET, response.cursor as i64)?;
+                    t.set_meta(PULL_TARGET_TAG, response.tag as i64)?;
+                }
                 Ok(())
             })?;
         Ok(())

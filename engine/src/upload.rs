@@ -14,6 +14,19 @@ use crate::chunking::{ChunkId, Manifest};
 use crate::model::NodeId;
 use crate::round::RoundError;
 
+/// What became of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Uploaded {
+    /// The server has every chunk.
+    Done,
+    /// The file's copy was written since it was chunked: plan again.
+    Changed,
+    /// A chunk the server lacks is on this device neither in a copy nor in the cache: the content
+    /// is lost to this device (a server restored from an older backup forgot content this device
+    /// never downloaded). Another device may still hold it.
+    Unavailable(ChunkId),
+}
+
 /// Chunks per `PutChunks` stream, and bytes at most.
 const PUT_BATCH_CHUNKS: usize = 16;
 const PUT_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -24,16 +37,14 @@ impl Engine {
     /// Makes sure the server has every chunk of `manifest`, the content of node `id`. Chunks of
     /// `stored` (the node's version on the server, whose chunks the server keeps with its history)
     /// are not asked about, so a small edit of a large file costs a few ids, not the whole list.
-    /// Returns false if the local bytes no longer match the manifest (written since): the caller
-    /// re-plans.
     pub(crate) async fn upload(
         &self,
         id: NodeId,
         manifest: Option<&Manifest>,
         stored: Option<&Manifest>,
-    ) -> Result<bool, RoundError> {
+    ) -> Result<Uploaded, RoundError> {
         let Some(manifest) = manifest.filter(|m| !m.chunks.is_empty()) else {
-            return Ok(true);
+            return Ok(Uploaded::Done);
         };
         let mut unique = Vec::new();
         let mut seen: HashSet<ChunkId> = stored
@@ -45,14 +56,14 @@ impl Engine {
             }
         }
         if unique.is_empty() {
-            return Ok(true);
+            return Ok(Uploaded::Done);
         }
         let mut missing: HashSet<ChunkId> = HashSet::new();
         for batch in unique.chunks(FIND_BATCH) {
             missing.extend(self.remote.find_missing(batch.to_vec()).await?);
         }
         if missing.is_empty() {
-            return Ok(true);
+            return Ok(Uploaded::Done);
         }
         let ino = self.state.lock().read(|t| t.local_ino(id))?;
         self.uploading.lock().insert(id);
@@ -66,7 +77,7 @@ impl Engine {
         ino: Option<u64>,
         manifest: &Manifest,
         mut missing: HashSet<ChunkId>,
-    ) -> Result<bool, RoundError> {
+    ) -> Result<Uploaded, RoundError> {
         // Collect the missing chunks in manifest order, in batches, reading their bytes lazily.
         let mut batches: Vec<Vec<(ChunkId, u64, u32)>> = vec![Vec::new()];
         let mut batch_bytes = 0;
@@ -91,38 +102,43 @@ impl Engine {
         let sent = futures::stream::iter(batches.into_iter().filter(|b| !b.is_empty()))
             .map(|batch| self.put_batch(ino, batch))
             .buffer_unordered(self.config.transfer_concurrency.max(1))
-            .try_collect::<Vec<bool>>()
+            .try_collect::<Vec<Uploaded>>()
             .await?;
-        Ok(sent.into_iter().all(|ok| ok))
+        Ok(sent
+            .into_iter()
+            .find(|outcome| *outcome != Uploaded::Done)
+            .unwrap_or(Uploaded::Done))
     }
 
     async fn put_batch(
         &self,
         ino: Option<u64>,
         batch: Vec<(ChunkId, u64, u32)>,
-    ) -> Result<bool, RoundError> {
+    ) -> Result<Uploaded, RoundError> {
         let mut chunks = Vec::with_capacity(batch.len());
         for (id, offset, len) in batch {
+            let has_copy = ino.is_some_and(|ino| self.files.exists(ino));
             let from_copy = match ino {
-                Some(ino) => self
+                Some(ino) if has_copy => self
                     .files
                     .read_chunk(ino, offset, len, id)
                     .map_err(EngineError::from)?,
-                None => None,
+                _ => None,
             };
             let data = match from_copy {
                 Some(data) => data,
                 None => match self.cache.get(&id).map_err(EngineError::from)? {
                     Some(data) => data,
-                    None => {
+                    None if has_copy => {
                         tracing::info!(chunk = %id, "content changed since it was chunked; planning again");
-                        return Ok(false);
+                        return Ok(Uploaded::Changed);
                     }
+                    None => return Ok(Uploaded::Unavailable(id)),
                 },
             };
             chunks.push((id, data));
         }
         self.remote.put_chunks(chunks).await?;
-        Ok(true)
+        Ok(Uploaded::Done)
     }
 }

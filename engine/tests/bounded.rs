@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bvfs_engine::chunking::{ChunkId, ChunkRef};
 use bvfs_engine::remote::{
-    GrpcRemote, HeadStream, Hello, Remote, RemoteConfig, RemoteError, SyncApi, connect,
+    GrpcRemote, HeadStream, Hello, Position, Remote, RemoteConfig, RemoteError, SyncApi, connect,
 };
 use bvfs_engine::state::ROOT_INO;
 use bvfs_engine::{Engine, EngineConfig};
@@ -182,6 +182,7 @@ async fn an_offline_device_catches_up_after_many_saves_of_a_large_file() {
             NodeKind::Directory,
             v1::NodeAttrs::default(),
         )],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -199,6 +200,7 @@ async fn an_offline_device_catches_up_after_many_saves_of_a_large_file() {
                 NodeKind::File,
                 attrs(manifest(&stored, count, 0), 0),
             )],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -212,6 +214,7 @@ async fn an_offline_device_catches_up_after_many_saves_of_a_large_file() {
                     base_revision: revision,
                     attrs: Some(attrs(manifest(&stored, count, version), version)),
                 }))],
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -288,6 +291,7 @@ async fn a_manifest_of_two_million_chunks_goes_up_and_comes_back_whole() {
             NodeKind::Directory,
             v1::NodeAttrs::default(),
         )],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -304,6 +308,7 @@ async fn a_manifest_of_two_million_chunks_goes_up_and_comes_back_whole() {
     content.chunk_count = count as u64;
     let commit = v1::CommitRequest {
         ops: vec![create([2; 16], "huge.bin", NodeKind::File, file_attrs)],
+        ..Default::default()
     };
     assert!(commit.encoded_len() < 1024);
     let response = a.commit(commit.clone()).await.unwrap().into_inner();
@@ -323,6 +328,7 @@ async fn a_manifest_of_two_million_chunks_goes_up_and_comes_back_whole() {
             content.chunk_count = count as u64;
             attrs
         })],
+        ..Default::default()
     };
     let refused = a.commit(reused).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
@@ -356,6 +362,7 @@ async fn a_manifest_of_two_million_chunks_goes_up_and_comes_back_whole() {
         .list_changes(v1::ListChangesRequest {
             cursor: 0,
             limit: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -429,7 +436,12 @@ async fn every_page_is_bounded_in_bytes() {
             )
         })
         .collect();
-    a.commit(v1::CommitRequest { ops: dirs }).await.unwrap();
+    a.commit(v1::CommitRequest {
+        ops: dirs,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let file_id = |i: u32| {
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&(i + 1).to_be_bytes());
@@ -448,7 +460,12 @@ async fn every_page_is_bounded_in_bytes() {
                 )
             })
             .collect();
-        a.commit(v1::CommitRequest { ops }).await.unwrap();
+        a.commit(v1::CommitRequest {
+            ops,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     }
     // 30 more versions of file 0.
     let mut revision = a
@@ -475,6 +492,7 @@ async fn every_page_is_bounded_in_bytes() {
                     base_revision: base,
                     attrs: Some(attrs(manifest(&stored, 8_000, 100 + v), 100 + v)),
                 }))],
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -491,6 +509,7 @@ async fn every_page_is_bounded_in_bytes() {
             .list_changes(v1::ListChangesRequest {
                 cursor,
                 limit: 10_000,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -518,6 +537,7 @@ async fn every_page_is_bounded_in_bytes() {
                 at_cursor: head,
                 after_id: after,
                 limit: 50_000,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -573,7 +593,10 @@ async fn every_page_is_bounded_in_bytes() {
         })));
     }
     let response = a
-        .commit(v1::CommitRequest { ops })
+        .commit(v1::CommitRequest {
+            ops,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -650,8 +673,12 @@ impl Remote for Probe {
     async fn hello(&self) -> Result<Hello, RemoteError> {
         self.inner.hello().await
     }
-    async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError> {
-        let answer = self.inner.commit(ops).await?;
+    async fn commit(
+        &self,
+        ops: Vec<v1::Op>,
+        at: Position,
+    ) -> Result<v1::CommitResponse, RemoteError> {
+        let answer = self.inner.commit(ops, at).await?;
         if self.lose_next.swap(false, Ordering::Relaxed) {
             return Err((self.lost)());
         }
@@ -659,7 +686,7 @@ impl Remote for Probe {
     }
     async fn list_changes(
         &self,
-        cursor: u64,
+        from: Position,
         limit: u32,
     ) -> Result<v1::ListChangesResponse, RemoteError> {
         self.asked.lock().push(limit);
@@ -671,14 +698,14 @@ impl Remote for Probe {
             )
             .into());
         }
-        let page = self.inner.list_changes(cursor, limit).await?;
+        let page = self.inner.list_changes(from, limit).await?;
         self.largest
             .fetch_max(page.encoded_len(), Ordering::Relaxed);
         Ok(page)
     }
     async fn snapshot(
         &self,
-        at: u64,
+        at: Position,
         after: Vec<u8>,
         limit: u32,
     ) -> Result<v1::SnapshotResponse, RemoteError> {
@@ -723,6 +750,7 @@ async fn a_too_large_answer_makes_the_client_ask_for_less() {
             NodeKind::Directory,
             Default::default(),
         )],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -739,7 +767,10 @@ async fn a_too_large_answer_makes_the_client_ask_for_less() {
         })
         .collect();
     let head = a
-        .commit(v1::CommitRequest { ops })
+        .commit(v1::CommitRequest {
+            ops,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -929,13 +960,19 @@ async fn manifest_calls_refuse_bad_input_precisely() {
             .chunk_count = 19_999;
     }
     let refused = a
-        .commit(v1::CommitRequest { ops: vec![op] })
+        .commit(v1::CommitRequest {
+            ops: vec![op],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&refused), "malformed");
     let op = staged_create([2; 16], "f", staged.manifest_ref, &chunks);
     let refused = a
-        .commit(v1::CommitRequest { ops: vec![op] })
+        .commit(v1::CommitRequest {
+            ops: vec![op],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&refused), "unknown-manifest");
@@ -947,14 +984,20 @@ async fn manifest_calls_refuse_bad_input_precisely() {
         .into_inner();
     let op = staged_create([2; 16], "f", staged.manifest_ref.clone(), &chunks);
     let refused = bob
-        .commit(v1::CommitRequest { ops: vec![op] })
+        .commit(v1::CommitRequest {
+            ops: vec![op],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&refused), "unknown-manifest");
     // ... and still usable by its own tenant.
     let op = staged_create([2; 16], "f", staged.manifest_ref, &chunks);
     let committed = a
-        .commit(v1::CommitRequest { ops: vec![op] })
+        .commit(v1::CommitRequest {
+            ops: vec![op],
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -968,7 +1011,10 @@ async fn manifest_calls_refuse_bad_input_precisely() {
         .into_inner();
     let op = staged_create([3; 16], "g", staged.manifest_ref, &missing);
     let refused = a
-        .commit(v1::CommitRequest { ops: vec![op] })
+        .commit(v1::CommitRequest {
+            ops: vec![op],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&refused), "missing-chunks");
@@ -981,6 +1027,7 @@ async fn manifest_calls_refuse_bad_input_precisely() {
     let refused = a
         .commit(v1::CommitRequest {
             ops: vec![create([4; 16], "h", NodeKind::File, elided)],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -990,6 +1037,7 @@ async fn manifest_calls_refuse_bad_input_precisely() {
     let refused = a
         .commit(v1::CommitRequest {
             ops: vec![create([4; 16], "h", NodeKind::File, both)],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -1062,6 +1110,7 @@ async fn many_saves_of_a_huge_file_cost_one_manifest_fetch() {
             NodeKind::Directory,
             Default::default(),
         )],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -1081,7 +1130,10 @@ async fn many_saves_of_a_huge_file_cost_one_manifest_fetch() {
             }))
         };
         revision = a
-            .commit(v1::CommitRequest { ops: vec![op] })
+            .commit(v1::CommitRequest {
+                ops: vec![op],
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()

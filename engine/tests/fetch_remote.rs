@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bvfs_engine::cache::{CacheLimits, ChunkCache};
 use bvfs_engine::chunking::{ChunkId, ChunkParams, Manifest, chunk_reader};
 use bvfs_engine::fetch::{ChunkFetcher, FetchConfig, FetchError, Priority, ReadAhead};
-use bvfs_engine::remote::{HeadStream, Hello, Remote, RemoteError};
+use bvfs_engine::remote::{HeadStream, Hello, Position, Remote, RemoteError};
 use bvfs_proto::v1;
 use parking_lot::Mutex;
 use proptest::prelude::*;
@@ -83,15 +83,19 @@ impl Remote for FakeRemote {
     async fn hello(&self) -> Result<Hello, RemoteError> {
         Err(not_here())
     }
-    async fn commit(&self, _: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError> {
+    async fn commit(&self, _: Vec<v1::Op>, _: Position) -> Result<v1::CommitResponse, RemoteError> {
         Err(not_here())
     }
-    async fn list_changes(&self, _: u64, _: u32) -> Result<v1::ListChangesResponse, RemoteError> {
+    async fn list_changes(
+        &self,
+        _: Position,
+        _: u32,
+    ) -> Result<v1::ListChangesResponse, RemoteError> {
         Err(not_here())
     }
     async fn snapshot(
         &self,
-        _: u64,
+        _: Position,
         _: Vec<u8>,
         _: u32,
     ) -> Result<v1::SnapshotResponse, RemoteError> {

@@ -24,7 +24,7 @@ use bvfs_engine::api::{Clock, IdSource};
 use bvfs_engine::chunking::{ChunkId, ChunkParams, chunk_bytes};
 use bvfs_engine::model::{NodeId, NodeKind};
 use bvfs_engine::remote::{
-    GrpcRemote, HeadStream, Hello, Remote, RemoteConfig, RemoteError, connect,
+    GrpcRemote, HeadStream, Hello, Position, Remote, RemoteConfig, RemoteError, connect,
 };
 use bvfs_engine::state::local::LocalEntry;
 use bvfs_engine::{Engine, EngineConfig};
@@ -48,7 +48,7 @@ struct NetState {
     drop_response: f64,
     delay_commit: f64,
     /// Commits held in the network, delivered later: (device, ops).
-    delayed: Vec<(usize, Vec<v1::Op>)>,
+    delayed: Vec<(usize, Vec<v1::Op>, Position)>,
     /// Per device and call kind, how many calls were made: makes fault decisions reproducible.
     calls: HashMap<(usize, &'static str), u64>,
 }
@@ -124,25 +124,30 @@ impl Remote for SimRemote {
     async fn hello(&self) -> Result<Hello, RemoteError> {
         self.call("hello", 0, self.inner.hello()).await
     }
-    async fn commit(&self, ops: Vec<v1::Op>) -> Result<v1::CommitResponse, RemoteError> {
+    async fn commit(
+        &self,
+        ops: Vec<v1::Op>,
+        at: Position,
+    ) -> Result<v1::CommitResponse, RemoteError> {
         if self.net.fate(self.device, "commit", 0) == Fate::Delay {
-            self.net.state.lock().delayed.push((self.device, ops));
+            self.net.state.lock().delayed.push((self.device, ops, at));
             return Err(lost("commit delayed"));
         }
         // The fate above consumed this call's decision for delays; drops are decided again.
-        self.call("commit-send", 0, self.inner.commit(ops)).await
+        self.call("commit-send", 0, self.inner.commit(ops, at))
+            .await
     }
     async fn list_changes(
         &self,
-        cursor: u64,
+        from: Position,
         limit: u32,
     ) -> Result<v1::ListChangesResponse, RemoteError> {
-        self.call("list_changes", 0, self.inner.list_changes(cursor, limit))
+        self.call("list_changes", 0, self.inner.list_changes(from, limit))
             .await
     }
     async fn snapshot(
         &self,
-        at: u64,
+        at: Position,
         after: Vec<u8>,
         limit: u32,
     ) -> Result<v1::SnapshotResponse, RemoteError> {
@@ -623,11 +628,17 @@ impl World {
 
     async fn deliver_delayed(&mut self) {
         let delayed = std::mem::take(&mut self.net.state.lock().delayed);
-        for (d, ops) in delayed {
+        for (d, ops, at) in delayed {
             let mut api = connect(&RemoteConfig::new(&self.url, &self.devices[d].token))
                 .await
                 .unwrap();
-            let outcome = api.commit(v1::CommitRequest { ops }).await;
+            let outcome = api
+                .commit(v1::CommitRequest {
+                    ops,
+                    cursor: at.cursor,
+                    cursor_tag: at.tag,
+                })
+                .await;
             self.log(format!(
                 "{d}: a delayed commit arrives: {}",
                 if outcome.is_ok() {
@@ -718,6 +729,7 @@ impl World {
                     at_cursor: 0,
                     after_id: after,
                     limit: 0,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -776,7 +788,11 @@ impl World {
         let mut contents = BTreeSet::new();
         loop {
             let page = api
-                .list_changes(v1::ListChangesRequest { cursor, limit: 0 })
+                .list_changes(v1::ListChangesRequest {
+                    cursor,
+                    limit: 0,
+                    ..Default::default()
+                })
                 .await
                 .unwrap()
                 .into_inner();

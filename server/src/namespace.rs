@@ -17,7 +17,9 @@ use bvfs_proto::v1::{self, ChangeKind, Node, NodeAttrs, NodeKind, op::Op as OpKi
 use tonic::{Code, Status};
 
 use crate::store::sqlite::store_status;
-use crate::store::{ChunkKey, ChunkStore, JournalEntry, MetaTxn, NodeKey, ROOT_ID, TenantId};
+use crate::store::{
+    ChunkKey, ChunkStore, JournalEntry, MetaTxn, NodeKey, ROOT_ID, TenantId, new_tag,
+};
 
 /// The commit caps, shared with clients (see `bvfs_proto`).
 pub use bvfs_proto::{MAX_COMMIT_CHUNKS, MAX_OPS_PER_COMMIT};
@@ -44,6 +46,11 @@ pub enum Reason {
     KindMismatch,
     UnknownManifest,
     RepeatedUpdate,
+    /// The client's position (cursor and tag) names a journal entry the server does not hold: it
+    /// was restored from an older backup or otherwise rewound.
+    JournalDiverged,
+    /// The client's cursor is past the journal's head.
+    CursorAhead,
 }
 
 impl Reason {
@@ -64,6 +71,8 @@ impl Reason {
             Reason::KindMismatch => "kind-mismatch",
             Reason::UnknownManifest => "unknown-manifest",
             Reason::RepeatedUpdate => "repeated-update",
+            Reason::JournalDiverged => "journal-diverged",
+            Reason::CursorAhead => "cursor-ahead",
         }
     }
 
@@ -82,7 +91,9 @@ impl Reason {
             | Reason::DirectoryNotEmpty
             | Reason::MissingChunks
             | Reason::KindMismatch
-            | Reason::UnknownManifest => Code::FailedPrecondition,
+            | Reason::UnknownManifest
+            | Reason::JournalDiverged => Code::FailedPrecondition,
+            Reason::CursorAhead => Code::OutOfRange,
         }
     }
 }
@@ -325,10 +336,47 @@ pub fn check_chunks_stored(
     }
 }
 
+/// Refuses a client position (`cursor`, and the `tag` of the entry there) that this journal does not
+/// hold: a cursor past `head`, or an entry at the cursor with another tag (the server was restored
+/// from an older backup, or rewound otherwise, and the client saw a history it lost). Tag 0 is not
+/// checked (cursor 0, or a client that predates tags). `tag_at` reads the tag at a sequence.
+pub fn check_position(
+    cursor: u64,
+    tag: u64,
+    head: u64,
+    tag_at: impl FnOnce(u64) -> Result<Option<u64>, Status>,
+) -> Result<(), Status> {
+    if cursor > head {
+        return Err(reject(
+            Reason::CursorAhead,
+            None,
+            format!(
+                "cursor {cursor} is ahead of this namespace's journal (head {head}): this server lost \
+                 changes the client saw (restored from an older backup?); the client must rebuild its \
+                 view from a snapshot and upload what is missing"
+            ),
+        ));
+    }
+    if tag != 0 && tag_at(cursor)? != Some(tag) {
+        return Err(reject(
+            Reason::JournalDiverged,
+            None,
+            format!(
+                "the journal entry at cursor {cursor} is not the one the client saw: this server's \
+                 history diverged from the client's (restored from an older backup?); the client must \
+                 rebuild its view from a snapshot and upload what is missing"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The result of an applied commit.
 pub struct Applied {
     /// The journal head after the commit.
     pub cursor: u64,
+    /// The tag of the journal entry at `cursor`.
+    pub tag: u64,
     /// The nodes after each op (the deleted node for a delete).
     pub nodes: Vec<Node>,
 }
@@ -337,6 +385,7 @@ pub struct Applied {
 pub fn apply_commit(
     txn: &mut dyn MetaTxn,
     ops: &[v1::Op],
+    position: (u64, u64),
     device: &str,
     now_ns: i64,
 ) -> Result<Applied, Status> {
@@ -357,6 +406,10 @@ pub fn apply_commit(
             ),
         ));
     }
+    let head = txn.head().map_err(store_status)?;
+    check_position(position.0, position.1, head, |seq| {
+        txn.tag_at(seq).map_err(store_status)
+    })?;
     let mut applier = Applier::new(txn, device, now_ns)?;
     let mut nodes = Vec::with_capacity(ops.len());
     let mut chunks = 0usize;
@@ -374,8 +427,8 @@ pub fn apply_commit(
         }
         nodes.push(node);
     }
-    let cursor = applier.finish()?;
-    Ok(Applied { cursor, nodes })
+    let (cursor, tag) = applier.finish()?;
+    Ok(Applied { cursor, tag, nodes })
 }
 
 /// How many chunks a node's stored record lists.
@@ -416,6 +469,8 @@ struct Applier<'a> {
     attrs_set: std::collections::HashSet<NodeKey>,
     /// The journal head, advanced by each recorded change.
     head: u64,
+    /// The tag of the last recorded change.
+    tag: u64,
 }
 
 impl<'a> Applier<'a> {
@@ -492,6 +547,7 @@ impl<'a> Applier<'a> {
             revision_at_start: HashMap::new(),
             attrs_set: Default::default(),
             head,
+            tag: 0,
         })
     }
 
@@ -500,10 +556,11 @@ impl<'a> Applier<'a> {
         self.head + 1
     }
 
-    /// Stores the new head; call once after the last change.
-    fn finish(self) -> Result<u64, Status> {
+    /// Stores the new head; call once after the last change. Returns the head and its entry's tag.
+    fn finish(self) -> Result<(u64, u64), Status> {
+        debug_assert_ne!(self.tag, 0, "a commit records at least one change");
         self.txn.set_head(self.head).map_err(store_status)?;
-        Ok(self.head)
+        Ok((self.head, self.tag))
     }
 
     fn record(&mut self, kind: ChangeKind, node: &Node) -> Result<(), Status> {
@@ -513,12 +570,14 @@ impl<'a> Applier<'a> {
             "journal sequences are consecutive"
         );
         self.head = node.revision;
+        self.tag = new_tag();
         let entry = JournalEntry {
             seq: node.revision,
             kind,
             node: node.clone(),
             device: self.device.to_string(),
             committed_at_ns: self.now_ns,
+            tag: self.tag,
         };
         self.txn.append(&entry).map_err(store_status)?;
         if kind == ChangeKind::Upsert {
@@ -690,9 +749,10 @@ pub fn restore_version(
     node.attrs = version.node.attrs.clone();
     node.revision = applier.next_seq();
     applier.record(ChangeKind::Upsert, &node)?;
-    let cursor = applier.finish()?;
+    let (cursor, tag) = applier.finish()?;
     Ok(Applied {
         cursor,
+        tag,
         nodes: vec![node],
     })
 }
@@ -715,6 +775,19 @@ pub fn undelete(
             format!("node {} is not deleted", short(&id)),
         ));
     }
+    // `last` was read before this transaction: if the node changed since (undeleted and deleted
+    // again), it is not the node's last state any more, and bringing it back would resurrect an
+    // older version.
+    if applier.txn.last_seq_of(&id).map_err(store_status)? != Some(last.seq) {
+        return Err(reject(
+            Reason::StaleRevision,
+            None,
+            format!(
+                "node {} changed while it was being undeleted; list the deleted nodes and retry",
+                short(&id)
+            ),
+        ));
+    }
     let parent = match parent {
         Some(p) => p,
         None => node_key(&last.node.parent_id, "stored parent id", None)?,
@@ -727,9 +800,10 @@ pub fn undelete(
     node.name = name;
     node.revision = applier.next_seq();
     applier.record(ChangeKind::Upsert, &node)?;
-    let cursor = applier.finish()?;
+    let (cursor, tag) = applier.finish()?;
     Ok(Applied {
         cursor,
+        tag,
         nodes: vec![node],
     })
 }

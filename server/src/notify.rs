@@ -63,17 +63,22 @@ impl HeadNotifier {
             .map_or(0, watch::Sender::receiver_count)
     }
 
-    /// Publishes a new head for the tenant (never moves it backwards).
+    /// Publishes a new head for the tenant (never moves it backwards). The channel is made if the
+    /// tenant has none yet: a `Subscribe` that read the head just before this commit and subscribes
+    /// just after it then still starts from this head, instead of missing the push until the next
+    /// commit (one small channel per tenant that commits).
     pub fn publish(&self, tenant: TenantId, head: u64) {
-        if let Some(sender) = self.channels.lock().get(&tenant) {
-            sender.send_if_modified(|current| {
-                let newer = head > *current;
-                if newer {
-                    *current = head;
-                }
-                newer
-            });
-        }
+        let mut channels = self.channels.lock();
+        let sender = channels
+            .entry(tenant)
+            .or_insert_with(|| watch::channel(head).0);
+        sender.send_if_modified(|current| {
+            let newer = head > *current;
+            if newer {
+                *current = head;
+            }
+            newer
+        });
     }
 
     /// Ends every subscription (at shutdown): receivers see their sender dropped.

@@ -35,7 +35,10 @@ pub struct DataDir {
 impl DataDir {
     /// Opens the data directory for serving, creating it if needed. Fails if another server holds it.
     pub fn open_exclusive(dir: &Path) -> anyhow::Result<Self> {
-        let mut data = Self::open(dir)?;
+        // The lock first: opening migrates the database and clearing temporary files removes
+        // uploads in flight, neither of which may happen under a running server.
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         let lock_path = dir.join("lock");
         let lock = File::create(&lock_path)
             .with_context(|| format!("cannot create {}", lock_path.display()))?;
@@ -45,6 +48,10 @@ impl DataDir {
                 dir.display()
             );
         }
+        let mut data = Self::open(dir)?;
+        data.chunks
+            .clear_temporary()
+            .with_context(|| format!("cannot clear temporary chunk files in {}", dir.display()))?;
         data._lock = Some(lock);
         Ok(data)
     }

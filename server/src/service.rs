@@ -73,6 +73,7 @@ fn change(mut entry: JournalEntry) -> Change {
         node: Some(entry.node),
         device: entry.device,
         committed_at_ns: entry.committed_at_ns,
+        tag: entry.tag,
     }
 }
 
@@ -114,16 +115,31 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-fn cursor_ahead(cursor: u64, head: u64) -> Status {
-    let mut status = Status::out_of_range(format!(
-        "cursor {cursor} is ahead of this namespace's journal (head {head}); the client state belongs to \
-         another server or a lost one and must be rebuilt"
-    ));
-    status.metadata_mut().insert(
-        namespace::REASON_KEY,
-        "cursor-ahead".parse().expect("ASCII"),
-    );
-    status
+/// Checks a client's position against the tenant's journal as it stands now (outside a write
+/// transaction: a read answers from one consistent view, and a position the journal holds stays held,
+/// as the journal only grows). Returns the head.
+fn check_read_position(
+    meta: &dyn MetaStore,
+    tenant: crate::store::TenantId,
+    cursor: u64,
+    tag: u64,
+) -> Result<u64, Status> {
+    let head = meta.head(tenant).map_err(store_status)?;
+    namespace::check_position(cursor, tag, head, |seq| {
+        meta.tag_at(tenant, seq).map_err(store_status)
+    })?;
+    Ok(head)
+}
+
+/// The tag of the entry at `seq`, which the caller knows exists (at or below a head it read).
+fn tag_of(meta: &dyn MetaStore, tenant: crate::store::TenantId, seq: u64) -> Result<u64, Status> {
+    meta.tag_at(tenant, seq)
+        .map_err(store_status)?
+        .ok_or_else(|| {
+            store_status(StoreError::Corrupt(format!(
+                "journal entry {seq} is missing"
+            )))
+        })
 }
 
 /// The refusal of a subscription past [`MAX_SUBSCRIPTIONS_PER_TENANT`].
@@ -219,12 +235,23 @@ impl Sync for SyncService {
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloResponse>, Status> {
         let who = self.principal(&request).await?;
-        let head = self.meta_call(move |m| m.head(who.tenant)).await?;
+        let tenant = who.tenant;
+        let (head, head_tag, namespace_id) = blocking({
+            let meta = self.meta.clone();
+            move || {
+                let head = meta.head(tenant).map_err(store_status)?;
+                let tag = tag_of(meta.as_ref(), tenant, head)?;
+                Ok((head, tag, meta.namespace_id(tenant).map_err(store_status)?))
+            }
+        })
+        .await?;
         Ok(Response::new(HelloResponse {
             tenant: who.tenant_name,
             device: who.device,
             root_id: ROOT_ID.to_vec(),
             head,
+            namespace_id: namespace_id.to_vec(),
+            head_tag,
         }))
     }
 
@@ -233,7 +260,11 @@ impl Sync for SyncService {
         request: Request<CommitRequest>,
     ) -> Result<Response<CommitResponse>, Status> {
         let who = self.principal(&request).await?;
-        let mut ops = request.into_inner().ops;
+        let CommitRequest {
+            mut ops,
+            cursor,
+            cursor_tag,
+        } = request.into_inner();
         let (meta, chunks, staging) =
             (self.meta.clone(), self.chunks.clone(), self.staging.clone());
         let applied = blocking(move || {
@@ -246,7 +277,13 @@ impl Sync for SyncService {
             chunks.sync().map_err(store_status)?;
             let mut result = None;
             meta.write(who.tenant, &mut |txn| {
-                result = Some(namespace::apply_commit(txn, &ops, &who.device, now_ns())?);
+                result = Some(namespace::apply_commit(
+                    txn,
+                    &ops,
+                    (cursor, cursor_tag),
+                    &who.device,
+                    now_ns(),
+                )?);
                 Ok(())
             })?;
             let applied = result.expect("a committed write produced a result");
@@ -260,6 +297,7 @@ impl Sync for SyncService {
         Ok(Response::new(CommitResponse {
             cursor: applied.cursor,
             nodes: applied.nodes,
+            tag: applied.tag,
         }))
     }
 
@@ -270,19 +308,22 @@ impl Sync for SyncService {
         let who = self.principal(&request).await?;
         let req = request.into_inner();
         let limit = page(req.limit, CHANGES_PAGE);
-        let (changes, head) = self
-            .meta_call(move |m| {
-                let head = m.head(who.tenant)?;
-                if req.cursor > head {
-                    return Ok((Vec::new(), head));
-                }
-                Ok((changes_page(m, who.tenant, req.cursor, limit)?, head))
-            })
-            .await?;
-        if req.cursor > head {
-            return Err(cursor_ahead(req.cursor, head));
-        }
+        let meta = self.meta.clone();
+        let tenant = who.tenant;
+        let (changes, head, namespace_id, cursor_tag) = blocking(move || {
+            let head = check_read_position(meta.as_ref(), tenant, req.cursor, req.cursor_tag)?;
+            let changes =
+                changes_page(meta.as_ref(), tenant, req.cursor, limit).map_err(store_status)?;
+            let cursor_tag = match changes.last() {
+                Some(_) => 0,
+                None => tag_of(meta.as_ref(), tenant, req.cursor)?,
+            };
+            let namespace_id = meta.namespace_id(tenant).map_err(store_status)?;
+            Ok((changes, head, namespace_id, cursor_tag))
+        })
+        .await?;
         let next_cursor = changes.last().map_or(req.cursor, |e| e.seq);
+        let next_cursor_tag = changes.last().map_or(cursor_tag, |e| e.tag);
         debug_assert!(
             changes
                 .iter()
@@ -295,6 +336,8 @@ impl Sync for SyncService {
             has_more: next_cursor < head,
             changes,
             next_cursor,
+            namespace_id: namespace_id.to_vec(),
+            next_cursor_tag,
         }))
     }
 
@@ -310,27 +353,25 @@ impl Sync for SyncService {
             Some(node_key(&req.after_id, "after_id", None)?)
         };
         let limit = page(req.limit, SNAPSHOT_PAGE);
-        let (at, nodes, next) = self
-            .meta_call(move |m| {
-                let head = m.head(who.tenant)?;
-                let at = if req.at_cursor == 0 {
-                    head
-                } else {
-                    req.at_cursor
-                };
-                if at > head {
-                    return Ok((at, Err(head)));
-                }
-                Ok((
-                    at,
-                    Ok(m.snapshot_page(who.tenant, at, after.as_ref(), limit, PAGE_BUDGET_BYTES)?),
-                ))
-            })
-            .await
-            .and_then(|(at, page)| match page {
-                Ok((nodes, next)) => Ok((at, nodes, next)),
-                Err(head) => Err(cursor_ahead(at, head)),
-            })?;
+        let meta = self.meta.clone();
+        let tenant = who.tenant;
+        let (at, at_tag, namespace_id, nodes, next) = blocking(move || {
+            let m = meta.as_ref();
+            let at = match req.at_cursor {
+                0 => m.head(tenant).map_err(store_status)?,
+                at => at,
+            };
+            // A snapshot at a cursor the journal no longer holds (rewound below it, or another
+            // entry there) would mix two histories across its pages.
+            check_read_position(m, tenant, at, req.at_cursor_tag)?;
+            let at_tag = tag_of(m, tenant, at)?;
+            let (nodes, next) = m
+                .snapshot_page(tenant, at, after.as_ref(), limit, PAGE_BUDGET_BYTES)
+                .map_err(store_status)?;
+            let namespace_id = m.namespace_id(tenant).map_err(store_status)?;
+            Ok((at, at_tag, namespace_id, nodes, next))
+        })
+        .await?;
         let mut nodes = nodes;
         nodes.iter_mut().for_each(|n| elide(n, false));
         let mut next_after_id = next.map(|k| k.to_vec()).unwrap_or_default();
@@ -344,6 +385,8 @@ impl Sync for SyncService {
             at_cursor: at,
             nodes,
             next_after_id,
+            namespace_id: namespace_id.to_vec(),
+            at_cursor_tag: at_tag,
         }))
     }
 
@@ -571,6 +614,7 @@ impl Sync for SyncService {
         Ok(Response::new(CommitResponse {
             cursor: applied.cursor,
             nodes: applied.nodes,
+            tag: applied.tag,
         }))
     }
 
@@ -659,6 +703,7 @@ impl Sync for SyncService {
         Ok(Response::new(CommitResponse {
             cursor: applied.cursor,
             nodes: applied.nodes,
+            tag: applied.tag,
         }))
     }
 

@@ -46,6 +46,12 @@ impl MetaStore for Probe {
     fn head(&self, tenant: TenantId) -> StoreResult<u64> {
         self.inner.head(tenant)
     }
+    fn namespace_id(&self, tenant: TenantId) -> StoreResult<[u8; 16]> {
+        self.inner.namespace_id(tenant)
+    }
+    fn tag_at(&self, tenant: TenantId, seq: u64) -> StoreResult<Option<u64>> {
+        self.inner.tag_at(tenant, seq)
+    }
     fn changes_after(
         &self,
         tenant: TenantId,
@@ -234,7 +240,10 @@ async fn commit(
     ops: Vec<v1::Op>,
 ) -> Result<v1::CommitResponse, tonic::Status> {
     client
-        .commit(v1::CommitRequest { ops })
+        .commit(v1::CommitRequest {
+            ops,
+            ..Default::default()
+        })
         .await
         .map(tonic::Response::into_inner)
 }

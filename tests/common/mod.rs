@@ -223,9 +223,12 @@ pub async fn commit(
     api: &mut SyncApi,
     ops: Vec<v1::Op>,
 ) -> Result<v1::CommitResponse, tonic::Status> {
-    api.commit(v1::CommitRequest { ops })
-        .await
-        .map(|r| r.into_inner())
+    api.commit(v1::CommitRequest {
+        ops,
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner())
 }
 
 /// Uploads whole chunks.
@@ -257,7 +260,11 @@ pub async fn all_changes(api: &mut SyncApi, mut cursor: u64) -> Vec<v1::Change> 
     let mut out = Vec::new();
     loop {
         let page = api
-            .list_changes(v1::ListChangesRequest { cursor, limit: 0 })
+            .list_changes(v1::ListChangesRequest {
+                cursor,
+                limit: 0,
+                ..Default::default()
+            })
             .await
             .expect("list changes")
             .into_inner();

@@ -1048,6 +1048,7 @@ impl World {
                         at_cursor: 0,
                         after_id: after,
                         limit: 0,
+                        ..Default::default()
                     })
                     .await
                     .unwrap()
@@ -1080,7 +1081,11 @@ impl World {
             let mut cursor = 0;
             loop {
                 let page = api
-                    .list_changes(v1::ListChangesRequest { cursor, limit: 0 })
+                    .list_changes(v1::ListChangesRequest {
+                        cursor,
+                        limit: 0,
+                        ..Default::default()
+                    })
                     .await
                     .unwrap()
                     .into_inner();

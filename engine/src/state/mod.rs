@@ -11,6 +11,7 @@
 pub mod bootstrap;
 pub mod inflight;
 pub mod intents;
+pub mod lineage;
 pub mod local;
 pub mod outcomes;
 pub mod pull;

@@ -39,15 +39,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 }
 
 impl FsChunkStore {
-    /// Opens the store rooted at `root`, creating it if needed and clearing leftover temporary files
-    /// of an earlier crash.
+    /// Opens the store rooted at `root`, creating it if needed. Temporary files are left alone: a
+    /// server beside this caller (an admin command) may be writing them; the server clears them with
+    /// [`FsChunkStore::clear_temporary`] once it holds the data directory alone.
     pub fn open(root: &Path) -> StoreResult<Self> {
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
-            let path = entry.map_err(io_err(&tmp))?.path();
-            fs::remove_file(&path).map_err(io_err(&path))?;
-        }
         Ok(Self {
             root: root.to_owned(),
             tmp,
@@ -55,6 +52,16 @@ impl FsChunkStore {
             syncing: Mutex::new(()),
             tmp_counter: AtomicU64::new(0),
         })
+    }
+
+    /// Removes temporary files left by an earlier crash. Only for the one process that serves this
+    /// store (it holds the data directory's lock): anyone else could remove an upload in flight.
+    pub fn clear_temporary(&self) -> StoreResult<()> {
+        for entry in fs::read_dir(&self.tmp).map_err(io_err(&self.tmp))? {
+            let path = entry.map_err(io_err(&self.tmp))?.path();
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+        Ok(())
     }
 
     /// Directories holding renames that are not yet durable (for tests and diagnostics): empty right

@@ -56,6 +56,14 @@ pub struct JournalEntry {
     pub node: Node,
     pub device: String,
     pub committed_at_ns: i64,
+    /// The entry's lineage tag: random and non-zero, fixed when it is committed (see the proto's
+    /// "Identity and lineage").
+    pub tag: u64,
+}
+
+/// A new random, non-zero lineage tag.
+pub fn new_tag() -> u64 {
+    rand::random::<u64>() | 1
 }
 
 /// The metadata store: tenants, tokens and one namespace + journal per tenant.
@@ -73,6 +81,10 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// The tenant's journal head (0 before the first commit).
     fn head(&self, tenant: TenantId) -> StoreResult<u64>;
+    /// The tenant's namespace identity: random, fixed at its creation.
+    fn namespace_id(&self, tenant: TenantId) -> StoreResult<[u8; 16]>;
+    /// The tag of the tenant's journal entry at `seq`: `Some(0)` for 0, `None` past the head.
+    fn tag_at(&self, tenant: TenantId, seq: u64) -> StoreResult<Option<u64>>;
     /// Journal entries with `seq > cursor`, in order, at most `limit`, and no more once their stored
     /// node records reach `max_bytes` (the entry that reaches it is included, so at least one).
     fn changes_after(
@@ -144,6 +156,12 @@ pub trait MetaTxn {
     fn remove_node(&mut self, id: &NodeKey) -> StoreResult<()>;
     /// The journal head as of the start of this transaction.
     fn head(&mut self) -> StoreResult<u64>;
+    /// The tag of the journal entry at `seq` (`Some(0)` for 0, `None` past the head).
+    fn tag_at(&mut self, seq: u64) -> StoreResult<Option<u64>>;
+    /// The sequence of the last journal entry of node `id`, if it ever had one.
+    fn last_seq_of(&mut self, id: &NodeKey) -> StoreResult<Option<u64>>;
+    /// The parent of live node `id` (cheaper than [`MetaTxn::node`]: no record to decode).
+    fn parent_of(&mut self, id: &NodeKey) -> StoreResult<Option<NodeKey>>;
     /// Appends a journal entry. Entries of one transaction must carry consecutive sequences starting
     /// at the head + 1 (a duplicate sequence is a store error); [`MetaTxn::set_head`] ends the run.
     fn append(&mut self, entry: &JournalEntry) -> StoreResult<()>;

@@ -19,13 +19,15 @@ use super::{
     TenantId, WriteFn,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added each namespace's `namespace_id` and each journal entry's lineage `tag`.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE tenants (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
-    created_ns INTEGER NOT NULL
+    created_ns INTEGER NOT NULL,
+    namespace_id BLOB NOT NULL
 );
 CREATE TABLE tokens (
     hash BLOB PRIMARY KEY,
@@ -54,11 +56,25 @@ CREATE TABLE journal (
     node BLOB NOT NULL,
     device TEXT NOT NULL,
     committed_ns INTEGER NOT NULL,
+    tag INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX journal_by_node ON journal (tenant_id, node_id, seq);
 CREATE INDEX journal_deletes ON journal (tenant_id, seq) WHERE kind = 2;
 ";
+
+/// From schema version 1: every namespace gets its identity and every journal entry a tag (random,
+/// odd so never 0). Clients that synced before keep working: their positions carry tag 0, which is
+/// not checked, and they learn tags from the next page.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE tenants ADD COLUMN namespace_id BLOB NOT NULL DEFAULT x'';
+UPDATE tenants SET namespace_id = randomblob(16);
+ALTER TABLE journal ADD COLUMN tag INTEGER NOT NULL DEFAULT 0;
+UPDATE journal SET tag = random() | 1;
+";
+
+/// The columns of a journal row, in the order [`entry_from_row`] reads them.
+const ENTRY: &str = "seq, kind, node, device, committed_ns, tag";
 
 // The partial index and the deleted-nodes query spell the delete kind as the literal 2.
 const _: () = assert!(ChangeKind::Delete as i32 == 2);
@@ -125,18 +141,22 @@ fn root_node() -> Node {
     }
 }
 
-fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, Vec<u8>, String, i64)> {
+/// A journal row as read: seq, kind, node record, device, commit time, tag.
+type EntryRow = (i64, i64, Vec<u8>, String, i64, i64);
+
+fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EntryRow> {
     Ok((
         row.get(0)?,
         row.get(1)?,
         row.get(2)?,
         row.get(3)?,
         row.get(4)?,
+        row.get(5)?,
     ))
 }
 
 fn to_entry(
-    (seq, kind, node, device, committed_at_ns): (i64, i64, Vec<u8>, String, i64),
+    (seq, kind, node, device, committed_at_ns, tag): EntryRow,
 ) -> StoreResult<JournalEntry> {
     Ok(JournalEntry {
         seq: seq as u64,
@@ -144,13 +164,14 @@ fn to_entry(
         node: decode_node(&node)?,
         device,
         committed_at_ns,
+        tag: tag as u64,
     })
 }
 
 /// Journal rows as entries until their stored node records add up to `max_bytes` (the row that
 /// reaches it included, so at least one). The flag says whether the byte budget cut the read short.
 fn read_bounded(
-    rows: impl Iterator<Item = rusqlite::Result<(i64, i64, Vec<u8>, String, i64)>>,
+    rows: impl Iterator<Item = rusqlite::Result<EntryRow>>,
     max_bytes: usize,
 ) -> StoreResult<(Vec<JournalEntry>, bool)> {
     let (mut entries, mut bytes) = (Vec::new(), 0usize);
@@ -203,6 +224,13 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
                 .map_err(meta_err)?;
             tx.commit().map_err(meta_err)
         }
+        1 => {
+            let tx = conn.transaction().map_err(meta_err)?;
+            tx.execute_batch(MIGRATE_1_TO_2).map_err(meta_err)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+                .map_err(meta_err)?;
+            tx.commit().map_err(meta_err)
+        }
         SCHEMA_VERSION => Ok(()),
         newer => Err(StoreError::Meta(format!(
             "the database has schema version {newer}, newer than this bvfs understands ({SCHEMA_VERSION}); \
@@ -216,8 +244,8 @@ impl MetaStore for SqliteMetaStore {
         let mut conn = self.writer.lock();
         let tx = conn.transaction().map_err(meta_err)?;
         tx.execute(
-            "INSERT INTO tenants (name, created_ns) VALUES (?1, ?2)",
-            params![name, now_ns()],
+            "INSERT INTO tenants (name, created_ns, namespace_id) VALUES (?1, ?2, ?3)",
+            params![name, now_ns(), &rand::random::<[u8; 16]>()[..]],
         )
         .map_err(meta_err)?;
         let tenant = tx.last_insert_rowid();
@@ -292,6 +320,24 @@ impl MetaStore for SqliteMetaStore {
         self.read(|c| read_head(c, tenant))
     }
 
+    fn namespace_id(&self, tenant: TenantId) -> StoreResult<[u8; 16]> {
+        self.read(|c| {
+            let id: Vec<u8> = c
+                .query_row(
+                    "SELECT namespace_id FROM tenants WHERE id = ?1",
+                    [tenant],
+                    |r| r.get(0),
+                )
+                .map_err(meta_err)?;
+            id.try_into()
+                .map_err(|_| StoreError::Corrupt(format!("tenant {tenant} has no namespace id")))
+        })
+    }
+
+    fn tag_at(&self, tenant: TenantId, seq: u64) -> StoreResult<Option<u64>> {
+        self.read(|c| read_tag(c, tenant, seq))
+    }
+
     fn changes_after(
         &self,
         tenant: TenantId,
@@ -301,10 +347,10 @@ impl MetaStore for SqliteMetaStore {
     ) -> StoreResult<Vec<JournalEntry>> {
         self.read(|c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT seq, kind, node, device, committed_ns FROM journal
-                     WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY} FROM journal
+                     WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                ))
                 .map_err(meta_err)?;
             let rows = stmt
                 .query_map(params![tenant, cursor as i64, limit as i64], entry_from_row)
@@ -369,10 +415,10 @@ impl MetaStore for SqliteMetaStore {
     fn versions(&self, tenant: TenantId, id: &NodeKey) -> StoreResult<Vec<JournalEntry>> {
         self.read(|c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT seq, kind, node, device, committed_ns FROM journal
-                     WHERE tenant_id = ?1 AND node_id = ?2 ORDER BY seq DESC",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY} FROM journal
+                     WHERE tenant_id = ?1 AND node_id = ?2 ORDER BY seq DESC"
+                ))
                 .map_err(meta_err)?;
             let rows = stmt
                 .query_map(params![tenant, &id[..]], entry_from_row)
@@ -392,10 +438,10 @@ impl MetaStore for SqliteMetaStore {
     ) -> StoreResult<(Vec<JournalEntry>, bool)> {
         self.read(|c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT seq, kind, node, device, committed_ns FROM journal
-                     WHERE tenant_id = ?1 AND node_id = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY} FROM journal
+                     WHERE tenant_id = ?1 AND node_id = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
+                ))
                 .map_err(meta_err)?;
             let rows = stmt
                 .query_map(
@@ -412,7 +458,7 @@ impl MetaStore for SqliteMetaStore {
     fn entry(&self, tenant: TenantId, seq: u64) -> StoreResult<Option<JournalEntry>> {
         self.read(|c| {
             c.query_row(
-                "SELECT seq, kind, node, device, committed_ns FROM journal WHERE tenant_id = ?1 AND seq = ?2",
+                &format!("SELECT {ENTRY} FROM journal WHERE tenant_id = ?1 AND seq = ?2"),
                 params![tenant, seq as i64],
                 entry_from_row,
             )
@@ -433,7 +479,7 @@ impl MetaStore for SqliteMetaStore {
         self.read(|c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT j.seq, j.kind, j.node, j.device, j.committed_ns FROM journal j
+                    "SELECT j.seq, j.kind, j.node, j.device, j.committed_ns, j.tag FROM journal j
                      WHERE j.tenant_id = ?1 AND j.kind = 2 AND j.seq < ?2
                        AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.tenant_id = ?1 AND n.id = j.node_id)
                        AND j.seq = (SELECT MAX(seq) FROM journal k
@@ -480,6 +526,20 @@ fn read_head(c: &Connection, tenant: TenantId) -> StoreResult<u64> {
         .optional()
         .map_err(meta_err)?;
     Ok(head.unwrap_or(0) as u64)
+}
+
+/// The tag of the journal entry at `seq` (`Some(0)` for 0, the empty journal's position).
+fn read_tag(c: &Connection, tenant: TenantId, seq: u64) -> StoreResult<Option<u64>> {
+    if seq == 0 {
+        return Ok(Some(0));
+    }
+    let tag: Option<i64> = c
+        .prepare_cached("SELECT tag FROM journal WHERE tenant_id = ?1 AND seq = ?2")
+        .map_err(meta_err)?
+        .query_row(params![tenant, seq as i64], |r| r.get(0))
+        .optional()
+        .map_err(meta_err)?;
+    Ok(tag.map(|t| t as u64))
 }
 
 struct SqliteTxn<'a> {
@@ -563,11 +623,36 @@ impl MetaTxn for SqliteTxn<'_> {
         read_head(self.tx, self.tenant)
     }
 
+    fn tag_at(&mut self, seq: u64) -> StoreResult<Option<u64>> {
+        read_tag(self.tx, self.tenant, seq)
+    }
+
+    fn last_seq_of(&mut self, id: &NodeKey) -> StoreResult<Option<u64>> {
+        let seq: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT MAX(seq) FROM journal WHERE tenant_id = ?1 AND node_id = ?2")
+            .map_err(meta_err)?
+            .query_row(params![self.tenant, &id[..]], |r| r.get(0))
+            .map_err(meta_err)?;
+        Ok(seq.map(|s| s as u64))
+    }
+
+    fn parent_of(&mut self, id: &NodeKey) -> StoreResult<Option<NodeKey>> {
+        let parent: Option<Vec<u8>> = self
+            .tx
+            .prepare_cached("SELECT parent_id FROM nodes WHERE tenant_id = ?1 AND id = ?2")
+            .map_err(meta_err)?
+            .query_row(params![self.tenant, &id[..]], |r| r.get(0))
+            .optional()
+            .map_err(meta_err)?;
+        parent.map(key).transpose()
+    }
+
     fn append(&mut self, entry: &JournalEntry) -> StoreResult<()> {
         self.tx
             .prepare_cached(
-                "INSERT INTO journal (tenant_id, seq, node_id, kind, node, device, committed_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO journal (tenant_id, seq, node_id, kind, node, device, committed_ns, tag)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .map_err(meta_err)?
             .execute(params![
@@ -577,7 +662,8 @@ impl MetaTxn for SqliteTxn<'_> {
                 entry.kind as i64,
                 entry.node.encode_to_vec(),
                 &entry.device,
-                entry.committed_at_ns
+                entry.committed_at_ns,
+                entry.tag as i64
             ])
             .map_err(meta_err)?;
         Ok(())
