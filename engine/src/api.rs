@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -166,6 +166,9 @@ pub struct Engine {
     pub(crate) orphans: Mutex<Vec<u64>>,
     /// Re-bases since the engine was opened (`crate::lineage`).
     pub(crate) rebases: AtomicU64,
+    /// The most ops per commit the server took, once it refused a batch as too large (0: no cap
+    /// learnt; `EngineConfig::commit_batch` applies).
+    pub(crate) commit_cap: AtomicUsize,
 }
 
 impl Engine {
@@ -207,6 +210,7 @@ impl Engine {
             online: AtomicBool::new(false),
             full_chunk_checks: AtomicBool::new(false),
             rebases: AtomicU64::new(0),
+            commit_cap: AtomicUsize::new(0),
             orphans: Mutex::new(Vec::new()),
         });
         engine.replay_file_intents(true)?;

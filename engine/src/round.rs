@@ -624,9 +624,13 @@ impl Engine {
                 }
             }
         }
+        let batch_ops = match self.commit_cap.load(Ordering::Relaxed) {
+            0 => self.config.commit_batch,
+            cap => cap.min(self.config.commit_batch),
+        };
         let batches = crate::bounded::commit_batches(
             &wire_ops,
-            self.config.commit_batch,
+            batch_ops,
             crate::bounded::COMMIT_BUDGET_BYTES,
         );
         for batch in batches {
@@ -657,6 +661,19 @@ impl Engine {
                     if e.is_diverged() {
                         // Not about these ops: the server lost the history they were planned on.
                         self.rebase(&e.to_string()).await?;
+                        report.more = true;
+                        return Ok(());
+                    }
+                    if e.is_too_large() && ops.len() > 1 {
+                        // The batch as a whole is over a server bound (its walking, its chunk
+                        // lists, its size): not any one op's fault. Smaller batches from now on.
+                        let cap = (ops.len() / 2).max(1);
+                        self.commit_cap.store(cap, Ordering::Relaxed);
+                        tracing::info!(
+                            ops = ops.len(),
+                            cap,
+                            "a commit was too large for the server: {e}; committing in smaller batches"
+                        );
                         report.more = true;
                         return Ok(());
                     }

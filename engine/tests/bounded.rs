@@ -1228,3 +1228,49 @@ async fn a_commit_whose_answer_is_lost_is_settled_by_the_journal() {
         }
     }
 }
+
+/// A batch the server refuses as too large as a whole (here: its moves walk a deep tree past
+/// MAX_COMMIT_WALK together) is split by the engine, not blamed on one op: every move lands, and no
+/// node is marked as failing (issue 15: "a too-big batch blames op 0").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_too_large_for_the_server_is_split_and_blames_no_op() {
+    use bvfs_engine::model::NodeKind;
+    let server = start_server(&["laptop"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Arc::new(GrpcRemote::from_api(api(&server, 0).await));
+    let a = engine(dir.path(), "laptop", remote);
+    let depth = bvfs_proto::MAX_TREE_DEPTH - 2;
+    let mut bottom = ROOT_INO;
+    for _ in 0..depth {
+        bottom = a
+            .create(bottom, "d", NodeKind::Directory, false, None)
+            .unwrap()
+            .ino;
+    }
+    let movers = 200;
+    let inos: Vec<u64> = (0..movers)
+        .map(|i| {
+            a.create(ROOT_INO, &format!("m{i}"), NodeKind::Directory, false, None)
+                .unwrap()
+                .ino
+        })
+        .collect();
+    a.sync_until_idle(10).await.unwrap();
+    assert!(movers * depth > bvfs_proto::MAX_COMMIT_WALK);
+    for (i, ino) in inos.iter().enumerate() {
+        a.rename(*ino, bottom, &format!("m{i}"), false).unwrap();
+    }
+    a.sync_until_idle(30).await.unwrap();
+    let status = a.status().unwrap();
+    assert_eq!(status.errors, 0, "no op was blamed: {status:?}");
+    assert_eq!(status.pending_changes, 0, "{status:?}");
+    // Everything is on the server: a fresh device sees all the moved directories at the bottom.
+    let remote = Arc::new(GrpcRemote::from_api(api(&server, 0).await));
+    let b = engine(dir.path(), "laptop-again", remote);
+    b.sync_until_idle(10).await.unwrap();
+    let mut dir_ino = ROOT_INO;
+    for _ in 0..depth {
+        dir_ino = b.lookup(dir_ino, "d").unwrap().unwrap().ino;
+    }
+    assert_eq!(b.list(dir_ino, None, 10_000).unwrap().len(), movers);
+}

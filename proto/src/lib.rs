@@ -48,6 +48,17 @@ pub const MAX_OPS_PER_COMMIT: usize = 10_000;
 /// `keep_prefix + chunks + keep_suffix` chunks, or `chunk_count` with a `manifest_ref`.
 pub const MAX_COMMIT_CHUNKS: usize = 4 * 1024 * 1024;
 
+/// The deepest a node may be placed (levels below the root). Paths of that many levels are far past
+/// what a system can open by path (Linux `PATH_MAX` of 4096 bytes allows about 2048), and the bound
+/// keeps the server's walk up the tree (cycle and depth checks) short: a create or move under a
+/// deeper place is refused with `too-deep`.
+pub const MAX_TREE_DEPTH: usize = 2048;
+
+/// The most parent lookups one commit may make for its cycle and depth checks (creates under the
+/// same directories share them). A commit past it is refused with `too-large` (split it), so no
+/// commit holds its namespace's writer for long.
+pub const MAX_COMMIT_WALK: usize = 100_000;
+
 const _: () = assert!(MANIFEST_PAGE_CHUNKS * MAX_CHUNK_REF_BYTES < PAGE_BUDGET_BYTES);
 const _: () = assert!(MAX_INLINE_CHUNKS * MAX_CHUNK_REF_BYTES < PAGE_BUDGET_BYTES / 4);
 

@@ -9,6 +9,7 @@
 //! under the byte budget and [`staging`] holds chunk lists uploaded for commits; [`serve`] runs it all.
 //! The server never depends on the client engine.
 
+pub mod ancestry;
 pub mod auth;
 pub mod bounds;
 pub mod namespace;

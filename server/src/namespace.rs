@@ -16,6 +16,7 @@ use bvfs_proto::names::validate_name;
 use bvfs_proto::v1::{self, ChangeKind, Node, NodeAttrs, NodeKind, op::Op as OpKind};
 use tonic::{Code, Status};
 
+use crate::ancestry::Ancestry;
 use crate::store::sqlite::store_status;
 use crate::store::{
     ChunkKey, ChunkStore, JournalEntry, MetaTxn, NodeKey, ROOT_ID, TenantId, new_tag,
@@ -51,6 +52,8 @@ pub enum Reason {
     JournalDiverged,
     /// The client's cursor is past the journal's head.
     CursorAhead,
+    /// A node would sit deeper than `MAX_TREE_DEPTH` levels.
+    TooDeep,
 }
 
 impl Reason {
@@ -73,6 +76,7 @@ impl Reason {
             Reason::RepeatedUpdate => "repeated-update",
             Reason::JournalDiverged => "journal-diverged",
             Reason::CursorAhead => "cursor-ahead",
+            Reason::TooDeep => "too-deep",
         }
     }
 
@@ -92,7 +96,8 @@ impl Reason {
             | Reason::MissingChunks
             | Reason::KindMismatch
             | Reason::UnknownManifest
-            | Reason::JournalDiverged => Code::FailedPrecondition,
+            | Reason::JournalDiverged
+            | Reason::TooDeep => Code::FailedPrecondition,
             Reason::CursorAhead => Code::OutOfRange,
         }
     }
@@ -471,6 +476,8 @@ struct Applier<'a> {
     head: u64,
     /// The tag of the last recorded change.
     tag: u64,
+    /// Depths of directories walked through, and the commit's walking so far.
+    ancestry: Ancestry,
 }
 
 impl<'a> Applier<'a> {
@@ -548,6 +555,7 @@ impl<'a> Applier<'a> {
             attrs_set: Default::default(),
             head,
             tag: 0,
+            ancestry: Ancestry::default(),
         })
     }
 
@@ -604,6 +612,11 @@ impl<'a> Applier<'a> {
             ));
         }
         self.check_slot(&parent, &c.name, None, Some(op))?;
+        let parent_depth = self.ancestry.depth(self.txn, parent, None, Some(op))?;
+        Ancestry::check_room(parent_depth, Some(op))?;
+        if kind == NodeKind::Directory {
+            self.ancestry.created(id, parent_depth + 1);
+        }
         self.revision_at_start.insert(id, 0);
         self.attrs_set.insert(id);
         let node = Node {
@@ -666,22 +679,13 @@ impl<'a> Applier<'a> {
         let mut node = self.live(&id, Some(op))?;
         self.check_base(&node, m.base_revision, Some(op))?;
         self.check_slot(&new_parent, &m.new_name, Some(&id), Some(op))?;
-        // Walk up from the new parent: meeting the node itself means it would move into its own subtree.
-        let mut cursor = new_parent;
-        while cursor != ROOT_ID {
-            if cursor == id {
-                return Err(reject(
-                    Reason::Cycle,
-                    Some(op),
-                    format!(
-                        "moving {} into its own subtree would create a cycle",
-                        short(&id)
-                    ),
-                ));
-            }
-            let ancestor = self.live(&cursor, Some(op))?;
-            cursor = node_key(&ancestor.parent_id, "stored parent id", Some(op))?;
-        }
+        // Walk up from the new parent: meeting the node itself means it would move into its own
+        // subtree. The walk is bounded (`ancestry`).
+        let parent_depth = self
+            .ancestry
+            .depth(self.txn, new_parent, Some(id), Some(op))?;
+        Ancestry::check_room(parent_depth, Some(op))?;
+        self.ancestry.moved();
         node.parent_id = new_parent.to_vec();
         node.name = m.new_name.clone();
         node.revision = self.next_seq();
@@ -795,6 +799,8 @@ pub fn undelete(
     let name = name.unwrap_or(&last.node.name).to_string();
     check_name(&name, None)?;
     applier.check_slot(&parent, &name, None, None)?;
+    let parent_depth = applier.ancestry.depth(applier.txn, parent, None, None)?;
+    Ancestry::check_room(parent_depth, None)?;
     let mut node = last.node.clone();
     node.parent_id = parent.to_vec();
     node.name = name;

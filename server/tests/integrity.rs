@@ -1,7 +1,8 @@
-//! Server integrity (issue 15, items 3, 7 and 5) against the real service on a loopback port, with
-//! the real SQLite and file stores: chunks a commit names are durable before its transaction,
-//! departed subscribers are noticed without a commit and subscriptions are capped per tenant, and a
-//! commit's cost is bounded (one update per node, a cap on its resolved chunk lists).
+//! Server integrity (issue 15, items 3, 5, 6 and 7) against the real service on a loopback port,
+//! with the real SQLite and file stores: chunks a commit names are durable before its transaction,
+//! departed subscribers are noticed without a commit and subscriptions are capped per tenant, a
+//! commit's cost is bounded (one update per node, a cap on its resolved chunk lists, bounded tree
+//! walks), and one tenant's commits never wait for another's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -163,13 +164,17 @@ async fn start() -> Server {
 }
 
 async fn client(server: &Server) -> Client {
+    client_with(server, &server.token).await
+}
+
+/// A client with another token (another device, or another tenant's).
+async fn client_with(server: &Server, token: &str) -> Client {
     let channel = Channel::from_shared(server.url.clone())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let header: tonic::metadata::MetadataValue<_> =
-        format!("Bearer {}", server.token).parse().unwrap();
+    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
     let auth: Auth = Box::new(move |mut request: tonic::Request<()>| {
         request
             .metadata_mut()
@@ -554,4 +559,231 @@ async fn a_commit_is_bounded_in_resolved_chunks() {
     let refused = commit(&mut client, ops).await.unwrap_err();
     assert_eq!(reason(&refused), "too-large");
     assert!(refused.message().contains(&MAX_OPS_PER_COMMIT.to_string()));
+}
+
+/// The id of the `i`th directory of a chain.
+fn chain_id(i: usize) -> Vec<u8> {
+    let mut id = vec![0xd0; 16];
+    id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    id
+}
+
+fn mkdir(id: Vec<u8>, parent: Vec<u8>, name: &str) -> v1::Op {
+    v1::Op {
+        op: Some(OpKind::Create(v1::CreateOp {
+            id,
+            parent_id: parent,
+            name: name.into(),
+            kind: NodeKind::Directory as i32,
+            attrs: Some(v1::NodeAttrs::default()),
+        })),
+    }
+}
+
+fn mv(id: Vec<u8>, base_revision: u64, parent: Vec<u8>, name: &str) -> v1::Op {
+    v1::Op {
+        op: Some(OpKind::Move(v1::MoveOp {
+            id,
+            base_revision,
+            new_parent_id: parent,
+            new_name: name.into(),
+        })),
+    }
+}
+
+/// Item 6: a tree is at most MAX_TREE_DEPTH levels deep, and a commit's walks up the tree (cycle
+/// and depth checks) are bounded together. The issue's attack, 300 moves to the bottom of a
+/// 20,000-deep chain, once held the server's only writer for 7-11 s: the chain cannot be built past
+/// the bound, and the moves are refused as one commit's walking past MAX_COMMIT_WALK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_is_bounded_in_depth_and_a_commit_in_walking() {
+    use bvfs_proto::{MAX_COMMIT_WALK, MAX_TREE_DEPTH};
+    let server = start().await;
+    let mut client = client(&server).await;
+    // A chain of MAX_TREE_DEPTH directories in one commit: each create under the one before walks
+    // one step (depths are remembered within a commit).
+    let chain: Vec<v1::Op> = (0..MAX_TREE_DEPTH)
+        .map(|i| {
+            let parent = if i == 0 { vec![0; 16] } else { chain_id(i - 1) };
+            mkdir(chain_id(i), parent, "d")
+        })
+        .collect();
+    commit(&mut client, chain).await.unwrap();
+    let bottom = chain_id(MAX_TREE_DEPTH - 1);
+    let refused = commit(
+        &mut client,
+        vec![mkdir(vec![0xee; 16], bottom.clone(), "deeper")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&refused), "too-deep", "{refused:?}");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+
+    // A cycle is still found at full depth: the chain's top moved under its bottom.
+    let refused = commit(
+        &mut client,
+        vec![mv(chain_id(0), 1, bottom.clone(), "loop")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&refused), "cycle", "{refused:?}");
+
+    // Directories to move down the chain, then many moves in one commit: each walks the whole
+    // chain, and together they pass MAX_COMMIT_WALK.
+    let movers = 300;
+    let dirs: Vec<v1::Op> = (0..movers)
+        .map(|i| {
+            mkdir(
+                vec![
+                    0xa0,
+                    i as u8,
+                    (i >> 8) as u8,
+                    1,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+                vec![0; 16],
+                &format!("m{i}"),
+            )
+        })
+        .collect();
+    let made = commit(&mut client, dirs).await.unwrap();
+    let base = made.cursor - movers as u64;
+    let moves: Vec<v1::Op> = (0..movers)
+        .map(|i| {
+            let id = vec![
+                0xa0,
+                i as u8,
+                (i >> 8) as u8,
+                1,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ];
+            mv(
+                id,
+                base + 1 + i as u64,
+                chain_id(MAX_TREE_DEPTH - 2),
+                &format!("m{i}"),
+            )
+        })
+        .collect();
+    assert!(movers * (MAX_TREE_DEPTH - 2) > MAX_COMMIT_WALK);
+    let started = Instant::now();
+    let refused = commit(&mut client, moves).await.unwrap_err();
+    assert_eq!(reason(&refused), "too-large", "{refused:?}");
+    assert!(refused.message().contains("split"), "{refused:?}");
+    println!(
+        "{movers} moves to depth {} refused after {:?}",
+        MAX_TREE_DEPTH - 1,
+        started.elapsed()
+    );
+    // Split as asked, the moves go through.
+    let per_commit = MAX_COMMIT_WALK / MAX_TREE_DEPTH;
+    let mut ops: Vec<v1::Op> = (0..movers)
+        .map(|i| {
+            let id = vec![
+                0xa0,
+                i as u8,
+                (i >> 8) as u8,
+                1,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ];
+            mv(
+                id,
+                base + 1 + i as u64,
+                chain_id(MAX_TREE_DEPTH - 2),
+                &format!("m{i}"),
+            )
+        })
+        .collect();
+    while !ops.is_empty() {
+        let rest = ops.split_off(ops.len().min(per_commit));
+        commit(&mut client, ops).await.unwrap();
+        ops = rest;
+    }
+}
+
+/// Item 6: tenants do not share a writer. While one tenant's write transaction is held open (as a
+/// long commit would), another tenant's commit goes through; a commit of the same tenant waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_never_waits_for_another_tenants_commit() {
+    let server = start().await;
+    let bob = bvfs_server::auth::add_device(server.probe.inner.as_ref(), "bob", "phone").unwrap();
+    let mut alice = client(&server).await;
+    let mut bob_client = client_with(&server, &bob.token).await;
+    commit(&mut alice, vec![mkdir(vec![1; 16], vec![0; 16], "before")])
+        .await
+        .unwrap();
+
+    // Alice's namespace writer, held by a transaction that waits to be released.
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let meta = server.probe.inner.clone();
+    let tenant = server.tenant;
+    let holder = std::thread::spawn(move || {
+        meta.write(tenant, &mut |_| {
+            started_tx.send(()).unwrap();
+            released.recv().unwrap();
+            Ok(())
+        })
+        .unwrap();
+    });
+    started.recv().unwrap();
+
+    let bobs = tokio::time::timeout(
+        Duration::from_secs(20),
+        commit(
+            &mut bob_client,
+            vec![mkdir(vec![2; 16], vec![0; 16], "bob's")],
+        ),
+    )
+    .await
+    .expect("bob's commit does not wait for alice's transaction");
+    assert_eq!(bobs.unwrap().cursor, 1);
+
+    // Alice's own next commit does wait, and lands once the transaction ends.
+    let mut alices = Box::pin(commit(
+        &mut alice,
+        vec![mkdir(vec![3; 16], vec![0; 16], "after")],
+    ));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut alices)
+            .await
+            .is_err(),
+        "a commit of the same tenant waits for its writer"
+    );
+    release.send(()).unwrap();
+    assert_eq!(alices.await.unwrap().cursor, 2);
+    holder.join().unwrap();
 }

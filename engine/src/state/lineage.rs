@@ -91,7 +91,7 @@ impl Checkpoints {
 
     /// Decodes a stored list; a damaged one is empty (checkpoints only make a re-base finer).
     fn decode(bytes: &[u8]) -> Self {
-        if bytes.len() % 16 != 0 {
+        if !bytes.len().is_multiple_of(16) {
             return Self::default();
         }
         let mut points: Vec<(u64, u64)> = bytes
