@@ -369,15 +369,19 @@ fn serve_mount_inner(
     if let Err(e) = mounted.unmount() {
         tracing::warn!("unmount: {e}");
     }
-    // A last chance to upload what was written, bounded so a dead server cannot hold us.
+    // A last chance to upload what was written. An unreachable server ends it at once (the round
+    // fails); a slow one is cut off after LAST_SYNC, which `bvfs umount` waits for.
     runtime.block_on(async {
         sync.stop().await;
-        match tokio::time::timeout(Duration::from_secs(10), engine.sync_until_idle(20)).await {
+        match tokio::time::timeout(LAST_SYNC, engine.sync_until_idle(20)).await {
             Ok(Ok(_)) => tracing::info!("everything is synced"),
             Ok(Err(e)) => {
                 tracing::warn!("not everything is synced yet ({e}); it will be on the next mount")
             }
-            Err(_) => tracing::warn!("still syncing after 10 s; the rest syncs on the next mount"),
+            Err(_) => tracing::warn!(
+                "still syncing after {} s; the rest syncs on the next mount",
+                LAST_SYNC.as_secs()
+            ),
         }
     });
     // Tell `bvfs umount` what is left.
@@ -489,6 +493,9 @@ async fn start_embedded_server(
     Ok(((stop, task), url, token))
 }
 
+/// How long a daemon's last sync may take after an unmount.
+const LAST_SYNC: Duration = Duration::from_secs(60);
+
 pub fn umount(args: UmountArgs) -> anyhow::Result<std::process::ExitCode> {
     let mountpoint = absolute(&args.mountpoint)?;
     if !is_fuse_mounted(&mountpoint) {
@@ -506,12 +513,27 @@ pub fn umount(args: UmountArgs) -> anyhow::Result<std::process::ExitCode> {
             anyhow::anyhow!("cannot unmount {}: {e}", mountpoint.display())
         }
     })?;
-    // Wait for the daemon to finish its last sync and exit.
+    // Wait for the daemon to finish its last sync and exit (it gives up after LAST_SYNC).
     if let Some(pid) = pid {
-        for _ in 0..300 {
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            if unsafe { libc::kill(pid, 0) } != 0 {
-                break;
+        let started = std::time::Instant::now();
+        let mut told = false;
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            if started.elapsed() > LAST_SYNC + Duration::from_secs(30) {
+                println!(
+                    "bvfs: unmounted {}, but its daemon (pid {pid}) is still uploading; the rest \
+                     syncs on the next mount if it stops first",
+                    mountpoint.display()
+                );
+                return Ok(if args.force {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::from(EXIT_UNSYNCED)
+                });
+            }
+            if !told && started.elapsed() > Duration::from_secs(2) {
+                eprintln!("bvfs: waiting for the last changes to reach the server…");
+                told = true;
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -60,9 +60,10 @@ fn a_folder_bound_to_one_namespace_refuses_another_and_keeps_its_files() {
     let out = umount(&a.mountpoint, &[]);
     assert!(out.status.success(), "umount: {}", text(&out));
 
-    // Another server (another namespace) on the same folder and state: refused, nothing touched.
+    // Another server (another namespace, although the account has the same name and device) on the
+    // same folder and state: refused, nothing touched.
     let other = tempfile::tempdir().unwrap();
-    let other_token = add_user(&other.path().join("server"), "bob", "laptop");
+    let other_token = add_user(&other.path().join("server"), "alice", "laptop");
     let other_server = ServerProcess::start(&other.path().join("server"), &[]);
     let out = mount_with(&other_server.url, &other_token, &a.data, &a.mountpoint);
     assert!(

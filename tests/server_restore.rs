@@ -309,3 +309,38 @@ async fn a_recreated_namespace_of_the_same_name_is_refused_and_nothing_is_delete
     assert!(a.sync_round().await.is_err(), "and keeps refusing");
     assert_eq!(files(&a).await.len(), 1);
 }
+
+/// From the code: a device interrupted in a snapshot at cursor N, when the server is then rewound
+/// below N, used to ask for that snapshot forever (`cursor-ahead` on every page). It re-bases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_above_a_rewound_head_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let token = add_user(&data, "alice", "laptop");
+    let server = ServerProcess::start(&data, &[]);
+    let a = device(dir.path(), "laptop", &server.url, &token);
+    write(&a, "one", b"1").await;
+    write(&a, "two", b"2").await;
+    a.sync_until_idle(10).await.unwrap();
+    drop(a);
+    // As if a snapshot at 50 had begun before the server lost its history past its head (2).
+    {
+        let db = rusqlite::Connection::open(dir.path().join("laptop/state.sqlite")).unwrap();
+        db.execute_batch(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('snapshot_at', 50);
+             INSERT OR REPLACE INTO meta (key, value) VALUES ('snapshot_at_tag', 12345);",
+        )
+        .unwrap();
+    }
+    let a = device(dir.path(), "laptop", &server.url, &token);
+    a.sync_until_idle(10).await.unwrap();
+    assert_eq!(a.rebase_count(), 1);
+    assert_eq!(
+        files(&a).await,
+        [
+            ("one".to_string(), "1".to_string()),
+            ("two".to_string(), "2".to_string())
+        ]
+    );
+    assert_eq!(a.status().unwrap().errors, 0);
+}

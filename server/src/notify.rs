@@ -86,3 +86,24 @@ impl HeadNotifier {
         self.channels.lock().clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit published before its tenant had any channel is not lost: a subscription that read
+    /// the head just before that commit still starts from the commit's head.
+    #[test]
+    fn a_head_published_before_the_first_subscription_is_not_missed() {
+        let notifier = HeadNotifier::default();
+        // The subscriber read head 4 from the store; then a commit publishes 5; then it subscribes.
+        notifier.publish(7, 5);
+        let receiver = notifier.subscribe(7, 4).unwrap();
+        assert_eq!(*receiver.borrow(), 5);
+        // A newer head seeds an existing channel forward, never backwards.
+        let receiver = notifier.subscribe(7, 9).unwrap();
+        assert_eq!(*receiver.borrow(), 9);
+        notifier.publish(7, 6);
+        assert_eq!(*receiver.borrow(), 9);
+    }
+}

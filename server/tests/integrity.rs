@@ -787,3 +787,92 @@ async fn one_tenant_never_waits_for_another_tenants_commit() {
     assert_eq!(alices.await.unwrap().cursor, 2);
     holder.join().unwrap();
 }
+
+/// From the code: `Undelete` reads the node's last version before its transaction. If the node was
+/// undeleted and deleted again meanwhile, that version is not the last any more, and the undelete is
+/// refused instead of bringing back an older state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelete_from_a_stale_read_is_refused() {
+    let server = start().await;
+    let mut client = client(&server).await;
+    let id = vec![7; 16];
+    commit(&mut client, vec![mkdir(id.clone(), vec![0; 16], "dir")])
+        .await
+        .unwrap();
+    let deleted = commit(
+        &mut client,
+        vec![v1::Op {
+            op: Some(OpKind::Delete(v1::DeleteOp {
+                id: id.clone(),
+                base_revision: 1,
+            })),
+        }],
+    )
+    .await
+    .unwrap();
+    let meta = server.probe.inner.clone();
+    let key: NodeKey = id.clone().try_into().unwrap();
+    // What an Undelete read before its transaction: the delete at 2.
+    let stale = meta
+        .versions_page(server.tenant, &key, u64::MAX >> 1, 1, usize::MAX)
+        .unwrap()
+        .0
+        .remove(0);
+    assert_eq!(stale.seq, deleted.cursor);
+    // Meanwhile: undeleted, renamed and deleted again.
+    client
+        .undelete(v1::UndeleteRequest {
+            id: id.clone(),
+            name: "renamed".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    commit(
+        &mut client,
+        vec![v1::Op {
+            op: Some(OpKind::Delete(v1::DeleteOp {
+                id: id.clone(),
+                base_revision: 3,
+            })),
+        }],
+    )
+    .await
+    .unwrap();
+    let mut result = None;
+    let refused = meta.write(server.tenant, &mut |txn| {
+        result = Some(bvfs_server::namespace::undelete(
+            txn, &stale, None, None, "laptop", 0,
+        )?);
+        Ok(())
+    });
+    let refused = refused.expect_err("the stale undelete is refused");
+    assert_eq!(reason(&refused), "stale-revision", "{refused:?}");
+    assert_eq!(meta.head(server.tenant).unwrap(), 4, "nothing was written");
+}
+
+/// From the code: `bvfs admin` opens the data directory beside a running server; it must not clear
+/// the chunk store's temporary files, which are uploads in flight. Only the serving process, holding
+/// the directory's lock, clears them (leftovers of a crash) when it starts.
+#[test]
+fn an_admin_command_beside_a_server_leaves_uploads_in_flight_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let serving = bvfs_server::DataDir::open_exclusive(&data).unwrap();
+    let in_flight = data.join("chunks/tmp/upload-in-flight");
+    std::fs::write(&in_flight, b"half an upload").unwrap();
+    let admin = bvfs_server::DataDir::open(&data).unwrap();
+    bvfs_server::auth::add_device(admin.meta.as_ref(), "carol", "tablet").unwrap();
+    assert!(
+        in_flight.exists(),
+        "the admin command left the upload alone"
+    );
+    assert!(
+        bvfs_server::DataDir::open_exclusive(&data).is_err(),
+        "one server per data directory"
+    );
+    drop(serving);
+    // A server starting after a crash clears what was left.
+    let _serving = bvfs_server::DataDir::open_exclusive(&data).unwrap();
+    assert!(!in_flight.exists());
+}
