@@ -8,7 +8,7 @@
 //!
 //! It then **re-bases**: REMOTE is rebuilt from a snapshot, and SYNCED (the base of every three-way
 //! merge) keeps only what the server's history still vouches for. The device remembers a few
-//! checkpoints (`(cursor, tag)` pairs it pulled to or committed at, [`Checkpoints`]); the newest one the
+//! checkpoints (`(cursor, tag)` pairs its pulls reached, [`Checkpoints`]); the newest one the
 //! server still holds is the *common point* P, found with one cheap probe per step of a binary search.
 //! When the snapshot is complete ([`Txn::finish_rebase`]):
 //! - a SYNCED row at a revision ≤ P is a state of the common history: it stays the base;
@@ -120,7 +120,7 @@ impl Txn<'_> {
             .unwrap_or_default())
     }
 
-    /// Records a position this device saw (a page's end, a snapshot's cursor, a commit's answer).
+    /// Records a position a pull reached (a page's end, a snapshot's cursor).
     pub fn record_checkpoint(&self, seq: u64, tag: u64) -> StateResult<()> {
         let mut points = self.checkpoints()?;
         let before = points.points.len();
