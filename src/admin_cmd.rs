@@ -18,7 +18,9 @@ pub struct DataArg {
 
 impl DataArg {
     fn open(&self) -> anyhow::Result<DataDir> {
-        DataDir::open(&self.data.clone().unwrap_or_else(default_server_dir))
+        let dir = self.data.clone().unwrap_or_else(default_server_dir);
+        crate::privacy::private_dir(&dir, "the server's data directory")?;
+        DataDir::open(&dir)
     }
 }
 

@@ -8,6 +8,7 @@ mod binding;
 mod hash_cmd;
 mod mount_cmd;
 mod paths;
+mod privacy;
 mod serve_cmd;
 
 use std::process::ExitCode;
@@ -51,6 +52,8 @@ fn init_logging(ansi: bool) {
 }
 
 fn main() -> ExitCode {
+    // Before anything is created: whatever bvfs writes is its user's alone.
+    privacy::private_umask();
     let cli = Cli::parse();
     // A mount daemon logs to a file: no colour codes there.
     let daemon = matches!(&cli.command, Command::Mount(args) if !args.foreground());

@@ -182,8 +182,10 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .data
         .clone()
         .unwrap_or_else(|| state_dir_for(&mountpoint));
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    crate::privacy::private_dir(&state_dir, "the mount's state directory")?;
+    if let Some(cache) = &args.cache_dir {
+        crate::privacy::private_dir(cache, "the cache directory")?;
+    }
     if args.foreground {
         return serve_mount(&args, &mountpoint, &state_dir, None);
     }
@@ -337,7 +339,7 @@ fn serve_mount_inner(
     })?;
     // `bvfs umount` finds the daemon by mountpoint, whatever --data says.
     let registry = state_dir_for(mountpoint);
-    std::fs::create_dir_all(&registry)?;
+    crate::privacy::private_dir(&registry, "the mount's registry directory")?;
     let _ = std::fs::remove_file(registry.join(UNSYNCED_REPORT));
     std::fs::write(registry.join("daemon.pid"), std::process::id().to_string())?;
     tracing::info!(mountpoint = %mountpoint.display(), %url, "mounted");
@@ -462,6 +464,7 @@ async fn start_embedded_server(
     state_dir: &Path,
     device: &str,
 ) -> anyhow::Result<(EmbeddedServer, String, String)> {
+    crate::privacy::private_dir(data_dir, "the embedded server's data directory")?;
     let data = bvfs_server::DataDir::open_exclusive(data_dir)?;
     let token_file = state_dir.join("embedded-token");
     let token = match std::fs::read_to_string(&token_file) {

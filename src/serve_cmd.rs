@@ -40,6 +40,7 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data.unwrap_or_else(default_server_dir);
+    crate::privacy::private_dir(&data_dir, "the server's data directory")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
