@@ -51,6 +51,35 @@ bvfs mount --server http://127.0.0.1:7878 --token \"$TOKEN\" ~/BitVault"
         #[arg(long)]
         json: bool,
     },
+    /// List a user's devices (names, how many tokens, since when); tokens are never shown again.
+    #[command(after_help = "Example:\n  bvfs admin list-devices alice --json")]
+    ListDevices {
+        #[command(flatten)]
+        data: DataArg,
+        /// The user (tenant) name
+        user: String,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every token of one of a user's devices: the server refuses them from the next request
+    /// on, and ends their live notification streams within seconds. Works beside a running server.
+    #[command(after_help = "Example (a lost phone):\n  bvfs admin revoke alice phone")]
+    Revoke {
+        #[command(flatten)]
+        data: DataArg,
+        /// The user (tenant) name
+        user: String,
+        /// The device whose tokens to revoke (see `bvfs admin list-devices USER`)
+        device: String,
+    },
+}
+
+/// The tenant of `user`, or an error that says how to find the right name.
+fn tenant_of(dir: &DataDir, user: &str) -> anyhow::Result<bvfs_server::store::TenantId> {
+    dir.meta.tenant_by_name(user)?.ok_or_else(|| {
+        anyhow::anyhow!("there is no user {user:?} on this server; see `bvfs admin list-users`")
+    })
 }
 
 pub fn run(command: AdminCommand) -> anyhow::Result<()> {
@@ -97,6 +126,41 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        AdminCommand::ListDevices { data, user, json } => {
+            let dir = data.open()?;
+            let devices = dir.meta.devices(tenant_of(&dir, &user)?)?;
+            if json {
+                let list: Vec<_> = devices
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "device": d.name,
+                            "tokens": d.tokens,
+                            "created_ns": d.created_ns,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "user": user, "devices": list }));
+            } else {
+                for d in devices {
+                    println!("{}\t{} token(s)", d.name, d.tokens);
+                }
+            }
+            Ok(())
+        }
+        AdminCommand::Revoke { data, user, device } => {
+            let dir = data.open()?;
+            let tenant = tenant_of(&dir, &user)?;
+            match dir.meta.revoke(tenant, &device)? {
+                0 => anyhow::bail!(
+                    "user {user:?} has no device {device:?}; see `bvfs admin list-devices {user}`"
+                ),
+                n => {
+                    eprintln!("revoked {n} token(s) of {user}'s device {device:?}");
+                    Ok(())
+                }
+            }
         }
     }
 }

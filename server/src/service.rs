@@ -36,6 +36,8 @@ const DELETED_PAGE: (u32, u32) = (100, 1_000);
 const VERSIONS_PAGE: (u32, u32) = (100, 1_000);
 /// Bytes of a page's fields besides its entries (cursors, flags), counted generously.
 const PAGE_OVERHEAD: usize = 64;
+/// How often a live `Subscribe` stream checks that its token is still valid.
+const REAUTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// The most ids in one `FindMissingChunks` or `GetChunks` request.
 const MAX_IDS_PER_REQUEST: usize = 10_000;
 
@@ -397,6 +399,7 @@ impl Sync for SyncService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let who = self.principal(&request).await?;
+        let token = authorization_header(&request);
         let mut cursor = request.into_inner().cursor;
         let tenant = who.tenant;
         let head = self.meta_call(move |m| m.head(tenant)).await?;
@@ -404,7 +407,12 @@ impl Sync for SyncService {
             .heads
             .subscribe(tenant, head)
             .map_err(|_| too_many_subscriptions())?;
+        let meta = self.meta.clone();
         let stream = async_stream(move |tx| async move {
+            // A stream outlives any one request: its token is checked again now and then, so a
+            // revoked device stops hearing about the namespace within REAUTH_INTERVAL.
+            let mut reauth = tokio::time::interval(REAUTH_INTERVAL);
+            reauth.tick().await;
             loop {
                 let head = *heads.borrow_and_update();
                 if head > cursor {
@@ -418,6 +426,14 @@ impl Sync for SyncService {
                 tokio::select! {
                     changed = heads.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
+                    _ = reauth.tick() => {
+                        let (meta, token) = (meta.clone(), token.clone());
+                        let still = blocking(move || authenticate(meta.as_ref(), token.as_deref())).await;
+                        if let Err(status) = still {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    }
                 }
             }
         });

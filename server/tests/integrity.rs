@@ -44,6 +44,12 @@ impl MetaStore for Probe {
     fn principal(&self, hash: &[u8; 32]) -> StoreResult<Option<Principal>> {
         self.inner.principal(hash)
     }
+    fn devices(&self, tenant: TenantId) -> StoreResult<Vec<bvfs_server::store::Device>> {
+        self.inner.devices(tenant)
+    }
+    fn revoke(&self, tenant: TenantId, device: &str) -> StoreResult<usize> {
+        self.inner.revoke(tenant, device)
+    }
     fn head(&self, tenant: TenantId) -> StoreResult<u64> {
         self.inner.head(tenant)
     }

@@ -48,6 +48,16 @@ pub struct Principal {
     pub device: String,
 }
 
+/// A device of a tenant, as `bvfs admin list-devices` shows it (never its tokens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub name: String,
+    /// How many tokens the device has (each `add-user` for it makes one).
+    pub tokens: usize,
+    /// When its first token was made (ns since the epoch).
+    pub created_ns: i64,
+}
+
 /// One journal entry: a node's state after a change (or its last state, for a delete).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JournalEntry {
@@ -78,6 +88,10 @@ pub trait MetaStore: Send + Sync + 'static {
     fn add_token(&self, tenant: TenantId, token_hash: &[u8; 32], device: &str) -> StoreResult<()>;
     /// Resolves a token hash to its principal.
     fn principal(&self, token_hash: &[u8; 32]) -> StoreResult<Option<Principal>>;
+    /// The tenant's devices: each device name with its tokens, oldest first.
+    fn devices(&self, tenant: TenantId) -> StoreResult<Vec<Device>>;
+    /// Revokes every token of the tenant's device `device`; returns how many there were.
+    fn revoke(&self, tenant: TenantId, device: &str) -> StoreResult<usize>;
 
     /// The tenant's journal head (0 before the first commit).
     fn head(&self, tenant: TenantId) -> StoreResult<u64>;

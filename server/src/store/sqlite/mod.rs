@@ -22,8 +22,8 @@ use parking_lot::Mutex;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    JournalEntry, MetaStore, NodeKey, Principal, ROOT_ID, StoreError, StoreResult, TenantId,
-    WriteFn,
+    Device, JournalEntry, MetaStore, NodeKey, Principal, ROOT_ID, StoreError, StoreResult,
+    TenantId, WriteFn,
 };
 use pool::{Pool, open_connection};
 use rows::{
@@ -161,6 +161,38 @@ impl MetaStore for SqliteMetaStore {
             .optional()
             .map_err(meta_err)
         })
+    }
+
+    fn devices(&self, tenant: TenantId) -> StoreResult<Vec<Device>> {
+        self.catalog.read(|c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT device, COUNT(*), MIN(created_ns) FROM tokens WHERE tenant_id = ?1
+                     GROUP BY device ORDER BY MIN(created_ns), device",
+                )
+                .map_err(meta_err)?;
+            let rows = stmt
+                .query_map([tenant], |r| {
+                    Ok(Device {
+                        name: r.get(0)?,
+                        tokens: r.get::<_, i64>(1)? as usize,
+                        created_ns: r.get(2)?,
+                    })
+                })
+                .map_err(meta_err)?;
+            rows.collect::<Result<_, _>>().map_err(meta_err)
+        })
+    }
+
+    fn revoke(&self, tenant: TenantId, device: &str) -> StoreResult<usize> {
+        self.catalog
+            .writer
+            .lock()
+            .execute(
+                "DELETE FROM tokens WHERE tenant_id = ?1 AND device = ?2",
+                params![tenant, device],
+            )
+            .map_err(meta_err)
     }
 
     fn head(&self, tenant: TenantId) -> StoreResult<u64> {
