@@ -115,7 +115,7 @@ impl Default for ChunkParams {
         Self {
             min: 16 * 1024,
             avg: 64 * 1024,
-            max: 256 * 1024,
+            max: bvfs_proto::MAX_CHUNK_BYTES,
         }
     }
 }

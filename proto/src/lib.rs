@@ -38,6 +38,11 @@ pub const MANIFEST_PAGE_CHUNKS: usize = 65_536;
 /// with its tag and length (34), the length varint with its tag (up to 6).
 pub const MAX_CHUNK_REF_BYTES: usize = 42;
 
+/// The largest chunk either side accepts: the chunker's maximum (FastCDC 16/64/256 KiB, DESIGN D6).
+/// A larger one can only come from a broken or hostile client, and would let one request make the
+/// server hash and store megabytes at a time.
+pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
+
 /// The most ops one commit may carry; a client splits larger batches.
 pub const MAX_OPS_PER_COMMIT: usize = 10_000;
 

@@ -22,10 +22,10 @@ use crate::store::{
     ChunkKey, ChunkStore, JournalEntry, MetaTxn, NodeKey, ROOT_ID, TenantId, new_tag,
 };
 
+/// The largest chunk the server accepts.
+pub use bvfs_proto::MAX_CHUNK_BYTES;
 /// The commit caps, shared with clients (see `bvfs_proto`).
 pub use bvfs_proto::{MAX_COMMIT_CHUNKS, MAX_OPS_PER_COMMIT};
-/// The largest chunk the server accepts.
-pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// The longest symlink target (Linux `PATH_MAX`).
 pub const MAX_SYMLINK_TARGET: usize = 4096;
 

@@ -1,6 +1,7 @@
 //! The gRPC `Sync` service: authentication, request limits, and the glue between the wire and the
 //! namespace rules. Storage calls are blocking (SQLite, files) and run on tokio's blocking pool.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use bvfs_proto::v1::{
     PutManifestResponse, RestoreVersionRequest, SnapshotRequest, SnapshotResponse, SubscribeEvent,
     SubscribeRequest, UndeleteRequest, Version,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -24,7 +26,7 @@ use crate::namespace::{self, MAX_CHUNK_BYTES, Reason, chunk_key, node_key, rejec
 use crate::notify::{HeadNotifier, MAX_SUBSCRIPTIONS_PER_TENANT};
 use crate::staging::{MAX_MANIFEST_CHUNKS, Staging, check_chunk_ref};
 use crate::store::sqlite::store_status;
-use crate::store::{ChunkStore, JournalEntry, MetaStore, Principal, ROOT_ID, StoreError};
+use crate::store::{ChunkStore, JournalEntry, MetaStore, Principal, ROOT_ID, StoreError, TenantId};
 
 /// Default and largest page of `ListChanges`.
 const CHANGES_PAGE: (u32, u32) = (1_000, 10_000);
@@ -41,12 +43,23 @@ const REAUTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// The most ids in one `FindMissingChunks` or `GetChunks` request.
 const MAX_IDS_PER_REQUEST: usize = 10_000;
 
+/// The most requests one tenant may have in flight at once (a device uses about 16 at its busiest:
+/// reads, read-ahead, uploads and a commit).
+pub const MAX_REQUESTS_PER_TENANT: usize = 64;
+/// How long a `PutChunks` or `PutManifest` stream may go without a message before it is cut off
+/// (a client that stalls, or declares a message it never sends, would otherwise hold its request
+/// until the overall request timeout).
+pub const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The service state shared by all requests.
 pub struct SyncService {
     meta: Arc<dyn MetaStore>,
     chunks: Arc<dyn ChunkStore>,
     heads: Arc<HeadNotifier>,
     staging: Arc<Staging>,
+    /// Requests in flight per tenant.
+    in_flight: parking_lot::Mutex<HashMap<TenantId, Arc<Semaphore>>>,
+    upload_idle: std::time::Duration,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -168,7 +181,44 @@ impl SyncService {
             chunks,
             heads,
             staging: Arc::default(),
+            in_flight: Default::default(),
+            upload_idle: UPLOAD_IDLE,
         }
+    }
+
+    /// The same service with another upload idle limit (tests use a short one).
+    pub fn with_upload_idle(mut self, idle: std::time::Duration) -> Self {
+        self.upload_idle = idle;
+        self
+    }
+
+    /// Authenticates a request and counts it against its tenant's requests in flight (at most
+    /// [`MAX_REQUESTS_PER_TENANT`]; past that `RESOURCE_EXHAUSTED` `too-many-requests`), so one
+    /// tenant's flood cannot take every worker from the others. The permit is held until the
+    /// request (or the stream it answers with) is done.
+    async fn admit<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(Principal, OwnedSemaphorePermit), Status> {
+        let who = self.principal(request).await?;
+        let limit = self
+            .in_flight
+            .lock()
+            .entry(who.tenant)
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_REQUESTS_PER_TENANT)))
+            .clone();
+        let permit = limit.try_acquire_owned().map_err(|_| {
+            let mut status = Status::resource_exhausted(format!(
+                "this account has {MAX_REQUESTS_PER_TENANT} requests in flight, the most allowed; \
+                 retry when some have finished"
+            ));
+            status.metadata_mut().insert(
+                namespace::REASON_KEY,
+                "too-many-requests".parse().expect("ASCII"),
+            );
+            status
+        })?;
+        Ok((who, permit))
     }
 
     async fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
@@ -185,15 +235,15 @@ impl SyncService {
         mut incoming: Streaming<PutChunkRequest>,
         reply: &mut PutChunksResponse,
     ) -> Result<(), Status> {
-        while let Some(message) = incoming.next().await {
-            let PutChunkRequest { id, data } = message?;
+        while let Some(message) = self.next_upload_message(&mut incoming).await? {
+            let PutChunkRequest { id, data } = message;
             let key = chunk_key(&id, "chunk id", None)?;
             if data.is_empty() || data.len() > MAX_CHUNK_BYTES {
                 return Err(reject(
                     Reason::Malformed,
                     None,
                     format!(
-                        "chunk {}: a chunk is 1 byte to 4 MiB, got {}",
+                        "chunk {}: a chunk is 1 byte to {MAX_CHUNK_BYTES} bytes (the chunker's maximum), got {}",
                         hex::encode(key),
                         data.len()
                     ),
@@ -221,6 +271,20 @@ impl SyncService {
         Ok(())
     }
 
+    /// The next message of an upload stream, or an error if none arrives within the idle limit.
+    async fn next_upload_message<M>(
+        &self,
+        incoming: &mut Streaming<M>,
+    ) -> Result<Option<M>, Status> {
+        match tokio::time::timeout(self.upload_idle, incoming.next()).await {
+            Ok(next) => next.transpose(),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no message arrived for {} s; the upload was cut off (what arrived before is kept)",
+                self.upload_idle.as_secs()
+            ))),
+        }
+    }
+
     async fn meta_call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn MetaStore) -> Result<T, StoreError> + Send + 'static,
@@ -236,7 +300,7 @@ impl Sync for SyncService {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloResponse>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, _admitted) = self.admit(&request).await?;
         let tenant = who.tenant;
         let (head, head_tag, namespace_id) = blocking({
             let meta = self.meta.clone();
@@ -261,7 +325,7 @@ impl Sync for SyncService {
         &self,
         request: Request<CommitRequest>,
     ) -> Result<Response<CommitResponse>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, _admitted) = self.admit(&request).await?;
         let CommitRequest {
             mut ops,
             cursor,
@@ -307,7 +371,7 @@ impl Sync for SyncService {
         &self,
         request: Request<ListChangesRequest>,
     ) -> Result<Response<ListChangesResponse>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, _admitted) = self.admit(&request).await?;
         let req = request.into_inner();
         let limit = page(req.limit, CHANGES_PAGE);
         let meta = self.meta.clone();
@@ -347,7 +411,7 @@ impl Sync for SyncService {
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotResponse>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, _admitted) = self.admit(&request).await?;
         let req = request.into_inner();
         let after = if req.after_id.is_empty() {
             None
@@ -444,7 +508,7 @@ impl Sync for SyncService {
         &self,
         request: Request<FindMissingChunksRequest>,
     ) -> Result<Response<FindMissingChunksResponse>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, _admitted) = self.admit(&request).await?;
         let ids = request.into_inner().ids;
         if ids.len() > MAX_IDS_PER_REQUEST {
             return Err(reject(
@@ -482,7 +546,7 @@ impl Sync for SyncService {
         &self,
         request: Request<Streaming<PutChunkRequest>>,
     ) -> Result<Response<PutChunksResponse>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, _admitted) = self.admit(&request).await?;
         let mut reply = PutChunksResponse::default();
         let received = self
             .receive_chunks(who.tenant, request.into_inner(), &mut reply)
@@ -501,7 +565,7 @@ impl Sync for SyncService {
         &self,
         request: Request<GetChunksRequest>,
     ) -> Result<Response<Self::GetChunksStream>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, admitted) = self.admit(&request).await?;
         let ids = request.into_inner().ids;
         if ids.len() > MAX_IDS_PER_REQUEST {
             return Err(reject(
@@ -519,6 +583,8 @@ impl Sync for SyncService {
             .collect::<Result<Vec<_>, _>>()?;
         let chunks = self.chunks.clone();
         let stream = async_stream(move |tx| async move {
+            // The request counts against its tenant until its last chunk is sent.
+            let _admitted = admitted;
             for key in keys {
                 let chunks = chunks.clone();
                 let result = blocking(move || {
@@ -554,7 +620,7 @@ impl Sync for SyncService {
         &self,
         request: Request<ListVersionsRequest>,
     ) -> Result<Response<ListVersionsResponse>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, _admitted) = self.admit(&request).await?;
         let req = request.into_inner();
         let id = node_key(&req.id, "id", None)?;
         let limit = page(req.limit, VERSIONS_PAGE);
@@ -599,7 +665,7 @@ impl Sync for SyncService {
         &self,
         request: Request<RestoreVersionRequest>,
     ) -> Result<Response<CommitResponse>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, _admitted) = self.admit(&request).await?;
         let req = request.into_inner();
         let id = node_key(&req.id, "id", None)?;
         let meta = self.meta.clone();
@@ -638,7 +704,7 @@ impl Sync for SyncService {
         &self,
         request: Request<ListDeletedRequest>,
     ) -> Result<Response<ListDeletedResponse>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, _admitted) = self.admit(&request).await?;
         let req = request.into_inner();
         let limit = page(req.limit, DELETED_PAGE);
         let before = if req.before_seq == 0 {
@@ -678,7 +744,7 @@ impl Sync for SyncService {
         &self,
         request: Request<UndeleteRequest>,
     ) -> Result<Response<CommitResponse>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, _admitted) = self.admit(&request).await?;
         let req = request.into_inner();
         let id = node_key(&req.id, "id", None)?;
         let parent = if req.parent_id.is_empty() {
@@ -729,7 +795,7 @@ impl Sync for SyncService {
         &self,
         request: Request<GetManifestRequest>,
     ) -> Result<Response<Self::GetManifestStream>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, admitted) = self.admit(&request).await?;
         let req = request.into_inner();
         let id = node_key(&req.id, "id", None)?;
         let entry = self
@@ -744,6 +810,8 @@ impl Sync for SyncService {
             .map(|c| c.chunks)
             .ok_or_else(|| reject(Reason::KindMismatch, None, "that version has no content"))?;
         let stream = async_stream(move |tx| async move {
+            // The request counts against its tenant until its last chunk is sent.
+            let _admitted = admitted;
             let mut chunks = chunks.into_iter();
             loop {
                 let page: Vec<_> = chunks.by_ref().take(MANIFEST_PAGE_CHUNKS).collect();
@@ -762,11 +830,10 @@ impl Sync for SyncService {
         &self,
         request: Request<Streaming<ManifestPage>>,
     ) -> Result<Response<PutManifestResponse>, Status> {
-        let who = self.principal(&request).await?;
+        let (who, _admitted) = self.admit(&request).await?;
         let mut incoming = request.into_inner();
         let mut chunks = Vec::new();
-        while let Some(page) = incoming.next().await {
-            let page = page?;
+        while let Some(page) = self.next_upload_message(&mut incoming).await? {
             if page.chunks.len() > MANIFEST_PAGE_CHUNKS {
                 return Err(reject(
                     Reason::TooLarge,

@@ -130,6 +130,9 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// The upload idle limit of the test server (the real one waits 20 s).
+const UPLOAD_IDLE_IN_TESTS: Duration = Duration::from_secs(1);
+
 async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = bvfs_server::DataDir::open(&dir.path().join("server")).unwrap();
@@ -141,7 +144,8 @@ async fn start() -> Server {
     });
     let heads = Arc::new(HeadNotifier::default());
     let chunks: Arc<dyn ChunkStore> = data.chunks.clone();
-    let service = SyncService::new(probe.clone(), chunks, heads.clone());
+    let service = SyncService::new(probe.clone(), chunks, heads.clone())
+        .with_upload_idle(UPLOAD_IDLE_IN_TESTS);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -881,4 +885,101 @@ fn an_admin_command_beside_a_server_leaves_uploads_in_flight_alone() {
     // A server starting after a crash clears what was left.
     let _serving = bvfs_server::DataDir::open_exclusive(&data).unwrap();
     assert!(!in_flight.exists());
+}
+
+/// Issue 14: a chunk larger than the chunker makes is refused, and an upload stream that stalls
+/// (or declares a message it never sends) is cut off after the idle limit, keeping (and making
+/// durable) what it stored before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_chunks_and_stalled_uploads_are_refused() {
+    let server = start().await;
+    let mut client = client(&server).await;
+    let big = vec![7u8; bvfs_proto::MAX_CHUNK_BYTES + 2];
+    let refused = client
+        .put_chunks(tokio_stream::iter(vec![v1::PutChunkRequest {
+            id: blake3::hash(&big).as_bytes().to_vec(),
+            data: big,
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("chunker"), "{refused:?}");
+
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let first = chunk(77);
+    tx.send(v1::PutChunkRequest {
+        id: blake3::hash(&first).as_bytes().to_vec(),
+        data: first.clone(),
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let stalled = client
+        .put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(stalled.code(), tonic::Code::DeadlineExceeded, "{stalled:?}");
+    assert!(started.elapsed() < UPLOAD_IDLE_IN_TESTS * 10);
+    drop(tx);
+    let missing = client
+        .find_missing_chunks(v1::FindMissingChunksRequest {
+            ids: vec![blake3::hash(&first).as_bytes().to_vec()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing;
+    assert!(missing.is_empty(), "what arrived before the stall is kept");
+    assert!(server.chunks.unsynced_dirs().is_empty(), "and durable");
+}
+
+/// Issue 14: one tenant holds at most MAX_REQUESTS_PER_TENANT requests in flight; past that it
+/// is told to slow down, while another tenant is served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_flooding_the_server_is_capped_and_others_are_served() {
+    use bvfs_server::service::MAX_REQUESTS_PER_TENANT;
+    let server = start().await;
+    let bob = bvfs_server::auth::add_device(server.probe.inner.as_ref(), "bob", "phone").unwrap();
+    let mut alice = client(&server).await;
+    // Large chunks, so that an unread download stream fills its window and stays in flight.
+    let chunks: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| vec![i; bvfs_proto::MAX_CHUNK_BYTES])
+        .collect();
+    put(&mut alice, &chunks).await;
+    let ids: Vec<Vec<u8>> = (0..40)
+        .map(|i| blake3::hash(&chunks[i % chunks.len()]).as_bytes().to_vec())
+        .collect();
+    let mut held = Vec::new();
+    for _ in 0..MAX_REQUESTS_PER_TENANT {
+        let mut c = client(&server).await;
+        let stream = c
+            .get_chunks(v1::GetChunksRequest { ids: ids.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        held.push((c, stream));
+    }
+    let refused = alice.hello(v1::HelloRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(reason(&refused), "too-many-requests");
+    let mut bob_client = client_with(&server, &bob.token).await;
+    let answered = tokio::time::timeout(
+        Duration::from_secs(10),
+        bob_client.hello(v1::HelloRequest {}),
+    )
+    .await
+    .expect("another tenant is answered");
+    assert_eq!(answered.unwrap().into_inner().tenant, "bob");
+    // Once alice's downloads end, she is served again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match alice.hello(v1::HelloRequest {}).await {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("alice is not served again: {e:?}"),
+        }
+    }
 }
