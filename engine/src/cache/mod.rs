@@ -31,6 +31,8 @@
 mod index;
 mod persist;
 
+pub use persist::{BadIndex, decode_index, encode_index};
+
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};

@@ -57,7 +57,7 @@ pub(super) fn save_index(path: &Path, entries: &[(ChunkId, u32)]) -> io::Result<
 
 /// Why a snapshot was not used.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum BadIndex {
+pub enum BadIndex {
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("{0}")]
@@ -72,6 +72,12 @@ pub(super) fn load_index(path: &Path) -> Result<Option<Vec<(ChunkId, u32)>>, Bad
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    decode_index(&bytes).map(Some)
+}
+
+/// Decodes an index snapshot's bytes (untrusted: they come from disk), checking its magic, its
+/// checksum and its entry count; never panics.
+pub fn decode_index(bytes: &[u8]) -> Result<Vec<(ChunkId, u32)>, BadIndex> {
     if bytes.len() < HEADER + CHECKSUM || &bytes[..MAGIC.len()] != MAGIC {
         return Err(BadIndex::Invalid("not a chunk cache index"));
     }
@@ -94,7 +100,20 @@ pub(super) fn load_index(path: &Path) -> Result<Option<Vec<(ChunkId, u32)>>, Bad
             (id, len)
         })
         .collect();
-    Ok(Some(out))
+    Ok(out)
+}
+
+/// Encodes an index snapshot (what [`save_index`] writes), for tests of [`decode_index`].
+pub fn encode_index(entries: &[(ChunkId, u32)]) -> Vec<u8> {
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (id, len) in entries {
+        bytes.extend_from_slice(&id.0);
+        bytes.extend_from_slice(&len.to_le_bytes());
+    }
+    let checksum = blake3::hash(&bytes);
+    bytes.extend_from_slice(checksum.as_bytes());
+    bytes
 }
 
 /// Summary of a directory scan.

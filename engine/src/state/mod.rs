@@ -408,25 +408,39 @@ fn manifest(conn: &Connection, hash: &ContentHash, path: &Path) -> StateResult<O
     let Some((size, packed)) = row else {
         return Ok(None);
     };
-    if packed.len() % 36 != 0 {
-        return Err(StateError::Corrupt {
+    unpack_manifest(*hash, size, &packed)
+        .map(Some)
+        .map_err(|detail| StateError::Corrupt {
             path: path.to_owned(),
-            detail: format!(
-                "manifest {hash} is {} bytes, not a multiple of 36",
-                packed.len()
-            ),
-        });
+            detail,
+        })
+}
+
+/// Decodes a stored manifest (untrusted: it comes from disk): 36-byte chunk records whose lengths
+/// add up to `size`. Never panics; the error says what is wrong.
+pub fn unpack_manifest(hash: ContentHash, size: i64, packed: &[u8]) -> Result<Manifest, String> {
+    if !packed.len().is_multiple_of(36) {
+        return Err(format!(
+            "manifest {hash} is {} bytes, not a multiple of 36",
+            packed.len()
+        ));
     }
-    let chunks = packed
+    let chunks: Vec<ChunkRef> = packed
         .chunks_exact(36)
         .map(|c| ChunkRef {
             id: ChunkId(c[..32].try_into().expect("36-byte record")),
             len: u32::from_le_bytes(c[32..].try_into().expect("36-byte record")),
         })
         .collect();
-    Ok(Some(Manifest {
-        hash: *hash,
+    let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+    if size < 0 || total != size as u64 {
+        return Err(format!(
+            "manifest {hash} says {size} bytes but its chunks add up to {total}"
+        ));
+    }
+    Ok(Manifest {
+        hash,
         size: size as u64,
         chunks,
-    }))
+    })
 }
