@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::trees::node_from_row;
 use super::{StateError, Table, Txn};
-use crate::model::{Attrs, NameError, Node, NodeId, NodeKind};
+use crate::model::{Attrs, NameError, NamePolicy, Node, NodeId, NodeKind};
 
 /// A LOCAL node with what only this device knows about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +91,60 @@ impl Txn<'_> {
             "parent = ?1 AND name = ?2 AND id != ?1",
             params![&dir.node.id.to_bytes()[..], name],
         )
+    }
+
+    /// The child of `parent` whose name `policy` sees as `name`: the exact name first, else the
+    /// child whose [`NamePolicy::fold`] equals `name`'s (LOCAL holds at most one under a folding
+    /// policy: the planner keeps colliding remote names remote-only).
+    ///
+    /// SQLite's `NOCASE` folds ASCII only, so it narrows the candidates for an ASCII name through
+    /// the `(parent, name)` index's range of the directory; a name with other letters is compared
+    /// against every child, page by page (rare: a non-ASCII name typed in another case). A stored
+    /// non-ASCII name that folds to an ASCII one (the Kelvin sign) is found only by its exact name.
+    pub fn local_lookup_folded(
+        &self,
+        parent: u64,
+        name: &str,
+        policy: NamePolicy,
+    ) -> LocalResult<Option<LocalEntry>> {
+        if let Some(exact) = self.local_lookup(parent, name)? {
+            return Ok(Some(exact));
+        }
+        if !policy.folds() {
+            return Ok(None);
+        }
+        let wanted = policy.fold(name);
+        let same = |entry: &LocalEntry| policy.fold(&entry.node.name) == wanted;
+        if name.is_ascii() {
+            let dir = self.local_dir(parent)?;
+            let sql = format!(
+                "SELECT {ENTRY_COLUMNS} FROM local WHERE parent = ?1 AND id != ?1 AND name = ?2 COLLATE NOCASE"
+            );
+            let mut stmt = self.conn().prepare_cached(&sql).map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(params![&dir.node.id.to_bytes()[..], name], entry_from_row)
+                .map_err(|e| self.err(e))?;
+            for row in rows {
+                let entry = row
+                    .map_err(|e| self.err(e))?
+                    .ok_or_else(|| self.corrupt("a malformed local row"))?;
+                if same(&entry) {
+                    return Ok(Some(entry));
+                }
+            }
+            return Ok(None);
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.local_children(parent, after.as_deref(), 1000)?;
+            let Some(last) = page.last() else {
+                return Ok(None);
+            };
+            after = Some(last.node.name.clone());
+            if let Some(found) = page.into_iter().find(|e| same(e)) {
+                return Ok(Some(found));
+            }
+        }
     }
 
     /// Children of the directory `parent` with names after `after`, in name order, at most `limit`.
