@@ -25,9 +25,7 @@ use bvfs_engine::{Engine, EngineConfig};
 use bvfs_proto::v1::NodeKind as ProtoKind;
 use bvfs_vfs::projection::enumeration::BATCH;
 use bvfs_vfs::projection::names::compare;
-use bvfs_vfs::projection::{
-    EnumerationId, EnumerationRequest, ProjectedEntry, Projection, Veto,
-};
+use bvfs_vfs::projection::{EnumerationId, EnumerationRequest, ProjectedEntry, Projection, Veto};
 use bvfs_vfs::{Errno, FileKind, Vfs, VfsOptions};
 use common::mounts::{random_bytes, xattr};
 use common::*;
@@ -169,7 +167,11 @@ fn mount_tree(dir: &Path) -> BTreeSet<(String, &'static str, u64)> {
             let entry = entry.unwrap();
             let meta = entry.metadata().unwrap();
             let path = entry.path();
-            let relative = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let relative = path
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let (kind, size) = if meta.is_dir() {
                 stack.push(path);
                 (DIR, 0)
@@ -222,7 +224,7 @@ const BIG: usize = 100_000;
 
 fn big_name(i: usize) -> String {
     // Mixed case, so ProjFS's case-insensitive order differs from the engine's byte order.
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         format!("file-{i:06}.txt")
     } else {
         format!("File-{i:06}.TXT")
@@ -241,7 +243,15 @@ fn create_big_directory(url: &str, token: &str, content: &[u8]) {
             .unwrap();
         for start in (0..BIG).step_by(10_000) {
             let ops = (start..start + 10_000)
-                .map(|i| create(&new_id(), &dir, &big_name(i), ProtoKind::File, file_attrs(content)))
+                .map(|i| {
+                    create(
+                        &new_id(),
+                        &dir,
+                        &big_name(i),
+                        ProtoKind::File,
+                        file_attrs(content),
+                    )
+                })
                 .collect();
             commit(&mut api, ops).await.unwrap();
         }
@@ -319,10 +329,35 @@ fn a_100k_directory_enumerates_in_pages_downloads_nothing_and_the_brake_holds_de
     }
     let names: BTreeSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names.len(), BIG);
-    assert!(entries.iter().all(|e| e.kind == FileKind::File && e.size == 4096));
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.kind == FileKind::File && e.size == 4096)
+    );
     // Listing and placeholder info read no content.
-    let info = windows.projection.placeholder_info(r"BIG\FILE-000001.txt").unwrap();
+    let info = windows
+        .projection
+        .placeholder_info(r"BIG\FILE-000001.txt")
+        .unwrap();
     assert_eq!((info.name.as_str(), info.size), ("File-000001.TXT", 4096));
+    // A name in another case, or one that is not there (Explorer probes for desktop.ini), costs
+    // index seeks, not a scan of the 100,000 entries.
+    let lookups = Instant::now();
+    for i in 0..500 {
+        let hit = windows
+            .projection
+            .placeholder_info(&format!(r"BIG\FILE-{:06}.TXT", 2 * i));
+        assert_eq!(hit.unwrap().name, big_name(2 * i));
+        let miss = windows
+            .projection
+            .placeholder_info(&format!(r"Big\desktop{i}.ini"));
+        assert_eq!(miss.map(drop), Err(Errno::ENOENT));
+    }
+    assert!(
+        lookups.elapsed().as_secs_f64() < 2.0,
+        "{:?}",
+        lookups.elapsed()
+    );
     assert_eq!(windows.cached().bytes, 0, "enumeration hydrated bytes");
     assert_eq!(windows.cached().chunks, 0);
 
@@ -330,20 +365,21 @@ fn a_100k_directory_enumerates_in_pages_downloads_nothing_and_the_brake_holds_de
     let id = EnumerationId(2);
     windows.projection.start_enumeration(id, "Big").unwrap();
     let mut found = Vec::new();
-    let get = |search: Option<&str>, restart_scan: bool, single_entry: bool, found: &mut Vec<String>| {
-        let request = EnumerationRequest {
-            search,
-            restart_scan,
-            single_entry,
+    let get =
+        |search: Option<&str>, restart_scan: bool, single_entry: bool, found: &mut Vec<String>| {
+            let request = EnumerationRequest {
+                search,
+                restart_scan,
+                single_entry,
+            };
+            windows
+                .projection
+                .get_enumeration(id, request, |e| {
+                    found.push(e.name.clone());
+                    true
+                })
+                .unwrap()
         };
-        windows
-            .projection
-            .get_enumeration(id, request, |e| {
-                found.push(e.name.clone());
-                true
-            })
-            .unwrap()
-    };
     assert_eq!(get(Some("FILE-00000?.*"), false, true, &mut found), 1);
     assert_eq!(get(Some("ignored*"), false, false, &mut found), 9);
     assert_eq!(get(None, false, false, &mut found), 0);
@@ -425,7 +461,10 @@ fn reads_writes_renames_and_deletes_converge_with_a_fuse_device() {
     linux_synced(&linux);
     windows.sync();
     let info = windows.projection.placeholder_info("BIG.BIN").unwrap();
-    assert_eq!((info.name.as_str(), info.size), ("big.bin", big.len() as u64));
+    assert_eq!(
+        (info.name.as_str(), info.size),
+        ("big.bin", big.len() as u64)
+    );
     assert_eq!(windows.cached().bytes, 0);
 
     // A range read fetches exactly the chunks it touches.
@@ -499,7 +538,10 @@ fn reads_writes_renames_and_deletes_converge_with_a_fuse_device() {
     windows
         .rename(Some(r"docs\final.txt"), Some(r"Docs\FINAL.txt"), false)
         .unwrap();
-    assert_eq!(windows.projection.read(r"docs\final.TXT", 0, 100).unwrap(), b"first draft");
+    assert_eq!(
+        windows.projection.read(r"docs\final.TXT", 0, 100).unwrap(),
+        b"first draft"
+    );
     windows.rename(Some("big.bin"), None, false).unwrap();
     let outside = windows.projection.root().with_file_name("outside");
     std::fs::create_dir_all(outside.join("Imported").join("sub")).unwrap();
@@ -553,8 +595,19 @@ fn names_windows_cannot_show_stay_remote_only_and_are_reported() {
     let world = world();
     let windows = &world.windows;
     let linux = world.mount_linux();
-    let invalid = ["CON", "aux.txt", "a:b", "what?", "trailing.", "trailing ", "tab\there"];
-    for name in invalid.iter().chain(&["ok.txt", "Readme.md", "README.md"]) {
+    let invalid = [
+        "CON",
+        "aux.txt",
+        "a:b",
+        "what?",
+        "trailing.",
+        "trailing ",
+        "tab\there",
+    ];
+    for name in invalid
+        .iter()
+        .chain(&["ok.txt", "Readme.md", "README.md", "Été.txt"])
+    {
         std::fs::write(linux.path(name), name.as_bytes()).unwrap();
     }
     std::fs::create_dir(linux.path("bad|dir")).unwrap();
@@ -570,12 +623,24 @@ fn names_windows_cannot_show_stay_remote_only_and_are_reported() {
         .into_iter()
         .map(|e| e.name)
         .collect();
-    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert_eq!(shown.len(), 3, "{shown:?}");
     assert_eq!(shown[0], "ok.txt");
     assert!(["Readme.md", "README.md"].contains(&shown[1].as_str()));
-    assert_eq!(windows.projection.placeholder_info("con").map(drop), Err(Errno::ENOENT));
+    assert_eq!(shown[2], "Été.txt");
     assert_eq!(
-        windows.projection.placeholder_info("readme.MD").unwrap().name,
+        windows.projection.read("éTÉ.TXT", 0, 100).unwrap(),
+        "Été.txt".as_bytes()
+    );
+    assert_eq!(
+        windows.projection.placeholder_info("con").map(drop),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(
+        windows
+            .projection
+            .placeholder_info("readme.MD")
+            .unwrap()
+            .name,
         shown[1]
     );
 
@@ -611,7 +676,13 @@ fn names_windows_cannot_show_stay_remote_only_and_are_reported() {
     eventually(30, "the edit on the FUSE device", || {
         std::fs::read(linux.path("ok.txt")).is_ok_and(|b| b == b"edited on windows")
     });
-    for name in invalid.iter().chain(&["Readme.md", "README.md", "bad|dir/child.txt"]) {
-        assert!(linux.path(name).exists(), "{name} is gone from the FUSE device");
+    for name in invalid
+        .iter()
+        .chain(&["Readme.md", "README.md", "Été.txt", "bad|dir/child.txt"])
+    {
+        assert!(
+            linux.path(name).exists(),
+            "{name} is gone from the FUSE device"
+        );
     }
 }
