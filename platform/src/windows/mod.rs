@@ -88,7 +88,7 @@ pub fn mount(projection: Arc<Projection>) -> io::Result<ProjfsMount> {
             while !stopped.load(Ordering::Relaxed) {
                 for path in projection.take_stale_paths() {
                     tracing::debug!(
-                        path,
+                        path = %path,
                         "changed by the engine; ProjFS keeps its cached view (windows-projfs cannot update placeholders)"
                     );
                 }
