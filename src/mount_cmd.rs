@@ -159,6 +159,9 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    // Windows with the `projfs` feature: a ProjFS virtualization root instead of a FUSE mount.
+    #[cfg(all(windows, feature = "projfs"))]
+    return serve_projection(&args);
     let mountpoint = absolute(&args.mountpoint)?;
     if clean_stale_mount(&mountpoint).context("cannot clean up a stale mount")? {
         eprintln!("bvfs: cleaned up a stale mount at {}", mountpoint.display());
@@ -235,6 +238,72 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `bvfs mount` on Windows (the `projfs` feature): the namespace projected by ProjFS at the
+/// mountpoint, in the foreground until Ctrl-C, against `--server`. Not compiled or tested on the
+/// project's machines (no Windows target there), and the engine and vfs still use Unix file APIs:
+/// see `docs/windows-projfs.md`.
+#[cfg(all(windows, feature = "projfs"))]
+fn serve_projection(args: &MountArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bvfs")
+        .build()
+        .context("cannot start the async runtime")?;
+    let _runtime_context = runtime.enter();
+    let root = std::path::absolute(&args.mountpoint)?;
+    let state_dir = args.data.clone().unwrap_or_else(|| state_dir_for(&root));
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let (Some(url), Some(token)) = (&args.server, &args.token) else {
+        bail!(
+            "on Windows, pass --server and --token: the embedded server is not offered there yet"
+        );
+    };
+    let mut remote_config = RemoteConfig::new(url, token);
+    remote_config.ca_cert = args.ca_cert.clone();
+    let binding = check_binding(&runtime, &remote_config, &state_dir)?;
+    let mut config = EngineConfig::new(&state_dir, args.device.clone().unwrap_or(binding.device));
+    config.cache_dir = args.cache_dir.clone();
+    if let Some(size) = args.cache_size {
+        config.cache_limits.max_bytes = size;
+    }
+    // Names Windows cannot show stay remote-only (and are reported) instead of reaching ProjFS.
+    config.names = bvfs_engine::model::NamePolicy::Windows;
+    let remote = Arc::new(GrpcRemote::new(&remote_config)?);
+    let engine = Engine::open(config, remote).context("cannot open the engine state")?;
+    let sync = runtime.block_on(async { SyncLoop::start(engine.clone(), LoopTiming::default()) });
+    let options = VfsOptions {
+        read_only: args.read_only,
+        uid: 0,
+        gid: 0,
+    };
+    let vfs = Arc::new(Vfs::new(engine.clone(), runtime.handle().clone(), options));
+    let projection = bvfs_vfs::projection::Projection::new(vfs, &root)
+        .map_err(|e| anyhow::anyhow!("cannot project the namespace (errno {})", e.0))?;
+    let projected = bvfs_platform::windows::mount(Arc::new(projection)).with_context(|| {
+        format!(
+            "cannot start ProjFS at {} (is the Client-ProjFS feature enabled?)",
+            root.display()
+        )
+    })?;
+    println!("bvfs: projecting at {} (Ctrl-C to stop)", root.display());
+    runtime.block_on(tokio::signal::ctrl_c())?;
+    drop(projected);
+    runtime.block_on(async {
+        sync.stop().await;
+        if tokio::time::timeout(LAST_SYNC, engine.sync_until_idle(20))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "still syncing after {} s; the rest syncs next time",
+                LAST_SYNC.as_secs()
+            );
+        }
+    });
+    Ok(())
 }
 
 /// Sends the daemon's stdout to /dev/null and its stderr (the logs) to `log`.

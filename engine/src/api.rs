@@ -19,7 +19,7 @@ use crate::cache::{CacheLimits, ChunkCache};
 use crate::chunking::Manifest;
 use crate::fetch::ChunkFetcher;
 use crate::files::LocalFiles;
-use crate::model::{Attrs, NodeId, NodeKind};
+use crate::model::{Attrs, NamePolicy, NodeId, NodeKind};
 use crate::planner::DeleteBrake;
 use crate::remote::Remote;
 use crate::state::local::{LocalEntry, LocalError};
@@ -42,6 +42,9 @@ pub struct EngineConfig {
     pub commit_batch: usize,
     /// Crash injection at durability points (tests; none in production).
     pub faults: crate::faults::FaultPoints,
+    /// What names the local platform can show (`Posix` for FUSE; `Windows` for a ProjFS
+    /// projection): the planner keeps remote names that break it remote-only and reports them.
+    pub names: NamePolicy,
 }
 
 impl EngineConfig {
@@ -55,6 +58,7 @@ impl EngineConfig {
             transfer_concurrency: 4,
             commit_batch: 1000,
             faults: crate::faults::FaultPoints::default(),
+            names: NamePolicy::default(),
         }
     }
 }
@@ -169,6 +173,8 @@ pub struct Engine {
     /// The most ops per commit the server took, once it refused a batch as too large (0: no cap
     /// learnt; `EngineConfig::commit_batch` applies).
     pub(crate) commit_cap: AtomicUsize,
+    /// What the last plan left as it is and why ([`Engine::reported`]).
+    pub(crate) reported: Mutex<Vec<crate::planner::Report>>,
 }
 
 impl Engine {
@@ -212,6 +218,7 @@ impl Engine {
             rebases: AtomicU64::new(0),
             commit_cap: AtomicUsize::new(0),
             orphans: Mutex::new(Vec::new()),
+            reported: Mutex::new(Vec::new()),
         });
         engine.replay_file_intents(true)?;
         engine.recover_materialized()?;
@@ -280,6 +287,21 @@ impl Engine {
     /// The entry `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &str) -> EngineResult<Option<LocalEntry>> {
         Ok(self.state.lock().read(|t| t.local_lookup(parent, name))?)
+    }
+
+    /// The entry `name` in directory `parent` as a platform that folds names (see
+    /// [`NamePolicy::fold`]) finds it: the exact name first, else the one entry whose fold is equal.
+    /// Under a policy that does not fold, the same as [`Engine::lookup`].
+    pub fn lookup_folded(
+        &self,
+        parent: u64,
+        name: &str,
+        policy: NamePolicy,
+    ) -> EngineResult<Option<LocalEntry>> {
+        Ok(self
+            .state
+            .lock()
+            .read(|t| t.local_lookup_folded(parent, name, policy))?)
     }
 
     /// The LOCAL entry with this node id.
@@ -516,6 +538,38 @@ impl Engine {
         Ok(self.state.lock().read(|t| t.held_deletes())?)
     }
 
+    /// Deletes made here that the server has not taken yet, and what the brake weighs them against:
+    /// a platform that can refuse a delete before it happens (ProjFS) keeps them under the brake.
+    /// Costs grow with the pending changes, not with the namespace.
+    pub fn pending_deletes(&self) -> EngineResult<PendingDeletes> {
+        let state = self.state.lock();
+        let count = |sql: &str| -> EngineResult<u64> {
+            Ok(state
+                .conn()
+                .query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map_err(|e| state.sql_err(e))? as u64)
+        };
+        let unsynced = count(
+            "SELECT count(*) FROM changed c WHERE NOT EXISTS (SELECT 1 FROM local l WHERE l.id = c.id) \
+             AND EXISTS (SELECT 1 FROM synced s WHERE s.id = c.id)",
+        )?;
+        let held = count("SELECT count(*) FROM held_deletes")?;
+        let namespace_size =
+            crate::round::brake_namespace_size(&self.config.brake, &state.tree(Table::Remote))?;
+        Ok(PendingDeletes {
+            unsynced,
+            held,
+            namespace_size,
+        })
+    }
+
+    /// What the last plan left as it is and why: remote names this platform cannot show, names
+    /// that collide after its folding, nodes under those, held moves. They stay remote-only and are
+    /// planned again with every round, so this is current after each round.
+    pub fn reported(&self) -> Vec<crate::planner::Report> {
+        self.reported.lock().clone()
+    }
+
     /// Confirms or rejects every held delete; returns how many there were.
     pub fn resolve_held_deletes(&self, confirm: bool) -> EngineResult<usize> {
         let ids = self.ids.clone();
@@ -584,6 +638,18 @@ fn open_or_rebuild(path: &Path) -> EngineResult<State> {
             mark(State::open(path)?)
         }
     }
+}
+
+/// Deletes waiting for the server ([`Engine::pending_deletes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingDeletes {
+    /// Nodes deleted here (SYNCED has them, LOCAL no longer) that the server has not taken yet.
+    pub unsynced: u64,
+    /// Deletes the brake holds for confirmation.
+    pub held: u64,
+    /// The namespace's size as the brake's fraction rule counts it (capped where the rule stops
+    /// mattering).
+    pub namespace_size: u64,
 }
 
 /// The engine's summary.

@@ -119,6 +119,47 @@ impl Engine {
     }
 }
 
+/// Whether the server stores the content a file has here ([`Engine::content_on_server`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentOnServer {
+    /// The server holds this content (it is the synced or the server's current version), or the
+    /// node is not a file.
+    Stored,
+    /// An edit made here that the server has not stored yet; it holds an older version.
+    Edited,
+    /// A file created here that the server has never seen.
+    New,
+}
+
+impl Engine {
+    /// Whether the server stores `entry`'s current content: what a platform that can refuse a
+    /// delete before it happens (ProjFS) weighs so that a delete never takes the only copy of an
+    /// edit with it.
+    pub fn content_on_server(&self, entry: &LocalEntry) -> EngineResult<ContentOnServer> {
+        if entry.node.kind != NodeKind::File {
+            return Ok(ContentOnServer::Stored);
+        }
+        let id = entry.node.id;
+        let state = self.state.lock();
+        let synced = state.tree(Table::Synced).node(id)?;
+        let remote = state.tree(Table::Remote).node(id)?;
+        drop(state);
+        let content = &entry.node.attrs.content;
+        let known = synced.is_some() || remote.is_some();
+        let stored = [&synced, &remote]
+            .into_iter()
+            .flatten()
+            .any(|node| &node.attrs.content == content);
+        // A copy open for writing (or written and not recorded yet) holds bytes newer than LOCAL.
+        let writing = self.newer_copy(entry.ino).is_some();
+        Ok(match (known, stored && !writing) {
+            (false, _) => ContentOnServer::New,
+            (true, true) => ContentOnServer::Stored,
+            (true, false) => ContentOnServer::Edited,
+        })
+    }
+}
+
 /// What a device has not synced yet, for the mount's root and for `bvfs umount`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Unsynced {

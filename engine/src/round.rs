@@ -150,10 +150,10 @@ impl SnapshotPage {
 /// `max_deletes / max_fraction` nodes that rule cannot engage for any plan the count rule lets through,
 /// so the brake decides the same with the size capped there. Counting stops at the cap: a plan's cost
 /// stays independent of the namespace (D1) rather than scanning a million-node REMOTE every round.
-fn brake_namespace_size(
+pub(crate) fn brake_namespace_size(
     brake: &crate::planner::DeleteBrake,
     remote: &crate::state::SqlTree<'_>,
-) -> Result<u64, RoundError> {
+) -> crate::state::StateResult<u64> {
     Ok(match brake_size_cap(brake) {
         Some(cap) => remote.count_up_to(cap)?,
         None => remote.count()?,
@@ -451,7 +451,7 @@ impl Engine {
         if changed.is_empty() {
             return Ok(None);
         }
-        let names = crate::model::NamePolicy::default();
+        let names = self.config.names;
         // A first sync: if LOCAL and SYNCED are empty, they take REMOTE as it is, in bulk (exactly what
         // the plan would do, see `state::bootstrap`).
         if let Some(bulk) = state.transaction(|t| t.bootstrap_from_remote(names, mark))? {
@@ -502,6 +502,7 @@ impl Engine {
             tracing::trace!(device = %self.config.device, op = ?op.kind, "planned");
         }
         state.transaction(|t| t.record_plan_outcome(&plan))?;
+        *self.reported.lock() = plan.reported.clone();
         // The brake guards the server against mass deletes made here. Deletes that come from the
         // server were made (and, past the brake, confirmed) on the device where they happened, and
         // the server keeps every deleted version: this device follows them without asking again.

@@ -332,7 +332,7 @@ impl Vfs {
     }
 }
 
-fn read_at(file: &File, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
+pub(crate) fn read_at(file: &File, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
     let mut buf = vec![0; size as usize];
     let mut filled = 0;
     while filled < buf.len() {

@@ -8,11 +8,14 @@
 //! platform adapters run the slow ones (reads, opens, fsyncs) off their dispatch threads.
 //!
 //! Errors are errno values ([`Errno`]), chosen where POSIX says so.
+//!
+//! [`projection`] speaks ProjFS's path-based callback model (Windows) over the same core.
 
 mod attr;
 mod dir;
 mod errno;
 mod file;
+pub mod projection;
 mod xattr;
 
 use std::collections::HashMap;
