@@ -555,6 +555,18 @@ fn reads_writes_renames_and_deletes_converge_with_a_fuse_device() {
     );
     windows.sync();
     linux_synced(&linux);
+    // "Synced" says the FUSE device has nothing left to send, not that it has pulled everything:
+    // wait until it shows the renames, or the write below races them (it would create a second
+    // FINAL.txt, which correctly becomes a conflicted copy).
+    eventually(30, "the FUSE device shows the renames and moves", || {
+        std::fs::read_dir(linux.path("Docs")).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()
+                == ["FINAL.txt"]
+        }) && linux.path("Imported/sub/b.txt").exists()
+    });
 
     // A change made on the FUSE device shows through the projection, and its path is reported
     // stale (ProjFS's cached view of it would need PrjUpdateFileIfNeeded).
