@@ -51,6 +51,15 @@ impl LocalFiles {
         self.dir.join(format!("{ino}.owner"))
     }
 
+    /// The modification time of the copy of `ino` (ns since the epoch), if it has one.
+    pub fn mtime_ns(&self, ino: u64) -> Option<i64> {
+        let modified = std::fs::metadata(self.path(ino)).ok()?.modified().ok()?;
+        Some(match modified.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i64,
+            Err(e) => -(e.duration().as_nanos() as i64),
+        })
+    }
+
     pub fn exists(&self, ino: u64) -> bool {
         self.path(ino).exists()
     }

@@ -169,6 +169,7 @@ pub fn file_attrs(data: &[u8]) -> NodeAttrs {
             ..Default::default()
         }),
         symlink_target: String::new(),
+        ..Default::default()
     }
 }
 
