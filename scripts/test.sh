@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, installing first what the tests need on a Debian machine:
 # fuse3 and attr (real mounts, xattrs), dbench and stress-ng (stress runs on a mount), git (a clone
-# inside a mount), b3sum (hash cross-checks). Run as root: the mount tests mount FUSE filesystems.
+# inside a mount), b3sum (hash cross-checks), pjdfstest and its dummy user `tests` (the POSIX suite
+# on a mount). Run as root: the mount tests mount FUSE filesystems.
 #
 #   scripts/test.sh [extra cargo-nextest/cargo-test arguments]
 #
@@ -24,6 +25,15 @@ if [ ${#need[@]} -gt 0 ]; then
   else
     echo "scripts/test.sh: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
   fi
+fi
+
+# pjdfstest (the POSIX suite, tests/pjdfstest.rs) and the dummy user it switches to.
+if ! command -v pjdfstest >/dev/null; then
+  echo "scripts/test.sh: installing pjdfstest (cargo install)" >&2
+  cargo install --locked --quiet pjdfstest
+fi
+if [ "$(id -u)" = 0 ] && ! id tests >/dev/null 2>&1; then
+  echo 'tests:x:::Dummy user for pjdfstest:/:/usr/sbin/nologin' | newusers
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

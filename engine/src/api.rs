@@ -425,7 +425,7 @@ impl Engine {
         })?;
         if kind == NodeKind::File {
             // An empty copy: the file exists locally from now on and needs no download.
-            self.files.create_empty(entry.ino)?;
+            self.files.create_empty(entry.ino, now)?;
             self.files.set_owner(entry.ino, entry.node.id, name)?;
         }
         Ok(entry)
