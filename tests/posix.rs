@@ -361,3 +361,60 @@ fn names_over_255_bytes_are_enametoolong_everywhere() {
     // 255 bytes is fine.
     fs::write(a.path(&"n".repeat(255)), b"x").unwrap();
 }
+
+#[test]
+fn special_files_work_here_and_never_sync() {
+    let s = setup();
+    let a = s.mount(0, &[]);
+    let b = s.mount(1, &[]);
+    fs::create_dir(a.path("run")).unwrap();
+    sh(&a.mountpoint, "mkfifo run/pipe");
+    let socket = std::os::unix::net::UnixListener::bind(a.path("run/socket")).unwrap();
+    fs::write(a.path("run/regular.txt"), b"synced").unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        fs::symlink_metadata(a.path("run/pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert!(
+        fs::symlink_metadata(a.path("run/socket"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    // (Their sync state cannot be read as `user.bvfs.sync`: Linux allows `user.` attributes only on
+    // regular files and directories, and answers for special files itself.)
+    // The FIFO works: a writer and a reader meet through it.
+    let writer = {
+        let pipe = a.path("run/pipe");
+        std::thread::spawn(move || fs::write(pipe, b"through the pipe").unwrap())
+    };
+    assert_eq!(fs::read(a.path("run/pipe")).unwrap(), b"through the pipe");
+    writer.join().unwrap();
+    // So does the socket.
+    let client = std::os::unix::net::UnixStream::connect(a.path("run/socket")).unwrap();
+    drop(client);
+    drop(socket);
+
+    synced(&a, "");
+    eventually(30, "B has the regular file", || {
+        b.path("run/regular.txt").exists()
+    });
+    let on_b: Vec<_> = fs::read_dir(b.path("run"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(on_b, ["regular.txt"], "special files stay on A");
+    // They are removed, renamed and listed like any entry; a directory holding one is not empty.
+    assert_eq!(
+        fs::remove_dir(a.path("run")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    fs::rename(a.path("run/pipe"), a.path("run/pipe2")).unwrap();
+    fs::remove_file(a.path("run/pipe2")).unwrap();
+    fs::remove_file(a.path("run/socket")).unwrap();
+    fs::remove_file(a.path("run/regular.txt")).unwrap();
+    fs::remove_dir(a.path("run")).unwrap();
+}

@@ -46,6 +46,14 @@ pub const XATTR_NAMES: [&str; 3] = [STATE, SYNC, PIN];
 impl Vfs {
     /// `getxattr`.
     pub fn getxattr(&self, ino: u64, name: &str) -> VfsResult<Vec<u8>> {
+        if self.is_special(ino)? {
+            // This device's only: never synced, nothing to download.
+            return match name {
+                STATE => Ok(b"local".to_vec()),
+                SYNC => Ok(b"local-only".to_vec()),
+                _ => Err(Errno::ENODATA),
+            };
+        }
         let entry = self.entry(ino)?;
         let value = match name {
             STATE => self
@@ -91,6 +99,12 @@ impl Vfs {
 
     /// `listxattr`: the names, each NUL-terminated.
     pub fn listxattr(&self, ino: u64) -> VfsResult<Vec<u8>> {
+        if self.is_special(ino)? {
+            return Ok([STATE, SYNC]
+                .iter()
+                .flat_map(|name| name.bytes().chain([0]))
+                .collect());
+        }
         let entry = self.entry(ino)?;
         let mut out = Vec::new();
         for name in XATTR_NAMES
@@ -109,6 +123,10 @@ impl Vfs {
 
     /// `setxattr` (`flags`: `XATTR_CREATE`, `XATTR_REPLACE`).
     pub fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> VfsResult<()> {
+        if self.is_special(ino)? {
+            // Linux keeps no user attributes on special files either.
+            return Err(Errno::EPERM);
+        }
         if is_user(name) {
             return self.set_user_xattr(ino, name, Some(value), flags);
         }
@@ -136,6 +154,14 @@ impl Vfs {
             STATE | SYNC => Err(Errno::EPERM),
             _ => Err(Errno::ENOTSUP),
         }
+    }
+
+    /// Whether `ino` is one of this device's special files (FIFO, socket, device).
+    fn is_special(&self, ino: u64) -> VfsResult<bool> {
+        if self.engine.getattr(ino).map_err(Errno::from)?.is_some() {
+            return Ok(false);
+        }
+        Ok(self.engine.special(ino).map_err(Errno::from)?.is_some())
     }
 
     /// Sets (`Some`) or removes (`None`) a user attribute.
