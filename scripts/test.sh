@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, installing first what the tests need on a Debian machine:
 # fuse3 and attr (real mounts, xattrs), dbench and stress-ng (stress runs on a mount), git (a clone
-# inside a mount), b3sum (hash cross-checks), pjdfstest and its dummy user `tests` (the POSIX suite
+# inside a mount), rsync (times kept across runs), b3sum (hash cross-checks), pjdfstest and its dummy user `tests` (the POSIX suite
 # on a mount). Run as root: the mount tests mount FUSE filesystems.
 #
 #   scripts/test.sh [extra cargo-nextest/cargo-test arguments]
@@ -18,6 +18,7 @@ command -v b3sum >/dev/null || need+=(b3sum)
 command -v dbench >/dev/null || need+=(dbench)
 command -v stress-ng >/dev/null || need+=(stress-ng)
 command -v git >/dev/null || need+=(git)
+command -v rsync >/dev/null || need+=(rsync)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "scripts/test.sh: installing ${need[*]}" >&2

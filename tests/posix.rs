@@ -418,3 +418,46 @@ fn special_files_work_here_and_never_sync() {
     fs::remove_file(a.path("run/regular.txt")).unwrap();
     fs::remove_dir(a.path("run")).unwrap();
 }
+
+#[test]
+fn rsync_finds_nothing_to_copy_on_its_second_run() {
+    let s = setup();
+    let a = s.mount(0, &[]);
+    let b = s.mount(1, &[]);
+    let native = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        let dir = native.path().join(format!("d{}", i % 4));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join(format!("f{i}.txt")),
+            format!("file {i}\n").repeat(i + 1),
+        )
+        .unwrap();
+    }
+    let src = format!("{}/", native.path().display());
+    let rsync = |dest: &Path| {
+        let out = Command::new("rsync")
+            .args(["-a", "--itemize-changes", &src])
+            .arg(dest)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "rsync: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(">f"))
+            .count()
+    };
+    assert_eq!(rsync(&a.mountpoint), 20, "the first run copies everything");
+    assert_eq!(
+        rsync(&a.mountpoint),
+        0,
+        "the second finds every file up to date"
+    );
+    synced(&a, "");
+    eventually(30, "B has the files", || b.path("d3/f19.txt").exists());
+    assert_eq!(
+        rsync(&b.mountpoint),
+        0,
+        "and so does a run into the other device"
+    );
+}
