@@ -5,8 +5,10 @@
 #   scripts/bench-mount.sh            (BENCH_FILES=100000 BENCH_BIG_MIB=1024 by default)
 #
 # Measures: cold sequential read of the big file from a loopback server; warm re-read; first-byte
-# latency of a 4 KiB read at a random offset of the cold big file; find + stat over BENCH_FILES
-# placeholders; untar of a source tree into the mount.
+# latency of a 4 KiB read at a random offset of the cold big file; cat of 1,000 small cold files;
+# find + stat over BENCH_FILES placeholders; untar of a source tree into the mount; git clone of a
+# repository of /usr/share/doc and git status on the second device (time and bytes hydrated); a
+# sequential write of the big file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${BENCH_FILES:-100000}
@@ -98,6 +100,15 @@ for name in native bvfs-b rclone; do
   FIRST[$name]=$(first_byte "$W/$name/big.bin" "$OFFSET")
 done
 
+echo "== cat of 1,000 small cold files"
+declare -A SMALL
+for name in native bvfs-b rclone; do
+  drop_caches
+  mapfile -t small < <(find "$W/$name/tree/d000" "$W/$name/tree/d001" -type f | sort | head -1000)
+  t0=$(now); cat "${small[@]}" > /dev/null; t1=$(now)
+  SMALL[$name]=$(elapsed "$t0" "$t1")
+done
+
 echo "== find + stat over $FILES files"
 declare -A FIND
 for name in native bvfs-b rclone; do
@@ -114,8 +125,51 @@ for name in native bvfs-b rclone; do
   UNTAR[$name]=$(elapsed "$t0" "$t1")
 done
 
+echo "== git: clone a $(find /usr/share/doc -type f | wc -l)-file repository, then git status on another device"
+REPO=$W/repo
+git init -q "$REPO" && cp -r /usr/share/doc "$REPO/doc" 2>/dev/null
+git -C "$REPO" add -A >/dev/null 2>&1 && git -C "$REPO" -c user.name=b -c user.email=b@b commit -qm bench
+"$BVFS" mount --server "$URL" --token "$TA" --device writer --data "$W/state-a" "$W/bvfs-a" >/dev/null
+declare -A CLONE
+for name in native bvfs-a rclone; do
+  t0=$(now); git clone -q --no-hardlinks "$REPO" "$W/$name/clone"; t1=$(now)
+  CLONE[$name]=$(elapsed "$t0" "$t1")
+done
+# git compares stat data that is per device here (inode numbers, change times): the second device
+# needs core.checkStat=minimal and core.trustctime=false (set on the first, it syncs with .git).
+git -C "$W/bvfs-a/clone" config core.checkStat minimal
+git -C "$W/bvfs-a/clone" config core.trustctime false
+git -C "$W/bvfs-a/clone" status --porcelain > /dev/null   # the index as the first device sees it
+"$BVFS" umount "$W/bvfs-a" >/dev/null   # waits for the last uploads
+for _ in $(seq 1 1200); do [ -e "$W/bvfs-b/clone/.git/index" ] && \
+  [ "$(getfattr --only-values -n user.bvfs.sync "$W/bvfs-b" 2>/dev/null)" = synced ] && break; sleep 0.5; done
+sleep 2
+TREE_BYTES=$(du -sb "$REPO/doc" | cut -f1)
+CACHED0=$(du -sb "$W/state-b/chunks" | cut -f1)
+t0=$(now); git -C "$W/bvfs-b/clone" status --porcelain > "$W/status.out"; t1=$(now)
+STATUS_B=$(elapsed "$t0" "$t1")
+CACHED1=$(du -sb "$W/state-b/chunks" | cut -f1)
+STATUS_CHANGED=$(wc -l < "$W/status.out")
+drop_caches
+t0=$(now); git -C "$W/native/clone" status --porcelain > /dev/null; t1=$(now)
+STATUS_NATIVE=$(elapsed "$t0" "$t1")
+HYDRATED_PCT=$(python3 -c "print(f'{100 * ($CACHED1 - $CACHED0) / $TREE_BYTES:.2f}')")
+
+echo "== sequential write of ${BIG_MIB} MiB (+ sync)"
+declare -A WRITE
+for name in native bvfs-b rclone; do
+  t0=$(now); cp "$W/native/big.bin" "$W/$name/written.bin"; sync; t1=$(now)
+  WRITE[$name]=$(elapsed "$t0" "$t1")
+done
+
+echo "git status on the second device: ${STATUS_B} s (native ${STATUS_NATIVE} s), hydrated ${HYDRATED_PCT} % of the tree's bytes, ${STATUS_CHANGED} paths reported"
+
 python3 - <<PY
 rows = [
+  ("cat of 1,000 small cold files (s)", ${SMALL[native]}, ${SMALL[bvfs-b]}, ${SMALL[rclone]}),
+  ("git clone, $(find "$REPO/doc" -type f | wc -l) files (s)", ${CLONE[native]}, ${CLONE[bvfs-a]}, ${CLONE[rclone]}),
+  ("git status, second device (s)", ${STATUS_NATIVE}, ${STATUS_B}, float('nan')),
+  ("sequential write ${BIG_MIB} MiB + sync (s)", ${WRITE[native]}, ${WRITE[bvfs-b]}, ${WRITE[rclone]}),
   ("cold sequential read ${BIG_MIB} MiB (s)", ${COLD[native]}, ${COLD[bvfs-b]}, ${COLD[rclone]}),
   ("warm re-read ${BIG_MIB} MiB (s)", ${WARM[native]}, ${WARM[bvfs-b]}, ${WARM[rclone]}),
   ("first byte, 4 KiB at a random offset (s)", ${FIRST[native]}, ${FIRST[bvfs-b]}, ${FIRST[rclone]}),
