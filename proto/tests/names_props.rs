@@ -4,7 +4,7 @@ use bvfs_proto::names::{MAX_NAME_BYTES, NameError, validate_name};
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(4096))]
+    #![proptest_config(ProptestConfig::with_cases(10_000))]
 
     /// Any string is classified the way the rule is written, and never panics.
     #[test]
