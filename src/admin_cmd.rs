@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use bvfs_server::DataDir;
+use std::sync::Arc;
+
+use bvfs_server::StorageUrls;
 use bvfs_server::auth::add_device;
 use bvfs_server::store::MetaStore;
 use clap::{Args, Subcommand};
@@ -14,13 +16,34 @@ pub struct DataArg {
     /// The server's data directory [default: $XDG_DATA_HOME/bvfs/server]
     #[arg(long, value_name = "DIR", env = "BVFS_SERVER_DATA")]
     data: Option<PathBuf>,
+    /// The server's metadata: a SQLite catalog path or postgres://… [default: DATA/meta.sqlite]
+    #[arg(long, value_name = "URL", env = "BVFS_METADATA")]
+    metadata: Option<String>,
+}
+
+/// The metadata store an admin command works on (beside running servers).
+struct AdminStore {
+    meta: Arc<dyn MetaStore>,
 }
 
 impl DataArg {
-    fn open(&self) -> anyhow::Result<DataDir> {
+    fn open(&self) -> anyhow::Result<AdminStore> {
         let dir = self.data.clone().unwrap_or_else(default_server_dir);
-        crate::privacy::private_dir(&dir, "the server's data directory")?;
-        DataDir::open(&dir)
+        let urls = StorageUrls {
+            data: dir.clone(),
+            metadata: self.metadata.clone(),
+            ..StorageUrls::default()
+        };
+        if !self
+            .metadata
+            .as_deref()
+            .is_some_and(|m| m.starts_with("postgres://") || m.starts_with("postgresql://"))
+        {
+            crate::privacy::private_dir(&dir, "the server's data directory")?;
+        }
+        Ok(AdminStore {
+            meta: urls.open_metadata()?,
+        })
     }
 }
 
@@ -76,7 +99,7 @@ bvfs mount --server http://127.0.0.1:7878 --token \"$TOKEN\" ~/BitVault"
 }
 
 /// The tenant of `user`, or an error that says how to find the right name.
-fn tenant_of(dir: &DataDir, user: &str) -> anyhow::Result<bvfs_server::store::TenantId> {
+fn tenant_of(dir: &AdminStore, user: &str) -> anyhow::Result<bvfs_server::store::TenantId> {
     dir.meta.tenant_by_name(user)?.ok_or_else(|| {
         anyhow::anyhow!("there is no user {user:?} on this server; see `bvfs admin list-users`")
     })

@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::notify::HeadNotifier;
+use crate::notify::relay::Relay;
 use crate::service::SyncService;
+use crate::storage::{Notify, Storage};
 use crate::store::fs_chunks::FsChunkStore;
 use crate::store::sqlite::SqliteMetaStore;
 use crate::store::{ChunkStore, MetaStore};
@@ -37,17 +39,7 @@ impl DataDir {
     pub fn open_exclusive(dir: &Path) -> anyhow::Result<Self> {
         // The lock first: opening migrates the database and clearing temporary files removes
         // uploads in flight, neither of which may happen under a running server.
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-        let lock_path = dir.join("lock");
-        let lock = File::create(&lock_path)
-            .with_context(|| format!("cannot create {}", lock_path.display()))?;
-        if lock.try_lock().is_err() {
-            bail!(
-                "another bvfs server is using {}; stop it or choose another --data directory",
-                dir.display()
-            );
-        }
+        let lock = crate::storage::lock(dir)?;
         let mut data = Self::open(dir)?;
         data.chunks
             .clear_temporary()
@@ -95,11 +87,48 @@ pub struct BoundServer {
     tls: Option<ServerTlsConfig>,
     service: SyncService,
     heads: Arc<HeadNotifier>,
+    /// The cross-process notification relay, if the storage has one; stops when dropped.
+    _relay: Option<Relay>,
 }
 
 impl BoundServer {
-    /// Checks the options, loads TLS material and binds the listener.
+    /// Checks the options, loads TLS material and binds the listener, on an embedded data directory.
     pub async fn bind(data: &DataDir, options: &ServeOptions) -> anyhow::Result<Self> {
+        let meta: Arc<dyn MetaStore> = data.meta.clone();
+        let chunks: Arc<dyn ChunkStore> = data.chunks.clone();
+        let heads = Arc::new(HeadNotifier::default());
+        Self::bind_parts(meta, chunks, heads, None, options).await
+    }
+
+    /// Checks the options, loads TLS material and binds the listener, on any backends; starts
+    /// their notification relay, if any.
+    pub async fn bind_storage(storage: &Storage, options: &ServeOptions) -> anyhow::Result<Self> {
+        let (heads, relay) = match storage.notify {
+            Notify::InProcess => (Arc::new(HeadNotifier::default()), None),
+            Notify::Nats { .. } => {
+                let (heads, committed) = HeadNotifier::relayed();
+                let heads = Arc::new(heads);
+                let relay = storage.start_relay(heads.clone(), committed).await?;
+                (heads, relay)
+            }
+        };
+        Self::bind_parts(
+            storage.meta.clone(),
+            storage.chunks.clone(),
+            heads,
+            relay,
+            options,
+        )
+        .await
+    }
+
+    async fn bind_parts(
+        meta: Arc<dyn MetaStore>,
+        chunks: Arc<dyn ChunkStore>,
+        heads: Arc<HeadNotifier>,
+        relay: Option<Relay>,
+        options: &ServeOptions,
+    ) -> anyhow::Result<Self> {
         if options.tls.is_none() && !options.listen.ip().is_loopback() && !options.allow_plaintext {
             bail!(
                 "refusing to serve plaintext on the non-loopback address {}: tokens and files would cross \
@@ -123,9 +152,6 @@ impl BoundServer {
             .await
             .with_context(|| format!("cannot listen on {}", options.listen))?;
         let local_addr = listener.local_addr()?;
-        let meta: Arc<dyn MetaStore> = data.meta.clone();
-        let chunks: Arc<dyn ChunkStore> = data.chunks.clone();
-        let heads = Arc::new(HeadNotifier::default());
         let service = SyncService::new(meta, chunks, heads.clone());
         Ok(Self {
             listener,
@@ -133,6 +159,7 @@ impl BoundServer {
             tls,
             service,
             heads,
+            _relay: relay,
         })
     }
 
