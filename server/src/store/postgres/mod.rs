@@ -368,7 +368,7 @@ impl MetaStore for PgMetaStore {
                 &tenant,
                 &(cursor as i64),
                 &(limit as i64),
-                &(max_bytes as i64),
+                &reads::budget(max_bytes),
             ],
         )?;
         Ok(reads::entries(&rows, max_bytes)?.0)
@@ -394,7 +394,7 @@ impl MetaStore for PgMetaStore {
                 &&after[..],
                 &(at as i64),
                 &(limit as i64),
-                &(max_bytes as i64),
+                &reads::budget(max_bytes),
             ],
         )?;
         let next = reads::snapshot_nodes(&rows, &mut nodes, limit, max_bytes)?;
@@ -434,7 +434,7 @@ impl MetaStore for PgMetaStore {
                 &&id[..],
                 &before,
                 &(limit as i64),
-                &(max_bytes as i64),
+                &reads::budget(max_bytes),
             ],
         )?;
         let (entries, full) = reads::entries(&rows, max_bytes)?;
@@ -476,7 +476,7 @@ impl MetaStore for PgMetaStore {
                 "$3",
                 "$4",
             ),
-            &[&tenant, &before, &(limit as i64), &(max_bytes as i64)],
+            &[&tenant, &before, &(limit as i64), &reads::budget(max_bytes)],
         )?;
         let (entries, full) = reads::entries(&rows, max_bytes)?;
         let more = full || entries.len() == limit;

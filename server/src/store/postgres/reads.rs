@@ -18,6 +18,11 @@ pub(super) const ENTRY: &str = "seq, kind, node, device, committed_ns, tag";
 // The partial index and the queries spell the kinds as the literals 1 and 2.
 const _: () = assert!(ChangeKind::Upsert as i32 == 1 && ChangeKind::Delete as i32 == 2);
 
+/// A byte budget as a query parameter (`usize::MAX`, "unbounded", saturates).
+pub(super) fn budget(max_bytes: usize) -> i64 {
+    i64::try_from(max_bytes).unwrap_or(i64::MAX)
+}
+
 /// A query for journal entries of `journal j` matching `filter`, in `order`, at most `limit` rows,
 /// cut after the entry whose records reach `max_bytes` (`limit` and `max_bytes` are parameter
 /// placeholders). Each row is [`ENTRY`] and the running byte sum.
@@ -66,7 +71,7 @@ pub(super) fn entry(row: &Row) -> StoreResult<JournalEntry> {
 /// The entries of a [`bounded_entries`] read, and whether the byte budget cut it short.
 pub(super) fn entries(rows: &[Row], max_bytes: usize) -> StoreResult<(Vec<JournalEntry>, bool)> {
     let full = match rows.last() {
-        Some(last) => col::<i64>(last, 6)? >= max_bytes as i64,
+        Some(last) => col::<i64>(last, 6)? >= budget(max_bytes),
         None => false,
     };
     Ok((rows.iter().map(entry).collect::<StoreResult<_>>()?, full))
@@ -88,7 +93,7 @@ pub(super) fn snapshot_nodes(
         }
     }
     let full = match rows.last() {
-        Some(last) => col::<i64>(last, 3)? >= max_bytes as i64,
+        Some(last) => col::<i64>(last, 3)? >= budget(max_bytes),
         None => false,
     };
     Ok(if rows.len() == limit || full {

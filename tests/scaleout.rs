@@ -1,0 +1,515 @@
+//! Several `bvfs serve` processes on shared backends: PostgreSQL (metadata), S3 (moto, SigV4
+//! enforced) and NATS (notify), all real and started on free loopback ports (`common/services.rs`).
+//!
+//! - a device on each of two servers: changes through one reach the other by push, promptly;
+//! - concurrent commits to one tenant through both servers: the journal stays gap-free and every
+//!   stale base is refused (each accepted move was planned against the revision before it);
+//! - kill -9 of a server in the middle of large commits: nothing acknowledged is lost, no tenant lock
+//!   stays held, the other server keeps serving;
+//! - NATS down: devices still converge (the servers poll the database for their subscribers' heads),
+//!   the outbox keeps what was not published, and drains once NATS is back, also what a killed server
+//!   left behind;
+//! - S3 down: uploads and commits naming chunks are refused; nothing is acknowledged that is not
+//!   stored; commits without chunks still work;
+//! - `bvfs admin` on PostgreSQL beside running servers (a revoked device is refused).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bvfs_engine::model::NodeKind;
+use bvfs_engine::remote::{GrpcRemote, RemoteConfig};
+use bvfs_engine::runtime::{LoopTiming, SyncLoop};
+use bvfs_engine::state::ROOT_INO;
+use bvfs_engine::{Engine, EngineConfig};
+use common::services::ScaleOut;
+use common::*;
+
+/// Two or more servers on one set of shared backends.
+struct Cluster {
+    // Dropped first: the servers, then the services they use.
+    servers: Vec<ServerProcess>,
+    services: ScaleOut,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts the services and `n` servers on them (side by side: both apply migrations at once).
+    fn start(n: usize) -> Self {
+        let services = ScaleOut::start();
+        let dir = tempfile::tempdir().unwrap();
+        let servers = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let (services, dir) = (&services, dir.path().join(format!("server{i}")));
+                    scope.spawn(move || {
+                        ServerProcess::start_with(
+                            &dir,
+                            &[],
+                            &services.serve_args(),
+                            &services.s3.env(),
+                        )
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        Self {
+            servers,
+            services,
+            dir,
+        }
+    }
+
+    fn add_user(&self, user: &str, device: &str) -> String {
+        add_user_with(self.dir.path(), &self.services.serve_args(), user, device)
+    }
+
+    fn admin(&self, args: &[&str]) -> std::process::Output {
+        bvfs()
+            .arg("admin")
+            .args(args)
+            .args(["--metadata", &self.services.pg.url])
+            .output()
+            .unwrap()
+    }
+
+    /// The journal of `tenant` as PostgreSQL holds it: (seq, node id hex) in order.
+    fn journal(&self, tenant: &str) -> Vec<(u64, String)> {
+        let rows = self.services.pg.psql(
+            "bvfs",
+            &format!(
+                "SELECT j.seq, encode(j.node_id, 'hex') FROM journal j JOIN tenants t ON t.id = j.tenant_id
+                 WHERE t.name = '{tenant}' ORDER BY j.seq"
+            ),
+        );
+        rows.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (seq, id) = l.split_once('|').unwrap();
+                (seq.parse().unwrap(), id.to_string())
+            })
+            .collect()
+    }
+
+    fn outbox_rows(&self) -> usize {
+        self.services
+            .pg
+            .psql("bvfs", "SELECT count(*) FROM outbox")
+            .parse()
+            .unwrap()
+    }
+}
+
+/// A device: an engine on one server, with its background sync loop (30 s poll, so anything
+/// faster than that came by push or by the server's own polling).
+struct Device {
+    engine: Arc<Engine>,
+    sync: Option<SyncLoop>,
+    _dir: tempfile::TempDir,
+}
+
+impl Device {
+    fn open(name: &str, url: &str, token: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = Arc::new(GrpcRemote::new(&RemoteConfig::new(url, token)).unwrap());
+        let engine = Engine::open(EngineConfig::new(dir.path().join(name), name), remote).unwrap();
+        Self {
+            engine,
+            sync: None,
+            _dir: dir,
+        }
+    }
+
+    fn start_loop(&mut self) {
+        self.sync = Some(SyncLoop::start(self.engine.clone(), LoopTiming::default()));
+    }
+
+    async fn write_file(&self, name: &str, data: &[u8]) {
+        let file = self
+            .engine
+            .create(ROOT_INO, name, NodeKind::File, false, None)
+            .unwrap();
+        let path = self.engine.open_write(file.ino, true).await.unwrap().path;
+        std::fs::write(path, data).unwrap();
+        self.engine.close_write(file.ino, true, None).unwrap();
+    }
+
+    /// How long until `name` shows up in this device's LOCAL tree (panics after `secs`).
+    async fn wait_for(&self, name: &str, secs: u64) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            if self.engine.lookup(ROOT_INO, name).unwrap().is_some() {
+                return start.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{name} did not reach the device within {secs} s");
+    }
+
+    async fn stop(mut self) {
+        if let Some(sync) = self.sync.take() {
+            sync.stop().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_through_one_server_reach_a_device_on_the_other_by_push() {
+    let cluster = Cluster::start(2);
+    let token_a = cluster.add_user("alice", "laptop");
+    let token_b = cluster.add_user("alice", "desktop");
+    let a = Device::open("laptop", &cluster.servers[0].url, &token_a);
+    let mut b = Device::open("desktop", &cluster.servers[1].url, &token_b);
+    b.start_loop();
+    b.engine.sync_until_idle(10).await.unwrap();
+
+    let mut delays = Vec::new();
+    for i in 0..10 {
+        let name = format!("note-{i}.txt");
+        a.write_file(&name, format!("written on the laptop, #{i}").as_bytes())
+            .await;
+        a.engine.sync_until_idle(10).await.unwrap();
+        delays.push(b.wait_for(&name, 10).await);
+    }
+    delays.sort();
+    let p50 = delays[delays.len() / 2];
+    eprintln!(
+        "propagation across two servers: p50 {p50:?}, max {:?}",
+        delays[delays.len() - 1]
+    );
+    // The device polls every 30 s: anything under a few seconds came by push through NATS.
+    assert!(p50 < Duration::from_secs(1), "p50 {p50:?}");
+    assert!(
+        delays.iter().all(|d| *d < Duration::from_secs(5)),
+        "{delays:?}"
+    );
+
+    // Bytes too: the content B reads came through S3.
+    let entry = b.engine.lookup(ROOT_INO, "note-9.txt").unwrap().unwrap();
+    let read = b
+        .engine
+        .read(&entry, 0, entry.node.attrs.size as u32)
+        .await
+        .unwrap();
+    assert_eq!(read, b"written on the laptop, #9");
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_through_two_servers_keep_the_journal_gap_free() {
+    let cluster = Cluster::start(2);
+    let token = cluster.add_user("alice", "laptop");
+    let mut api = client(&cluster.servers[0].url, &token).await;
+    let shared = new_id();
+    let created = commit(&mut api, vec![mkdir(&shared, &root(), "shared")])
+        .await
+        .unwrap();
+
+    // 8 writers, 4 per server: each moves the shared directory (a compare-and-swap on its
+    // revision) and creates directories of its own, for about two seconds.
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let url = cluster.servers[w % 2].url.clone();
+        let (token, shared) = (token.clone(), shared.clone());
+        let mut base = created.cursor;
+        writers.push(tokio::spawn(async move {
+            let mut api = client(&url, &token).await;
+            let (mut moves, mut refused, mut creates) = (Vec::new(), 0, 0);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let mut i = 0;
+            while Instant::now() < deadline {
+                i += 1;
+                match commit(
+                    &mut api,
+                    vec![mv(&shared, base, &root(), &format!("shared-{w}-{i}"))],
+                )
+                .await
+                {
+                    Ok(resp) => {
+                        moves.push((base, resp.cursor));
+                        base = resp.cursor;
+                    }
+                    Err(status) => {
+                        assert_eq!(reason(&status), "stale-revision", "{status:?}");
+                        refused += 1;
+                        // Learn the current revision, as a client pulling would.
+                        base = all_changes(&mut api, 0)
+                            .await
+                            .iter()
+                            .rev()
+                            .find(|c| c.node.as_ref().unwrap().id == shared)
+                            .unwrap()
+                            .seq;
+                    }
+                }
+                let ops = (0..5)
+                    .map(|k| mkdir(&new_id(), &root(), &format!("w{w}-{i}-{k}")))
+                    .collect();
+                commit(&mut api, ops).await.unwrap();
+                creates += 5;
+            }
+            (moves, refused, creates)
+        }));
+    }
+    let mut moves = Vec::new();
+    let (mut refused, mut creates) = (0, 0);
+    for writer in writers {
+        let (m, r, c) = writer.await.unwrap();
+        moves.extend(m);
+        refused += r;
+        creates += c;
+    }
+    eprintln!(
+        "{} moves accepted, {refused} stale moves refused, {creates} creates",
+        moves.len()
+    );
+    assert!(
+        refused > 0,
+        "the writers never raced; the test proves nothing"
+    );
+
+    // Gap-free, through either server and in the database: 1..=head, each sequence once.
+    let journal = cluster.journal("alice");
+    let head = journal.len() as u64;
+    assert_eq!(
+        journal.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>()
+    );
+    assert_eq!(head, 1 + moves.len() as u64 + creates);
+    for server in &cluster.servers {
+        let mut api = client(&server.url, &token).await;
+        let seqs: Vec<u64> = all_changes(&mut api, 0)
+            .await
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(seqs, (1..=head).collect::<Vec<_>>());
+    }
+    // No lost update: ordered by the sequence they took, each accepted move's base is the
+    // revision the previous one left.
+    moves.sort_by_key(|(_, at)| *at);
+    let mut revision = created.cursor;
+    for (base, at) in moves {
+        assert_eq!(
+            base, revision,
+            "a move at {at} was accepted against a stale base"
+        );
+        revision = at;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_commit_loses_nothing_acknowledged() {
+    let mut cluster = Cluster::start(2);
+    let token = cluster.add_user("alice", "laptop");
+    let (url0, url1) = (
+        cluster.servers[0].url.clone(),
+        cluster.servers[1].url.clone(),
+    );
+
+    // Large commits (1,000 creates each) through server 0, acknowledged ones recorded.
+    let committer = tokio::spawn({
+        let token = token.clone();
+        async move {
+            let mut api = client(&url0, &token).await;
+            let mut acknowledged = Vec::new();
+            for round in 0.. {
+                let ids: Vec<Vec<u8>> = (0..1_000).map(|_| new_id()).collect();
+                let ops = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(k, id)| mkdir(id, &root(), &format!("r{round}-{k}")))
+                    .collect();
+                match commit(&mut api, ops).await {
+                    Ok(resp) => acknowledged.push((resp.cursor, ids)),
+                    Err(_) => return acknowledged,
+                }
+            }
+            unreachable!()
+        }
+    });
+    // Let a few land, then kill server 0 while its next commit is in flight.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    cluster.servers[0].kill9();
+    let acknowledged = committer.await.unwrap();
+    assert!(
+        !acknowledged.is_empty(),
+        "no commit was acknowledged before the kill"
+    );
+
+    // Server 1 serves on, at once: the killed server's transaction did not keep the tenant's lock.
+    let mut api = client(&url1, &token).await;
+    let started = Instant::now();
+    let after = commit(&mut api, vec![mkdir(&new_id(), &root(), "after the kill")])
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Every acknowledged create is there, the journal is gap-free and ends with the new commit.
+    let changes = all_changes(&mut api, 0).await;
+    assert_eq!(
+        changes.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        (1..=after.cursor).collect::<Vec<_>>()
+    );
+    let present: std::collections::HashSet<Vec<u8>> = changes
+        .iter()
+        .map(|c| c.node.as_ref().unwrap().id.clone())
+        .collect();
+    for (cursor, ids) in &acknowledged {
+        assert!(*cursor < after.cursor);
+        assert!(
+            ids.iter().all(|id| present.contains(id)),
+            "commit {cursor} lost"
+        );
+    }
+    eprintln!(
+        "{} commits of 1,000 acknowledged before the kill; journal head {}",
+        acknowledged.len(),
+        after.cursor
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_devices_converge_and_the_outbox_drains_when_it_returns() {
+    let mut cluster = Cluster::start(2);
+    let token_a = cluster.add_user("alice", "laptop");
+    let token_b = cluster.add_user("alice", "desktop");
+    let a = Device::open("laptop", &cluster.servers[0].url, &token_a);
+    let mut b = Device::open("desktop", &cluster.servers[1].url, &token_b);
+    b.start_loop();
+    b.engine.sync_until_idle(10).await.unwrap();
+
+    cluster.services.nats.stop();
+    a.write_file("while-nats-is-down.txt", b"polled").await;
+    a.engine.sync_until_idle(10).await.unwrap();
+    // B's server reads its subscribers' heads from PostgreSQL while NATS is gone: well under the
+    // device's own 30 s poll.
+    let delay = b.wait_for("while-nats-is-down.txt", 10).await;
+    eprintln!("with NATS down, propagation took {delay:?}");
+    assert!(
+        cluster.outbox_rows() >= 1,
+        "the unpublished head stays in the outbox"
+    );
+
+    // The committing server dies with its head unpublished; NATS comes back; the other server
+    // drains the outbox.
+    cluster.servers[0].kill9();
+    cluster.services.nats.resume();
+    let started = Instant::now();
+    while cluster.outbox_rows() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the outbox was not drained after NATS returned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Pushes flow again: a commit through server 1 reaches B at once.
+    let c = Device::open(
+        "phone",
+        &cluster.servers[1].url,
+        &cluster.add_user("alice", "phone"),
+    );
+    c.engine.sync_until_idle(10).await.unwrap();
+    c.write_file("after-nats-returned.txt", b"pushed").await;
+    c.engine.sync_until_idle(10).await.unwrap();
+    let delay = b.wait_for("after-nats-returned.txt", 10).await;
+    eprintln!("after NATS returned, propagation took {delay:?}");
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_s3_down_nothing_unstored_is_acknowledged() {
+    let mut cluster = Cluster::start(1);
+    let token = cluster.add_user("alice", "laptop");
+    let mut api = client(&cluster.servers[0].url, &token).await;
+    let stored = b"stored before the outage".to_vec();
+    put_blob(&mut api, &stored).await;
+    let file = new_id();
+    let before = commit(
+        &mut api,
+        vec![create(
+            &file,
+            &root(),
+            "stored.txt",
+            v1::NodeKind::File,
+            file_attrs(&stored),
+        )],
+    )
+    .await
+    .unwrap();
+
+    cluster.services.s3.stop();
+    let lost = b"uploaded during the outage".to_vec();
+    let upload = put_chunks(
+        &mut api,
+        vec![(blake3::hash(&lost).as_bytes().to_vec(), lost.clone())],
+    )
+    .await;
+    assert!(
+        upload.is_err(),
+        "an upload S3 never stored was acknowledged"
+    );
+    for (name, data) in [("new.txt", &lost), ("again.txt", &stored)] {
+        let refused = commit(
+            &mut api,
+            vec![create(
+                &new_id(),
+                &root(),
+                name,
+                v1::NodeKind::File,
+                file_attrs(data),
+            )],
+        )
+        .await;
+        assert!(
+            refused.is_err(),
+            "a commit naming chunks was acknowledged with S3 down"
+        );
+    }
+    // Nothing landed; the namespace itself (PostgreSQL) still takes commits without chunks.
+    let hello = api.hello(v1::HelloRequest {}).await.unwrap().into_inner();
+    assert_eq!(hello.head, before.cursor);
+    let dir = commit(&mut api, vec![mkdir(&new_id(), &root(), "Docs")])
+        .await
+        .unwrap();
+    assert_eq!(dir.cursor, before.cursor + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_work_on_postgres_beside_running_servers() {
+    let cluster = Cluster::start(1);
+    let laptop = cluster.add_user("alice", "laptop");
+    let phone = cluster.add_user("alice", "phone");
+    cluster.add_user("bob", "tablet");
+    let users = cluster.admin(&["list-users", "--json"]);
+    assert!(users.status.success());
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&users.stdout).unwrap()["users"],
+        serde_json::json!(["alice", "bob"])
+    );
+    let devices = cluster.admin(&["list-devices", "alice"]);
+    let listed = String::from_utf8_lossy(&devices.stdout);
+    assert!(
+        listed.contains("laptop") && listed.contains("phone"),
+        "{listed}"
+    );
+    assert!(!listed.contains("bv_"), "tokens are never shown again");
+
+    let mut api = client(&cluster.servers[0].url, &phone).await;
+    api.hello(v1::HelloRequest {}).await.unwrap();
+    assert!(
+        cluster
+            .admin(&["revoke", "alice", "phone"])
+            .status
+            .success()
+    );
+    let refused = api.hello(v1::HelloRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut api = client(&cluster.servers[0].url, &laptop).await;
+    api.hello(v1::HelloRequest {}).await.unwrap();
+}
+
+use bvfs_proto::v1;
