@@ -443,6 +443,21 @@ async fn with_s3_down_nothing_unstored_is_acknowledged() {
     .await
     .unwrap();
 
+    // SigV4 is enforced: a server with a wrong secret is refused by S3, and says so at start.
+    let mut env = cluster.services.s3.env();
+    env.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
+    env.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong".into()));
+    let out = bvfs()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(cluster.dir.path().join("wrong-key"))
+        .args(cluster.services.serve_args())
+        .envs(env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot reach s3://bvfs/team"), "{stderr}");
+
     cluster.services.s3.stop();
     let lost = b"uploaded during the outage".to_vec();
     let upload = put_chunks(
@@ -512,6 +527,36 @@ async fn admin_commands_work_on_postgres_beside_running_servers() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let mut api = client(&cluster.servers[0].url, &laptop).await;
     api.hello(v1::HelloRequest {}).await.unwrap();
+
+    // A password in the database URL never reaches the output or the log.
+    let with_password = cluster.services.pg.url.replace("bvfs@", "bvfs:hunter2@");
+    let mut server = bvfs()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(cluster.dir.path().join("another"))
+        .args(["--metadata", &with_password, "--chunks", "s3://bvfs/team"])
+        .envs(cluster.services.s3.env())
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(
+        line.contains("metadata: postgres://bvfs:***@127.0.0.1"),
+        "{line}"
+    );
+    let _ = server.kill();
+    let out = server.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !line.contains("hunter2") && !log.contains("hunter2"),
+        "{line}{log}"
+    );
 }
 
 /// File attributes naming `n` chunks of 100 bytes (the store never checks chunks; records of

@@ -128,7 +128,7 @@ impl Storage {
         if let Some(notify) = urls.notify.as_deref()
             && !(notify.starts_with("nats://") || notify.starts_with("tls://"))
         {
-            bail!("--notify {} is not a nats:// URL", redact(notify));
+            bail!("--notify {} is not a nats:// URL", relay::redact(notify));
         }
 
         let mut lock_dirs = BTreeSet::new();
@@ -178,7 +178,7 @@ impl Storage {
         };
         let notify = match (urls.notify.as_deref(), outbox) {
             (Some(url), Some(outbox)) => {
-                description.push(("notify", redact(url)));
+                description.push(("notify", relay::redact(url)));
                 Notify::Nats {
                     url: url.to_string(),
                     outbox,
@@ -245,4 +245,42 @@ pub(crate) fn lock(dir: &Path) -> anyhow::Result<File> {
         );
     }
     Ok(lock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NATS relays between processes sharing PostgreSQL; with an embedded catalog it is refused
+    /// before anything is opened or locked.
+    #[test]
+    fn nats_without_postgres_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let urls = StorageUrls {
+            data: dir.path().to_owned(),
+            notify: Some("nats://127.0.0.1:4222".into()),
+            ..StorageUrls::default()
+        };
+        let err = Storage::open_serving(&urls).err().unwrap().to_string();
+        assert!(err.contains("needs --metadata postgres://"), "{err}");
+        assert!(!dir.path().join("lock").exists());
+    }
+
+    /// The default layout is today's data directory: one lock, the catalog and the chunks inside.
+    #[test]
+    fn the_default_layout_is_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let urls = StorageUrls {
+            data: dir.path().to_owned(),
+            ..StorageUrls::default()
+        };
+        let storage = Storage::open_serving(&urls).unwrap();
+        assert!(dir.path().join("meta.sqlite").exists());
+        assert!(dir.path().join("chunks").is_dir());
+        assert!(matches!(storage.notify, Notify::InProcess));
+        assert!(
+            Storage::open_serving(&urls).is_err(),
+            "a second server on the same directory is refused"
+        );
+    }
 }

@@ -66,9 +66,16 @@ impl Outbox for PgMetaStore {
     }
 }
 
-/// `nats://user:password@host` with the password (or token) hidden, for messages and logs.
+/// A NATS URL with its credentials hidden (`nats://***@host`: a bare user part is a token), for
+/// messages and logs.
 pub fn redact(url: &str) -> String {
-    crate::store::postgres::redact(url)
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}"),
+        None => url.to_string(),
+    }
 }
 
 /// The relay's running tasks; dropping it stops them.
@@ -190,7 +197,11 @@ async fn publish_loop(
                 batch.extend(pending.unwrap_or_default());
             }
         }
-        if batch.is_empty() {
+        // While NATS is unreachable a publish would only queue in the client (and block once its
+        // buffer is full): leave the heads to the outbox, which the next sweep after the
+        // reconnection publishes. Subscribers here are served by the poll meanwhile.
+        if batch.is_empty() || client.connection_state() != async_nats::connection::State::Connected
+        {
             continue;
         }
         let mut sent = Vec::with_capacity(batch.len());
@@ -305,5 +316,15 @@ mod tests {
             );
         }
         assert_eq!(parse("bvfs.ns.12", &[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn nats_credentials_are_hidden_from_messages() {
+        assert_eq!(
+            redact("nats://s3cret-token@nats:4222"),
+            "nats://***@nats:4222"
+        );
+        assert_eq!(redact("nats://user:pw@nats:4222"), "nats://***@nats:4222");
+        assert_eq!(redact("nats://nats:4222"), "nats://nats:4222");
     }
 }

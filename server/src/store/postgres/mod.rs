@@ -509,3 +509,20 @@ impl MetaStore for PgMetaStore {
             .map_err(|e| store_status(pg_err(e)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_hidden_from_messages() {
+        assert_eq!(
+            redact("postgres://bvfs:s3cret@db.example:5432/bvfs?sslmode=require"),
+            "postgres://bvfs:***@db.example:5432/bvfs?sslmode=require"
+        );
+        assert_eq!(redact("postgres://bvfs@db/bvfs"), "postgres://bvfs@db/bvfs");
+        assert_eq!(redact("postgres://a:b:c@h/d"), "postgres://a:***@h/d");
+        assert_eq!(redact("postgres://h/d"), "postgres://h/d");
+        assert_eq!(redact("/srv/meta.sqlite"), "/srv/meta.sqlite");
+    }
+}
