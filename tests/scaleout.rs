@@ -395,9 +395,12 @@ async fn with_nats_down_devices_converge_and_the_outbox_drains_when_it_returns()
         "the unpublished head stays in the outbox"
     );
 
-    // The committing server dies with its head unpublished; NATS comes back; the other server
-    // drains the outbox.
-    cluster.servers[0].kill9();
+    // The committing server dies with its head unpublished and is restarted, still without NATS
+    // (a server starts and serves without it); NATS comes back; the servers drain the outbox.
+    cluster.servers[0].kill9_and_restart();
+    let mut api = client(&cluster.servers[0].url, &token_a).await;
+    api.hello(v1::HelloRequest {}).await.unwrap();
+    assert!(cluster.outbox_rows() >= 1);
     cluster.services.nats.resume();
     let started = Instant::now();
     while cluster.outbox_rows() > 0 {
