@@ -751,3 +751,146 @@ fn postgres_store_reads_match_the_embedded_store() {
         b.0.namespace_id(b.1 - 1).unwrap()
     );
 }
+
+/// Commits per second on one tenant, `clients` clients spread over `urls`, for `secs` seconds;
+/// each commit is `ops` creates.
+async fn commit_rate(urls: &[String], token: &str, clients: usize, ops: usize, secs: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (url, token) = (urls[c % urls.len()].clone(), token.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut api = client(&url, &token).await;
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                let batch = (0..ops)
+                    .map(|_| mkdir(&new_id(), &root(), &hex_name()))
+                    .collect();
+                commit(&mut api, batch).await.unwrap();
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total as f64 / secs
+}
+
+fn hex_name() -> String {
+    new_id().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Figures for BENCHMARKS.md (not a test: `cargo nextest run --test scaleout --run-ignored only
+/// --no-capture throughput`). PostgreSQL here fsyncs every commit, as the embedded store does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput() {
+    let secs = 5.0;
+    // Embedded.
+    let dir = tempfile::tempdir().unwrap();
+    let token = add_user(dir.path(), "alice", "laptop");
+    let embedded = ServerProcess::start(dir.path(), &[]);
+    let urls = vec![embedded.url.clone()];
+    let e1 = commit_rate(&urls, &token, 4, 1, secs).await;
+    let e1000 = commit_rate(&urls, &token, 2, 1_000, secs).await;
+    drop(embedded);
+
+    // PostgreSQL (durable) + S3 + NATS, one and two servers.
+    let pg = common::services::Postgres::start_durable();
+    let mut s3 = common::services::Moto::start();
+    let nats = common::services::Nats::start();
+    let flags = vec![
+        "--metadata".to_string(),
+        pg.url.clone(),
+        "--chunks".into(),
+        "s3://bvfs/bench".into(),
+        "--notify".into(),
+        nats.url.clone(),
+    ];
+    let token = add_user_with(dir.path(), &flags, "alice", "laptop");
+    let servers: Vec<ServerProcess> = (0..2)
+        .map(|i| {
+            ServerProcess::start_with(&dir.path().join(format!("s{i}")), &[], &flags, &s3.env())
+        })
+        .collect();
+    let one = vec![servers[0].url.clone()];
+    let two: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+    let p1 = commit_rate(&one, &token, 4, 1, secs).await;
+    let p1000 = commit_rate(&one, &token, 2, 1_000, secs).await;
+    let q1 = commit_rate(&two, &token, 4, 1, secs).await;
+    let q1000 = commit_rate(&two, &token, 2, 1_000, secs).await;
+
+    // Chunk uploads to S3 through the server: 256 KiB chunks, 4 streams.
+    let started = Instant::now();
+    let mut uploads = Vec::new();
+    for u in 0..4u8 {
+        let (url, token) = (servers[0].url.clone(), token.clone());
+        uploads.push(tokio::spawn(async move {
+            let mut api = client(&url, &token).await;
+            for i in 0..40u32 {
+                let mut data = vec![u; 256 * 1024];
+                data[..4].copy_from_slice(&i.to_le_bytes());
+                put_blob(&mut api, &data).await;
+            }
+        }));
+    }
+    for u in uploads {
+        u.await.unwrap();
+    }
+    let mib_s = 40.0 / started.elapsed().as_secs_f64();
+
+    // Bare PostgreSQL: single-row insert transactions, 4 clients (what a commit costs at least).
+    pg.psql(
+        "bvfs",
+        "CREATE TABLE bench (id bigserial PRIMARY KEY, v bytea)",
+    );
+    let script = dir.path().join("insert.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO bench (v) VALUES (gen_random_bytes(16));\n",
+    )
+    .unwrap();
+    pg.psql("bvfs", "CREATE EXTENSION IF NOT EXISTS pgcrypto");
+    let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
+        .args([
+            "-n",
+            "-c",
+            "4",
+            "-T",
+            "5",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "bvfs",
+            "-p",
+        ])
+        .arg(pg.port.to_string())
+        .arg("-f")
+        .arg(&script)
+        .arg("bvfs")
+        .output()
+        .unwrap();
+    let pgbench = String::from_utf8_lossy(&out.stdout);
+    let tps = pgbench
+        .lines()
+        .find(|l| l.starts_with("tps"))
+        .unwrap_or("tps = ?")
+        .to_string();
+    drop(servers);
+    s3.stop();
+    drop(nats);
+    eprintln!(
+        "commits/s, one tenant (4 clients x 1 op | 2 clients x 1,000 creates):\n\
+         embedded: {e1:.0} | {e1000:.1} ({:.0} creates/s)\n\
+         PostgreSQL, 1 server: {p1:.0} | {p1000:.1} ({:.0} creates/s)\n\
+         PostgreSQL, 2 servers: {q1:.0} | {q1000:.1} ({:.0} creates/s)\n\
+         bare PostgreSQL single-row inserts, 4 clients: {tps}\n\
+         chunk uploads to moto through one server: {mib_s:.1} MiB/s",
+        e1000 * 1000.0,
+        p1000 * 1000.0,
+        q1000 * 1000.0
+    );
+}

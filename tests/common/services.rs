@@ -99,7 +99,17 @@ pub struct Postgres {
 }
 
 impl Postgres {
+    /// A cluster for tests: fsync off (a test never survives a power cut).
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A cluster that fsyncs every commit, as a production one does (for benchmarks).
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let template = pg_template();
         let dir = tempfile::Builder::new()
             .prefix("bvfs-pg-")
@@ -115,9 +125,13 @@ impl Postgres {
             .unwrap();
         assert!(status.success(), "copy the PostgreSQL template");
         let port = free_port();
+        let durability = if durable {
+            ""
+        } else {
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        };
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} {durability} -c max_connections=200",
             dir.path().display()
         );
         let out = run_as_postgres(&[
