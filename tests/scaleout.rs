@@ -894,3 +894,46 @@ async fn throughput() {
         q1000 * 1000.0
     );
 }
+
+/// `sslmode=require`: TLS to PostgreSQL, the server's certificate verified against the system's CA
+/// store (here `SSL_CERT_FILE`): a trusted one connects, an untrusted one is refused.
+#[test]
+fn postgres_over_tls_verifies_the_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let pg = common::services::Postgres::start_tls(&cert.pem(), &key.serialize_pem());
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = dir.path().join("ca.pem");
+    std::fs::write(&trusted, ca.pem()).unwrap();
+    let url = format!("{}?sslmode=require", pg.url);
+    let list = |ca_file: &std::path::Path| {
+        bvfs()
+            .args(["admin", "list-users", "--metadata", &url])
+            .env("SSL_CERT_FILE", ca_file)
+            .output()
+            .unwrap()
+    };
+    let out = list(&trusted);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let untrusted = dir.path().join("other.pem");
+    let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let other = CertifiedIssuer::self_signed(other_params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(&untrusted, other.pem()).unwrap();
+    let out = list(&untrusted);
+    assert!(
+        !out.status.success(),
+        "an untrusted certificate was accepted"
+    );
+}

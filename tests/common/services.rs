@@ -101,15 +101,20 @@ pub struct Postgres {
 impl Postgres {
     /// A cluster for tests: fsync off (a test never survives a power cut).
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, None)
     }
 
     /// A cluster that fsyncs every commit, as a production one does (for benchmarks).
     pub fn start_durable() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
-    fn start_with(durable: bool) -> Self {
+    /// A cluster that offers TLS with this certificate and key (PEM).
+    pub fn start_tls(cert: &str, key: &str) -> Self {
+        Self::start_with(false, Some((cert, key)))
+    }
+
+    fn start_with(durable: bool, tls: Option<(&str, &str)>) -> Self {
         let template = pg_template();
         let dir = tempfile::Builder::new()
             .prefix("bvfs-pg-")
@@ -124,6 +129,24 @@ impl Postgres {
             .status()
             .unwrap();
         assert!(status.success(), "copy the PostgreSQL template");
+        let ssl = match tls {
+            None => String::new(),
+            Some((cert, key)) => {
+                let (cert_path, key_path) =
+                    (dir.path().join("server.pem"), dir.path().join("server.key"));
+                std::fs::write(&cert_path, cert).unwrap();
+                std::fs::write(&key_path, key).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+                    .unwrap();
+                chown_postgres(dir.path());
+                format!(
+                    "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                    cert_path.display(),
+                    key_path.display()
+                )
+            }
+        };
         let port = free_port();
         let durability = if durable {
             ""
@@ -131,7 +154,7 @@ impl Postgres {
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         };
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} {durability} -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} {durability} {ssl} -c max_connections=200",
             dir.path().display()
         );
         let out = run_as_postgres(&[

@@ -34,6 +34,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use parking_lot::Mutex;
 use prost::Message;
 use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
 
 use super::io_runtime::IoRuntime;
 use super::records::{now_ns, root_node};
@@ -102,8 +103,9 @@ pub fn redact(url: &str) -> String {
 }
 
 impl PgMetaStore {
-    /// Connects to the database at `url` (`postgres://user:password@host:port/db`, any
-    /// libpq-style parameters) and applies pending schema migrations. `outbox`: commits record their
+    /// Connects to the database at `url` (`postgres://user:password@host:port/db`, libpq-style
+    /// parameters; `sslmode=require` for TLS verified against the system's CA certificates) and
+    /// applies pending schema migrations. `outbox`: commits record their
     /// new head for a cross-process notifier.
     pub fn connect(url: &str, outbox: bool) -> StoreResult<Self> {
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
@@ -117,13 +119,25 @@ impl PgMetaStore {
         }
         config.keepalives_idle(Duration::from_secs(30));
         config.application_name("bvfs");
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let recycling = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match config.get_ssl_mode() {
+            // TLS, verified against the system's CA certificates (`SSL_CERT_FILE` adds one).
+            SslMode::Require => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let (tls, _unreadable) =
+                    tokio_postgres_rustls::MakeRustlsConnect::with_native_certs().map_err(|e| {
+                        StoreError::Meta(format!(
+                            "sslmode=require, but no CA certificate could be read from the system                              store or SSL_CERT_FILE: {e:?}"
+                        ))
+                    })?;
+                Manager::from_config(config, tls, recycling)
+            }
+            // `prefer` (the default) and `disable`: plaintext, for a database on a trusted
+            // network or this host; ask for `sslmode=require` otherwise.
+            _ => Manager::from_config(config, NoTls, recycling),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
