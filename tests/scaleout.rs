@@ -937,3 +937,122 @@ fn postgres_over_tls_verifies_the_certificate() {
         "an untrusted certificate was accepted"
     );
 }
+
+/// `bvfs admin migrate` copies a stopped embedded server into PostgreSQL + S3 with every identity
+/// intact: the same tokens work, the namespace id and every position are the same (a device
+/// carries on where it was, without re-basing or re-uploading), history and bytes are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_server_migrates_to_postgres_and_s3_and_devices_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("embedded");
+    let laptop = add_user(&data, "alice", "laptop");
+    let desktop = add_user(&data, "alice", "desktop");
+    add_user(&data, "bob", "phone");
+    let mut embedded = ServerProcess::start(&data, &[]);
+    let state = dir.path().join("laptop-state");
+    let open = |url: &str| {
+        let remote = Arc::new(GrpcRemote::new(&RemoteConfig::new(url, &laptop)).unwrap());
+        Engine::open(EngineConfig::new(&state, "laptop"), remote).unwrap()
+    };
+    let big: Vec<u8> = (0..700_000u64).map(|i| (i * i * 7919 % 251) as u8).collect();
+    let (namespace_id, head_before) = {
+        let a = open(&embedded.url);
+        let docs = a
+            .create(ROOT_INO, "Docs", NodeKind::Directory, false, None)
+            .unwrap();
+        for (name, bytes) in [("big.bin", &big[..]), ("gone.txt", b"deleted later")] {
+            let file = a
+                .create(docs.ino, name, NodeKind::File, false, None)
+                .unwrap();
+            let path = a.open_write(file.ino, true).await.unwrap().path;
+            std::fs::write(path, bytes).unwrap();
+            a.close_write(file.ino, true, None).unwrap();
+        }
+        a.sync_until_idle(10).await.unwrap();
+        a.remove(docs.ino, "gone.txt", false).unwrap();
+        a.sync_until_idle(10).await.unwrap();
+        let mut api = client(&embedded.url, &laptop).await;
+        let hello = api.hello(v1::HelloRequest {}).await.unwrap().into_inner();
+        (hello.namespace_id, hello.head)
+    };
+    embedded.terminate();
+
+    let services = ScaleOut::start();
+    let migrate = |expect: &str| {
+        let out = bvfs()
+            .args(["admin", "migrate", "--data"])
+            .arg(&data)
+            .args([
+                "--to-metadata",
+                &services.pg.url,
+                "--to-chunks",
+                "s3://bvfs/team",
+            ])
+            .envs(services.s3.env())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(expect),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    migrate("migrated 2 user(s)");
+    migrate("already there: alice, bob");
+
+    let server = ServerProcess::start_with(
+        &dir.path().join("scaled"),
+        &[],
+        &services.serve_args(),
+        &services.s3.env(),
+    );
+    // The same token, namespace and head.
+    let mut api = client(&server.url, &laptop).await;
+    let hello = api.hello(v1::HelloRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        (hello.namespace_id, hello.head),
+        (namespace_id, head_before)
+    );
+    let deleted = api
+        .list_deleted(v1::ListDeletedRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert_eq!(deleted.len(), 1, "history came along");
+
+    // The laptop carries on from its own state, and a new device gets everything, bytes included.
+    let a = open(&server.url);
+    a.sync_until_idle(10).await.unwrap();
+    let docs = a.lookup(ROOT_INO, "Docs").unwrap().unwrap();
+    let file = a
+        .create(docs.ino, "after.txt", NodeKind::File, false, None)
+        .unwrap();
+    let path = a.open_write(file.ino, true).await.unwrap().path;
+    std::fs::write(path, b"written after the move").unwrap();
+    a.close_write(file.ino, true, None).unwrap();
+    a.sync_until_idle(10).await.unwrap();
+    let names: Vec<String> = a
+        .list(docs.ino, None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.node.name)
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "no conflicted copies, no re-based duplicates: {names:?}"
+    );
+    let b = Device::open("desktop", &server.url, &desktop);
+    b.engine.sync_until_idle(10).await.unwrap();
+    let b_docs = b.engine.lookup(ROOT_INO, "Docs").unwrap().unwrap();
+    let b_big = b.engine.lookup(b_docs.ino, "big.bin").unwrap().unwrap();
+    let read = b
+        .engine
+        .read(&b_big, 0, b_big.node.attrs.size as u32)
+        .await
+        .unwrap();
+    assert!(read == big, "the migrated bytes differ");
+    assert!(b.engine.lookup(b_docs.ino, "after.txt").unwrap().is_some());
+}

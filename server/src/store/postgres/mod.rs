@@ -239,6 +239,123 @@ impl PgMetaStore {
     }
 }
 
+/// One tenant being copied in by `bvfs admin migrate`, inside one transaction.
+pub struct TenantImport<'a> {
+    tx: &'a deadpool_postgres::Transaction<'a>,
+    rt: &'a IoRuntime,
+    tenant: TenantId,
+}
+
+impl TenantImport<'_> {
+    fn run(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<()> {
+        self.rt
+            .block_on(async {
+                let statement = self.tx.prepare_cached(sql).await?;
+                self.tx.execute(&statement, params).await
+            })
+            .map(drop)
+            .map_err(pg_err)
+    }
+
+    /// A device token, by its hash.
+    pub fn token(&self, hash: &[u8; 32], device: &str, created_ns: i64) -> StoreResult<()> {
+        self.run(
+            "INSERT INTO tokens (hash, tenant_id, device, created_ns) VALUES ($1, $2, $3, $4)",
+            &[&&hash[..], &self.tenant, &device, &created_ns],
+        )
+    }
+
+    /// A live node (the root included).
+    pub fn node(&self, node: &Node) -> StoreResult<()> {
+        self.run(
+            "INSERT INTO nodes (tenant_id, id, parent_id, name, node) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &self.tenant,
+                &node.id,
+                // The root's parent is itself, as stored at creation.
+                &if node.id == ROOT_ID {
+                    ROOT_ID.to_vec()
+                } else {
+                    node.parent_id.clone()
+                },
+                &node.name,
+                &node.encode_to_vec(),
+            ],
+        )
+    }
+
+    /// A journal entry, with its sequence and tag unchanged.
+    pub fn entry(&self, entry: &JournalEntry) -> StoreResult<()> {
+        self.run(
+            "INSERT INTO journal (tenant_id, seq, node_id, kind, node, device, committed_ns, tag)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &self.tenant,
+                &(entry.seq as i64),
+                &entry.node.id,
+                &(entry.kind as i16),
+                &entry.node.encode_to_vec(),
+                &entry.device,
+                &entry.committed_at_ns,
+                &(entry.tag as i64),
+            ],
+        )
+    }
+}
+
+impl PgMetaStore {
+    /// A new tenant id, never handed out again (for [`PgMetaStore::import_tenant`], whose chunks
+    /// are copied under it first).
+    pub fn reserve_tenant_id(&self) -> StoreResult<TenantId> {
+        let row = self
+            .query_opt(
+                "SELECT nextval(pg_get_serial_sequence('tenants', 'id'))",
+                &[],
+            )?
+            .ok_or_else(|| StoreError::Meta("nextval returned nothing".into()))?;
+        col(&row, 0)
+    }
+
+    /// Copies in tenant `tenant` (from [`PgMetaStore::reserve_tenant_id`]) from another store with
+    /// its identity intact (name, namespace id, head,
+    /// and through `fill` its tokens, live nodes and journal with their sequences and tags), so its
+    /// devices carry on as if nothing happened. One transaction: all of it or nothing. Fails if
+    /// the name is taken.
+    pub fn import_tenant(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        created_ns: i64,
+        namespace_id: &[u8; 16],
+        head: u64,
+        fill: &mut dyn FnMut(&TenantImport<'_>) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let rt = &self.rt;
+        let mut client = rt.block_on(self.pool.get()).map_err(pool_err)?;
+        let tx = rt.block_on(client.transaction()).map_err(pg_err)?;
+        rt.block_on(tx.execute(
+            "INSERT INTO tenants (id, name, created_ns, namespace_id) VALUES ($1, $2, $3, $4)",
+            &[&tenant, &name, &created_ns, &&namespace_id[..]],
+        ))
+        .map_err(pg_err)?;
+        rt.block_on(tx.execute(
+            "INSERT INTO heads (tenant_id, head) VALUES ($1, $2)",
+            &[&tenant, &(head as i64)],
+        ))
+        .map_err(pg_err)?;
+        fill(&TenantImport {
+            tx: &tx,
+            rt,
+            tenant,
+        })?;
+        rt.block_on(tx.commit()).map_err(pg_err)
+    }
+}
+
 impl MetaStore for PgMetaStore {
     fn create_tenant(&self, name: &str) -> StoreResult<TenantId> {
         let namespace_id = rand::random::<[u8; 16]>();
