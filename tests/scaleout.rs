@@ -461,7 +461,35 @@ async fn with_s3_down_nothing_unstored_is_acknowledged() {
     assert!(!out.status.success());
     assert!(stderr.contains("cannot reach s3://bvfs/team"), "{stderr}");
 
+    let health = |url: String| async move {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let channel = tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "bvfs.v1.Sync".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    };
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    assert_eq!(health(cluster.servers[0].url.clone()).await, serving);
+
     cluster.services.s3.stop();
+    // Readiness follows: a load balancer stops sending work here (within a few seconds).
+    let started = Instant::now();
+    while health(cluster.servers[0].url.clone()).await == serving {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still SERVING with S3 down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let lost = b"uploaded during the outage".to_vec();
     let upload = put_chunks(
         &mut api,
@@ -954,7 +982,9 @@ async fn an_embedded_server_migrates_to_postgres_and_s3_and_devices_carry_on() {
         let remote = Arc::new(GrpcRemote::new(&RemoteConfig::new(url, &laptop)).unwrap());
         Engine::open(EngineConfig::new(&state, "laptop"), remote).unwrap()
     };
-    let big: Vec<u8> = (0..700_000u64).map(|i| (i * i * 7919 % 251) as u8).collect();
+    let big: Vec<u8> = (0..700_000u64)
+        .map(|i| (i * i * 7919 % 251) as u8)
+        .collect();
     let (namespace_id, head_before) = {
         let a = open(&embedded.url);
         let docs = a
