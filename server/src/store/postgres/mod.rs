@@ -82,6 +82,10 @@ pub struct PgMetaStore {
     outbox: bool,
     /// Namespace ids by tenant: fixed at creation, read on every page, so remembered.
     namespace_ids: Mutex<HashMap<TenantId, [u8; 16]>>,
+    /// This process's commits in progress, one gate per tenant. Correctness comes from the
+    /// database lock; the gate only makes a tenant's queued commits wait here, holding no pooled
+    /// connection, so one tenant's burst cannot take every connection from the others.
+    writers: Mutex<HashMap<TenantId, Arc<Mutex<()>>>>,
     /// Declared last: the pool's connections run on it.
     rt: Arc<IoRuntime>,
 }
@@ -159,6 +163,7 @@ impl PgMetaStore {
             pool,
             outbox,
             namespace_ids: Mutex::default(),
+            writers: Mutex::default(),
             rt,
         })
     }
@@ -615,6 +620,23 @@ impl MetaStore for PgMetaStore {
     }
 
     fn write(&self, tenant: TenantId, f: &mut WriteFn<'_>) -> Result<(), tonic::Status> {
+        let gate = self.writers.lock().entry(tenant).or_default().clone();
+        let result = {
+            let _turn = gate.lock();
+            self.write_locked(tenant, f)
+        };
+        // The last one out removes the tenant's gate (others clone it only under the map's lock).
+        let mut writers = self.writers.lock();
+        if Arc::strong_count(&gate) == 2 {
+            writers.remove(&tenant);
+        }
+        result
+    }
+}
+
+impl PgMetaStore {
+    /// [`MetaStore::write`] once this process's turn for the tenant has come.
+    fn write_locked(&self, tenant: TenantId, f: &mut WriteFn<'_>) -> Result<(), tonic::Status> {
         let rt = &self.rt;
         let mut client = rt
             .block_on(self.pool.get())
