@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, installing first what the tests need on a Debian machine:
 # fuse3 and attr (real mounts, xattrs), dbench and stress-ng (stress runs on a mount), git (a clone
-# inside a mount), b3sum (hash cross-checks), and for the scale-out server tests PostgreSQL 15,
-# nats-server and moto (S3). Run as root: the mount tests mount FUSE filesystems, and the
-# scale-out tests run PostgreSQL as the `postgres` user. The tests start and stop their own
-# PostgreSQL clusters, moto and nats-server on free loopback ports.
+# inside a mount), rsync (times kept across runs), b3sum (hash cross-checks), pjdfstest and its dummy
+# user `tests` (the POSIX suite on a mount), and for the scale-out server tests PostgreSQL 15,
+# nats-server and moto (S3). Run as root: the mount tests mount FUSE filesystems, and the scale-out
+# tests run PostgreSQL as the `postgres` user. The tests start and stop their own PostgreSQL
+# clusters, moto and nats-server on free loopback ports.
 #
 #   scripts/test.sh [extra cargo-nextest/cargo-test arguments]
 #
@@ -20,6 +21,7 @@ command -v b3sum >/dev/null || need+=(b3sum)
 command -v dbench >/dev/null || need+=(dbench)
 command -v stress-ng >/dev/null || need+=(stress-ng)
 command -v git >/dev/null || need+=(git)
+command -v rsync >/dev/null || need+=(rsync)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
 [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null || need+=(nats-server)
 if [ ${#need[@]} -gt 0 ]; then
@@ -46,6 +48,15 @@ stop_leftover_clusters() {
   done
 }
 trap stop_leftover_clusters EXIT
+
+# pjdfstest (the POSIX suite, tests/pjdfstest.rs) and the dummy user it switches to.
+if ! command -v pjdfstest >/dev/null; then
+  echo "scripts/test.sh: installing pjdfstest (cargo install)" >&2
+  cargo install --locked --quiet pjdfstest
+fi
+if [ "$(id -u)" = 0 ] && ! id tests >/dev/null 2>&1; then
+  echo 'tests:x:::Dummy user for pjdfstest:/:/usr/sbin/nologin' | newusers
+fi
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -16,8 +16,8 @@ use bvfs_proto::v1;
 use common::*;
 use rand::{RngExt, SeedableRng};
 
-/// A tree row without its inode: id, parent, name, kind, size, mtime, executable, content, symlink,
-/// revision, pinned (LOCAL only).
+/// A tree row without its inode: id, parent, name, kind, size, mtime, mode, content, symlink,
+/// revision, pinned (LOCAL only), extended attributes.
 type Row = (
     Vec<u8>,
     Vec<u8>,
@@ -25,11 +25,12 @@ type Row = (
     i64,
     i64,
     i64,
-    bool,
+    i64,
     Option<Vec<u8>>,
     Option<String>,
     i64,
     Option<bool>,
+    Option<Vec<u8>>,
 );
 
 fn rows(db: &Path, table: &str, skip: &[u8]) -> Vec<Row> {
@@ -37,7 +38,7 @@ fn rows(db: &Path, table: &str, skip: &[u8]) -> Vec<Row> {
     let pinned = if table == "local" { "pinned" } else { "NULL" };
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT id, parent, name, kind, size, mtime_ns, executable, content, symlink, revision, {pinned}
+            "SELECT id, parent, name, kind, size, mtime_ns, mode, content, symlink, revision, {pinned}, xattrs
              FROM {table} ORDER BY id"
         ))
         .unwrap();
@@ -54,6 +55,7 @@ fn rows(db: &Path, table: &str, skip: &[u8]) -> Vec<Row> {
             r.get(8)?,
             r.get(9)?,
             r.get(10)?,
+            r.get(11)?,
         ))
     })
     .unwrap()

@@ -170,7 +170,7 @@ async fn two_devices_converge() {
             .unwrap()
             .node
             .attrs
-            .executable
+            .executable()
     );
     assert_eq!(
         b.lookup(ROOT_INO, "link")

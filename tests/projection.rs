@@ -147,6 +147,7 @@ impl WindowsDevice {
                     }
                     FileKind::File => (FILE, entry.size),
                     FileKind::Symlink => ("symlink", 0),
+                    _ => ("special", 0),
                 };
                 out.insert((path.replace('\\', "/"), kind, size));
             }

@@ -69,9 +69,9 @@ fn file(n: u64, revision: u64) -> Attrs {
     Attrs {
         size: 4096,
         mtime_ns: revision as i64,
-        executable: false,
+        mode: 0o644,
         content: Some(ContentHash::of(&n.to_le_bytes())),
-        symlink_target: None,
+        ..Attrs::default()
     }
 }
 
@@ -195,7 +195,7 @@ fn scenario(base: &Tree, files: &[NodeId], changes: usize) -> Scenario {
             // Metadata only.
             _ => {
                 let mut attrs = node.attrs.clone();
-                attrs.executable = true;
+                attrs.mode |= 0o111;
                 local.set_attrs(file_id, attrs).expect("exists");
             }
         }

@@ -22,7 +22,8 @@ use crate::files::LocalFiles;
 use crate::model::{Attrs, NamePolicy, NodeId, NodeKind};
 use crate::planner::DeleteBrake;
 use crate::remote::Remote;
-use crate::state::local::{LocalEntry, LocalError};
+use crate::state::local::{LocalEntry, LocalError, OwnAttrs};
+use crate::state::specials::{Special, SpecialKind};
 use crate::state::{State, StateError, Table};
 
 /// Where the engine keeps its files and how it behaves.
@@ -349,7 +350,8 @@ impl Engine {
         Ok(value)
     }
 
-    /// Creates a file, directory or symlink in `parent`.
+    /// Creates a file, directory or symlink in `parent` with the default permission bits (0755 or
+    /// 0644 for files after `executable`), owned by the mounting user.
     pub fn create(
         &self,
         parent: u64,
@@ -358,39 +360,72 @@ impl Engine {
         executable: bool,
         symlink_target: Option<String>,
     ) -> EngineResult<LocalEntry> {
+        self.create_with(
+            parent,
+            name,
+            kind,
+            NewNode {
+                mode: crate::model::default_mode(kind, executable),
+                symlink_target,
+                ..NewNode::default()
+            },
+        )
+    }
+
+    /// Creates a file, directory or symlink in `parent` as `new` says (permission bits, owner).
+    pub fn create_with(
+        &self,
+        parent: u64,
+        name: &str,
+        kind: NodeKind,
+        new: NewNode,
+    ) -> EngineResult<LocalEntry> {
         let now = self.clock.now_ns();
+        let mode = new.mode & bvfs_proto::MODE_BITS;
         let attrs = match kind {
             NodeKind::File => Attrs {
                 size: 0,
                 mtime_ns: now,
-                executable,
+                mode,
                 content: Some(Manifest::empty().hash),
-                symlink_target: None,
+                ..Attrs::default()
             },
             NodeKind::Directory => Attrs {
                 mtime_ns: now,
+                mode,
                 ..Attrs::default()
             },
             NodeKind::Symlink => {
-                let target = symlink_target.unwrap_or_default();
+                let target = new.symlink_target.unwrap_or_default();
                 Attrs {
                     size: target.len() as u64,
                     mtime_ns: now,
+                    mode: 0o777,
                     symlink_target: Some(target),
                     ..Attrs::default()
                 }
             }
+        };
+        let own = OwnAttrs {
+            uid: new.uid,
+            gid: new.gid,
+            atime_ns: Some(now),
+            ctime_ns: Some(now),
+            dir_mtime_ns: (kind == NodeKind::Directory).then_some(now),
         };
         let id = self.ids.new_id();
         let entry = self.mutate(|t| {
             if kind == NodeKind::File {
                 t.put_manifest(&Manifest::empty())?;
             }
-            t.local_create(parent, name, kind, attrs, id)
+            let entry = t.local_create(parent, name, kind, attrs, id)?;
+            t.local_set_own(entry.ino, own)?;
+            t.local_touch_dir(parent, now)?;
+            Ok(LocalEntry { own, ..entry })
         })?;
         if kind == NodeKind::File {
             // An empty copy: the file exists locally from now on and needs no download.
-            self.files.create_empty(entry.ino)?;
+            self.files.create_empty(entry.ino, now)?;
             self.files.set_owner(entry.ino, entry.node.id, name)?;
         }
         Ok(entry)
@@ -403,16 +438,235 @@ impl Engine {
         executable: Option<bool>,
         mtime_ns: Option<i64>,
     ) -> EngineResult<LocalEntry> {
+        let mode = match executable {
+            None => None,
+            Some(x) => {
+                let entry = self.getattr(ino)?.ok_or(LocalError::NotFound)?;
+                let mode = entry.node.attrs.mode;
+                Some(if x { mode | 0o111 } else { mode & !0o111 })
+            }
+        };
+        self.set_meta(
+            ino,
+            MetaChange {
+                mode,
+                mtime_ns,
+                ..MetaChange::default()
+            },
+        )
+    }
+
+    /// Creates a special file (FIFO, socket, device) in `parent`: this device's only, never synced
+    /// (see [`crate::state::specials`]).
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &str,
+        kind: SpecialKind,
+        rdev: u32,
+        new: NewNode,
+    ) -> EngineResult<Special> {
+        let now = self.clock.now_ns();
+        Ok(self
+            .state
+            .lock()
+            .transaction(|t| -> Result<_, LocalError> {
+                let special = t.special_create(
+                    parent,
+                    Special {
+                        ino: 0,
+                        parent: NodeId::ROOT,
+                        name: name.to_string(),
+                        kind,
+                        rdev,
+                        mode: new.mode & bvfs_proto::MODE_BITS,
+                        uid: new.uid,
+                        gid: new.gid,
+                        atime_ns: now,
+                        mtime_ns: now,
+                        ctime_ns: now,
+                    },
+                )?;
+                t.local_touch_dir(parent, now)?;
+                Ok(special)
+            })?)
+    }
+
+    /// The special file with inode `ino`, if it is one.
+    pub fn special(&self, ino: u64) -> EngineResult<Option<Special>> {
+        Ok(self.state.lock().read(|t| t.special_by_ino(ino))?)
+    }
+
+    /// The special file `name` in `parent`, if there is one.
+    pub fn special_lookup(&self, parent: u64, name: &str) -> EngineResult<Option<Special>> {
+        Ok(self.state.lock().read(|t| t.special_lookup(parent, name))?)
+    }
+
+    /// The special files in `parent`, by name.
+    pub fn specials(&self, parent: u64) -> EngineResult<Vec<Special>> {
+        Ok(self.state.lock().read(|t| t.specials_in(parent))?)
+    }
+
+    /// Removes the special file `name` in `parent`.
+    pub fn remove_special(&self, parent: u64, name: &str) -> EngineResult<Special> {
+        let now = self.clock.now_ns();
+        Ok(self
+            .state
+            .lock()
+            .transaction(|t| -> Result<_, LocalError> {
+                let special = t
+                    .special_lookup(parent, name)?
+                    .ok_or(LocalError::NotFound)?;
+                t.special_remove(special.ino)?;
+                t.local_touch_dir(parent, now)?;
+                Ok(special)
+            })?)
+    }
+
+    /// Renames the special file `ino` to `name` in `new_parent` (rename(2) semantics: a file or
+    /// special file under the name is replaced, a directory is `EISDIR`).
+    pub fn rename_special(
+        &self,
+        ino: u64,
+        new_parent: u64,
+        name: &str,
+        no_replace: bool,
+    ) -> EngineResult<()> {
+        crate::model::validate_name(name).map_err(LocalError::InvalidName)?;
+        let now = self.clock.now_ns();
+        let replaced = self.mutate(|t| {
+            let mut special = t.special_by_ino(ino)?.ok_or(LocalError::NotFound)?;
+            let old_parent = t.local_ino(special.parent)?;
+            let dir = t.local_by_ino(new_parent)?.ok_or(LocalError::NotFound)?;
+            if dir.node.kind != NodeKind::Directory {
+                return Err(LocalError::NotDir);
+            }
+            let mut replaced = None;
+            if let Some(target) = t.local_lookup(new_parent, name)? {
+                if no_replace {
+                    return Err(LocalError::Exists);
+                }
+                if target.node.kind == NodeKind::Directory {
+                    return Err(LocalError::IsDir);
+                }
+                replaced = Some(t.local_remove(target.ino)?);
+            } else if let Some(target) = t.special_lookup(new_parent, name)? {
+                if target.ino == ino {
+                    return Ok(None);
+                }
+                if no_replace {
+                    return Err(LocalError::Exists);
+                }
+                t.special_remove(target.ino)?;
+            }
+            special.parent = dir.node.id;
+            special.name = name.to_string();
+            special.ctime_ns = now;
+            t.special_put(&special)?;
+            t.local_touch_dir(new_parent, now)?;
+            if let Some(old_parent) = old_parent {
+                t.local_touch_dir(old_parent, now)?;
+            }
+            Ok(replaced)
+        })?;
+        if let Some(replaced) = replaced {
+            self.drop_local_copy(replaced.ino)?;
+        }
+        Ok(())
+    }
+
+    /// Changes the metadata of the special file `ino` (chmod, chown, utimens).
+    pub fn set_special_meta(&self, ino: u64, change: MetaChange) -> EngineResult<Special> {
+        let now = self.clock.now_ns();
+        Ok(self
+            .state
+            .lock()
+            .transaction(|t| -> Result<_, LocalError> {
+                let mut special = t.special_by_ino(ino)?.ok_or(LocalError::NotFound)?;
+                if let Some(mode) = change.mode {
+                    special.mode = mode & bvfs_proto::MODE_BITS;
+                }
+                if let Some(uid) = change.uid {
+                    special.uid = Some(uid);
+                }
+                if let Some(gid) = change.gid {
+                    special.gid = Some(gid);
+                }
+                if let Some(atime) = change.atime_ns {
+                    special.atime_ns = atime;
+                }
+                if let Some(mtime) = change.mtime_ns {
+                    special.mtime_ns = mtime;
+                }
+                special.ctime_ns = now;
+                t.special_put(&special)?;
+                Ok(special)
+            })?)
+    }
+
+    /// Replaces the extended attributes of `ino` that sync (`user.`); the change time becomes now.
+    pub fn set_xattrs(&self, ino: u64, xattrs: crate::model::Xattrs) -> EngineResult<LocalEntry> {
+        let now = self.clock.now_ns();
+        self.mutate(|t| {
+            let entry = t.local_by_ino(ino)?.ok_or(LocalError::NotFound)?;
+            if entry.node.id.is_root() {
+                return Err(LocalError::Invalid(
+                    "the mount's root has no node on the server to carry attributes",
+                ));
+            }
+            let mut attrs = entry.node.attrs.clone();
+            attrs.xattrs = xattrs;
+            let entry = t.local_set_attrs(ino, attrs)?;
+            t.local_touch_ctime(ino, now)?;
+            let own = OwnAttrs {
+                ctime_ns: Some(now),
+                ..entry.own
+            };
+            Ok(LocalEntry { own, ..entry })
+        })
+    }
+
+    /// Changes the metadata of `ino` (chmod, chown, utimens): whatever `change` sets. Ownership and
+    /// the access time stay on this device, as does a directory's modification time; the mode and a
+    /// file's or symlink's mtime sync. The change time becomes now.
+    pub fn set_meta(&self, ino: u64, change: MetaChange) -> EngineResult<LocalEntry> {
+        let now = self.clock.now_ns();
         self.mutate(|t| {
             let entry = t.local_by_ino(ino)?.ok_or(LocalError::NotFound)?;
             let mut attrs = entry.node.attrs.clone();
-            if let Some(x) = executable {
-                attrs.executable = x && entry.node.kind == NodeKind::File;
+            let mut own = entry.own;
+            if let Some(mode) = change.mode {
+                attrs.mode = mode & bvfs_proto::MODE_BITS;
             }
-            if let Some(m) = mtime_ns {
-                attrs.mtime_ns = m;
+            if let Some(mtime) = change.mtime_ns {
+                if entry.node.kind == NodeKind::Directory {
+                    own.dir_mtime_ns = Some(mtime);
+                } else {
+                    attrs.mtime_ns = mtime;
+                }
             }
-            t.local_set_attrs(ino, attrs)
+            if let Some(atime) = change.atime_ns {
+                own.atime_ns = Some(atime);
+            }
+            if let Some(uid) = change.uid {
+                own.uid = Some(uid);
+            }
+            if let Some(gid) = change.gid {
+                own.gid = Some(gid);
+            }
+            own.ctime_ns = Some(now);
+            let entry = if attrs == entry.node.attrs {
+                entry
+            } else if entry.node.id.is_root() {
+                // The root's mode is the mount's: it has no node on the server to carry it.
+                return Err(LocalError::Invalid(
+                    "the mount's root keeps its permission bits",
+                ));
+            } else {
+                t.local_set_attrs(ino, attrs)?
+            };
+            t.local_set_own(ino, own)?;
+            Ok(LocalEntry { own, ..entry })
         })
     }
 
@@ -424,7 +678,21 @@ impl Engine {
         name: &str,
         no_replace: bool,
     ) -> EngineResult<()> {
-        let replaced = self.mutate(|t| t.local_rename(ino, new_parent, name, no_replace))?;
+        let now = self.clock.now_ns();
+        let replaced = self.mutate(|t| {
+            let old_parent = t
+                .local_by_ino(ino)?
+                .and_then(|e| t.local_ino(e.node.parent).transpose())
+                .transpose()?;
+            let replaced = t.local_rename(ino, new_parent, name, no_replace)?;
+            // The node's change time and both directories' times move (kept on this device).
+            t.local_touch_ctime(ino, now)?;
+            t.local_touch_dir(new_parent, now)?;
+            if let Some(old_parent) = old_parent {
+                t.local_touch_dir(old_parent, now)?;
+            }
+            Ok(replaced)
+        })?;
         if let Some(replaced) = replaced {
             self.config
                 .faults
@@ -436,6 +704,7 @@ impl Engine {
 
     /// Removes a file or symlink (unlink) or an empty directory (rmdir).
     pub fn remove(&self, parent: u64, name: &str, dir: bool) -> EngineResult<LocalEntry> {
+        let now = self.clock.now_ns();
         let entry = self.mutate(|t| {
             let entry = t.local_lookup(parent, name)?.ok_or(LocalError::NotFound)?;
             match (dir, entry.node.kind == NodeKind::Directory) {
@@ -443,7 +712,9 @@ impl Engine {
                 (false, true) => return Err(LocalError::IsDir),
                 _ => {}
             }
-            t.local_remove(entry.ino)
+            let removed = t.local_remove(entry.ino)?;
+            t.local_touch_dir(parent, now)?;
+            Ok(removed)
         })?;
         self.config
             .faults
@@ -638,6 +909,27 @@ fn open_or_rebuild(path: &Path) -> EngineResult<State> {
             mark(State::open(path)?)
         }
     }
+}
+
+/// What a new node starts with ([`Engine::create_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewNode {
+    /// Permission bits (symlinks are always 0777).
+    pub mode: u32,
+    /// Owner on this device; `None`: the mounting user.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub symlink_target: Option<String>,
+}
+
+/// A metadata change ([`Engine::set_meta`]); `None` fields stay as they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetaChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime_ns: Option<i64>,
+    pub mtime_ns: Option<i64>,
 }
 
 /// Deletes waiting for the server ([`Engine::pending_deletes`]).

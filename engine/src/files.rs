@@ -51,6 +51,15 @@ impl LocalFiles {
         self.dir.join(format!("{ino}.owner"))
     }
 
+    /// The modification time of the copy of `ino` (ns since the epoch), if it has one.
+    pub fn mtime_ns(&self, ino: u64) -> Option<i64> {
+        let modified = std::fs::metadata(self.path(ino)).ok()?.modified().ok()?;
+        Some(match modified.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i64,
+            Err(e) => -(e.duration().as_nanos() as i64),
+        })
+    }
+
     pub fn exists(&self, ino: u64) -> bool {
         self.path(ino).exists()
     }
@@ -77,14 +86,22 @@ impl LocalFiles {
         pending.commit()
     }
 
-    /// Creates an empty copy of a new file (never over an existing one). No fsync: if a crash loses
-    /// it, the file's LOCAL content is the empty content anyway, which reads the same without a copy.
-    pub(crate) fn create_empty(&self, ino: u64) -> io::Result<PathBuf> {
+    /// Creates an empty copy of a new file (never over an existing one), dated `mtime_ns` like the
+    /// node (a copy's mtime is what the file shows while it is open, and what its commit records).
+    /// No fsync: if a crash loses it, the file's LOCAL content is the empty content anyway, which
+    /// reads the same without a copy.
+    pub(crate) fn create_empty(&self, ino: u64, mtime_ns: i64) -> io::Result<PathBuf> {
         let path = self.path(ino);
-        OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)?;
+        let when = if mtime_ns >= 0 {
+            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(mtime_ns as u64)
+        } else {
+            std::time::UNIX_EPOCH - std::time::Duration::from_nanos(mtime_ns.unsigned_abs())
+        };
+        file.set_modified(when)?;
         Ok(path)
     }
 

@@ -164,20 +164,81 @@ pub enum NodeKind {
     Symlink,
 }
 
-/// A node's attributes: everything about it except where it is.
+/// Extended attributes that sync (the `user.` namespace), by full name.
+pub type Xattrs = std::collections::BTreeMap<String, Vec<u8>>;
+
+/// A node's attributes: everything about it that syncs, except where it is. (Ownership, access and
+/// change times and directories' modification times are per device: see `state::local`.)
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Attrs {
     /// Content length in bytes (files), target length (symlinks), 0 for directories.
     pub size: u64,
     pub mtime_ns: i64,
-    pub executable: bool,
+    /// The permission bits (`st_mode & 07777`).
+    pub mode: u32,
     /// BLAKE3 of the whole content; files only.
     pub content: Option<ContentHash>,
     /// Symlinks only.
     pub symlink_target: Option<String>,
+    /// Extended attributes in the `user.` namespace.
+    pub xattrs: Xattrs,
+}
+
+/// Stores extended attributes as one blob (`None` when there are none): per entry, the name's
+/// length (u16 LE), the name, the value's length (u32 LE), the value.
+pub fn encode_xattrs(xattrs: &Xattrs) -> Option<Vec<u8>> {
+    if xattrs.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for (name, value) in xattrs {
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value);
+    }
+    Some(out)
+}
+
+/// Reads what [`encode_xattrs`] wrote (bytes from disk: `None` if they are not well formed).
+pub fn decode_xattrs(mut bytes: &[u8]) -> Option<Xattrs> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Some(head)
+    }
+    let mut xattrs = Xattrs::new();
+    while !bytes.is_empty() {
+        let len = u16::from_le_bytes(take(&mut bytes, 2)?.try_into().ok()?) as usize;
+        let name = std::str::from_utf8(take(&mut bytes, len)?)
+            .ok()?
+            .to_string();
+        let len = u32::from_le_bytes(take(&mut bytes, 4)?.try_into().ok()?) as usize;
+        let value = take(&mut bytes, len)?.to_vec();
+        xattrs.insert(name, value);
+    }
+    Some(xattrs)
+}
+
+/// The permission bits a new node gets when nothing says otherwise.
+pub fn default_mode(kind: NodeKind, executable: bool) -> u32 {
+    match kind {
+        NodeKind::Directory => 0o755,
+        NodeKind::Symlink => 0o777,
+        NodeKind::File if executable => 0o755,
+        NodeKind::File => 0o644,
+    }
 }
 
 impl Attrs {
+    /// Whether the owner may execute it (the bit clients before modes synced).
+    pub fn executable(&self) -> bool {
+        self.mode & 0o100 != 0
+    }
+
     /// Whether two versions hold the same bytes: equal content hash and symlink target. Size, mtime and
     /// the executable bit are metadata, so a difference there alone moves no content.
     pub fn same_content(&self, other: &Attrs) -> bool {

@@ -147,9 +147,9 @@ impl Engine {
             let attrs = Attrs {
                 size: manifest.size,
                 mtime_ns: now,
-                executable: false,
+                mode: crate::model::default_mode(NodeKind::File, false),
                 content: Some(manifest.hash),
-                symlink_target: None,
+                ..Attrs::default()
             };
             let entry = t.local_create(parent_ino, &copy_name, NodeKind::File, attrs, id)?;
             t.record_conflict(now, id, Some(id), &format!("{why}: {copy_name:?}"))?;

@@ -168,7 +168,7 @@ fn brake_size_cap(brake: &crate::planner::DeleteBrake) -> Option<u64> {
 
 /// A remote op made ready to commit, or why not.
 enum Prepared {
-    Op(v1::Op),
+    Op(Box<v1::Op>),
     /// The local content moved on since planning.
     Replan,
     /// Content the server lacks is not on this device.
@@ -601,7 +601,7 @@ impl Engine {
             }
             match self.prepare_remote_op(op).await? {
                 Prepared::Op(wire) => {
-                    wire_ops.push(wire);
+                    wire_ops.push(*wire);
                     committed_ops.push(op);
                 }
                 // The local content moved on since planning: the next round plans the new content.
@@ -760,7 +760,7 @@ impl Engine {
             }),
             _ => unreachable!("only remote ops are prepared"),
         };
-        Ok(Prepared::Op(v1::Op { op: Some(wire) }))
+        Ok(Prepared::Op(Box::new(v1::Op { op: Some(wire) })))
     }
 
     fn remote_kind(&self, id: NodeId) -> Result<crate::model::NodeKind, RoundError> {

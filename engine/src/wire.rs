@@ -191,13 +191,35 @@ pub fn node_from_proto(node: &v1::Node) -> Result<(Node, Option<Manifest>), Wire
         attrs: Attrs {
             size: attrs.size,
             mtime_ns: attrs.mtime_ns,
-            executable: attrs.executable,
+            mode: bvfs_proto::effective_mode(kind_to_proto(kind), &attrs),
             content: manifest.as_ref().map(|m| m.hash).or(elided),
             symlink_target: (kind == NodeKind::Symlink).then(|| attrs.symlink_target.clone()),
+            xattrs: xattrs_from_proto(&attrs.xattrs)?,
         },
         revision: node.revision,
     };
     Ok((model, manifest))
+}
+
+/// Extended attributes from the wire, held to the protocol's bounds (the server enforces them;
+/// a client never trusts that).
+fn xattrs_from_proto(
+    xattrs: &std::collections::HashMap<String, Vec<u8>>,
+) -> Result<crate::model::Xattrs, WireError> {
+    let mut total = 0usize;
+    for (name, value) in xattrs {
+        if !name.starts_with(bvfs_proto::SYNCED_XATTR_PREFIX)
+            || name.len() > 255
+            || value.len() > bvfs_proto::MAX_XATTR_VALUE_BYTES
+        {
+            return Err(bad("an extended attribute out of the protocol's bounds"));
+        }
+        total += name.len() + value.len();
+    }
+    if total > bvfs_proto::MAX_XATTR_BYTES {
+        return Err(bad("extended attributes past the protocol's bound"));
+    }
+    Ok(xattrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 /// The attributes of a node on the wire; `manifest` is required for files.
@@ -205,12 +227,18 @@ pub fn attrs_to_proto(kind: NodeKind, attrs: &Attrs, manifest: Option<&Manifest>
     v1::NodeAttrs {
         size: attrs.size,
         mtime_ns: attrs.mtime_ns,
-        executable: attrs.executable && kind == NodeKind::File,
+        executable: attrs.executable() && kind == NodeKind::File,
         content: match kind {
             NodeKind::File => manifest.map(manifest_to_proto),
             _ => None,
         },
         symlink_target: attrs.symlink_target.clone().unwrap_or_default(),
+        mode: Some(attrs.mode & bvfs_proto::MODE_BITS),
+        xattrs: attrs
+            .xattrs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 

@@ -131,6 +131,7 @@ fn attrs(chunks: Vec<v1::ChunkRef>, version: usize) -> v1::NodeAttrs {
             ..Default::default()
         }),
         symlink_target: String::new(),
+        ..Default::default()
     }
 }
 

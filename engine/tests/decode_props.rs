@@ -65,20 +65,36 @@ fn content() -> impl Strategy<Value = v1::Content> {
 }
 
 fn attrs() -> impl Strategy<Value = v1::NodeAttrs> {
+    let xattr = prop_oneof![
+        (
+            "user\\.[a-z]{1,6}",
+            prop::collection::vec(any::<u8>(), 0..16)
+        ),
+        (".{0,12}", prop::collection::vec(any::<u8>(), 0..4)),
+        (
+            Just("user.big".to_string()),
+            Just(vec![1u8; bvfs_proto::MAX_XATTR_VALUE_BYTES + 1])
+        ),
+    ];
     (
         prop_oneof![Just(0u64), 0u64..2_000_000, any::<u64>()],
         any::<i64>(),
         any::<bool>(),
         prop::option::of(content()),
         ".{0,8}",
+        prop::option::of(any::<u32>()),
+        prop::collection::vec(xattr, 0..3)
+            .prop_map(|v| v.into_iter().collect::<std::collections::HashMap<_, _>>()),
     )
         .prop_map(
-            |(size, mtime_ns, executable, content, symlink_target)| v1::NodeAttrs {
+            |(size, mtime_ns, executable, content, symlink_target, mode, xattrs)| v1::NodeAttrs {
                 size,
                 mtime_ns,
                 executable,
                 content,
                 symlink_target,
+                mode,
+                xattrs,
             },
         )
 }
@@ -123,6 +139,8 @@ proptest! {
                 _ => prop_assert!(manifest.is_none()),
             }
             prop_assert_eq!(model.kind == NodeKind::Symlink, model.attrs.symlink_target.is_some());
+            prop_assert!(model.attrs.mode <= 0o7777, "only permission bits are kept");
+            prop_assert!(model.attrs.xattrs.keys().all(|k| k.starts_with("user.") && k.len() <= 255));
         }
         let _ = elided_content(&node);
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bvfs_vfs::{Attr, Errno as VfsErrno, FileKind, OpenMode, TTL, Vfs};
+use bvfs_vfs::{Attr, Caller, Errno as VfsErrno, FileKind, OpenMode, SetAttr, TTL, Vfs};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -101,6 +101,10 @@ fn file_type(kind: FileKind) -> FileType {
         FileKind::File => FileType::RegularFile,
         FileKind::Directory => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -109,31 +113,46 @@ fn file_attr(attr: &Attr) -> FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
         blocks: attr.blocks,
-        atime: attr.mtime,
+        atime: attr.atime,
         mtime: attr.mtime,
-        ctime: attr.mtime,
-        crtime: attr.mtime,
+        ctime: attr.ctime,
+        crtime: attr.ctime,
         kind: file_type(attr.kind),
         perm: attr.perm,
         nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
-        rdev: 0,
+        rdev: attr.rdev,
         blksize: 64 * 1024,
         flags: 0,
     }
 }
 
-/// A name from the kernel as a BitVault name. Names are UTF-8 (the wire carries strings), so other
-/// bytes name nothing that exists (`ENOENT` for lookups and removals) and cannot be created
-/// (`EILSEQ`, "illegal byte sequence", for creates and rename targets).
+/// A name from the kernel as a BitVault name. One longer than 255 bytes is `ENAMETOOLONG` on every
+/// call, as on a local filesystem. Names are UTF-8 (the wire carries strings), so other bytes name
+/// nothing that exists (`ENOENT` for lookups and removals) and cannot be created (`EILSEQ`,
+/// "illegal byte sequence", for creates and rename targets).
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    if name.len() > bvfs_vfs::MAX_NAME_BYTES {
+        return Err(Errno::ENAMETOOLONG);
+    }
     name.to_str().ok_or(Errno::ENOENT)
 }
 
 /// A name for something new: see [`name_str`].
 fn new_name_str(name: &OsStr) -> Result<&str, Errno> {
+    if name.len() > bvfs_vfs::MAX_NAME_BYTES {
+        return Err(Errno::ENAMETOOLONG);
+    }
     name.to_str().ok_or(Errno::EILSEQ)
+}
+
+/// Who made the request (new nodes belong to them).
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 fn time_ns(time: TimeOrNow) -> i64 {
@@ -211,10 +230,10 @@ impl Filesystem for BvfsFuse {
         _req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -224,9 +243,16 @@ impl Filesystem for BvfsFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let mtime = mtime.map(time_ns);
+        let change = SetAttr {
+            size,
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            atime_ns: atime.map(time_ns),
+            mtime_ns: mtime.map(time_ns),
+        };
         // Truncation may download (when not to zero): off the dispatch thread.
-        self.offload(move |vfs| match vfs.setattr(ino.0, size, mode, mtime) {
+        self.offload(move |vfs| match vfs.setattr(ino.0, change) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         });
@@ -241,15 +267,15 @@ impl Filesystem for BvfsFuse {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
         match new_name_str(name) {
-            Ok(name) => reply_entry(reply, self.vfs.mkdir(parent.0, name)),
+            Ok(name) => reply_entry(reply, self.vfs.mkdir(parent.0, name, mode, caller(req))),
             Err(e) => reply.error(e),
         }
     }
@@ -270,7 +296,7 @@ impl Filesystem for BvfsFuse {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
@@ -278,7 +304,7 @@ impl Filesystem for BvfsFuse {
     ) {
         match (new_name_str(link_name), target.to_str()) {
             (Ok(name), Some(target)) => {
-                reply_entry(reply, self.vfs.symlink(parent.0, name, target))
+                reply_entry(reply, self.vfs.symlink(parent.0, name, target, caller(req)))
             }
             _ => reply.error(Errno::EILSEQ),
         }
@@ -322,6 +348,25 @@ impl Filesystem for BvfsFuse {
     ) {
         // Hard links have no BitVault representation.
         reply.error(Errno::EPERM);
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match new_name_str(name) {
+            Ok(name) => reply_entry(
+                reply,
+                self.vfs.mknod(parent.0, name, mode, rdev, caller(req)),
+            ),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -499,20 +544,21 @@ impl Filesystem for BvfsFuse {
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
-        _flags: i32,
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match name_str(name) {
-            Ok(name) => reply_empty(reply, self.vfs.setxattr(ino.0, name, value)),
-            Err(_) => reply.error(Errno::ENOTSUP),
+        // Attribute names are not path components: their limits are the vfs's (ERANGE).
+        match name.to_str() {
+            Some(name) => reply_empty(reply, self.vfs.setxattr(ino.0, name, value, flags)),
+            None => reply.error(Errno::ENOTSUP),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match name_str(name) {
-            Ok(name) => reply_xattr(reply, size, self.vfs.getxattr(ino.0, name)),
-            Err(_) => reply.error(Errno::ENODATA),
+        match name.to_str() {
+            Some(name) => reply_xattr(reply, size, self.vfs.getxattr(ino.0, name)),
+            None => reply.error(Errno::ENODATA),
         }
     }
 
@@ -521,9 +567,9 @@ impl Filesystem for BvfsFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_str(name) {
-            Ok(name) => reply_empty(reply, self.vfs.removexattr(ino.0, name)),
-            Err(_) => reply.error(Errno::ENODATA),
+        match name.to_str() {
+            Some(name) => reply_empty(reply, self.vfs.removexattr(ino.0, name)),
+            None => reply.error(Errno::ENODATA),
         }
     }
 
@@ -534,7 +580,7 @@ impl Filesystem for BvfsFuse {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -546,7 +592,7 @@ impl Filesystem for BvfsFuse {
             Ok(name) => name.to_string(),
             Err(e) => return reply.error(e),
         };
-        match self.vfs.create(parent.0, &name, mode) {
+        match self.vfs.create(parent.0, &name, mode, caller(req)) {
             Ok((attr, fh)) => reply.created(
                 &TTL,
                 &file_attr(&attr),

@@ -61,6 +61,9 @@ pub fn mount(
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,
+        // The kernel checks permissions against the modes and owners bvfs reports (as a local
+        // filesystem does), including who may chmod, chown and set times.
+        MountOption::DefaultPermissions,
         if options.read_only {
             MountOption::RO
         } else {
@@ -160,7 +163,10 @@ pub fn clean_stale_mount(path: &Path) -> io::Result<bool> {
     if !is_fuse_mounted(path) {
         return Ok(false);
     }
-    match std::fs::metadata(path) {
+    // statfs always asks the daemon (a stat may be answered from the kernel's attribute cache,
+    // which a mount with long TTLs and default_permissions keeps after its daemon died).
+    let probe = std::fs::metadata(path).and_then(|_| statfs(path));
+    match probe {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(
                 "{} is a stale mount of a daemon that is gone; unmounting it",
@@ -171,6 +177,20 @@ pub fn clean_stale_mount(path: &Path) -> io::Result<bool> {
         }
         _ => Ok(false),
     }
+}
+
+/// `statfs(2)` of `path`, for its error only.
+fn statfs(path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: a valid NUL-terminated path and a zeroed statfs buffer the call fills.
+    let rc = unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut buf)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Unmounts `path`: umount2(2) as root, else `fusermount3 -u`. `lazy` detaches a busy mount.

@@ -43,6 +43,31 @@ pub const MAX_CHUNK_REF_BYTES: usize = 42;
 /// server hash and store megabytes at a time.
 pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
 
+/// The longest extended attribute value (ext4's limit), and the most bytes a node's extended
+/// attributes (names and values) take together, so that a node stays small in every page.
+pub const MAX_XATTR_VALUE_BYTES: usize = 64 * 1024;
+pub const MAX_XATTR_BYTES: usize = 256 * 1024;
+/// The only extended attribute namespace that syncs (as Dropbox does); `security.*` and
+/// `trusted.*` are local to a machine, and `user.bvfs.*` is bvfs's own interface.
+pub const SYNCED_XATTR_PREFIX: &str = "user.";
+
+/// The permission bits a mode may carry (rwx for user, group and other, setuid, setgid, sticky).
+pub const MODE_BITS: u32 = 0o7777;
+
+/// A node's permission bits from its wire attributes: `mode` when sent, else what a client from
+/// before modes meant (`executable` for files; 0755 for directories, 0777 for symlinks).
+pub fn effective_mode(kind: v1::NodeKind, attrs: &v1::NodeAttrs) -> u32 {
+    if let Some(mode) = attrs.mode {
+        return mode & MODE_BITS;
+    }
+    match kind {
+        v1::NodeKind::Directory => 0o755,
+        v1::NodeKind::Symlink => 0o777,
+        _ if attrs.executable => 0o755,
+        _ => 0o644,
+    }
+}
+
 /// The most ops one commit may carry; a client splits larger batches.
 pub const MAX_OPS_PER_COMMIT: usize = 10_000;
 

@@ -14,6 +14,9 @@ use std::collections::HashMap;
 
 use bvfs_proto::names::validate_name;
 use bvfs_proto::v1::{self, ChangeKind, Node, NodeAttrs, NodeKind, op::Op as OpKind};
+use bvfs_proto::{
+    MAX_XATTR_BYTES, MAX_XATTR_VALUE_BYTES, MODE_BITS, SYNCED_XATTR_PREFIX, effective_mode,
+};
 use tonic::{Code, Status};
 
 use crate::ancestry::Ancestry;
@@ -209,7 +212,13 @@ fn check_attrs(kind: NodeKind, attrs: Option<&NodeAttrs>, op: usize) -> Result<N
             for chunk in &content.chunks {
                 chunk_key(&chunk.id, "chunk id", Some(op))?;
                 if chunk.length == 0 || chunk.length as usize > MAX_CHUNK_BYTES {
-                    return bad("a chunk length must be between 1 byte and 4 MiB");
+                    return Err(reject(
+                        Reason::Malformed,
+                        Some(op),
+                        format!(
+                            "a chunk length must be between 1 byte and {MAX_CHUNK_BYTES} bytes"
+                        ),
+                    ));
                 }
                 total += u64::from(chunk.length);
             }
@@ -226,17 +235,13 @@ fn check_attrs(kind: NodeKind, attrs: Option<&NodeAttrs>, op: usize) -> Result<N
             if !attrs.symlink_target.is_empty() {
                 return bad("a file has no symlink target");
             }
-            Ok(attrs)
+            check_metadata(kind, attrs, op)
         }
         NodeKind::Directory => {
             if attrs.content.is_some() || !attrs.symlink_target.is_empty() {
                 return bad("a directory has no content and no symlink target");
             }
-            Ok(NodeAttrs {
-                size: 0,
-                executable: false,
-                ..attrs
-            })
+            check_metadata(kind, NodeAttrs { size: 0, ..attrs }, op)
         }
         NodeKind::Symlink => {
             let target = &attrs.symlink_target;
@@ -246,14 +251,85 @@ fn check_attrs(kind: NodeKind, attrs: Option<&NodeAttrs>, op: usize) -> Result<N
             if attrs.content.is_some() {
                 return bad("a symlink has no content");
             }
-            Ok(NodeAttrs {
-                size: target.len() as u64,
-                executable: false,
-                ..attrs
-            })
+            check_metadata(
+                kind,
+                NodeAttrs {
+                    size: target.len() as u64,
+                    ..attrs
+                },
+                op,
+            )
         }
         NodeKind::Unspecified => unreachable!("rejected by kind_of"),
     }
+}
+
+/// Checks the permission bits and extended attributes of any node, and stores the mode explicitly
+/// (a client from before modes sends only `executable`), with `executable` kept equal to the
+/// owner's execute bit of a file.
+fn check_metadata(kind: NodeKind, attrs: NodeAttrs, op: usize) -> Result<NodeAttrs, Status> {
+    let malformed = |msg: String| Err(reject(Reason::Malformed, Some(op), msg));
+    if let Some(mode) = attrs.mode
+        && mode & !MODE_BITS != 0
+    {
+        return malformed(format!(
+            "mode {mode:o} has bits beyond the permission bits (07777)"
+        ));
+    }
+    let mut total = 0usize;
+    for (name, value) in &attrs.xattrs {
+        if !name.starts_with(SYNCED_XATTR_PREFIX)
+            || name.len() <= SYNCED_XATTR_PREFIX.len()
+            || name.len() > 255
+            || name.contains('\0')
+        {
+            return malformed(format!(
+                "extended attribute {:?}: only `user.` names of at most 255 bytes sync",
+                name.chars().take(64).collect::<String>()
+            ));
+        }
+        if value.len() > MAX_XATTR_VALUE_BYTES {
+            return malformed(format!(
+                "extended attribute {name}: a value is at most {MAX_XATTR_VALUE_BYTES} bytes"
+            ));
+        }
+        total += name.len() + value.len();
+    }
+    if total > MAX_XATTR_BYTES {
+        return Err(reject(
+            Reason::TooLarge,
+            Some(op),
+            format!("a node's extended attributes take at most {MAX_XATTR_BYTES} bytes together"),
+        ));
+    }
+    let mode = effective_mode(kind, &attrs);
+    Ok(NodeAttrs {
+        mode: Some(mode),
+        executable: kind == NodeKind::File && mode & 0o100 != 0,
+        ..attrs
+    })
+}
+
+/// An update from a client that predates modes and extended attributes (it sends no `mode`): such
+/// a client cannot know them, so the node keeps its extended attributes and its permission bits,
+/// with only the execute bits following `executable` (set where the matching read bit is, or
+/// cleared).
+fn keep_newer_metadata(mut attrs: NodeAttrs, current: Option<&NodeAttrs>) -> NodeAttrs {
+    let Some(current) = current else {
+        return attrs;
+    };
+    if attrs.mode.is_none()
+        && let Some(mode) = current.mode
+    {
+        let was_executable = mode & 0o100 != 0;
+        attrs.mode = Some(match (was_executable, attrs.executable) {
+            (false, true) => mode | ((mode & 0o444) >> 2) | 0o100,
+            (true, false) => mode & !0o111,
+            _ => mode,
+        });
+        attrs.xattrs = current.xattrs.clone();
+    }
+    attrs
 }
 
 /// An update's attributes with a content edit (see `Content` in the protocol) turned into the whole
@@ -656,10 +732,13 @@ impl<'a> Applier<'a> {
         self.check_base(&node, u.base_revision, Some(op))?;
         let kind = kind_of(node.kind, op)?;
         let attrs = match u.attrs.as_ref() {
-            Some(attrs) => Some(resolve_content_edit(attrs, node.attrs.as_ref(), op)?),
+            Some(attrs) => Some(keep_newer_metadata(
+                resolve_content_edit(attrs, node.attrs.as_ref(), op)?.into_owned(),
+                node.attrs.as_ref(),
+            )),
             None => None,
         };
-        node.attrs = Some(check_attrs(kind, attrs.as_deref(), op)?);
+        node.attrs = Some(check_attrs(kind, attrs.as_ref(), op)?);
         node.revision = self.next_seq();
         self.record(ChangeKind::Upsert, &node)?;
         Ok(node)

@@ -201,6 +201,7 @@ fn file_attrs() -> impl Strategy<Value = v1::NodeAttrs> {
                         manifest_ref,
                     }),
                     symlink_target: String::new(),
+                    ..Default::default()
                 }
             },
         )
@@ -223,6 +224,25 @@ fn attrs_for(kind: i32) -> BoxedStrategy<Option<v1::NodeAttrs>> {
         Ok(NodeKind::Symlink) => symlink.boxed(),
         _ => dir.boxed(),
     };
+    // Permission bits (rarely out of range, sometimes absent as from an old client) and extended
+    // attributes (rarely outside `user.` or past the bounds).
+    let mode = prop_oneof![
+        10 => (0u32..=0o7777).prop_map(Some),
+        2 => Just(None),
+        1 => any::<u32>().prop_map(Some),
+    ];
+    let xattr = prop_oneof![
+        10 => ("user\\.[a-z]{1,8}", prop::collection::vec(any::<u8>(), 0..32)),
+        1 => (".{0,10}", prop::collection::vec(any::<u8>(), 0..8)),
+        1 => (Just("user.big".to_string()), Just(vec![0u8; bvfs_proto::MAX_XATTR_VALUE_BYTES + 1])),
+    ];
+    let xattrs = prop::collection::vec(xattr, 0..3)
+        .prop_map(|v| v.into_iter().collect::<std::collections::HashMap<_, _>>());
+    let right = (right, mode, xattrs).prop_map(|(attrs, mode, xattrs)| v1::NodeAttrs {
+        mode,
+        xattrs,
+        ..attrs
+    });
     prop_oneof![
         30 => right.prop_map(Some),
         1 => Just(None),
@@ -322,8 +342,13 @@ fn check_namespace() -> Result<(), TestCaseError> {
             cursor = by_id[&cursor].parent_id.clone();
         }
         prop_assert_eq!(cursor, ROOT_ID.to_vec(), "no cycle");
+        let attrs = node.attrs.as_ref().unwrap();
+        prop_assert!(
+            attrs.mode.is_some_and(|m| m <= 0o7777),
+            "every stored node has its permission bits"
+        );
+        prop_assert!(attrs.xattrs.keys().all(|k| k.starts_with("user.")));
         if node.kind == NodeKind::File as i32 {
-            let attrs = node.attrs.as_ref().unwrap();
             let content = attrs.content.as_ref().unwrap();
             let total: u64 = content.chunks.iter().map(|c| u64::from(c.length)).sum();
             prop_assert_eq!(total, attrs.size, "a file's size is its chunks'");

@@ -198,6 +198,7 @@ pub fn file_attrs(data: &[u8]) -> NodeAttrs {
             ..Default::default()
         }),
         symlink_target: String::new(),
+        ..Default::default()
     }
 }
 

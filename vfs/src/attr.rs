@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bvfs_engine::model::NodeKind;
 use bvfs_engine::state::local::LocalEntry;
+use bvfs_engine::state::specials::{Special, SpecialKind};
 
 use crate::{Errno, Vfs, VfsResult};
 
@@ -13,6 +14,11 @@ pub enum FileKind {
     File,
     Directory,
     Symlink,
+    /// This device's special files (never synced).
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
 /// The attributes of one inode.
@@ -21,12 +27,28 @@ pub struct Attr {
     pub ino: u64,
     pub size: u64,
     pub blocks: u64,
+    pub atime: SystemTime,
     pub mtime: SystemTime,
+    pub ctime: SystemTime,
     pub kind: FileKind,
+    /// Permission bits, setuid/setgid/sticky included (`st_mode & 07777`).
     pub perm: u16,
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+    /// The device number of a device special file.
+    pub rdev: u32,
+}
+
+/// A `setattr` request: what to change (chmod, chown, truncate, utimens); `None` stays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub size: Option<u64>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime_ns: Option<i64>,
+    pub mtime_ns: Option<i64>,
 }
 
 pub(crate) fn kind_of(kind: NodeKind) -> FileKind {
@@ -46,35 +68,65 @@ pub(crate) fn time_of(ns: i64) -> SystemTime {
 }
 
 impl Vfs {
-    /// The attributes of an entry. A file's size is that of its materialized copy when one is open for
-    /// writing (the bytes the user just wrote), else the LOCAL size.
+    /// The attributes of an entry. A file's size and mtime are those of its materialized copy when
+    /// one may hold newer bytes (the ones the user just wrote, or a time just set), else LOCAL's.
+    /// Ownership, access and change times, and a directory's mtime are this device's own.
     pub(crate) fn attr_of(&self, entry: &LocalEntry) -> Attr {
         let kind = kind_of(entry.node.kind);
+        let own = &entry.own;
         let mut size = entry.node.attrs.size;
-        let mut mtime = time_of(entry.node.attrs.mtime_ns);
+        let mut mtime = match (kind, own.dir_mtime_ns) {
+            (FileKind::Directory, Some(ns)) => time_of(ns),
+            _ => time_of(entry.node.attrs.mtime_ns),
+        };
         if kind == FileKind::File
             && let Some(path) = self.engine.newer_copy(entry.ino)
             && let Ok(meta) = std::fs::metadata(path)
         {
             size = meta.len();
-            mtime = meta.modified().unwrap_or(mtime).max(mtime);
+            mtime = meta.modified().unwrap_or(mtime);
         }
-        let perm = match kind {
-            FileKind::Directory => 0o755,
-            FileKind::Symlink => 0o777,
-            FileKind::File if entry.node.attrs.executable => 0o755,
-            FileKind::File => 0o644,
-        };
+        let ctime = own.ctime_ns.map_or(mtime, time_of);
         Attr {
             ino: entry.ino,
             size,
             blocks: size.div_ceil(512),
+            atime: own.atime_ns.map_or(mtime, time_of),
             mtime,
+            // A write moves the mtime past the recorded change time: so does the change time.
+            ctime: ctime.max(mtime.min(SystemTime::now())),
             kind,
-            perm,
+            perm: match kind {
+                FileKind::Symlink => 0o777,
+                _ => (entry.node.attrs.mode & 0o7777) as u16,
+            },
             nlink: if kind == FileKind::Directory { 2 } else { 1 },
-            uid: self.options.uid,
-            gid: self.options.gid,
+            uid: own.uid.unwrap_or(self.options.uid),
+            gid: own.gid.unwrap_or(self.options.gid),
+            rdev: 0,
+        }
+    }
+
+    /// The attributes of one of this device's special files.
+    pub(crate) fn special_attr(&self, special: &Special) -> Attr {
+        Attr {
+            ino: special.ino,
+            size: 0,
+            blocks: 0,
+            atime: time_of(special.atime_ns),
+            mtime: time_of(special.mtime_ns),
+            ctime: time_of(special.ctime_ns),
+            kind: match special.kind {
+                SpecialKind::Fifo => FileKind::Fifo,
+                SpecialKind::Socket => FileKind::Socket,
+                SpecialKind::CharDevice => FileKind::CharDevice,
+                SpecialKind::BlockDevice => FileKind::BlockDevice,
+            },
+            perm: (special.mode & 0o7777) as u16,
+            nlink: 1,
+            uid: special.uid.unwrap_or(self.options.uid),
+            gid: special.gid.unwrap_or(self.options.gid),
+            rdev: special.rdev,
         }
     }
 
@@ -85,21 +137,30 @@ impl Vfs {
             .ok_or(Errno::ENOENT)
     }
 
-    /// `lookup`: the entry `name` in `parent`.
+    /// `lookup`: the entry `name` in `parent` (a synced node, or one of this device's special
+    /// files).
     pub fn lookup(&self, parent: u64, name: &str) -> VfsResult<Attr> {
-        let entry = self
+        if let Some(entry) = self.engine.lookup(parent, name).map_err(Errno::from)? {
+            return Ok(self.attr_of(&entry));
+        }
+        let special = self
             .engine
-            .lookup(parent, name)
+            .special_lookup(parent, name)
             .map_err(Errno::from)?
             .ok_or(Errno::ENOENT)?;
-        Ok(self.attr_of(&entry))
+        Ok(self.special_attr(&special))
     }
 
-    /// `getattr`, also for an inode unlinked while open.
+    /// `getattr`, also for special files and an inode unlinked while open.
     pub fn getattr(&self, ino: u64) -> VfsResult<Attr> {
         match self.entry(ino) {
             Ok(entry) => Ok(self.attr_of(&entry)),
-            Err(Errno::ENOENT) => self.orphan_attr(ino).ok_or(Errno::ENOENT),
+            Err(Errno::ENOENT) => {
+                if let Some(special) = self.engine.special(ino).map_err(Errno::from)? {
+                    return Ok(self.special_attr(&special));
+                }
+                self.orphan_attr(ino).ok_or(Errno::ENOENT)
+            }
             Err(e) => Err(e),
         }
     }
@@ -110,27 +171,42 @@ impl Vfs {
         entry.node.attrs.symlink_target.ok_or(Errno::EINVAL)
     }
 
-    /// `setattr`: size (truncate), the executable bit (from the mode), mtime. Ownership and other
-    /// mode bits are not kept by BitVault and are ignored, as on other sync folders.
-    pub fn setattr(
-        &self,
-        ino: u64,
-        size: Option<u64>,
-        mode: Option<u32>,
-        mtime_ns: Option<i64>,
-    ) -> VfsResult<Attr> {
-        if size.is_some() || mode.is_some() || mtime_ns.is_some() {
+    /// `setattr`: truncate, chmod (every permission bit; they sync), chown (kept on this device:
+    /// user ids mean nothing on another machine), utimens (a file's mtime syncs, to the nanosecond;
+    /// the access time and a directory's mtime stay here). The kernel checks who may do what
+    /// (`default_permissions`) and clears setuid/setgid where POSIX says before it asks.
+    pub fn setattr(&self, ino: u64, change: SetAttr) -> VfsResult<Attr> {
+        if change != SetAttr::default() {
             self.writable()?;
         }
-        if let Some(size) = size {
+        let meta = bvfs_engine::api::MetaChange {
+            mode: change.mode,
+            uid: change.uid,
+            gid: change.gid,
+            atime_ns: change.atime_ns,
+            mtime_ns: change.mtime_ns,
+        };
+        let only_size = meta == bvfs_engine::api::MetaChange::default();
+        if self.entry(ino).is_err()
+            && let Some(special) = self.engine.special(ino).map_err(Errno::from)?
+        {
+            if change.size.is_some() {
+                return Err(Errno::EINVAL);
+            }
+            let special = self
+                .engine
+                .set_special_meta(special.ino, meta)
+                .map_err(Errno::from)?;
+            return Ok(self.special_attr(&special));
+        }
+        if let Some(size) = change.size {
             self.truncate(ino, size)?;
         }
-        let executable = mode.map(|m| m & 0o111 != 0);
-        if (executable.is_some() || mtime_ns.is_some()) && self.entry(ino).is_ok() {
-            self.engine
-                .set_attrs(ino, executable, mtime_ns)
-                .map_err(Errno::from)?;
-            if let Some(ns) = mtime_ns
+        if !only_size && self.entry(ino).is_ok() {
+            self.engine.set_meta(ino, meta).map_err(Errno::from)?;
+            // A file being written keeps the time in its copy, which the last close records
+            // (a write after it moves it on, as on any disk).
+            if let Some(ns) = change.mtime_ns
                 && let Some(path) = self.engine.newer_copy(ino)
                 && let Ok(file) = std::fs::File::options().write(true).open(path)
             {

@@ -7,9 +7,10 @@
 use std::collections::VecDeque;
 
 use bvfs_engine::model::NodeKind;
+use bvfs_engine::state::specials::SpecialKind;
 
 use crate::attr::kind_of;
-use crate::{Attr, Errno, FileKind, Handle, Vfs, VfsResult};
+use crate::{Attr, Caller, Errno, FileKind, Handle, Vfs, VfsResult};
 
 /// Entries fetched from the engine per page.
 const PAGE: usize = 512;
@@ -38,6 +39,8 @@ pub(crate) struct DirHandle {
     next_offset: u64,
     /// Whether the engine has no more entries.
     exhausted: bool,
+    /// Whether this device's special files in the directory were listed (after the rest).
+    specials_listed: bool,
 }
 
 /// Offsets 1 and 2 are `.` and `..`; entries count from 3.
@@ -52,6 +55,7 @@ impl DirHandle {
             after: None,
             next_offset: FIRST_ENTRY,
             exhausted: false,
+            specials_listed: false,
         }
     }
 }
@@ -74,6 +78,20 @@ impl Vfs {
     /// Fetches the next page of entries into `pending`.
     fn fill(&self, dir: &mut DirHandle) -> VfsResult<()> {
         if dir.exhausted {
+            if !dir.specials_listed {
+                dir.specials_listed = true;
+                for special in self.engine.specials(dir.ino).map_err(Errno::from)? {
+                    let attr = self.special_attr(&special);
+                    dir.pending.push_back(DirEntry {
+                        ino: special.ino,
+                        offset: dir.next_offset,
+                        kind: attr.kind,
+                        name: special.name,
+                        attr,
+                    });
+                    dir.next_offset += 1;
+                }
+            }
             return Ok(());
         }
         let page = self
@@ -163,40 +181,93 @@ impl Vfs {
         }
     }
 
-    /// `mkdir`.
-    pub fn mkdir(&self, parent: u64, name: &str) -> VfsResult<Attr> {
+    /// `mkdir` with permission bits `mode` (the caller's umask already applied), owned by `caller`.
+    pub fn mkdir(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> VfsResult<Attr> {
         self.writable()?;
+        let new = self.new_node(parent, NodeKind::Directory, mode, caller, None)?;
         let entry = self
             .engine
-            .create(parent, name, NodeKind::Directory, false, None)
+            .create_with(parent, name, NodeKind::Directory, new)
             .map_err(Errno::from)?;
         Ok(self.attr_of(&entry))
     }
 
-    /// `symlink`.
-    pub fn symlink(&self, parent: u64, name: &str, target: &str) -> VfsResult<Attr> {
+    /// `symlink`, owned by `caller`.
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        caller: Caller,
+    ) -> VfsResult<Attr> {
         self.writable()?;
         if target.is_empty() || target.len() > 4096 {
             return Err(Errno::EINVAL);
         }
+        let new = self.new_node(
+            parent,
+            NodeKind::Symlink,
+            0o777,
+            caller,
+            Some(target.to_string()),
+        )?;
         let entry = self
             .engine
-            .create(
-                parent,
-                name,
-                NodeKind::Symlink,
-                false,
-                Some(target.to_string()),
-            )
+            .create_with(parent, name, NodeKind::Symlink, new)
             .map_err(Errno::from)?;
         Ok(self.attr_of(&entry))
+    }
+
+    /// What a node made by `caller` in `parent` starts with, as POSIX has it: the caller owns it,
+    /// except that a directory with the setgid bit gives its group to what is made in it (and the
+    /// bit itself to a subdirectory). Ownership equal to the mounting user's is left implicit.
+    pub(crate) fn new_node(
+        &self,
+        parent: u64,
+        kind: NodeKind,
+        mode: u32,
+        caller: Caller,
+        symlink_target: Option<String>,
+    ) -> VfsResult<bvfs_engine::api::NewNode> {
+        let dir = self.entry(parent)?;
+        let dir_attr = self.attr_of(&dir);
+        let setgid_dir = u32::from(dir_attr.perm) & 0o2000 != 0;
+        let gid = if setgid_dir { dir_attr.gid } else { caller.gid };
+        let mut mode = mode & 0o7777;
+        if kind == NodeKind::Directory && setgid_dir {
+            mode |= 0o2000;
+        }
+        Ok(bvfs_engine::api::NewNode {
+            mode,
+            uid: (caller.uid != self.options.uid).then_some(caller.uid),
+            gid: (gid != self.options.gid).then_some(gid),
+            symlink_target,
+        })
     }
 
     /// `unlink` (`dir = false`) or `rmdir` (`dir = true`).
     pub fn remove(&self, parent: u64, name: &str, dir: bool) -> VfsResult<()> {
         self.writable()?;
-        self.engine.remove(parent, name, dir).map_err(Errno::from)?;
-        Ok(())
+        match self.engine.remove(parent, name, dir).map_err(Errno::from) {
+            Err(Errno::ENOENT) => {
+                if self
+                    .engine
+                    .special_lookup(parent, name)
+                    .map_err(Errno::from)?
+                    .is_none()
+                {
+                    return Err(Errno::ENOENT);
+                }
+                if dir {
+                    return Err(Errno::ENOTDIR);
+                }
+                self.engine
+                    .remove_special(parent, name)
+                    .map_err(Errno::from)?;
+                Ok(())
+            }
+            other => other.map(drop),
+        }
     }
 
     /// `rename`, with `RENAME_NOREPLACE` as `no_replace`. A rename is one node mutation: O(1) whatever
@@ -210,13 +281,52 @@ impl Vfs {
         no_replace: bool,
     ) -> VfsResult<()> {
         self.writable()?;
-        let entry = self
+        match self.engine.lookup(parent, name).map_err(Errno::from)? {
+            Some(entry) => self
+                .engine
+                .rename(entry.ino, new_parent, new_name, no_replace)
+                .map_err(Errno::from),
+            None => {
+                let special = self
+                    .engine
+                    .special_lookup(parent, name)
+                    .map_err(Errno::from)?
+                    .ok_or(Errno::ENOENT)?;
+                self.engine
+                    .rename_special(special.ino, new_parent, new_name, no_replace)
+                    .map_err(Errno::from)
+            }
+        }
+    }
+
+    /// `mknod`: a FIFO, socket or device (this device's only, never synced), or an empty regular
+    /// file. `mode` carries the file type bits and the permission bits (umask applied).
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> VfsResult<Attr> {
+        self.writable()?;
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => {
+                let (attr, fh) = self.create(parent, name, mode, caller)?;
+                self.release(fh)?;
+                return Ok(attr);
+            }
+            libc::S_IFIFO => SpecialKind::Fifo,
+            libc::S_IFSOCK => SpecialKind::Socket,
+            libc::S_IFCHR => SpecialKind::CharDevice,
+            libc::S_IFBLK => SpecialKind::BlockDevice,
+            _ => return Err(Errno::EINVAL),
+        };
+        let new = self.new_node(parent, NodeKind::File, mode, caller, None)?;
+        let special = self
             .engine
-            .lookup(parent, name)
-            .map_err(Errno::from)?
-            .ok_or(Errno::ENOENT)?;
-        self.engine
-            .rename(entry.ino, new_parent, new_name, no_replace)
-            .map_err(Errno::from)
+            .mknod(parent, name, kind, rdev, new)
+            .map_err(Errno::from)?;
+        Ok(self.special_attr(&special))
     }
 }

@@ -28,6 +28,8 @@ impl Errno {
     pub const ENETUNREACH: Errno = Errno(libc::ENETUNREACH);
     pub const ESTALE: Errno = Errno(libc::ESTALE);
     pub const EILSEQ: Errno = Errno(libc::EILSEQ);
+    pub const E2BIG: Errno = Errno(libc::E2BIG);
+    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
 }
 
 impl From<std::io::Error> for Errno {

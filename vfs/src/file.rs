@@ -138,12 +138,20 @@ impl Vfs {
         Ok((self.insert_handle(Handle::File(handle)), keep_cache))
     }
 
-    /// `create`: a new empty file, opened for writing.
-    pub fn create(&self, parent: u64, name: &str, mode: u32) -> VfsResult<(Attr, u64)> {
+    /// `create`: a new empty file with permission bits `mode` (the caller's umask already applied),
+    /// owned by `caller`, opened for writing.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        caller: crate::Caller,
+    ) -> VfsResult<(Attr, u64)> {
         self.writable()?;
+        let new = self.new_node(parent, NodeKind::File, mode, caller, None)?;
         let entry = self
             .engine
-            .create(parent, name, NodeKind::File, mode & 0o111 != 0, None)
+            .create_with(parent, name, NodeKind::File, new)
             .map_err(Errno::from)?;
         let (fh, _) = self.open(
             entry.ino,
@@ -300,12 +308,15 @@ impl Vfs {
                 ino,
                 size,
                 blocks: size.div_ceil(512),
+                atime: mtime,
                 mtime,
+                ctime: mtime,
                 kind: crate::FileKind::File,
                 perm: 0o644,
                 nlink: 0,
                 uid: self.options.uid,
                 gid: self.options.gid,
+                rdev: 0,
             });
         }
         None

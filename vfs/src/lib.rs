@@ -26,7 +26,9 @@ use std::time::Duration;
 use bvfs_engine::Engine;
 use parking_lot::Mutex;
 
-pub use attr::{Attr, FileKind};
+pub use attr::{Attr, FileKind, SetAttr};
+/// The longest name (bytes) a node may have; longer ones are `ENAMETOOLONG` everywhere.
+pub use bvfs_proto::names::MAX_NAME_BYTES;
 pub use dir::DirEntry;
 pub use errno::{Errno, VfsResult};
 pub use file::OpenMode;
@@ -35,6 +37,13 @@ pub use xattr::XATTR_NAMES;
 /// How long the kernel may cache names and attributes. Long, because the engine invalidates them
 /// explicitly when a remote change lands.
 pub const TTL: Duration = Duration::from_secs(300);
+
+/// Who asks: the calling process's user and group (new nodes belong to them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
 
 /// Mount-wide settings.
 #[derive(Debug, Clone)]
@@ -62,6 +71,14 @@ pub struct Vfs {
 }
 
 impl Vfs {
+    /// The mounting user, who owns every node that does not say otherwise.
+    pub fn owner(&self) -> Caller {
+        Caller {
+            uid: self.options.uid,
+            gid: self.options.gid,
+        }
+    }
+
     /// A core over `engine`; `runtime` runs its network work (not the calling threads).
     pub fn new(engine: Arc<Engine>, runtime: tokio::runtime::Handle, options: VfsOptions) -> Self {
         Self {

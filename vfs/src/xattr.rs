@@ -9,9 +9,30 @@
 //! On the mount's root, `user.bvfs.held-deletes` lists the deletes the bulk-delete brake holds (one
 //! `side path` per line); setting it to `confirm` lets them through, `reject` undoes them.
 //!
-//! BitVault does not store other extended attributes: setting one is `ENOTSUP`.
+//! Any other `user.` attribute is the user's: stored with the node and synced (as Dropbox does),
+//! with ext4's limits (names of at most 255 bytes, `ERANGE` beyond; values of at most 64 KiB,
+//! `E2BIG` beyond; `ENOSPC` past 256 KiB for a node). Symlinks take none (`EPERM`, as Linux says
+//! for `user.` attributes of symlinks). Other namespaces (`security.`, `trusted.`, `system.`) are
+//! not stored: reading one is `ENODATA`, setting one `ENOTSUP`.
+
+use bvfs_engine::model::NodeKind;
+use bvfs_proto::{MAX_XATTR_BYTES, MAX_XATTR_VALUE_BYTES, SYNCED_XATTR_PREFIX};
 
 use crate::{Errno, Vfs, VfsResult};
+
+/// `setxattr` flags: fail if the attribute exists / does not exist.
+const XATTR_CREATE: i32 = 1;
+const XATTR_REPLACE: i32 = 2;
+
+/// Whether `name` is one of bvfs's own attributes rather than the user's.
+fn is_own(name: &str) -> bool {
+    name.starts_with("user.bvfs.")
+}
+
+/// Whether `name` is a user attribute that syncs.
+fn is_user(name: &str) -> bool {
+    name.starts_with(SYNCED_XATTR_PREFIX) && !is_own(name)
+}
 
 const STATE: &str = "user.bvfs.state";
 const SYNC: &str = "user.bvfs.sync";
@@ -25,6 +46,14 @@ pub const XATTR_NAMES: [&str; 3] = [STATE, SYNC, PIN];
 impl Vfs {
     /// `getxattr`.
     pub fn getxattr(&self, ino: u64, name: &str) -> VfsResult<Vec<u8>> {
+        if self.is_special(ino)? {
+            // This device's only: never synced, nothing to download.
+            return match name {
+                STATE => Ok(b"local".to_vec()),
+                SYNC => Ok(b"local-only".to_vec()),
+                _ => Err(Errno::ENODATA),
+            };
+        }
         let entry = self.entry(ino)?;
         let value = match name {
             STATE => self
@@ -54,6 +83,15 @@ impl Vfs {
                     .map(|(side, path)| format!("{side} {path}\n"))
                     .collect()
             }
+            _ if is_user(name) => {
+                return entry
+                    .node
+                    .attrs
+                    .xattrs
+                    .get(name)
+                    .cloned()
+                    .ok_or(Errno::ENODATA);
+            }
             _ => return Err(Errno::ENODATA),
         };
         Ok(value.into_bytes())
@@ -61,9 +99,18 @@ impl Vfs {
 
     /// `listxattr`: the names, each NUL-terminated.
     pub fn listxattr(&self, ino: u64) -> VfsResult<Vec<u8>> {
-        self.entry(ino)?;
+        if self.is_special(ino)? {
+            return Ok([STATE, SYNC]
+                .iter()
+                .flat_map(|name| name.bytes().chain([0]))
+                .collect());
+        }
+        let entry = self.entry(ino)?;
         let mut out = Vec::new();
-        for name in XATTR_NAMES {
+        for name in XATTR_NAMES
+            .into_iter()
+            .chain(entry.node.attrs.xattrs.keys().map(String::as_str))
+        {
             out.extend_from_slice(name.as_bytes());
             out.push(0);
         }
@@ -74,8 +121,15 @@ impl Vfs {
         Ok(out)
     }
 
-    /// `setxattr`.
-    pub fn setxattr(&self, ino: u64, name: &str, value: &[u8]) -> VfsResult<()> {
+    /// `setxattr` (`flags`: `XATTR_CREATE`, `XATTR_REPLACE`).
+    pub fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> VfsResult<()> {
+        if self.is_special(ino)? {
+            // Linux keeps no user attributes on special files either.
+            return Err(Errno::EPERM);
+        }
+        if is_user(name) {
+            return self.set_user_xattr(ino, name, Some(value), flags);
+        }
         match name {
             PIN => {
                 let pinned = match value.trim_ascii() {
@@ -102,8 +156,59 @@ impl Vfs {
         }
     }
 
+    /// Whether `ino` is one of this device's special files (FIFO, socket, device).
+    fn is_special(&self, ino: u64) -> VfsResult<bool> {
+        if self.engine.getattr(ino).map_err(Errno::from)?.is_some() {
+            return Ok(false);
+        }
+        Ok(self.engine.special(ino).map_err(Errno::from)?.is_some())
+    }
+
+    /// Sets (`Some`) or removes (`None`) a user attribute.
+    fn set_user_xattr(
+        &self,
+        ino: u64,
+        name: &str,
+        value: Option<&[u8]>,
+        flags: i32,
+    ) -> VfsResult<()> {
+        self.writable()?;
+        if name.len() > 255 {
+            return Err(Errno::ERANGE);
+        }
+        if value.is_some_and(|v| v.len() > MAX_XATTR_VALUE_BYTES) {
+            return Err(Errno::E2BIG);
+        }
+        let entry = self.entry(ino)?;
+        if entry.node.kind == NodeKind::Symlink {
+            return Err(Errno::EPERM);
+        }
+        let mut xattrs = entry.node.attrs.xattrs.clone();
+        let exists = xattrs.contains_key(name);
+        match value {
+            Some(_) if flags & XATTR_CREATE != 0 && exists => return Err(Errno::EEXIST),
+            Some(_) if flags & XATTR_REPLACE != 0 && !exists => return Err(Errno::ENODATA),
+            None if !exists => return Err(Errno::ENODATA),
+            Some(value) => {
+                xattrs.insert(name.to_string(), value.to_vec());
+            }
+            None => {
+                xattrs.remove(name);
+            }
+        }
+        let total: usize = xattrs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if total > MAX_XATTR_BYTES {
+            return Err(Errno::ENOSPC);
+        }
+        self.engine.set_xattrs(ino, xattrs).map_err(Errno::from)?;
+        Ok(())
+    }
+
     /// `removexattr`: removing the pin unpins.
     pub fn removexattr(&self, ino: u64, name: &str) -> VfsResult<()> {
+        if is_user(name) {
+            return self.set_user_xattr(ino, name, None, 0);
+        }
         match name {
             PIN => {
                 self.engine.set_pinned(ino, false).map_err(Errno::from)?;

@@ -634,7 +634,13 @@ impl World {
         bytes.resize(size as usize, 0);
         // Remembered before the call: a crash inside it may leave its effect (and commit it).
         self.remember(&bytes);
-        self.vfs(d).setattr(ino, Some(size), None, None)?;
+        self.vfs(d).setattr(
+            ino,
+            bvfs_vfs::SetAttr {
+                size: Some(size),
+                ..Default::default()
+            },
+        )?;
         let kernel = &mut self.devices[d].kernel;
         kernel.cache.truncate(ino, size);
         kernel.model.insert(ino, bytes);
@@ -717,7 +723,7 @@ impl World {
             0..=11 => {
                 let parent = self.pick(&dirs).unwrap();
                 let name = self.random_name();
-                let (attr, fh) = vfs.create(parent, &name, 0o644)?;
+                let (attr, fh) = vfs.create(parent, &name, 0o644, vfs.owner())?;
                 let handle = SimHandle {
                     fh,
                     ino: attr.ino,
@@ -797,7 +803,7 @@ impl World {
             84..=87 => {
                 let parent = self.pick(&dirs).unwrap();
                 let name = self.random_name();
-                let attr = vfs.mkdir(parent, &name)?;
+                let attr = vfs.mkdir(parent, &name, 0o755, vfs.owner())?;
                 Ok(format!("mkdir {name} -> ino {}", attr.ino))
             }
             88..=93 if !entries.is_empty() => {

@@ -455,7 +455,7 @@ mod tests {
             contents.begin_write(5, &files).unwrap(),
             WriteStart::Build
         ));
-        files.create_empty(5).unwrap();
+        files.create_empty(5, 0).unwrap();
         let first = contents.finish_materialize(5, true).unwrap();
         let WriteStart::Joined(second) = contents.begin_write(5, &files).unwrap() else {
             panic!("the second writer must join the copy, not build another");
@@ -468,7 +468,7 @@ mod tests {
     fn the_round_cannot_reserve_an_inode_that_is_written_or_dirty_or_committing() {
         let (_dir, files) = files();
         let contents = Contents::new();
-        files.create_empty(7).unwrap();
+        files.create_empty(7, 0).unwrap();
         assert!(matches!(
             contents.begin_write(7, &files).unwrap(),
             WriteStart::Joined(_)
@@ -488,7 +488,7 @@ mod tests {
     fn a_commit_that_saw_a_write_leaves_the_copy_dirty() {
         let (_dir, files) = files();
         let contents = Contents::new();
-        files.create_empty(9).unwrap();
+        files.create_empty(9, 0).unwrap();
         let WriteStart::Joined(counter) = contents.begin_write(9, &files).unwrap() else {
             panic!()
         };
@@ -508,7 +508,7 @@ mod tests {
         let (_dir, files) = files();
         let contents = Contents::new();
         assert!(contents.begin_read(4).unwrap());
-        files.create_empty(4).unwrap();
+        files.create_empty(4, 0).unwrap();
         assert!(matches!(
             contents.begin_write(4, &files).unwrap(),
             WriteStart::Joined(_)

@@ -214,7 +214,10 @@ impl Engine {
             );
             return Ok((None, false));
         }
-        let now = mtime_ns.unwrap_or_else(|| self.clock.now_ns());
+        // The copy's own mtime: the kernel sets it on every write, and a utimens while the file was
+        // open set it too (cp -p, rsync -a, tar x set times before or after writing).
+        let now = self.clock.now_ns();
+        let mtime = mtime_ns.or_else(|| self.files.mtime_ns(ino)).unwrap_or(now);
         let entry = self.mutate(|t| {
             let Some(entry) = t.local_by_ino(ino)? else {
                 return Ok(None);
@@ -228,7 +231,8 @@ impl Engine {
             let mut attrs = entry.node.attrs.clone();
             attrs.content = Some(manifest.hash);
             attrs.size = manifest.size;
-            attrs.mtime_ns = now;
+            attrs.mtime_ns = mtime;
+            t.local_touch_ctime(ino, now)?;
             t.local_set_attrs(ino, attrs).map(Some)
         })?;
         self.config.faults.reach(FaultPoint::CommitRecorded);

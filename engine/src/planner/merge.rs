@@ -10,8 +10,8 @@
 //! - place: a one-sided move wins; when both sides moved, the server's order wins (REMOTE) and the
 //!   local move is undone;
 //! - attributes: content (hash and symlink target) merges three ways and both-sides-changed is a
-//!   conflict, settled by a conflicted copy of the local version; mtime and the executable bit merge
-//!   field by field, REMOTE winning a tie.
+//!   conflict, settled by a conflicted copy of the local version; mtime, the permission bits and the
+//!   extended attributes (as a whole) merge field by field, REMOTE winning a tie.
 
 use std::borrow::Cow;
 use std::ops::Deref;
@@ -623,11 +623,8 @@ fn merge_attrs(base: Option<&Attrs>, remote: &Attrs, local: &Attrs) -> Option<At
     } else {
         return None;
     };
-    merged.executable = three_way(
-        base.map(|base| base.executable),
-        remote.executable,
-        local.executable,
-    );
+    merged.mode = three_way(base.map(|base| base.mode), remote.mode, local.mode);
+    merged.xattrs = three_way(base.map(|base| &base.xattrs), &remote.xattrs, &local.xattrs).clone();
     Some(merged)
 }
 
@@ -648,9 +645,9 @@ mod tests {
         Attrs {
             size: 1,
             mtime_ns,
-            executable,
+            mode: if executable { 0o755 } else { 0o644 },
             content: Some(ContentHash::of(&[content])),
-            symlink_target: None,
+            ..Attrs::default()
         }
     }
 

@@ -30,7 +30,7 @@ use rusqlite::{OptionalExtension, params};
 use super::{StateResult, Txn};
 use crate::model::{NamePolicy, NodeId};
 
-const ROW: &str = "id, parent, name, kind, size, mtime_ns, executable, content, symlink, revision";
+const ROW: &str = super::trees::NODE_COLUMNS;
 
 /// What a bulk first sync did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -190,8 +190,7 @@ impl Txn<'_> {
         let point = point as i64;
         let conn = self.conn();
         let err = |e| self.err(e);
-        const ROW: &str =
-            "id, parent, name, kind, size, mtime_ns, executable, content, symlink, revision";
+        const ROW: &str = super::trees::NODE_COLUMNS;
         conn.execute(
             &format!(
                 "INSERT OR REPLACE INTO synced ({ROW})

@@ -16,6 +16,22 @@ pub struct LocalEntry {
     pub node: Node,
     pub ino: u64,
     pub pinned: bool,
+    /// What this device keeps for itself (never synced).
+    pub own: OwnAttrs,
+}
+
+/// A node's attributes that stay on this device: uid/gid mean nothing on another machine, and
+/// access, change and directory modification times follow what happens here (POSIX updates a
+/// directory's mtime for every entry made in it; syncing that would make every create two changes).
+/// `None`: the default (the mounting user; the node's mtime).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnAttrs {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime_ns: Option<i64>,
+    pub ctime_ns: Option<i64>,
+    /// Directories only: their modification time here.
+    pub dir_mtime_ns: Option<i64>,
 }
 
 /// Why a local mutation was refused.
@@ -41,8 +57,8 @@ pub enum LocalError {
 
 pub type LocalResult<T> = Result<T, LocalError>;
 
-const ENTRY_COLUMNS: &str =
-    "id, parent, name, kind, size, mtime_ns, executable, content, symlink, revision, ino, pinned";
+const ENTRY_COLUMNS: &str = "id, parent, name, kind, size, mtime_ns, mode, content, symlink, revision, xattrs, \
+     ino, pinned, uid, gid, atime_ns, ctime_ns, dir_mtime_ns";
 
 fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<LocalEntry>> {
     let Some(node) = node_from_row(row)? else {
@@ -50,8 +66,15 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<LocalEntry
     };
     Ok(Some(LocalEntry {
         node,
-        ino: row.get::<_, i64>(10)? as u64,
-        pinned: row.get(11)?,
+        ino: row.get::<_, i64>(11)? as u64,
+        pinned: row.get(12)?,
+        own: OwnAttrs {
+            uid: row.get::<_, Option<i64>>(13)?.map(|v| v as u32),
+            gid: row.get::<_, Option<i64>>(14)?.map(|v| v as u32),
+            atime_ns: row.get(15)?,
+            ctime_ns: row.get(16)?,
+            dir_mtime_ns: row.get(17)?,
+        },
     }))
 }
 
@@ -209,7 +232,9 @@ impl Txn<'_> {
     ) -> LocalResult<LocalEntry> {
         crate::model::validate_name(name).map_err(LocalError::InvalidName)?;
         let dir = self.local_dir(parent)?;
-        if self.local_lookup(parent, name)?.is_some() {
+        if self.local_lookup(parent, name)?.is_some()
+            || self.special_ino_at(dir.node.id, name)?.is_some()
+        {
             return Err(LocalError::Exists);
         }
         let node = Node {
@@ -226,7 +251,48 @@ impl Txn<'_> {
             node,
             ino,
             pinned: dir.pinned,
+            own: OwnAttrs::default(),
         })
+    }
+
+    /// Stores what LOCAL keeps of `ino` for this device only (no sync follows).
+    pub fn local_set_own(&self, ino: u64, own: OwnAttrs) -> LocalResult<()> {
+        self.conn()
+            .prepare_cached(
+                "UPDATE local SET uid = ?2, gid = ?3, atime_ns = ?4, ctime_ns = ?5, dir_mtime_ns = ?6
+                 WHERE ino = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(rusqlite::params![
+                    ino as i64,
+                    own.uid.map(i64::from),
+                    own.gid.map(i64::from),
+                    own.atime_ns,
+                    own.ctime_ns,
+                    own.dir_mtime_ns,
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// An entry was added to or removed from directory `dir`: its modification and change times
+    /// (kept on this device) become `now`.
+    pub fn local_touch_dir(&self, dir: u64, now: i64) -> LocalResult<()> {
+        self.conn()
+            .prepare_cached("UPDATE local SET dir_mtime_ns = ?2, ctime_ns = ?2 WHERE ino = ?1")
+            .and_then(|mut s| s.execute(rusqlite::params![dir as i64, now]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The node `ino` itself changed (renamed, linked, written): its change time becomes `now`.
+    pub fn local_touch_ctime(&self, ino: u64, now: i64) -> LocalResult<()> {
+        self.conn()
+            .prepare_cached("UPDATE local SET ctime_ns = ?2 WHERE ino = ?1")
+            .and_then(|mut s| s.execute(rusqlite::params![ino as i64, now]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Replaces the attributes of the LOCAL node `ino`.
@@ -284,7 +350,19 @@ impl Txn<'_> {
                 self.local_remove(target.ino)?;
                 Some(target)
             }
-            None => None,
+            None => {
+                // A special file of this device under the name: replaced like any file.
+                if let Some(special) = self.special_ino_at(dir.node.id, name)? {
+                    if no_replace {
+                        return Err(LocalError::Exists);
+                    }
+                    if entry.node.kind == NodeKind::Directory {
+                        return Err(LocalError::NotDir);
+                    }
+                    self.special_remove(special)?;
+                }
+                None
+            }
         };
         entry.node.parent = dir.node.id;
         entry.node.name = name.to_string();
@@ -299,7 +377,9 @@ impl Txn<'_> {
         if entry.node.id.is_root() {
             return Err(LocalError::Invalid("the root cannot be removed"));
         }
-        if entry.node.kind == NodeKind::Directory && !self.local_children(ino, None, 1)?.is_empty()
+        if entry.node.kind == NodeKind::Directory
+            && (!self.local_children(ino, None, 1)?.is_empty()
+                || self.has_specials(entry.node.id)?)
         {
             return Err(LocalError::NotEmpty);
         }

@@ -16,6 +16,7 @@ pub mod local;
 pub mod outcomes;
 pub mod pull;
 pub mod schema;
+pub mod specials;
 pub mod trees;
 
 use std::path::{Path, PathBuf};
@@ -184,8 +185,8 @@ impl State {
             self.conn
                 .execute(
                     &format!(
-                        "INSERT OR IGNORE INTO {} (id, parent, name, kind, size, mtime_ns, executable, revision)
-                         VALUES (?1, ?1, '', 1, 0, 0, 0, 0)",
+                        "INSERT OR IGNORE INTO {} (id, parent, name, kind, size, mtime_ns, mode, revision)
+                         VALUES (?1, ?1, '', 1, 0, 0, 493, 0)",
                         table.name()
                     ),
                     [&root[..]],
@@ -194,9 +195,19 @@ impl State {
         }
         self.conn
             .execute(
-                "INSERT OR IGNORE INTO local (id, parent, name, kind, size, mtime_ns, executable, revision, ino)
-                 VALUES (?1, ?1, '', 1, 0, 0, 0, 0, ?2)",
+                "INSERT OR IGNORE INTO local (id, parent, name, kind, size, mtime_ns, mode, revision, ino)
+                 VALUES (?1, ?1, '', 1, 0, 0, 493, 0, ?2)",
                 params![&root[..], ROOT_INO as i64],
+            )
+            .map_err(|e| self.sql_err(e))?;
+        // The root has no synced times: it shows when this device first held it, not 1970.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        self.conn
+            .execute(
+                "UPDATE local SET dir_mtime_ns = ?2, ctime_ns = ?2 WHERE id = ?1 AND dir_mtime_ns IS NULL",
+                params![&root[..], now],
             )
             .map_err(|e| self.sql_err(e))?;
         Ok(())

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// The schema this build writes.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// The three trees share one shape; LOCAL adds the per-device columns.
 const TREE_COLUMNS: &str = "
@@ -107,16 +107,55 @@ CREATE TABLE file_intents (
 DROP TABLE IF EXISTS materialized;
 ";
 
+/// Version 3 (issue 9): the permission bits replace the executable bit (`mode`), extended
+/// attributes sync with the node (`xattrs`), and LOCAL keeps what is per device: ownership, access
+/// and change times, and a directory's modification time.
+const V3: &str = "
+ALTER TABLE remote RENAME COLUMN executable TO mode;
+ALTER TABLE synced RENAME COLUMN executable TO mode;
+ALTER TABLE local RENAME COLUMN executable TO mode;
+UPDATE remote SET mode = CASE kind WHEN 1 THEN 493 WHEN 3 THEN 511 ELSE CASE mode WHEN 0 THEN 420 ELSE 493 END END;
+UPDATE synced SET mode = CASE kind WHEN 1 THEN 493 WHEN 3 THEN 511 ELSE CASE mode WHEN 0 THEN 420 ELSE 493 END END;
+UPDATE local SET mode = CASE kind WHEN 1 THEN 493 WHEN 3 THEN 511 ELSE CASE mode WHEN 0 THEN 420 ELSE 493 END END;
+ALTER TABLE remote ADD COLUMN xattrs BLOB;
+ALTER TABLE synced ADD COLUMN xattrs BLOB;
+ALTER TABLE local ADD COLUMN xattrs BLOB;
+-- Per device (NULL: the mounting user, or the node's synced times).
+ALTER TABLE local ADD COLUMN uid INTEGER;
+ALTER TABLE local ADD COLUMN gid INTEGER;
+ALTER TABLE local ADD COLUMN atime_ns INTEGER;
+ALTER TABLE local ADD COLUMN ctime_ns INTEGER;
+ALTER TABLE local ADD COLUMN dir_mtime_ns INTEGER;
+-- Special files (FIFOs, sockets, devices): this device's only, never synced (`state::specials`).
+CREATE TABLE specials (
+    ino INTEGER PRIMARY KEY,
+    parent BLOB NOT NULL,
+    name TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    rdev INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER,
+    gid INTEGER,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX specials_by_name ON specials (parent, name);
+";
+
 /// Brings the database to [`VERSION`].
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     match version {
-        0 | 1 => {
+        0..=2 => {
             let tx = conn.transaction()?;
             if version == 0 {
                 tx.execute_batch(&v1())?;
             }
-            tx.execute_batch(V2)?;
+            if version <= 1 {
+                tx.execute_batch(V2)?;
+            }
+            tx.execute_batch(V3)?;
             tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))?;
             tx.commit()?;
             Ok(Ok(()))

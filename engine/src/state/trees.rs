@@ -11,7 +11,9 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{StateError, StateResult, Txn};
-use crate::model::{Attrs, ContentHash, Node, NodeId, NodeKind};
+use crate::model::{
+    Attrs, ContentHash, Node, NodeId, NodeKind, Xattrs, decode_xattrs, encode_xattrs,
+};
 use crate::tree::TreeView;
 
 /// Which of the three trees.
@@ -32,8 +34,9 @@ impl Table {
     }
 }
 
-const NODE_COLUMNS: &str =
-    "id, parent, name, kind, size, mtime_ns, executable, content, symlink, revision";
+/// The columns of a tree row, in the order [`node_from_row`] reads them.
+pub(crate) const NODE_COLUMNS: &str =
+    "id, parent, name, kind, size, mtime_ns, mode, content, symlink, revision, xattrs";
 
 fn kind_code(kind: NodeKind) -> i64 {
     match kind {
@@ -65,6 +68,10 @@ pub(crate) fn node_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Node>> {
     let id: Vec<u8> = row.get(0)?;
     let parent: Vec<u8> = row.get(1)?;
     let content: Option<Vec<u8>> = row.get(7)?;
+    let xattrs: Option<Vec<u8>> = row.get(10)?;
+    let Some(xattrs) = xattrs.map_or(Some(Xattrs::new()), |b| decode_xattrs(&b)) else {
+        return Ok(None);
+    };
     let (Some(id), Some(parent), Some(kind)) = (
         NodeId::from_bytes(&id),
         NodeId::from_bytes(&parent),
@@ -87,9 +94,10 @@ pub(crate) fn node_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Node>> {
         attrs: Attrs {
             size: row.get::<_, i64>(4)? as u64,
             mtime_ns: row.get(5)?,
-            executable: row.get(6)?,
+            mode: row.get::<_, i64>(6)? as u32,
             content,
             symlink_target: row.get(8)?,
+            xattrs,
         },
         revision: row.get::<_, i64>(9)? as u64,
     }))
@@ -324,7 +332,7 @@ impl Txn<'_> {
             "LOCAL rows carry an inode: use put_local"
         );
         let sql = format!(
-            "INSERT OR REPLACE INTO {} ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT OR REPLACE INTO {} ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             table.name()
         );
         self.conn()
@@ -337,23 +345,31 @@ impl Txn<'_> {
                     kind_code(node.kind),
                     node.attrs.size as i64,
                     node.attrs.mtime_ns,
-                    node.attrs.executable,
+                    i64::from(node.attrs.mode),
                     node.attrs.content.map(|c| c.0.to_vec()),
                     node.attrs.symlink_target,
                     node.revision as i64,
+                    encode_xattrs(&node.attrs.xattrs),
                 ])
             })
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    /// Removes a node from a tree (LOCAL included); a no-op if absent.
+    /// Removes a node from a tree (LOCAL included); a no-op if absent. A directory leaving LOCAL
+    /// takes this device's special files in it along (they are never synced).
     pub fn remove_node(&self, table: Table, id: NodeId) -> StateResult<()> {
         let sql = format!("DELETE FROM {} WHERE id = ?1", table.name());
         self.conn()
             .prepare_cached(&sql)
             .and_then(|mut s| s.execute([&id.to_bytes()[..]]))
             .map_err(|e| self.err(e))?;
+        if table == Table::Local {
+            self.conn()
+                .prepare_cached("DELETE FROM specials WHERE parent = ?1")
+                .and_then(|mut s| s.execute([&id.to_bytes()[..]]))
+                .map_err(|e| self.err(e))?;
+        }
         Ok(())
     }
 
@@ -362,8 +378,8 @@ impl Txn<'_> {
         let changed = self
             .conn()
             .prepare_cached(
-                "UPDATE local SET parent = ?2, name = ?3, kind = ?4, size = ?5, mtime_ns = ?6, executable = ?7,
-                 content = ?8, symlink = ?9, revision = ?10 WHERE id = ?1",
+                "UPDATE local SET parent = ?2, name = ?3, kind = ?4, size = ?5, mtime_ns = ?6, mode = ?7,
+                 content = ?8, symlink = ?9, revision = ?10, xattrs = ?11 WHERE id = ?1",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -373,10 +389,11 @@ impl Txn<'_> {
                     kind_code(node.kind),
                     node.attrs.size as i64,
                     node.attrs.mtime_ns,
-                    node.attrs.executable,
+                    i64::from(node.attrs.mode),
                     node.attrs.content.map(|c| c.0.to_vec()),
                     node.attrs.symlink_target,
                     node.revision as i64,
+                    encode_xattrs(&node.attrs.xattrs),
                 ])
             })
             .map_err(|e| self.err(e))?;
@@ -391,8 +408,8 @@ impl Txn<'_> {
         let ino = self.next_ino()?;
         self.conn()
             .prepare_cached(
-                "INSERT INTO local (id, parent, name, kind, size, mtime_ns, executable, content, symlink, revision, ino, pinned)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+                "INSERT INTO local (id, parent, name, kind, size, mtime_ns, mode, content, symlink, revision, xattrs, ino, pinned)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
                          coalesce((SELECT pinned FROM local WHERE id = ?2), 0))",
             )
             .and_then(|mut s| {
@@ -403,10 +420,11 @@ impl Txn<'_> {
                     kind_code(node.kind),
                     node.attrs.size as i64,
                     node.attrs.mtime_ns,
-                    node.attrs.executable,
+                    i64::from(node.attrs.mode),
                     node.attrs.content.map(|c| c.0.to_vec()),
                     node.attrs.symlink_target,
                     node.revision as i64,
+                    encode_xattrs(&node.attrs.xattrs),
                     ino as i64,
                 ])
             })
@@ -430,7 +448,7 @@ impl Txn<'_> {
     }
 
     /// The next unused inode number (persisted, never reused).
-    fn next_ino(&self) -> StateResult<u64> {
+    pub(crate) fn next_ino(&self) -> StateResult<u64> {
         let next = self.meta_u64("next_ino")?.unwrap_or(super::ROOT_INO + 1);
         self.set_meta("next_ino", (next + 1) as i64)?;
         Ok(next)

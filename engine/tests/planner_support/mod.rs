@@ -81,9 +81,9 @@ pub fn file_attrs(label: &str) -> Attrs {
     Attrs {
         size: label.len() as u64,
         mtime_ns: 0,
-        executable: false,
+        mode: 0o644,
         content: Some(ContentHash::of(label.as_bytes())),
-        symlink_target: None,
+        ..Attrs::default()
     }
 }
 
@@ -230,7 +230,7 @@ impl Editor<'_> {
             let mtime_ns = attrs.mtime_ns + 1;
             *attrs = Attrs {
                 mtime_ns,
-                executable: attrs.executable,
+                mode: attrs.mode,
                 ..new.clone()
             };
         });
@@ -241,7 +241,7 @@ impl Editor<'_> {
     }
 
     pub fn toggle_executable(&mut self, id: NodeId) {
-        self.update(id, |attrs| attrs.executable = !attrs.executable);
+        self.update(id, |attrs| attrs.mode ^= 0o111);
     }
 
     pub fn touch(&mut self, id: NodeId, mtime_ns: i64) {
@@ -401,7 +401,7 @@ impl World {
                             .get(&hash)
                             .cloned()
                             .unwrap_or_else(|| format!("{hash:?}"));
-                        let x = if node.attrs.executable { " (x)" } else { "" };
+                        let x = if node.attrs.executable() { " (x)" } else { "" };
                         format!("{path} = {label}{x}")
                     }
                 }
@@ -640,7 +640,7 @@ pub fn describe_tree(tree: &Tree) -> String {
                     )
                 }
             };
-            let x = if node.attrs.executable { " x" } else { "" };
+            let x = if node.attrs.executable() { " x" } else { "" };
             let path = tree.path(node.id).unwrap_or_default();
             let line = format!(
                 "  {:?} {path} {what}{x} mtime={}\n",

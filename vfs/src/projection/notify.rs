@@ -147,7 +147,8 @@ impl Projection {
             };
         }
         if is_dir {
-            self.vfs.mkdir(dir.ino, name)?;
+            // Windows has no POSIX modes: what a directory made on disk would get.
+            self.vfs.mkdir(dir.ino, name, 0o755, self.vfs.owner())?;
         } else {
             self.vfs
                 .engine()
