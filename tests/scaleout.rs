@@ -1129,5 +1129,6 @@ async fn a_flooding_tenant_does_not_hold_up_another() {
         f.await.unwrap();
     }
     eprintln!("the steady tenant's slowest commit during the flood: {worst:?}");
-    assert!(worst < Duration::from_secs(2), "{worst:?}");
+    // Measured here: 4 ms; 1.0 s when the flood's queued commits each held a pooled connection.
+    assert!(worst < Duration::from_millis(400), "{worst:?}");
 }
