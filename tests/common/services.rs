@@ -96,6 +96,8 @@ pub struct Postgres {
     pub port: u16,
     /// `postgres://bvfs@127.0.0.1:PORT/bvfs`
     pub url: String,
+    /// `pg_ctl -o` options (port, socket directory, durability, TLS).
+    options: String,
 }
 
 impl Postgres {
@@ -157,30 +159,49 @@ impl Postgres {
             "-c listen_addresses=127.0.0.1 -p {port} -k {} {durability} {ssl} -c max_connections=200",
             dir.path().display()
         );
+        let this = Self {
+            url: format!("postgres://bvfs@127.0.0.1:{port}/bvfs"),
+            dir,
+            port,
+            options,
+        };
+        this.resume();
+        this.psql("postgres", "CREATE DATABASE bvfs");
+        this
+    }
+
+    /// Starts the cluster (again, after [`Postgres::stop`]) on the same port and data.
+    pub fn resume(&self) {
         let out = run_as_postgres(&[
             &format!("{PG_BIN}/pg_ctl"),
             "-D",
-            data.to_str().unwrap(),
+            self.dir.path().join("data").to_str().unwrap(),
             "-l",
-            dir.path().join("log").to_str().unwrap(),
+            self.dir.path().join("log").to_str().unwrap(),
             "-w",
             "-o",
-            &options,
+            &self.options,
             "start",
         ]);
         assert!(
             out.status.success(),
             "pg_ctl start failed: {}{}",
             String::from_utf8_lossy(&out.stdout),
-            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+            std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
         );
-        let this = Self {
-            url: format!("postgres://bvfs@127.0.0.1:{port}/bvfs"),
-            dir,
-            port,
-        };
-        this.psql("postgres", "CREATE DATABASE bvfs");
-        this
+    }
+
+    /// Stops the cluster at once, as a crash would (connections cut, uncommitted work lost).
+    pub fn stop(&self) {
+        run_as_postgres(&[
+            &format!("{PG_BIN}/pg_ctl"),
+            "-D",
+            self.dir.path().join("data").to_str().unwrap(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]);
     }
 
     /// Runs SQL in database `db` and returns its output (unaligned, tuples only).
@@ -214,16 +235,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        run_as_postgres(&[
-            &format!("{PG_BIN}/pg_ctl"),
-            "-D",
-            data.to_str().unwrap(),
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ]);
+        self.stop();
     }
 }
 
@@ -432,9 +444,18 @@ pub struct ScaleOut {
 
 impl ScaleOut {
     pub fn start() -> Self {
+        Self::start_with(Postgres::start)
+    }
+
+    /// With a PostgreSQL that fsyncs its commits (one that must survive being killed).
+    pub fn start_durable() -> Self {
+        Self::start_with(Postgres::start_durable)
+    }
+
+    fn start_with(postgres: fn() -> Postgres) -> Self {
         // Side by side: moto's Python start-up dominates.
         let s3 = Moto::spawn();
-        let pg = Postgres::start();
+        let pg = postgres();
         let nats = Nats::start();
         Self {
             pg,
