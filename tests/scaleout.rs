@@ -565,6 +565,28 @@ async fn admin_commands_work_on_postgres_beside_running_servers() {
     let mut api = client(&cluster.servers[0].url, &laptop).await;
     api.hello(v1::HelloRequest {}).await.unwrap();
 
+    // A password from PGPASSWORD, as libpq takes it: the right one logs in, a wrong one does not.
+    cluster.services.pg.add_password_user("keeper", "s3cret");
+    let keeper = format!(
+        "postgres://keeper@127.0.0.1:{}/bvfs",
+        cluster.services.pg.port
+    );
+    let list = |password: &str| {
+        bvfs()
+            .args(["admin", "list-users", "--metadata", &keeper])
+            .env("PGPASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    assert!(list("s3cret").status.success());
+    let refused = list("wrong");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     // A password in the database URL never reaches the output or the log.
     let with_password = cluster.services.pg.url.replace("bvfs@", "bvfs:hunter2@");
     let mut server = bvfs()

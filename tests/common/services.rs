@@ -170,6 +170,23 @@ impl Postgres {
         this
     }
 
+    /// Adds superuser `user` who must log in over TCP with `password` (SCRAM); everyone else is
+    /// still trusted.
+    pub fn add_password_user(&self, user: &str, password: &str) {
+        self.psql(
+            "postgres",
+            &format!("CREATE ROLE {user} LOGIN SUPERUSER PASSWORD '{password}'"),
+        );
+        let hba = self.dir.path().join("data/pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("host all {user} 127.0.0.1/32 scram-sha-256\n{rules}"),
+        )
+        .unwrap();
+        self.psql("postgres", "SELECT pg_reload_conf()");
+    }
+
     /// Starts the cluster (again, after [`Postgres::stop`]) on the same port and data.
     pub fn resume(&self) {
         let out = run_as_postgres(&[

@@ -58,8 +58,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_OPTIONS: &str =
     "-c statement_timeout=60000 -c idle_in_transaction_session_timeout=30000";
 
+/// An error with its causes ("db error: ERROR: password authentication failed …"): the driver's
+/// own message alone rarely says what went wrong.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
+    message
+}
+
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Meta(format!("PostgreSQL: {e}"))
+    StoreError::Meta(format!("PostgreSQL: {}", with_causes(&e)))
 }
 
 /// Column `idx` of `row`; a type the schema does not promise is corruption, not a panic.
@@ -72,7 +87,7 @@ pub(crate) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Meta(format!("PostgreSQL connection pool: {e}"))
+    StoreError::Meta(format!("PostgreSQL connection pool: {}", with_causes(&e)))
 }
 
 /// The PostgreSQL metadata store.
@@ -108,13 +123,19 @@ pub fn redact(url: &str) -> String {
 
 impl PgMetaStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`, libpq-style
-    /// parameters; `sslmode=require` for TLS verified against the system's CA certificates) and
-    /// applies pending schema migrations. `outbox`: commits record their
+    /// parameters; `sslmode=require` for TLS verified against the system's CA certificates; the
+    /// password may come from `PGPASSWORD`) and applies pending schema migrations. `outbox`: commits record their
     /// new head for a cross-process notifier.
     pub fn connect(url: &str, outbox: bool) -> StoreResult<Self> {
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             StoreError::Meta(format!("invalid PostgreSQL URL {}: {e}", redact(url)))
         })?;
+        // As libpq does: a password from the environment keeps it out of URLs and process lists.
+        if config.get_password().is_none()
+            && let Some(password) = std::env::var_os("PGPASSWORD")
+        {
+            config.password(password.as_encoded_bytes());
+        }
         if config.get_options().is_none() {
             config.options(SESSION_OPTIONS);
         }
@@ -153,8 +174,9 @@ impl PgMetaStore {
         rt.block_on(async {
             let mut client = pool.get().await.map_err(|e| {
                 StoreError::Meta(format!(
-                    "cannot connect to PostgreSQL at {}: {e}",
-                    redact(url)
+                    "cannot connect to PostgreSQL at {}: {}",
+                    redact(url),
+                    with_causes(&e)
                 ))
             })?;
             schema::migrate(&mut client).await
