@@ -45,7 +45,23 @@ enum MetadataUrl {
     Postgres(String),
 }
 
+/// The chunk backend a URL names.
+enum ChunksUrl {
+    Dir(PathBuf),
+    S3(S3Location),
+}
+
 impl StorageUrls {
+    fn chunks(&self) -> anyhow::Result<ChunksUrl> {
+        Ok(match self.chunks.as_deref() {
+            Some(url) if url.starts_with("s3://") => {
+                ChunksUrl::S3(S3Location::parse(url).map_err(anyhow::Error::msg)?)
+            }
+            Some(dir) => ChunksUrl::Dir(PathBuf::from(dir)),
+            None => ChunksUrl::Dir(self.data.join("chunks")),
+        })
+    }
+
     fn metadata(&self) -> MetadataUrl {
         match self.metadata.as_deref() {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
@@ -113,11 +129,7 @@ impl Storage {
     /// PostgreSQL migrations, checking the bucket answers).
     pub fn open_serving(urls: &StorageUrls) -> anyhow::Result<Self> {
         let metadata = urls.metadata();
-        let chunk_dir = match urls.chunks.as_deref() {
-            Some(url) if url.starts_with("s3://") => None,
-            Some(dir) => Some(PathBuf::from(dir)),
-            None => Some(urls.data.join("chunks")),
-        };
+        let chunk_url = urls.chunks()?;
         if urls.notify.is_some() && !matches!(metadata, MetadataUrl::Postgres(_)) {
             bail!(
                 "--notify nats://… relays commits between server processes sharing one database; \
@@ -135,7 +147,7 @@ impl Storage {
         if let MetadataUrl::Sqlite(path) = &metadata {
             lock_dirs.insert(parent_dir(path));
         }
-        if let Some(dir) = &chunk_dir {
+        if let ChunksUrl::Dir(dir) = &chunk_url {
             lock_dirs.insert(parent_dir(dir));
         }
         let locks = lock_dirs
@@ -158,23 +170,21 @@ impl Storage {
                 (Arc::new(sqlite(path)?), None)
             }
         };
-        let chunks: Arc<dyn ChunkStore> = match (&chunk_dir, urls.chunks.as_deref()) {
-            (Some(dir), _) => {
+        let chunks: Arc<dyn ChunkStore> = match chunk_url {
+            ChunksUrl::Dir(dir) => {
                 description.push(("chunks", dir.display().to_string()));
-                let store = FsChunkStore::open(dir)
+                let store = FsChunkStore::open(&dir)
                     .with_context(|| format!("cannot open the chunk store in {}", dir.display()))?;
                 store.clear_temporary().with_context(|| {
                     format!("cannot clear temporary chunk files in {}", dir.display())
                 })?;
                 Arc::new(store)
             }
-            (None, Some(url)) => {
-                let location = S3Location::parse(url).map_err(anyhow::Error::msg)?;
+            ChunksUrl::S3(location) => {
                 description.push(("chunks", location.to_string()));
                 let rt = Arc::new(IoRuntime::new("bvfs-s3", 2)?);
                 Arc::new(S3ChunkStore::open(location, rt)?)
             }
-            (None, None) => unreachable!("no chunk URL means the default directory"),
         };
         let notify = match (urls.notify.as_deref(), outbox) {
             (Some(url), Some(outbox)) => {
