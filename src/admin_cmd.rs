@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use bvfs_server::DataDir;
+use std::sync::Arc;
+
+use bvfs_server::StorageUrls;
 use bvfs_server::auth::add_device;
 use bvfs_server::store::MetaStore;
 use clap::{Args, Subcommand};
@@ -14,13 +16,34 @@ pub struct DataArg {
     /// The server's data directory [default: $XDG_DATA_HOME/bvfs/server]
     #[arg(long, value_name = "DIR", env = "BVFS_SERVER_DATA")]
     data: Option<PathBuf>,
+    /// The server's metadata: a SQLite catalog path or postgres://… [default: DATA/meta.sqlite]
+    #[arg(long, value_name = "URL", env = "BVFS_METADATA")]
+    metadata: Option<String>,
+}
+
+/// The metadata store an admin command works on (beside running servers).
+struct AdminStore {
+    meta: Arc<dyn MetaStore>,
 }
 
 impl DataArg {
-    fn open(&self) -> anyhow::Result<DataDir> {
+    fn open(&self) -> anyhow::Result<AdminStore> {
         let dir = self.data.clone().unwrap_or_else(default_server_dir);
-        crate::privacy::private_dir(&dir, "the server's data directory")?;
-        DataDir::open(&dir)
+        let urls = StorageUrls {
+            data: dir.clone(),
+            metadata: self.metadata.clone(),
+            ..StorageUrls::default()
+        };
+        if !self
+            .metadata
+            .as_deref()
+            .is_some_and(|m| m.starts_with("postgres://") || m.starts_with("postgresql://"))
+        {
+            crate::privacy::private_dir(&dir, "the server's data directory")?;
+        }
+        Ok(AdminStore {
+            meta: urls.open_metadata()?,
+        })
     }
 }
 
@@ -62,6 +85,27 @@ bvfs mount --server http://127.0.0.1:7878 --token \"$TOKEN\" ~/BitVault"
         #[arg(long)]
         json: bool,
     },
+    /// Copy an embedded server (stopped) into PostgreSQL and S3, every user's namespace id, tokens,
+    /// journal and chunks intact: devices carry on against the new servers without re-syncing.
+    #[command(
+        after_help = "Example:\n  bvfs admin migrate --data /srv/bvfs \\\n    \
+--to-metadata postgres://bvfs@db/bvfs --to-chunks s3://vault/bvfs\n\n\
+The S3 endpoint, region and keys come from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and \
+AWS_SECRET_ACCESS_KEY. Users already in the target are skipped, so a run cut short can be repeated."
+    )]
+    Migrate {
+        #[command(flatten)]
+        data: DataArg,
+        /// The source's chunk directory [default: DATA/chunks]
+        #[arg(long, value_name = "DIR")]
+        chunks: Option<String>,
+        /// The target metadata: postgres://…
+        #[arg(long, value_name = "URL", env = "BVFS_TO_METADATA")]
+        to_metadata: String,
+        /// The target chunk storage: s3://BUCKET[/PREFIX] (or a directory)
+        #[arg(long, value_name = "URL")]
+        to_chunks: String,
+    },
     /// Revoke every token of one of a user's devices: the server refuses them from the next request
     /// on, and ends their live notification streams within seconds. Works beside a running server.
     #[command(after_help = "Example (a lost phone):\n  bvfs admin revoke alice phone")]
@@ -76,7 +120,7 @@ bvfs mount --server http://127.0.0.1:7878 --token \"$TOKEN\" ~/BitVault"
 }
 
 /// The tenant of `user`, or an error that says how to find the right name.
-fn tenant_of(dir: &DataDir, user: &str) -> anyhow::Result<bvfs_server::store::TenantId> {
+fn tenant_of(dir: &AdminStore, user: &str) -> anyhow::Result<bvfs_server::store::TenantId> {
     dir.meta.tenant_by_name(user)?.ok_or_else(|| {
         anyhow::anyhow!("there is no user {user:?} on this server; see `bvfs admin list-users`")
     })
@@ -147,6 +191,35 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
                     println!("{}\t{} token(s)", d.name, d.tokens);
                 }
             }
+            Ok(())
+        }
+        AdminCommand::Migrate {
+            data,
+            chunks,
+            to_metadata,
+            to_chunks,
+        } => {
+            let from = bvfs_server::StorageUrls {
+                data: data.data.clone().unwrap_or_else(default_server_dir),
+                metadata: data.metadata.clone(),
+                chunks,
+                notify: None,
+            };
+            let done = bvfs_server::migrate::run(&from, &to_metadata, &to_chunks, &mut |line| {
+                eprintln!("{line}")
+            })?;
+            println!(
+                "migrated {} user(s): {} journal entries, {} chunks ({} bytes){}",
+                done.tenants,
+                done.entries,
+                done.chunks,
+                done.chunk_bytes,
+                if done.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!("; already there: {}", done.skipped.join(", "))
+                }
+            );
             Ok(())
         }
         AdminCommand::Revoke { data, user, device } => {

@@ -10,20 +10,63 @@ use common::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
+/// Whether this copy of the suite runs on the scale-out backends: `server_api_scaleout.rs`
+/// includes this file as its module `suite` and runs every test against real PostgreSQL, S3
+/// (moto) and NATS; `server_api` runs them on the embedded ones.
+fn scale_out() -> bool {
+    module_path!().starts_with("server_api_scaleout")
+}
+
+/// The backends of one test: a data directory, and the shared services when scaled out.
+struct Backends {
+    dir: tempfile::TempDir,
+    services: Option<services::ScaleOut>,
+}
+
+impl Backends {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            services: scale_out().then(services::ScaleOut::start),
+        }
+    }
+
+    fn flags(&self) -> Vec<String> {
+        self.services
+            .as_ref()
+            .map(services::ScaleOut::serve_args)
+            .unwrap_or_default()
+    }
+
+    fn add_user(&self, user: &str, device: &str) -> String {
+        add_user_with(self.dir.path(), &self.flags(), user, device)
+    }
+
+    fn start(&self) -> ServerProcess {
+        let env = self
+            .services
+            .as_ref()
+            .map(|s| s.s3.env())
+            .unwrap_or_default();
+        ServerProcess::start_with(self.dir.path(), &[], &self.flags(), &env)
+    }
+}
+
 struct Fixture {
-    _dir: tempfile::TempDir,
+    // Dropped in this order: the server before the services it uses.
     server: ServerProcess,
     token: String,
+    _backends: Backends,
 }
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let token = add_user(dir.path(), "alice", "laptop");
-    let server = ServerProcess::start(dir.path(), &[]);
+    let backends = Backends::new();
+    let token = backends.add_user("alice", "laptop");
+    let server = backends.start();
     Fixture {
-        _dir: dir,
         server,
         token,
+        _backends: backends,
     }
 }
 
@@ -537,10 +580,10 @@ async fn no_token_or_a_wrong_one_is_unauthenticated() {
 
 #[tokio::test]
 async fn tenants_cannot_see_or_probe_each_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let alice_token = add_user(dir.path(), "alice", "laptop");
-    let bob_token = add_user(dir.path(), "bob", "phone");
-    let server = ServerProcess::start(dir.path(), &[]);
+    let backends = Backends::new();
+    let alice_token = backends.add_user("alice", "laptop");
+    let bob_token = backends.add_user("bob", "phone");
+    let server = backends.start();
     let mut alice = client(&server.url, &alice_token).await;
     let mut bob = client(&server.url, &bob_token).await;
 

@@ -5,18 +5,23 @@
 //! deduplicated per tenant. It pushes "namespace advanced" notifications to subscribed devices.
 //!
 //! Layout: [`service`] speaks gRPC and authenticates; [`namespace`] holds the commit rules; [`store`]
-//! defines the storage traits and the embedded backends (SQLite, files); [`bounds`] keeps every answer
+//! defines the storage traits and the backends (embedded: SQLite, files; scale-out: PostgreSQL, S3),
+//! which [`storage`] chooses from the command line; [`notify`] wakes subscribers (across processes
+//! through NATS, [`notify::relay`]); [`bounds`] keeps every answer
 //! under the byte budget and [`staging`] holds chunk lists uploaded for commits; [`serve`] runs it all.
 //! The server never depends on the client engine.
 
 pub mod ancestry;
 pub mod auth;
 pub mod bounds;
+pub mod migrate;
 pub mod namespace;
 pub mod notify;
 pub mod serve;
 pub mod service;
 pub mod staging;
+pub mod storage;
 pub mod store;
 
 pub use serve::{BoundServer, DataDir, ServeOptions, TlsFiles, shutdown_signal};
+pub use storage::{Storage, StorageUrls};

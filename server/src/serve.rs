@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::notify::HeadNotifier;
+use crate::notify::relay::Relay;
 use crate::service::SyncService;
+use crate::storage::{Notify, Storage};
 use crate::store::fs_chunks::FsChunkStore;
 use crate::store::sqlite::SqliteMetaStore;
 use crate::store::{ChunkStore, MetaStore};
@@ -23,6 +25,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// After a shutdown signal, how long requests in flight may take to finish before connections are
 /// dropped. Commits are transactions, so a dropped one is simply not acknowledged.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How often readiness (the gRPC health service) re-checks that the storage answers.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The server's durable state on disk: `DIR/meta.sqlite` and `DIR/chunks/`.
 pub struct DataDir {
@@ -37,17 +41,7 @@ impl DataDir {
     pub fn open_exclusive(dir: &Path) -> anyhow::Result<Self> {
         // The lock first: opening migrates the database and clearing temporary files removes
         // uploads in flight, neither of which may happen under a running server.
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-        let lock_path = dir.join("lock");
-        let lock = File::create(&lock_path)
-            .with_context(|| format!("cannot create {}", lock_path.display()))?;
-        if lock.try_lock().is_err() {
-            bail!(
-                "another bvfs server is using {}; stop it or choose another --data directory",
-                dir.display()
-            );
-        }
+        let lock = crate::storage::lock(dir)?;
         let mut data = Self::open(dir)?;
         data.chunks
             .clear_temporary()
@@ -95,11 +89,50 @@ pub struct BoundServer {
     tls: Option<ServerTlsConfig>,
     service: SyncService,
     heads: Arc<HeadNotifier>,
+    meta: Arc<dyn MetaStore>,
+    chunks: Arc<dyn ChunkStore>,
+    /// The cross-process notification relay, if the storage has one; stops when dropped.
+    _relay: Option<Relay>,
 }
 
 impl BoundServer {
-    /// Checks the options, loads TLS material and binds the listener.
+    /// Checks the options, loads TLS material and binds the listener, on an embedded data directory.
     pub async fn bind(data: &DataDir, options: &ServeOptions) -> anyhow::Result<Self> {
+        let meta: Arc<dyn MetaStore> = data.meta.clone();
+        let chunks: Arc<dyn ChunkStore> = data.chunks.clone();
+        let heads = Arc::new(HeadNotifier::default());
+        Self::bind_parts(meta, chunks, heads, None, options).await
+    }
+
+    /// Checks the options, loads TLS material and binds the listener, on any backends; starts
+    /// their notification relay, if any.
+    pub async fn bind_storage(storage: &Storage, options: &ServeOptions) -> anyhow::Result<Self> {
+        let (heads, relay) = match storage.notify {
+            Notify::InProcess => (Arc::new(HeadNotifier::default()), None),
+            Notify::Nats { .. } => {
+                let (heads, committed) = HeadNotifier::relayed();
+                let heads = Arc::new(heads);
+                let relay = storage.start_relay(heads.clone(), committed).await?;
+                (heads, relay)
+            }
+        };
+        Self::bind_parts(
+            storage.meta.clone(),
+            storage.chunks.clone(),
+            heads,
+            relay,
+            options,
+        )
+        .await
+    }
+
+    async fn bind_parts(
+        meta: Arc<dyn MetaStore>,
+        chunks: Arc<dyn ChunkStore>,
+        heads: Arc<HeadNotifier>,
+        relay: Option<Relay>,
+        options: &ServeOptions,
+    ) -> anyhow::Result<Self> {
         if options.tls.is_none() && !options.listen.ip().is_loopback() && !options.allow_plaintext {
             bail!(
                 "refusing to serve plaintext on the non-loopback address {}: tokens and files would cross \
@@ -123,16 +156,16 @@ impl BoundServer {
             .await
             .with_context(|| format!("cannot listen on {}", options.listen))?;
         let local_addr = listener.local_addr()?;
-        let meta: Arc<dyn MetaStore> = data.meta.clone();
-        let chunks: Arc<dyn ChunkStore> = data.chunks.clone();
-        let heads = Arc::new(HeadNotifier::default());
-        let service = SyncService::new(meta, chunks, heads.clone());
+        let service = SyncService::new(meta.clone(), chunks.clone(), heads.clone());
         Ok(Self {
             listener,
             local_addr,
             tls,
             service,
             heads,
+            meta,
+            chunks,
+            _relay: relay,
         })
     }
 
@@ -172,8 +205,17 @@ impl BoundServer {
             tokio_stream::wrappers::TcpListenerStream::new(self.listener),
             |accepted| accepted.inspect(tune_accepted),
         );
+        // Readiness for load balancers: `grpc.health.v1.Health` says SERVING while the storage
+        // answers, NOT_SERVING while it does not, and from the moment shutdown begins.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let probe = tokio::spawn(probe_storage(
+            health.clone(),
+            self.meta.clone(),
+            self.chunks.clone(),
+        ));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let serving = builder
+            .add_service(health_service)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
@@ -184,6 +226,8 @@ impl BoundServer {
             () = shutdown => {}
         }
         tracing::info!("shutting down: finishing requests in flight");
+        probe.abort();
+        set_health(&health, tonic_health::ServingStatus::NotServing).await;
         // Subscriptions never end on their own; close them so their connections can drain.
         self.heads.close();
         let _ = stop_tx.send(());
@@ -194,6 +238,47 @@ impl BoundServer {
                 Ok(())
             }
         }
+    }
+}
+
+/// The name clients ask the health service about (besides "", the whole server).
+const SYNC_SERVICE: &str = <SyncServer<SyncService> as tonic::server::NamedService>::NAME;
+
+async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SYNC_SERVICE, status).await;
+}
+
+/// Every [`HEALTH_INTERVAL`], a read of the catalog and a lookup in the chunk store (neither
+/// writes anything); the health service reports whether both answered.
+async fn probe_storage(
+    health: tonic_health::server::HealthReporter,
+    meta: Arc<dyn MetaStore>,
+    chunks: Arc<dyn ChunkStore>,
+) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (meta, chunks) = (meta.clone(), chunks.clone());
+        let answered = tokio::task::spawn_blocking(move || {
+            meta.tenant_by_name("")
+                .and_then(|_| chunks.stored_len(0, &[0; 32]))
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let status = match answered {
+            Ok(_) => tonic_health::ServingStatus::Serving,
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness: the storage does not answer");
+                tonic_health::ServingStatus::NotServing
+            }
+        };
+        set_health(&health, status).await;
     }
 }
 

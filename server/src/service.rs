@@ -471,6 +471,10 @@ impl Sync for SyncService {
             .heads
             .subscribe(tenant, head)
             .map_err(|_| too_many_subscriptions())?;
+        // A commit through another server process between the read above and the subscription
+        // was delivered to nobody here: read the head once more, now that this stream listens.
+        let head = self.meta_call(move |m| m.head(tenant)).await?;
+        self.heads.deliver(tenant, head);
         let meta = self.meta.clone();
         let stream = async_stream(move |tx| async move {
             // A stream outlives any one request: its token is checked again now and then, so a

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod mounts;
+pub mod services;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,11 +22,24 @@ pub struct ServerProcess {
     pub child: Child,
     pub url: String,
     pub data: PathBuf,
+    /// Extra flags and environment it was started with (kept for a restart).
+    backends: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl ServerProcess {
     /// Starts a server on a free loopback port with the given data directory.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::start_with(data, extra, &[], &[])
+    }
+
+    /// Starts a server with backend flags (`--metadata` …) and environment (`AWS_…`) besides.
+    pub fn start_with(
+        data: &Path,
+        extra: &[&str],
+        backends: &[String],
+        env: &[(String, String)],
+    ) -> Self {
         let mut command = bvfs();
         command.arg("serve");
         if !extra.contains(&"--listen") {
@@ -35,6 +49,8 @@ impl ServerProcess {
             .arg("--data")
             .arg(data)
             .args(extra)
+            .args(backends)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -54,6 +70,8 @@ impl ServerProcess {
             child,
             url,
             data: data.to_owned(),
+            backends: backends.to_vec(),
+            env: env.to_vec(),
         }
     }
 
@@ -72,8 +90,8 @@ impl ServerProcess {
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_string();
-        let data = self.data.clone();
-        *self = Self::start(&data, &["--listen", &listen]);
+        let (data, backends, env) = (self.data.clone(), self.backends.clone(), self.env.clone());
+        *self = Self::start_with(&data, &["--listen", &listen], &backends, &env);
     }
 
     /// Stops the server with SIGTERM and waits for a clean exit.
@@ -111,9 +129,20 @@ impl Drop for ServerProcess {
 
 /// Creates a user (if new) and a device token with `bvfs admin add-user --json`.
 pub fn add_user(data: &Path, user: &str, device: &str) -> String {
+    add_user_with(data, &[], user, device)
+}
+
+/// [`add_user`] with backend flags (`--metadata postgres://…`).
+pub fn add_user_with(data: &Path, backends: &[String], user: &str, device: &str) -> String {
+    let metadata: Vec<&String> = backends
+        .windows(2)
+        .filter(|w| w[0] == "--metadata")
+        .map(|w| &w[1])
+        .collect();
     let out = bvfs()
         .args(["admin", "add-user", "--json", "--data"])
         .arg(data)
+        .args(metadata.iter().flat_map(|m| ["--metadata", m.as_str()]))
         .arg(user)
         .args(["--device", device])
         .output()

@@ -70,6 +70,32 @@ impl FsChunkStore {
         self.unsynced_dirs.lock().iter().cloned().collect()
     }
 
+    /// The ids of the chunks stored for `tenant` (names that are not chunk ids are skipped).
+    pub fn chunks_of(&self, tenant: TenantId) -> StoreResult<Vec<ChunkKey>> {
+        let dir = self.root.join(tenant.to_string());
+        let mut ids = Vec::new();
+        let shards = match fs::read_dir(&dir) {
+            Ok(shards) => shards,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(ids),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for shard in shards {
+            let shard = shard.map_err(io_err(&dir))?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(&shard).map_err(io_err(&shard))? {
+                let name = entry.map_err(io_err(&shard))?.file_name();
+                let id = name
+                    .to_str()
+                    .and_then(|n| hex::decode(n).ok())
+                    .and_then(|b| ChunkKey::try_from(b).ok());
+                ids.extend(id);
+            }
+        }
+        Ok(ids)
+    }
+
     fn chunk_path(&self, tenant: TenantId, id: &ChunkKey) -> PathBuf {
         let hex = hex::encode(id);
         self.root.join(tenant.to_string()).join(&hex[..2]).join(hex)

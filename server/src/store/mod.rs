@@ -3,9 +3,15 @@
 //!
 //! The service logic (validation, compare-and-swap, cycle checks) lives in [`crate::namespace`] and
 //! speaks only these traits, so backends can be swapped: the embedded ones are SQLite
-//! ([`sqlite::SqliteMetaStore`]) and a directory of files ([`fs_chunks::FsChunkStore`]).
+//! ([`sqlite::SqliteMetaStore`]) and a directory of files ([`fs_chunks::FsChunkStore`]); the
+//! scale-out ones, shared by many server processes, are PostgreSQL ([`postgres::PgMetaStore`]) and
+//! an S3-compatible object store ([`s3::S3ChunkStore`]).
 
 pub mod fs_chunks;
+pub mod io_runtime;
+pub mod postgres;
+pub mod records;
+pub mod s3;
 pub mod sqlite;
 
 use bvfs_proto::v1::{ChangeKind, Node};
@@ -36,6 +42,8 @@ pub enum StoreError {
     },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("chunk store: {0}")]
+    Chunks(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -78,6 +78,43 @@ impl SqliteMetaStore {
         })
     }
 
+    /// A tenant's name, creation time and namespace id (for `bvfs admin migrate`).
+    pub fn tenant_record(&self, tenant: TenantId) -> StoreResult<(String, i64, [u8; 16])> {
+        let (name, created_ns, id): (String, i64, Vec<u8>) = self.catalog.read(|c| {
+            c.query_row(
+                "SELECT name, created_ns, namespace_id FROM tenants WHERE id = ?1",
+                [tenant],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(meta_err)
+        })?;
+        let id = id
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("tenant {tenant} has no namespace id")))?;
+        Ok((name, created_ns, id))
+    }
+
+    /// A tenant's tokens as stored: hash, device, creation time (for `bvfs admin migrate`).
+    pub fn token_records(&self, tenant: TenantId) -> StoreResult<Vec<([u8; 32], String, i64)>> {
+        let rows: Vec<(Vec<u8>, String, i64)> = self.catalog.read(|c| {
+            let mut stmt = c
+                .prepare("SELECT hash, device, created_ns FROM tokens WHERE tenant_id = ?1 ORDER BY created_ns")
+                .map_err(meta_err)?;
+            let rows = stmt
+                .query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(meta_err)?;
+            rows.collect::<Result<_, _>>().map_err(meta_err)
+        })?;
+        rows.into_iter()
+            .map(|(hash, device, created)| {
+                let hash = hash
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("a token hash is not 32 bytes".into()))?;
+                Ok((hash, device, created))
+            })
+            .collect()
+    }
+
     /// The database of `tenant`'s namespace, opened (and created, for a new tenant) on first use.
     fn namespace(&self, tenant: TenantId) -> StoreResult<Arc<Pool>> {
         if let Some(pool) = self.namespaces.lock().get(&tenant) {

@@ -1,45 +1,17 @@
 //! Stored rows ⇄ values: node records, journal entries, heads and tags.
 
-use bvfs_proto::v1::{ChangeKind, Node, NodeAttrs, NodeKind};
-use prost::Message;
+use bvfs_proto::v1::ChangeKind;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::meta_err;
-use crate::store::{JournalEntry, NodeKey, ROOT_ID, StoreError, StoreResult, TenantId};
+pub(super) use crate::store::records::{decode_kind, decode_node, key, root_node};
+use crate::store::{JournalEntry, StoreResult, TenantId};
 
 /// The columns of a journal row, in the order [`entry_from_row`] reads them.
 pub(super) const ENTRY: &str = "seq, kind, node, device, committed_ns, tag";
 
 // The partial index and the deleted-nodes query spell the delete kind as the literal 2.
 const _: () = assert!(ChangeKind::Delete as i32 == 2);
-
-pub(super) fn decode_node(bytes: &[u8]) -> StoreResult<Node> {
-    Node::decode(bytes).map_err(|e| StoreError::Corrupt(format!("undecodable node record: {e}")))
-}
-
-pub(super) fn decode_kind(kind: i64) -> StoreResult<ChangeKind> {
-    ChangeKind::try_from(kind as i32)
-        .ok()
-        .filter(|k| *k != ChangeKind::Unspecified)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown journal kind {kind}")))
-}
-
-pub(super) fn key(bytes: Vec<u8>) -> StoreResult<NodeKey> {
-    bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("node id is not 16 bytes".into()))
-}
-
-pub(super) fn root_node() -> Node {
-    Node {
-        id: ROOT_ID.to_vec(),
-        parent_id: Vec::new(),
-        name: String::new(),
-        kind: NodeKind::Directory as i32,
-        attrs: Some(NodeAttrs::default()),
-        revision: 0,
-    }
-}
 
 /// A journal row as read: seq, kind, node record, device, commit time, tag.
 pub(super) type EntryRow = (i64, i64, Vec<u8>, String, i64, i64);

@@ -7,11 +7,17 @@
 //! Each live subscription holds one receiver; a tenant holds at most [`MAX_SUBSCRIPTIONS_PER_TENANT`]
 //! (issue 15, item 7: departed clients once kept their tasks until the next commit). The receiver is
 //! the subscription's guard: dropping it, when the stream ends or its client goes, frees the slot.
+//!
+//! With several server processes on one database, a commit must also wake the subscribers held by
+//! the other processes: a notifier made [`HeadNotifier::relayed`] hands every head it publishes to
+//! [`relay`], which sends it over NATS to every process, where it is [`HeadNotifier::deliver`]ed.
+
+pub mod relay;
 
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::store::TenantId;
 
@@ -27,9 +33,21 @@ pub struct TooManySubscriptions;
 #[derive(Default)]
 pub struct HeadNotifier {
     channels: Mutex<HashMap<TenantId, watch::Sender<u64>>>,
+    /// Where heads committed through this process go for the other processes, if anywhere.
+    relay: Option<mpsc::UnboundedSender<(TenantId, u64)>>,
 }
 
 impl HeadNotifier {
+    /// A notifier that also hands every published head to the returned receiver (for [`relay`]).
+    pub fn relayed() -> (Self, mpsc::UnboundedReceiver<(TenantId, u64)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let notifier = Self {
+            relay: Some(tx),
+            ..Self::default()
+        };
+        (notifier, rx)
+    }
+
     /// A receiver of the tenant's head; `current` seeds the channel if it is new. Refused when the
     /// tenant already holds [`MAX_SUBSCRIPTIONS_PER_TENANT`] receivers (counted under the lock, so
     /// concurrent subscribes cannot overshoot).
@@ -45,13 +63,7 @@ impl HeadNotifier {
         if sender.receiver_count() >= MAX_SUBSCRIPTIONS_PER_TENANT {
             return Err(TooManySubscriptions);
         }
-        sender.send_if_modified(|head| {
-            let newer = current > *head;
-            if newer {
-                *head = current;
-            }
-            newer
-        });
+        advance(sender, current);
         Ok(sender.subscribe())
     }
 
@@ -68,23 +80,53 @@ impl HeadNotifier {
     /// just after it then still starts from this head, instead of missing the push until the next
     /// commit (one small channel per tenant that commits).
     pub fn publish(&self, tenant: TenantId, head: u64) {
-        let mut channels = self.channels.lock();
-        let sender = channels
-            .entry(tenant)
-            .or_insert_with(|| watch::channel(head).0);
-        sender.send_if_modified(|current| {
-            let newer = head > *current;
-            if newer {
-                *current = head;
-            }
-            newer
-        });
+        {
+            let mut channels = self.channels.lock();
+            let sender = channels
+                .entry(tenant)
+                .or_insert_with(|| watch::channel(head).0);
+            advance(sender, head);
+        }
+        if let Some(relay) = &self.relay {
+            // Closed only once the relay has stopped (at shutdown): the outbox keeps the head.
+            let _ = relay.send((tenant, head));
+        }
+    }
+
+    /// Wakes this process's subscribers of `tenant` with a head committed through another process
+    /// (never moves it backwards). A tenant with no channel here has no subscriber to wake; one that
+    /// subscribes later reads the head from the store after subscribing, so it misses nothing.
+    pub fn deliver(&self, tenant: TenantId, head: u64) {
+        if let Some(sender) = self.channels.lock().get(&tenant) {
+            advance(sender, head);
+        }
+    }
+
+    /// The tenants with live subscriptions here.
+    pub fn subscribed_tenants(&self) -> Vec<TenantId> {
+        self.channels
+            .lock()
+            .iter()
+            .filter(|(_, sender)| sender.receiver_count() > 0)
+            .map(|(tenant, _)| *tenant)
+            .collect()
     }
 
     /// Ends every subscription (at shutdown): receivers see their sender dropped.
     pub fn close(&self) {
         self.channels.lock().clear();
     }
+}
+
+/// Moves a channel's head to `head` if that is newer, waking its receivers.
+fn advance(sender: &watch::Sender<u64>, head: u64) {
+    sender.send_if_modified(|current| {
+        let newer = head > *current;
+        if newer {
+            *current = head;
+        }
+        newer
+    });
 }
 
 #[cfg(test)]
@@ -105,5 +147,28 @@ mod tests {
         assert_eq!(*receiver.borrow(), 9);
         notifier.publish(7, 6);
         assert_eq!(*receiver.borrow(), 9);
+    }
+
+    /// Heads from other processes wake subscribers here, never move a head back, and make no
+    /// channel for a tenant nobody here subscribes to; heads committed here go to the relay.
+    #[test]
+    fn delivered_heads_wake_only_existing_subscribers_and_published_ones_are_relayed() {
+        let (notifier, mut relayed) = HeadNotifier::relayed();
+        notifier.deliver(3, 10);
+        assert!(notifier.subscribed_tenants().is_empty());
+        let receiver = notifier.subscribe(3, 4).unwrap();
+        assert_eq!(*receiver.borrow(), 4, "an earlier delivery made no channel");
+        notifier.deliver(3, 8);
+        assert_eq!(*receiver.borrow(), 8);
+        notifier.deliver(3, 7);
+        assert_eq!(*receiver.borrow(), 8);
+        assert_eq!(notifier.subscribed_tenants(), vec![3]);
+        notifier.publish(3, 9);
+        assert_eq!(*receiver.borrow(), 9);
+        assert_eq!(relayed.try_recv().unwrap(), (3, 9));
+        assert!(
+            relayed.try_recv().is_err(),
+            "deliveries are not relayed back"
+        );
     }
 }

@@ -1,0 +1,236 @@
+//! Chunks in an S3-compatible object store: one object per chunk at
+//! `PREFIX/chunks/<tenant>/<first byte>/<id hex>`.
+//!
+//! Keys are content addresses scoped by tenant, so dedup is per tenant and one tenant never reaches
+//! another's bytes. Puts are idempotent and never overwrite: `If-None-Match: *` (a second upload of
+//! a chunk is answered "already exists"; a store that ignores the header rewrites the same bytes),
+//! with a SHA-256 checksum the store verifies on receipt. The service has checked the chunk's BLAKE3
+//! before [`ChunkStore::put`] and checks it again on every read.
+//!
+//! Durability: a successful PUT is durable (S3's contract), so a chunk `stored_len` reports is
+//! already safe and [`ChunkStore::sync`] has nothing to do. If the store is unreachable, every call
+//! fails (after a few quick retries) and the service refuses the upload or the commit: nothing is
+//! acknowledged that is not stored. Chunks are at most `MAX_CHUNK_BYTES` (256 KiB), so a single PUT
+//! always fits; multipart uploads are never needed.
+//!
+//! Configuration comes from the standard environment: `AWS_ENDPOINT_URL` (any S3-compatible
+//! service; plain `http://` is allowed for it), `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` (or the instance's role when no keys are given).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig,
+};
+
+use super::io_runtime::IoRuntime;
+use super::{ChunkKey, ChunkStore, StoreError, StoreResult, TenantId};
+
+/// How long one request may take before it is abandoned (a chunk is at most 256 KiB).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retries of a failed request, all within [`RETRY_WINDOW`]: enough for a blip, short enough
+/// that an unreachable store fails a request well within the client's patience.
+const RETRIES: usize = 3;
+const RETRY_WINDOW: Duration = Duration::from_secs(10);
+
+/// Where chunks live: `s3://BUCKET[/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Without leading or trailing slashes; may be empty.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// Parses `s3://BUCKET[/PREFIX]`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("{url:?} is not an s3://BUCKET[/PREFIX] URL"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("{url:?} names no bucket (s3://BUCKET[/PREFIX])"));
+        }
+        Ok(Self {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.prefix.as_str() {
+            "" => write!(f, "s3://{}", self.bucket),
+            prefix => write!(f, "s3://{}/{prefix}", self.bucket),
+        }
+    }
+}
+
+/// Chunks in an S3 bucket.
+pub struct S3ChunkStore {
+    store: Arc<AmazonS3>,
+    location: S3Location,
+    rt: Arc<IoRuntime>,
+}
+
+fn s3_err(what: &str, e: object_store::Error) -> StoreError {
+    StoreError::Chunks(format!("{what}: {e}"))
+}
+
+impl S3ChunkStore {
+    /// Opens the bucket at `location` with the configuration in the environment, and checks that
+    /// it answers (a missing bucket or a refused key fails here, not at the first upload).
+    pub fn open(location: S3Location, rt: Arc<IoRuntime>) -> StoreResult<Self> {
+        // reqwest's rustls needs a process-wide provider: ring, as tonic uses (no aws-lc). Already
+        // installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&location.bucket)
+            .with_checksum_algorithm(Checksum::SHA256)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    base: 2.0,
+                },
+                max_retries: RETRIES,
+                retry_timeout: RETRY_WINDOW,
+            });
+        let mut client = ClientOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(CONNECT_TIMEOUT);
+        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+            if endpoint.starts_with("http://") {
+                client = client.with_allow_http(true);
+            }
+            builder = builder.with_endpoint(endpoint);
+        }
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            builder = builder.with_region("us-east-1");
+        }
+        let store = builder
+            .with_client_options(client)
+            .build()
+            .map_err(|e| s3_err(&format!("cannot configure {location}"), e))?;
+        let this = Self {
+            store: Arc::new(store),
+            location,
+            rt,
+        };
+        this.check_reachable()?;
+        Ok(this)
+    }
+
+    /// A HEAD of a key that does not exist: "not found" proves the bucket and the credentials work.
+    fn check_reachable(&self) -> StoreResult<()> {
+        let probe = self.path_of("probe");
+        match self.rt.block_on(self.store.head(&probe)) {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(s3_err(
+                &format!(
+                    "cannot reach {} (check AWS_ENDPOINT_URL, AWS_REGION and the access keys)",
+                    self.location
+                ),
+                e,
+            )),
+        }
+    }
+
+    fn path_of(&self, key: &str) -> Path {
+        match self.location.prefix.as_str() {
+            "" => Path::from(key),
+            prefix => Path::from(format!("{prefix}/{key}")),
+        }
+    }
+
+    fn chunk_path(&self, tenant: TenantId, id: &ChunkKey) -> Path {
+        let hex = hex::encode(id);
+        self.path_of(&format!("chunks/{tenant}/{}/{hex}", &hex[..2]))
+    }
+}
+
+impl ChunkStore for S3ChunkStore {
+    fn stored_len(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<Option<u64>> {
+        let path = self.chunk_path(tenant, id);
+        match self.rt.block_on(self.store.head(&path)) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(s3_err(&format!("HEAD {path}"), e)),
+        }
+    }
+
+    fn put(&self, tenant: TenantId, id: &ChunkKey, data: &[u8]) -> StoreResult<bool> {
+        let path = self.chunk_path(tenant, id);
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let payload = PutPayload::from(data.to_vec());
+        match self
+            .rt
+            .block_on(self.store.put_opts(&path, payload, options))
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Stored before, or being stored by a concurrent upload (S3 answers a conditional
+                // write racing another with a conflict): only "present with this length" counts.
+                match self.stored_len(tenant, id)? {
+                    Some(len) if len == data.len() as u64 => Ok(false),
+                    other => Err(StoreError::Chunks(format!(
+                        "PUT {path}: the store says the chunk exists, but it holds {other:?} bytes \
+                         of {}",
+                        data.len()
+                    ))),
+                }
+            }
+            Err(e) => Err(s3_err(&format!("PUT {path}"), e)),
+        }
+    }
+
+    fn sync(&self) -> StoreResult<()> {
+        // A successful PUT is durable: nothing is pending.
+        Ok(())
+    }
+
+    fn get(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<Option<Vec<u8>>> {
+        let path = self.chunk_path(tenant, id);
+        let read = self.rt.block_on(async {
+            let result = self.store.get(&path).await?;
+            result.bytes().await
+        });
+        match read {
+            Ok(bytes) => Ok(Some(bytes.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(s3_err(&format!("GET {path}"), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_with_and_without_a_prefix() {
+        let plain = S3Location::parse("s3://vault").unwrap();
+        assert_eq!(
+            (plain.bucket.as_str(), plain.prefix.as_str()),
+            ("vault", "")
+        );
+        assert_eq!(plain.to_string(), "s3://vault");
+        let nested = S3Location::parse("s3://vault/team/a/").unwrap();
+        assert_eq!(nested.prefix, "team/a");
+        assert_eq!(nested.to_string(), "s3://vault/team/a");
+        assert!(S3Location::parse("s3:///x").is_err());
+        assert!(S3Location::parse("/srv/chunks").is_err());
+    }
+}
