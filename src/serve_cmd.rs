@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Allow plaintext on a non-loopback address (only behind a TLS-terminating proxy)
     #[arg(long)]
     allow_plaintext: bool,
+    /// At most this many client connections open at once; more wait until one closes (also kept
+    /// below the process's open-file limit)
+    #[arg(long, value_name = "N", default_value_t = bvfs_server::connections::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     /// Print the listening address as JSON
     #[arg(long)]
     json: bool,
@@ -95,7 +99,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .map(|(cert, key)| TlsFiles { cert, key }),
             allow_plaintext: args.allow_plaintext,
         };
-        let server = BoundServer::bind_storage(&storage, &options).await?;
+        let server = BoundServer::bind_storage(&storage, &options)
+            .await?
+            .with_max_connections(args.max_connections);
         let url = server.url();
         let mut out = std::io::stdout().lock();
         let backends = storage.describe();

@@ -14,6 +14,7 @@
 pub mod ancestry;
 pub mod auth;
 pub mod bounds;
+pub mod connections;
 pub mod migrate;
 pub mod namespace;
 pub mod notify;

@@ -12,6 +12,9 @@ use bvfs_proto::v1::sync_server::SyncServer;
 use tokio::net::TcpListener;
 use tonic::transport::{Identity, ServerTlsConfig};
 
+use crate::connections::{
+    DEFAULT_MAX_CONNECTIONS, accept_capped, effective_cap, raise_descriptor_limit,
+};
 use crate::notify::HeadNotifier;
 use crate::notify::relay::Relay;
 use crate::service::SyncService;
@@ -93,6 +96,8 @@ pub struct BoundServer {
     chunks: Arc<dyn ChunkStore>,
     /// The cross-process notification relay, if the storage has one; stops when dropped.
     _relay: Option<Relay>,
+    /// At most this many connections open at once ([`crate::connections`]).
+    max_connections: usize,
 }
 
 impl BoundServer {
@@ -166,7 +171,15 @@ impl BoundServer {
             meta,
             chunks,
             _relay: relay,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         })
+    }
+
+    /// Caps the connections open at once (default [`DEFAULT_MAX_CONNECTIONS`]); the cap applied
+    /// also leaves file descriptors for the rest of the server.
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -201,10 +214,12 @@ impl BoundServer {
         // Tonic applies `tcp_nodelay`/`tcp_keepalive` only to sockets it accepts itself, not to an
         // incoming stream: without this, Nagle's algorithm held back every small answer until the
         // client's delayed ACK (≈ 40 ms a small cold file, issue 10).
-        let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::TcpListenerStream::new(self.listener),
-            |accepted| accepted.inspect(tune_accepted),
-        );
+        let cap = effective_cap(self.max_connections, raise_descriptor_limit());
+        tracing::info!("accepting at most {cap} connections at once");
+        let incoming =
+            tokio_stream::StreamExt::map(accept_capped(self.listener, cap), |accepted| {
+                accepted.inspect(|capped| tune_accepted(capped.tcp()))
+            });
         // Readiness for load balancers: `grpc.health.v1.Health` says SERVING while the storage
         // answers, NOT_SERVING while it does not, and from the moment shutdown begins.
         let (health, health_service) = tonic_health::server::health_reporter();

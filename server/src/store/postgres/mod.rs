@@ -154,7 +154,7 @@ impl PgMetaStore {
                 let (tls, _unreadable) =
                     tokio_postgres_rustls::MakeRustlsConnect::with_native_certs().map_err(|e| {
                         StoreError::Meta(format!(
-                            "sslmode=require, but no CA certificate could be read from the system                              store or SSL_CERT_FILE: {e:?}"
+                            "sslmode=require, but no CA certificate could be read from the system store or SSL_CERT_FILE: {e:?}"
                         ))
                     })?;
                 Manager::from_config(config, tls, recycling)
