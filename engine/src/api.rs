@@ -345,9 +345,25 @@ impl Engine {
         &self,
         f: impl FnOnce(&crate::state::Txn<'_>) -> Result<T, LocalError>,
     ) -> EngineResult<T> {
-        let value = self.state.lock().transaction(f)?;
+        // Atomic now, durable at fsync/fsyncdir or after the next round (see `State::relaxed_transaction`).
+        let value = self.state.lock().relaxed_transaction(f)?;
         self.changed_locally();
         Ok(value)
+    }
+
+    /// Makes every change made through the mount so far durable, with the copies' directory:
+    /// `fsync` and `fsyncdir` end here. Cheap when nothing waits.
+    pub fn make_durable(&self) -> EngineResult<()> {
+        self.state.lock().sync_wal()?;
+        self.files.sync_dir()?;
+        Ok(())
+    }
+
+    /// Makes the mount's committed changes durable (not the copies' directory): before a copy file
+    /// is removed, the state that no longer needs it must be on disk, and after each round, so that
+    /// changes are durable within a bounded time even when nobody calls fsync.
+    pub(crate) fn flush_relaxed(&self) -> EngineResult<()> {
+        Ok(self.state.lock().sync_wal()?)
     }
 
     /// Creates a file, directory or symlink in `parent` with the default permission bits (0755 or

@@ -61,7 +61,13 @@ impl SyncLoop {
             stop_rx.clone(),
             timing,
         ));
-        let rounds = tokio::spawn(run_rounds(engine, pushed, stop_rx, timing));
+        let rounds = tokio::spawn(async move {
+            run_rounds(engine.clone(), pushed, stop_rx, timing).await;
+            // Stopping (unmount): nothing the mount acknowledged stays volatile.
+            if let Err(e) = engine.make_durable() {
+                tracing::error!("cannot make local changes durable: {e}");
+            }
+        });
         Self {
             stop,
             rounds,
@@ -102,6 +108,11 @@ async fn run_rounds(
             return;
         }
         let outcome = engine.sync_round().await;
+        // Whatever the round did (offline, it commits nothing), the mount's changes so far become
+        // durable now: "within a bounded time" is the debounce plus one round.
+        if let Err(e) = engine.flush_relaxed() {
+            tracing::error!("cannot make local changes durable: {e}");
+        }
         let wait = match outcome {
             Ok(report) if !report.idle() => {
                 backoff = timing.backoff_min;

@@ -525,8 +525,8 @@ impl Filesystem for BvfsFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Namespace changes are durable when each call returns.
-        reply.ok();
+        // The mount's changes are atomic at once and durable from here (an fsync of the log).
+        self.offload(move |vfs| reply_empty(reply, vfs.fsyncdir()));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -210,12 +210,14 @@ impl Vfs {
         Ok(data.len() as u32)
     }
 
-    /// `fsync`: the written bytes are durable and recorded as the file's content when this returns.
+    /// `fsync`: the written bytes are durable and recorded as the file's content when this returns,
+    /// and so is every change made through the mount before it (names, metadata: the mount's
+    /// changes are atomic at once and durable at fsync, fsyncdir or after the next round).
     pub fn fsync(&self, fh: u64) -> VfsResult<()> {
         let handle = self.handle(fh)?;
         let guard = handle.lock();
         let Handle::File(file) = &*guard else {
-            return Ok(());
+            return self.engine.make_durable().map_err(Errno::from);
         };
         if let Source::Copy(f) = &file.source
             && file.writer.is_some()
@@ -227,7 +229,12 @@ impl Vfs {
                     .map_err(Errno::from)?;
             }
         }
-        Ok(())
+        self.engine.make_durable().map_err(Errno::from)
+    }
+
+    /// `fsyncdir`: every change made through the mount so far is durable when this returns.
+    pub fn fsyncdir(&self) -> VfsResult<()> {
+        self.engine.make_durable().map_err(Errno::from)
     }
 
     /// `release`: the last writing handle commits what was written.

@@ -248,6 +248,8 @@ impl Engine {
     /// Removes the copy of an unlinked inode once nothing holds it any more.
     fn remove_if_unlinked(&self, ino: u64) -> EngineResult<()> {
         if self.contents.after_unlinked(ino) {
+            // The removal that unlinked the node must be on disk before its copy goes.
+            self.flush_relaxed()?;
             self.files.remove(ino)?;
         }
         Ok(())
@@ -257,6 +259,8 @@ impl Engine {
     /// the last writer.
     pub(crate) fn drop_local_copy(&self, ino: u64) -> EngineResult<()> {
         if self.contents.unlink(ino) {
+            // The removal that unlinked the node must be on disk before its copy goes.
+            self.flush_relaxed()?;
             self.files.remove(ino)?;
         }
         Ok(())

@@ -1,9 +1,12 @@
 //! The engine's durable state in SQLite (DESIGN D1, D4, D9): the three trees, the cursor, stable inode
 //! numbers, pins, manifests, the set of changed ids, materialized files, conflicts, held deletes.
 //!
-//! One connection, used under the engine's lock; WAL mode with `synchronous=FULL`, so a local mutation
-//! is durable when its transaction commits, before the filesystem call returns. The database is a
-//! rebuildable cache of the server and the materialized files ([`crate::rebuild`]).
+//! One connection, used under the engine's lock, in WAL mode. Transactions are `synchronous=FULL`
+//! (durable when they commit) except [`State::relaxed_transaction`]s, the mount's own mutations,
+//! which are atomic at once and durable at the next [`State::sync_wal`] or FULL commit: a crash of
+//! the process loses none of them (the WAL is written before the commit returns), a power loss may
+//! roll back the newest of them, always a suffix, never a hole. The database is a rebuildable cache
+//! of the server and the materialized files ([`crate::rebuild`]).
 //!
 //! Submodules: [`schema`] (tables, migrations), [`trees`] (row ⇄ node, the planner's `TreeView`),
 //! [`local`] (the mutations the mount makes), [`pull`] (applying the server's journal to REMOTE).
@@ -50,6 +53,8 @@ pub type StateResult<T> = Result<T, StateError>;
 pub struct State {
     conn: Connection,
     path: PathBuf,
+    /// Relaxed transactions have committed since the WAL was last made durable.
+    relaxed_pending: bool,
 }
 
 /// Inode number of the root directory (FUSE's root id).
@@ -86,6 +91,7 @@ impl State {
         let state = Self {
             conn,
             path: path.to_owned(),
+            relaxed_pending: false,
         };
         state.ensure_roots()?;
         Ok(state)
@@ -130,8 +136,63 @@ impl State {
         let value = f(&txn)?;
         if let TxHandle::Own(tx) = txn.tx {
             tx.commit().map_err(err)?;
+            // A FULL commit fsyncs the WAL, and with it every relaxed commit before it.
+            self.relaxed_pending = false;
         }
         Ok(value)
+    }
+
+    /// Runs `f` in one transaction like [`State::transaction`], committed with `synchronous=NORMAL`:
+    /// atomic and safe from a crash of the process when this returns, durable against a power loss
+    /// at the next [`State::sync_wal`] or FULL transaction. For the mount's mutations, which promise
+    /// what a local filesystem does: durable at `fsync`/`fsyncdir`, or within a bounded time.
+    pub fn relaxed_transaction<T, E: From<StateError>>(
+        &mut self,
+        f: impl FnOnce(&Txn<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.set_synchronous("NORMAL")?;
+        let result = self.transaction(f);
+        if result.is_ok() {
+            self.relaxed_pending = true;
+        }
+        // Back to FULL whatever happened: every other transaction must stay durable on commit.
+        self.set_synchronous("FULL")?;
+        result
+    }
+
+    fn set_synchronous(&self, level: &str) -> StateResult<()> {
+        self.conn
+            .pragma_update(None, "synchronous", level)
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// Whether relaxed transactions wait for [`State::sync_wal`] to be durable.
+    pub fn relaxed_pending(&self) -> bool {
+        self.relaxed_pending
+    }
+
+    /// Makes every committed transaction durable: fsyncs the write-ahead log (where relaxed commits
+    /// sit until a checkpoint, which fsyncs the log before copying it). Cheap when nothing waits.
+    pub fn sync_wal(&mut self) -> StateResult<()> {
+        if !self.relaxed_pending {
+            return Ok(());
+        }
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let synced = match std::fs::File::open(&wal) {
+            Ok(file) => file.sync_all(),
+            // No log: everything is in the database file, which checkpoints fsync.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        synced.map_err(|e| {
+            self.sql_err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+                Some(format!("cannot fsync {}: {e}", std::path::Path::new(&wal).display())),
+            ))
+        })?;
+        self.relaxed_pending = false;
+        Ok(())
     }
 
     /// Runs `f` in a read transaction: a consistent view, no writes expected. Inside another read
@@ -454,4 +515,60 @@ pub fn unpack_manifest(hash: ContentHash, size: i64, packed: &[u8]) -> Result<Ma
         size: size as u64,
         chunks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(state: &State) -> i64 {
+        state
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Relaxed commits wait for `sync_wal` (or a FULL commit) to be durable, and never leave the
+    /// connection relaxed for the transactions after them, even when they fail.
+    #[test]
+    fn relaxed_transactions_are_flushed_and_leave_full_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        let mut state = State::open(&path).unwrap();
+        const FULL: i64 = 2;
+        assert_eq!(synchronous(&state), FULL);
+        assert!(!state.relaxed_pending());
+
+        state
+            .relaxed_transaction(|t| t.set_meta("k", 1i64))
+            .unwrap();
+        assert!(state.relaxed_pending());
+        assert_eq!(synchronous(&state), FULL);
+        state.sync_wal().unwrap();
+        assert!(!state.relaxed_pending());
+
+        let failed: StateResult<()> =
+            state.relaxed_transaction(|_| Err(StateError::Schema("refused".into())));
+        assert!(failed.is_err());
+        assert!(!state.relaxed_pending(), "a rolled-back transaction waits for nothing");
+        assert_eq!(synchronous(&state), FULL);
+
+        state
+            .relaxed_transaction(|t| t.set_meta("k", 2i64))
+            .unwrap();
+        state.transaction(|t| t.set_meta("j", 3i64)).unwrap();
+        assert!(!state.relaxed_pending(), "a FULL commit fsyncs the log before it");
+
+        // A crash of the process (the connection dropped without a checkpoint) keeps relaxed commits.
+        state
+            .relaxed_transaction(|t| t.set_meta("k", 4i64))
+            .unwrap();
+        std::mem::forget(state);
+        let state = State::open(&path).unwrap();
+        let k: i64 = state
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'k'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(k, 4);
+    }
 }
