@@ -461,3 +461,45 @@ fn rsync_finds_nothing_to_copy_on_its_second_run() {
         "and so does a run into the other device"
     );
 }
+
+/// `fallocate` mode 0 extends the file with zeros (synced like written bytes), `KEEP_SIZE` reserves
+/// without changing the size, and modes bvfs does not do answer `EOPNOTSUPP`.
+#[test]
+fn fallocate_reserves_extends_and_refuses_other_modes_clearly() {
+    use std::os::fd::AsRawFd;
+    let s = setup();
+    let a = s.mount(0, &[]);
+    let b = s.mount(1, &[]);
+    let path = a.path("reserved.bin");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let fallocate = |mode: i32, offset: i64, len: i64| {
+        // SAFETY: an open descriptor; fallocate only reads its arguments.
+        match unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error().raw_os_error()),
+        }
+    };
+    fallocate(0, 0, 1 << 20).unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len(), 1 << 20);
+    fallocate(libc::FALLOC_FL_KEEP_SIZE, 0, 4 << 20).unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len(), 1 << 20);
+    assert_eq!(
+        fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            4096
+        ),
+        Err(Some(libc::EOPNOTSUPP))
+    );
+    drop(file);
+    synced(&a, "reserved.bin");
+    eventually(30, "the extended file on B", || {
+        fs::read(b.path("reserved.bin"))
+            .is_ok_and(|d| d.len() == 1 << 20 && d.iter().all(|&x| x == 0))
+    });
+}

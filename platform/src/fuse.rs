@@ -416,6 +416,19 @@ impl Filesystem for BvfsFuse {
         }
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.vfs.fallocate(fh.0, offset, length, mode));
+    }
+
     fn flush(
         &self,
         _req: &Request,

@@ -210,6 +210,35 @@ impl Vfs {
         Ok(data.len() as u32)
     }
 
+    /// `fallocate` on a file open for writing: mode 0 (reserve and extend) and
+    /// `FALLOC_FL_KEEP_SIZE` (reserve only) go to the file's local copy, as ext4 does them; other
+    /// modes (punching or collapsing holes, zeroing ranges) answer `EOPNOTSUPP`.
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> VfsResult<()> {
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(length)) else {
+            return Err(Errno(libc::EFBIG));
+        };
+        let handle = self.handle(fh)?;
+        let mut guard = handle.lock();
+        let Handle::File(file) = &mut *guard else {
+            return Err(Errno::EISDIR);
+        };
+        let (Source::Copy(f), Some(counter)) = (&file.source, &file.writer) else {
+            return Err(Errno::EBADF);
+        };
+        counter.wrote();
+        // SAFETY: `f` is an open file; fallocate only reads its arguments.
+        let done =
+            unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(f), mode, offset, length) };
+        if done != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        file.wrote = true;
+        Ok(())
+    }
+
     /// `fsync`: the written bytes are durable and recorded as the file's content when this returns,
     /// and so is every change made through the mount before it (names, metadata: the mount's
     /// changes are atomic at once and durable at fsync, fsyncdir or after the next round).

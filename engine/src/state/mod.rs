@@ -188,7 +188,10 @@ impl State {
         synced.map_err(|e| {
             self.sql_err(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
-                Some(format!("cannot fsync {}: {e}", std::path::Path::new(&wal).display())),
+                Some(format!(
+                    "cannot fsync {}: {e}",
+                    std::path::Path::new(&wal).display()
+                )),
             ))
         })?;
         self.relaxed_pending = false;
@@ -550,14 +553,20 @@ mod tests {
         let failed: StateResult<()> =
             state.relaxed_transaction(|_| Err(StateError::Schema("refused".into())));
         assert!(failed.is_err());
-        assert!(!state.relaxed_pending(), "a rolled-back transaction waits for nothing");
+        assert!(
+            !state.relaxed_pending(),
+            "a rolled-back transaction waits for nothing"
+        );
         assert_eq!(synchronous(&state), FULL);
 
         state
             .relaxed_transaction(|t| t.set_meta("k", 2i64))
             .unwrap();
         state.transaction(|t| t.set_meta("j", 3i64)).unwrap();
-        assert!(!state.relaxed_pending(), "a FULL commit fsyncs the log before it");
+        assert!(
+            !state.relaxed_pending(),
+            "a FULL commit fsyncs the log before it"
+        );
 
         // A crash of the process (the connection dropped without a checkpoint) keeps relaxed commits.
         state
