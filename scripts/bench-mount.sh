@@ -29,6 +29,16 @@ cleanup() {
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
+# Waits (up to 30 min) until a mount's root says everything is synced, so that `bvfs umount`, which
+# waits only a minute for the last changes, never gives up on a large upload.
+wait_synced() {
+  for _ in $(seq 1 3600); do
+    [ "$(getfattr --only-values -n user.bvfs.sync "$1" 2>/dev/null)" = synced ] && return 0
+    sleep 0.5
+  done
+  echo "bench: $1 did not finish syncing in 30 minutes" >&2
+  return 1
+}
 elapsed() { python3 -c "print(f'{$2 - $1:.3f}')"; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 first_byte() { # file offset → seconds for one 4 KiB pread
@@ -68,7 +78,8 @@ cp "$W/native/big.bin" "$W/bvfs-a/big.bin"
 cp -r "$W/native/tree" "$W/bvfs-a/tree"
 cp "$W/native/big.bin" "$W/rclone-src/big.bin"
 cp -r "$W/native/tree" "$W/rclone-src/tree"
-"$BVFS" umount "$W/bvfs-a" >/dev/null   # waits for the last uploads
+wait_synced "$W/bvfs-a"
+"$BVFS" umount "$W/bvfs-a" >/dev/null
 rclone serve webdav "$W/rclone-src" --addr 127.0.0.1:18181 >/dev/null 2>&1 &
 PIDS+=($!)
 sleep 1
@@ -140,7 +151,8 @@ done
 git -C "$W/bvfs-a/clone" config core.checkStat minimal
 git -C "$W/bvfs-a/clone" config core.trustctime false
 git -C "$W/bvfs-a/clone" status --porcelain > /dev/null   # the index as the first device sees it
-"$BVFS" umount "$W/bvfs-a" >/dev/null   # waits for the last uploads
+wait_synced "$W/bvfs-a"
+"$BVFS" umount "$W/bvfs-a" >/dev/null
 for _ in $(seq 1 1200); do [ -e "$W/bvfs-b/clone/.git/index" ] && \
   [ "$(getfattr --only-values -n user.bvfs.sync "$W/bvfs-b" 2>/dev/null)" = synced ] && break; sleep 0.5; done
 sleep 2

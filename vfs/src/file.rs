@@ -194,8 +194,9 @@ impl Vfs {
         }
     }
 
-    /// `write`.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
+    /// Runs `change` on the copy behind a writing handle, counted as a write (so a commit chunking
+    /// the copy meanwhile records nothing) and marking the handle as having written.
+    fn change_copy<T>(&self, fh: u64, change: impl FnOnce(&File) -> VfsResult<T>) -> VfsResult<T> {
         let handle = self.handle(fh)?;
         let mut guard = handle.lock();
         let Handle::File(file) = &mut *guard else {
@@ -205,9 +206,17 @@ impl Vfs {
             return Err(Errno::EBADF);
         };
         counter.wrote();
-        f.write_all_at(data, offset)?;
+        let value = change(f)?;
         file.wrote = true;
-        Ok(data.len() as u32)
+        Ok(value)
+    }
+
+    /// `write`.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
+        self.change_copy(fh, |f| {
+            f.write_all_at(data, offset)?;
+            Ok(data.len() as u32)
+        })
     }
 
     /// `fallocate` on a file open for writing: mode 0 (reserve and extend) and
@@ -220,23 +229,16 @@ impl Vfs {
         let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(length)) else {
             return Err(Errno(libc::EFBIG));
         };
-        let handle = self.handle(fh)?;
-        let mut guard = handle.lock();
-        let Handle::File(file) = &mut *guard else {
-            return Err(Errno::EISDIR);
-        };
-        let (Source::Copy(f), Some(counter)) = (&file.source, &file.writer) else {
-            return Err(Errno::EBADF);
-        };
-        counter.wrote();
-        // SAFETY: `f` is an open file; fallocate only reads its arguments.
-        let done =
-            unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(f), mode, offset, length) };
-        if done != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        file.wrote = true;
-        Ok(())
+        self.change_copy(fh, |f| {
+            // SAFETY: `f` is an open file; fallocate only reads its arguments.
+            let done = unsafe {
+                libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(f), mode, offset, length)
+            };
+            match done {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error().into()),
+            }
+        })
     }
 
     /// `fsync`: the written bytes are durable and recorded as the file's content when this returns,
