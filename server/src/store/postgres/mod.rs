@@ -667,17 +667,22 @@ impl PgMetaStore {
             .block_on(client.transaction())
             .map_err(|e| store_status(pg_err(e)))?;
         // The tenant's writer lock, held until commit or rollback, whichever process holds it.
-        let head = rt
+        let row = rt
             .block_on(async {
                 let statement = tx
-                    .prepare_cached("SELECT head FROM heads WHERE tenant_id = $1 FOR UPDATE")
+                    .prepare_cached(
+                        "SELECT head, gc_epoch FROM heads WHERE tenant_id = $1 FOR UPDATE",
+                    )
                     .await?;
                 tx.query_opt(&statement, &[&tenant]).await
             })
             .map_err(|e| store_status(pg_err(e)))?
-            .ok_or_else(|| store_status(StoreError::Meta(format!("no head for tenant {tenant}"))))
-            .and_then(|row| col::<i64>(&row, 0).map_err(store_status))? as u64;
-        let mut txn = PgTxn::new(&tx, rt, tenant, head, self.outbox);
+            .ok_or_else(|| {
+                store_status(StoreError::Meta(format!("no head for tenant {tenant}")))
+            })?;
+        let head = col::<i64>(&row, 0).map_err(store_status)? as u64;
+        let gc_epoch = col::<i64>(&row, 1).map_err(store_status)? as u64;
+        let mut txn = PgTxn::new(&tx, rt, tenant, (head, gc_epoch), self.outbox);
         // On an error the transaction is dropped, which rolls it back.
         f(&mut txn)?;
         rt.block_on(tx.commit())

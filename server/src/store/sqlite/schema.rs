@@ -39,15 +39,19 @@ CREATE TABLE tokens (
 );
 ";
 
-/// A namespace database's schema version.
-const NAMESPACE_VERSION: i64 = 1;
+/// A namespace database's schema version. Version 2 added `heads.gc_epoch` (`crate::gc`).
+const NAMESPACE_VERSION: i64 = 2;
+
+/// From namespace version 1 to 2.
+const NAMESPACE_V2: &str = "ALTER TABLE heads ADD COLUMN gc_epoch INTEGER NOT NULL DEFAULT 0;";
 
 /// A namespace's tables. Rows keep their tenant id (one value per database), so the queries read
 /// the same as when all tenants shared one database.
 const NAMESPACE: &str = "
 CREATE TABLE heads (
     tenant_id INTEGER PRIMARY KEY,
-    head INTEGER NOT NULL
+    head INTEGER NOT NULL,
+    gc_epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE nodes (
     tenant_id INTEGER NOT NULL,
@@ -227,6 +231,20 @@ pub(super) fn ensure_namespace(conn: &mut Connection, tenant: TenantId) -> Store
                 params![tenant, &ROOT_ID[..], &ROOT_ID[..], "", root_node().encode_to_vec()],
             )
             .map_err(meta_err)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {NAMESPACE_VERSION}"))
+                .map_err(meta_err)?;
+            tx.commit().map_err(meta_err)
+        }
+        1 => {
+            // Immediate, and checked again inside: a server and an admin command may both open
+            // the database; one of them upgrades it.
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(meta_err)?;
+            if user_version(&tx)? != 1 {
+                return Ok(());
+            }
+            tx.execute_batch(NAMESPACE_V2).map_err(meta_err)?;
             tx.execute_batch(&format!("PRAGMA user_version = {NAMESPACE_VERSION}"))
                 .map_err(meta_err)?;
             tx.commit().map_err(meta_err)
