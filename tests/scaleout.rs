@@ -1249,6 +1249,8 @@ async fn gc_on_postgres_and_s3_never_deletes_a_chunk_concurrent_commits_name() {
     let mut gc_args = vec!["--metadata".to_string(), cluster.services.pg.url.clone()];
     gc_args.extend(["--chunks".to_string(), "s3://bvfs/team".to_string()]);
     let env = cluster.services.s3.env();
+    // moto cannot check the signature of a LIST with a prefix (see the method).
+    cluster.services.s3.stop_checking_signatures();
 
     let mut on_one = client(&cluster.servers[0].url, &laptop).await;
     let mut on_two = client(&cluster.servers[1].url, &phone).await;

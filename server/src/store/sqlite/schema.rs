@@ -256,3 +256,32 @@ pub(super) fn ensure_namespace(conn: &mut Connection, tenant: TenantId) -> Store
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A namespace database of version 1 (before collection epochs) gains `heads.gc_epoch` at 0,
+    /// its head kept.
+    #[test]
+    fn a_version_1_namespace_gains_the_collection_epoch() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        ensure_namespace(&mut conn, 7).unwrap();
+        conn.execute_batch(
+            "UPDATE heads SET head = 5; ALTER TABLE heads DROP COLUMN gc_epoch; \
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        ensure_namespace(&mut conn, 7).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), NAMESPACE_VERSION);
+        let (head, epoch): (i64, i64) = conn
+            .query_row(
+                "SELECT head, gc_epoch FROM heads WHERE tenant_id = 7",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((head, epoch), (5, 0));
+        ensure_namespace(&mut conn, 7).unwrap();
+    }
+}
