@@ -17,14 +17,19 @@
 //! the tenant's head row that commits read inside their transaction for free (the scale-out store
 //! reads it with the `FOR UPDATE` of the head):
 //!
+//! 0. One collection at a time: the collector takes the metadata's collection lock
+//!    ([`MetaStore::gc_lock`]: an advisory lock on PostgreSQL, a file lock beside the SQLite
+//!    catalog), which goes with its process; a second `bvfs admin gc` is refused.
 //! 1. The collector scans the journal (no lock) and lists stored chunks; candidates are chunks
 //!    named by no entry up to the head it saw and stored longer ago than the grace period.
 //! 2. Transaction A (writer lock): the epoch becomes the next **odd** number. Odd means "a
 //!    collection may be deleting".
-//! 3. Per batch, one transaction (writer lock held throughout): read the journal entries committed
-//!    since the last scan, drop every candidate they name, delete the rest from the chunk store.
-//! 4. Transaction B (writer lock): if the epoch is still the one A set, it becomes even (the next
-//!    number). If another collection started meanwhile it stays odd, and that one ends it.
+//! 3. Per batch, one transaction (writer lock held throughout): check the collection lock is still
+//!    held, read the journal entries committed since the last scan, drop every candidate they name,
+//!    delete the rest from the chunk store.
+//! 4. Transaction B (writer lock): the epoch becomes the next **even** number. As only the lock's
+//!    holder deletes, this also ends an odd run left by a collector that died; a collection with
+//!    nothing to delete still does it when it finds the epoch odd.
 //!
 //! A commit remembers the epoch it last saw for its tenant (per process; in memory) *before* it
 //! checks its chunks, and inside its transaction re-checks them (under the writer lock, where no
@@ -50,7 +55,9 @@ use std::time::{Duration, SystemTime};
 
 use bvfs_proto::v1::Node;
 
-use crate::store::{ChunkKey, ChunkStore, MetaStore, MetaTxn, StoreError, StoredChunk, TenantId};
+use crate::store::{
+    ChunkKey, ChunkStore, GcLock, MetaStore, MetaTxn, StoreError, StoredChunk, TenantId,
+};
 
 /// The default grace period of `bvfs admin gc`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -101,18 +108,23 @@ pub struct Report {
     pub bytes_freed: u64,
 }
 
-/// Collects every tenant's unreferenced chunks older than `grace` (see the module's rules).
-/// `progress` hears one line per tenant that had something to delete.
+/// Collects every tenant's unreferenced chunks older than `grace` (see the module's rules), under
+/// the collection lock. `progress` hears one line per tenant that had something to delete.
 pub fn collect(
     meta: &dyn MetaStore,
     chunks: &dyn ChunkStore,
     grace: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Report> {
+    let lock = meta.gc_lock()?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "another `bvfs admin gc` is running on this metadata; run again when it has finished"
+        )
+    })?;
     let mut report = Report::default();
     for (tenant, name) in meta.tenants()? {
         let before = report.clone();
-        collect_tenant(meta, chunks, tenant, grace, &mut report)
+        collect_tenant(meta, chunks, lock.as_ref(), tenant, grace, &mut report)
             .map_err(|e| anyhow::anyhow!("user {name:?}: {e}"))?;
         if report.chunks_deleted > before.chunks_deleted {
             progress(&format!(
@@ -125,10 +137,11 @@ pub fn collect(
     Ok(report)
 }
 
-/// One tenant's collection.
+/// One tenant's collection; the caller holds the collection lock `lock`.
 pub fn collect_tenant(
     meta: &dyn MetaStore,
     chunks: &dyn ChunkStore,
+    lock: &dyn GcLock,
     tenant: TenantId,
     grace: Duration,
     report: &mut Report,
@@ -152,15 +165,20 @@ pub fn collect_tenant(
         }
     }
     if candidates.is_empty() {
-        return Ok(());
+        // Nothing to delete; an odd epoch left by a collector that died ends here.
+        return write(meta, tenant, &mut |txn| {
+            let epoch = txn.gc_epoch()?;
+            if epoch % 2 == 1 {
+                txn.set_gc_epoch(epoch + 1)?;
+            }
+            Ok(())
+        });
     }
 
     // 2. Odd: commits re-check their chunks inside their transaction from now on.
-    let mut started = 0;
     write(meta, tenant, &mut |txn| {
         let epoch = txn.gc_epoch()?;
-        started = if epoch % 2 == 1 { epoch + 2 } else { epoch + 1 };
-        txn.set_gc_epoch(started)
+        txn.set_gc_epoch(if epoch % 2 == 1 { epoch + 2 } else { epoch + 1 })
     })?;
 
     // 3. Batches under the writer lock: what was committed since the last read counts too.
@@ -168,6 +186,8 @@ pub fn collect_tenant(
         let mut deleted = (0usize, 0u64);
         write(meta, tenant, &mut |_txn| {
             deleted = (0, 0);
+            // Deleting without the lock could race another collector's step 4.
+            lock.check()?;
             // Read through the store (another connection): with the writer lock held, nothing
             // of this tenant commits meanwhile, so this sees every committed entry.
             scanned = scan_references(meta, tenant, scanned, &mut referenced)?;
@@ -183,14 +203,11 @@ pub fn collect_tenant(
         report.bytes_freed += deleted.1;
     }
 
-    // 4. Even again, unless another collection started meanwhile (it ends the odd run itself).
+    // 4. Even again: no collector deletes anything without the lock this one holds.
     write(meta, tenant, &mut |txn| {
-        if txn.gc_epoch()? == started {
-            txn.set_gc_epoch(started + 1)?;
-        }
-        Ok(())
-    })?;
-    Ok(())
+        let epoch = txn.gc_epoch()?;
+        txn.set_gc_epoch(epoch + epoch % 2)
+    })
 }
 
 /// Runs `f` in a write transaction of the tenant, store errors as they are.

@@ -153,10 +153,22 @@ pub trait MetaStore: Send + Sync + 'static {
         max_bytes: usize,
     ) -> StoreResult<(Vec<JournalEntry>, bool)>;
 
+    /// Takes the collection lock of this metadata (one `bvfs admin gc` at a time, across every
+    /// process; [`crate::gc`]); `None` if another collection holds it. Released when the guard is
+    /// dropped or its process dies.
+    fn gc_lock(&self) -> StoreResult<Option<Box<dyn GcLock>>>;
+
     /// Runs `f` inside one write transaction of the tenant's namespace. If `f` returns `Ok`, everything
     /// it wrote is committed durably before this returns; on `Err` nothing is, and the error is returned.
     /// Store failures become `INTERNAL` statuses.
     fn write(&self, tenant: TenantId, f: &mut WriteFn<'_>) -> Result<(), tonic::Status>;
+}
+
+/// The collection lock, held while a collection runs ([`MetaStore::gc_lock`]).
+pub trait GcLock: Send {
+    /// Fails if the lock may have been lost (its database connection dropped): the collection
+    /// must stop deleting.
+    fn check(&self) -> StoreResult<()>;
 }
 
 /// The body of a write transaction; a returned error rolls it back.

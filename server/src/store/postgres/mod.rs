@@ -641,6 +641,21 @@ impl MetaStore for PgMetaStore {
         Ok((entries, more))
     }
 
+    fn gc_lock(&self) -> StoreResult<Option<Box<dyn crate::store::GcLock>>> {
+        let client = self.rt.block_on(self.pool.get()).map_err(pool_err)?;
+        let row = self
+            .rt
+            .block_on(client.query_one("SELECT pg_try_advisory_lock($1)", &[&GC_LOCK]))
+            .map_err(pg_err)?;
+        if !col::<bool>(&row, 0)? {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(PgGcLock {
+            client: Some(client),
+            rt: self.rt.clone(),
+        })))
+    }
+
     fn write(&self, tenant: TenantId, f: &mut WriteFn<'_>) -> Result<(), tonic::Status> {
         let gate = self.writers.lock().entry(tenant).or_default().clone();
         let result = {
@@ -653,6 +668,38 @@ impl MetaStore for PgMetaStore {
             writers.remove(&tenant);
         }
         result
+    }
+}
+
+/// `pg_advisory_lock` key of the collection lock ("bvgc" in ASCII).
+const GC_LOCK: i64 = 0x6276_6763;
+
+/// The collection lock on PostgreSQL: a session advisory lock on a connection of its own, so it
+/// goes when the connection does (also when the process dies).
+struct PgGcLock {
+    client: Option<deadpool_postgres::Object>,
+    rt: Arc<IoRuntime>,
+}
+
+impl crate::store::GcLock for PgGcLock {
+    fn check(&self) -> StoreResult<()> {
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| StoreError::Meta("the collection lock was released".into()))?;
+        self.rt
+            .block_on(client.simple_query("SELECT 1"))
+            .map(drop)
+            .map_err(|e| StoreError::Meta(format!("the collection lock's connection: {e}")))
+    }
+}
+
+impl Drop for PgGcLock {
+    fn drop(&mut self) {
+        // Closed, not returned to the pool: closing the session releases the lock.
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
     }
 }
 
