@@ -1309,4 +1309,28 @@ async fn gc_on_postgres_and_s3_never_deletes_a_chunk_concurrent_commits_name() {
             missing.len()
         );
     }
+
+    // One collection at a time across processes: the advisory lock, gone with its connection.
+    use bvfs_server::store::MetaStore;
+    let pg = bvfs_server::store::postgres::PgMetaStore::connect(&cluster.services.pg.url, false)
+        .unwrap();
+    let held = pg.gc_lock().unwrap().expect("the collection lock");
+    held.check().unwrap();
+    assert!(
+        pg.gc_lock().unwrap().is_none(),
+        "a second lock in this process"
+    );
+    let out = bvfs()
+        .args(["admin", "gc"])
+        .args(&gc_args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another `bvfs admin gc`"),
+        "{err}"
+    );
+    drop(held);
+    assert_eq!(common::gc_race::run_gc(&gc_args, &env, "0s"), 0);
 }
