@@ -1334,3 +1334,60 @@ async fn gc_on_postgres_and_s3_never_deletes_a_chunk_concurrent_commits_name() {
     drop(held);
     assert_eq!(common::gc_race::run_gc(&gc_args, &env, "0s"), 0);
 }
+
+/// A scale-out server's metrics: commits and chunk bytes count as on the embedded store, and the
+/// relay's outbox lag shows while NATS is down and returns to zero once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_commits_and_the_relays_outbox_lag() {
+    use common::scrape::{sample, scrape};
+    let mut services = ScaleOut::start();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", common::services::free_port());
+    let server = ServerProcess::start_with(
+        &dir.path().join("server"),
+        &["--metrics", &metrics],
+        &services.serve_args(),
+        &services.s3.env(),
+    );
+    let token = add_user_with(dir.path(), &services.serve_args(), "alice", "laptop");
+    let mut api = client(&server.url, &token).await;
+    let data = vec![7u8; 10_000];
+    put_blob(&mut api, &data).await;
+    commit(
+        &mut api,
+        vec![create(
+            &new_id(),
+            &root(),
+            "f",
+            v1::NodeKind::File,
+            file_attrs(&data),
+        )],
+    )
+    .await
+    .unwrap();
+    let now = scrape(&metrics);
+    assert_eq!(
+        sample(&now, "bvfs_commits_total{outcome=\"committed\"}"),
+        1.0
+    );
+    assert_eq!(sample(&now, "bvfs_chunk_bytes_received_total"), 10_000.0);
+
+    services.nats.stop();
+    commit(&mut api, vec![mkdir(&new_id(), &root(), "while-down")])
+        .await
+        .unwrap();
+    let lag = |expected: fn(f64) -> bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let value = sample(&scrape(&metrics), "bvfs_relay_outbox_pending");
+            if expected(value) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: still {value}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    lag(|v| v >= 1.0, "the unpublished head shows as outbox lag");
+    services.nats.resume();
+    lag(|v| v == 0.0, "the lag goes once NATS is back");
+}

@@ -3,6 +3,7 @@
 
 pub mod gc_race;
 pub mod mounts;
+pub mod scrape;
 pub mod services;
 
 use std::io::{BufRead, BufReader};
