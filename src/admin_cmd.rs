@@ -121,6 +121,9 @@ Every version is kept (no retention policy yet), so only chunks no commit ever n
         /// Keep unreferenced chunks uploaded more recently than this (s, m, h, d)
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = bvfs_server::gc::parse_duration)]
         grace: std::time::Duration,
+        /// Only count what would be deleted (nothing is deleted or locked)
+        #[arg(long)]
+        dry_run: bool,
         /// Print the result as JSON
         #[arg(long)]
         json: bool,
@@ -245,6 +248,7 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
             data,
             chunks,
             grace,
+            dry_run,
             json,
         } => {
             let dir = data.open()?;
@@ -255,21 +259,38 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
                 notify: None,
             };
             let store = urls.open_chunks()?;
-            let report =
+            let report = if dry_run {
+                bvfs_server::gc::survey(dir.meta.as_ref(), store.as_ref(), grace)?
+            } else {
                 bvfs_server::gc::collect(dir.meta.as_ref(), store.as_ref(), grace, &mut |line| {
                     eprintln!("{line}")
-                })?;
+                })?
+            };
             if json {
                 let line = serde_json::json!({
                     "users": report.tenants,
                     "chunks_stored": report.chunks_stored,
                     "chunks_referenced": report.chunks_referenced,
                     "chunks_within_grace": report.chunks_young,
+                    "chunks_unreferenced": report.chunks_unreferenced,
+                    "bytes_unreferenced": report.bytes_unreferenced,
                     "chunks_deleted": report.chunks_deleted,
                     "bytes_freed": report.bytes_freed,
                     "grace_s": grace.as_secs(),
+                    "dry_run": dry_run,
                 });
                 println!("{line}");
+            } else if dry_run {
+                println!(
+                    "would delete {} unreferenced chunk(s), {} bytes ({} stored, {} referenced, {} \
+                     newer than the grace period, over {} user(s)); nothing was deleted",
+                    report.chunks_unreferenced,
+                    report.bytes_unreferenced,
+                    report.chunks_stored,
+                    report.chunks_referenced,
+                    report.chunks_young,
+                    report.tenants
+                );
             } else {
                 println!(
                     "deleted {} unreferenced chunk(s), {} bytes freed ({} stored, {} referenced, {} \

@@ -366,6 +366,22 @@ async fn gc_deletes_only_old_unreferenced_chunks() {
         age_chunk(&data, chunk, day);
     }
 
+    // A dry run counts, deletes nothing.
+    let out = bvfs()
+        .args(["admin", "gc", "--dry-run", "--json", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["chunks_unreferenced"], 1, "{report}");
+    assert_eq!(report["bytes_unreferenced"], 4000, "{report}");
+    assert_eq!(report["chunks_deleted"], 0, "{report}");
+
     let out = bvfs()
         .args(["admin", "gc", "--json", "--data"])
         .arg(&data)

@@ -104,8 +104,26 @@ pub struct Report {
     pub chunks_referenced: usize,
     /// Unreferenced chunks kept because they are younger than the grace period.
     pub chunks_young: usize,
+    /// Unreferenced chunks older than the grace period when listed: what a run deletes (less any
+    /// a commit names meanwhile), what a dry run would.
+    pub chunks_unreferenced: usize,
+    pub bytes_unreferenced: u64,
     pub chunks_deleted: usize,
     pub bytes_freed: u64,
+}
+
+/// Only counts what [`collect`] would delete: no lock, no epoch change, nothing deleted.
+pub fn survey(
+    meta: &dyn MetaStore,
+    chunks: &dyn ChunkStore,
+    grace: Duration,
+) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    for (tenant, name) in meta.tenants()? {
+        candidates(meta, chunks, tenant, grace, &mut report)
+            .map_err(|e| anyhow::anyhow!("user {name:?}: {e}"))?;
+    }
+    Ok(report)
 }
 
 /// Collects every tenant's unreferenced chunks older than `grace` (see the module's rules), under
@@ -146,24 +164,8 @@ pub fn collect_tenant(
     grace: Duration,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    report.tenants += 1;
-    // 1. References up to a head, then the chunks stored (in this order: a chunk stored after the
-    //    scan is younger than the grace period, or named by an entry the batches read).
-    let mut referenced = HashSet::new();
-    let mut scanned = scan_references(meta, tenant, 0, &mut referenced)?;
-    let stored = chunks.list(tenant)?;
-    let now = SystemTime::now();
-    report.chunks_stored += stored.len();
-    let mut candidates: Vec<StoredChunk> = Vec::new();
-    for chunk in stored {
-        if referenced.contains(&chunk.id) {
-            report.chunks_referenced += 1;
-        } else if now.duration_since(chunk.stored_at).unwrap_or_default() < grace {
-            report.chunks_young += 1;
-        } else {
-            candidates.push(chunk);
-        }
-    }
+    let (candidates, mut referenced, mut scanned) =
+        candidates(meta, chunks, tenant, grace, report)?;
     if candidates.is_empty() {
         // Nothing to delete; an odd epoch left by a collector that died ends here.
         return write(meta, tenant, &mut |txn| {
@@ -208,6 +210,37 @@ pub fn collect_tenant(
         let epoch = txn.gc_epoch()?;
         txn.set_gc_epoch(epoch + epoch % 2)
     })
+}
+
+/// Step 1: the references up to a head, then the chunks stored (in this order: a chunk stored
+/// after the scan is younger than the grace period, or named by an entry the batches read).
+/// Returns the candidates, the references and the last sequence scanned.
+fn candidates(
+    meta: &dyn MetaStore,
+    chunks: &dyn ChunkStore,
+    tenant: TenantId,
+    grace: Duration,
+    report: &mut Report,
+) -> Result<(Vec<StoredChunk>, HashSet<ChunkKey>, u64), StoreError> {
+    report.tenants += 1;
+    let mut referenced = HashSet::new();
+    let scanned = scan_references(meta, tenant, 0, &mut referenced)?;
+    let stored = chunks.list(tenant)?;
+    let now = SystemTime::now();
+    report.chunks_stored += stored.len();
+    let mut candidates: Vec<StoredChunk> = Vec::new();
+    for chunk in stored {
+        if referenced.contains(&chunk.id) {
+            report.chunks_referenced += 1;
+        } else if now.duration_since(chunk.stored_at).unwrap_or_default() < grace {
+            report.chunks_young += 1;
+        } else {
+            report.chunks_unreferenced += 1;
+            report.bytes_unreferenced += chunk.len;
+            candidates.push(chunk);
+        }
+    }
+    Ok((candidates, referenced, scanned))
 }
 
 /// Runs `f` in a write transaction of the tenant, store errors as they are.
