@@ -106,6 +106,28 @@ AWS_SECRET_ACCESS_KEY. Users already in the target are skipped, so a run cut sho
         #[arg(long, value_name = "URL")]
         to_chunks: String,
     },
+    /// Delete chunks that were uploaded but are named by no version of any file (live, older or
+    /// deleted) and are older than the grace period; report the bytes freed. Works beside running
+    /// servers: a commit racing the collection is refused or kept, never left naming a deleted chunk.
+    #[command(after_help = "Example:\n  bvfs admin gc --grace 24h\n  \
+bvfs admin gc --metadata postgres://bvfs@db/bvfs --chunks s3://vault/bvfs --json\n\n\
+Every version is kept (no retention policy yet), so only chunks no commit ever named are deleted.")]
+    Gc {
+        #[command(flatten)]
+        data: DataArg,
+        /// The chunk storage: a directory or s3://BUCKET[/PREFIX] [default: DATA/chunks]
+        #[arg(long, value_name = "URL", env = "BVFS_CHUNKS")]
+        chunks: Option<String>,
+        /// Keep unreferenced chunks uploaded more recently than this (s, m, h, d)
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = bvfs_server::gc::parse_duration)]
+        grace: std::time::Duration,
+        /// Only count what would be deleted (nothing is deleted or locked)
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke every token of one of a user's devices: the server refuses them from the next request
     /// on, and ends their live notification streams within seconds. Works beside a running server.
     #[command(after_help = "Example (a lost phone):\n  bvfs admin revoke alice phone")]
@@ -220,6 +242,67 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
                     format!("; already there: {}", done.skipped.join(", "))
                 }
             );
+            Ok(())
+        }
+        AdminCommand::Gc {
+            data,
+            chunks,
+            grace,
+            dry_run,
+            json,
+        } => {
+            let dir = data.open()?;
+            let urls = StorageUrls {
+                data: data.data.clone().unwrap_or_else(default_server_dir),
+                metadata: data.metadata.clone(),
+                chunks,
+                notify: None,
+            };
+            let store = urls.open_chunks()?;
+            let report = if dry_run {
+                bvfs_server::gc::survey(dir.meta.as_ref(), store.as_ref(), grace)?
+            } else {
+                bvfs_server::gc::collect(dir.meta.as_ref(), store.as_ref(), grace, &mut |line| {
+                    eprintln!("{line}")
+                })?
+            };
+            if json {
+                let line = serde_json::json!({
+                    "users": report.tenants,
+                    "chunks_stored": report.chunks_stored,
+                    "chunks_referenced": report.chunks_referenced,
+                    "chunks_within_grace": report.chunks_young,
+                    "chunks_unreferenced": report.chunks_unreferenced,
+                    "bytes_unreferenced": report.bytes_unreferenced,
+                    "chunks_deleted": report.chunks_deleted,
+                    "bytes_freed": report.bytes_freed,
+                    "grace_s": grace.as_secs(),
+                    "dry_run": dry_run,
+                });
+                println!("{line}");
+            } else if dry_run {
+                println!(
+                    "would delete {} unreferenced chunk(s), {} bytes ({} stored, {} referenced, {} \
+                     newer than the grace period, over {} user(s)); nothing was deleted",
+                    report.chunks_unreferenced,
+                    report.bytes_unreferenced,
+                    report.chunks_stored,
+                    report.chunks_referenced,
+                    report.chunks_young,
+                    report.tenants
+                );
+            } else {
+                println!(
+                    "deleted {} unreferenced chunk(s), {} bytes freed ({} stored, {} referenced, {} \
+                     newer than the grace period, over {} user(s))",
+                    report.chunks_deleted,
+                    report.bytes_freed,
+                    report.chunks_stored,
+                    report.chunks_referenced,
+                    report.chunks_young,
+                    report.tenants
+                );
+            }
             Ok(())
         }
         AdminCommand::Revoke { data, user, device } => {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -67,6 +68,23 @@ pub fn effective_cap(requested: usize, descriptor_limit: u64) -> usize {
 pub struct CappedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    _open: OpenConnection,
+}
+
+/// One connection counted in the `connections_open` gauge until dropped.
+struct OpenConnection(Gauge);
+
+impl OpenConnection {
+    fn new(open: &Gauge) -> Self {
+        open.inc();
+        Self(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl CappedStream {
@@ -76,21 +94,26 @@ impl CappedStream {
     }
 }
 
-/// Accepts connections from `listener`, at most `cap` open at once.
+/// Accepts connections from `listener`, at most `cap` open at once, counting those open in `open`.
 pub fn accept_capped(
     listener: TcpListener,
     cap: usize,
+    open: Gauge,
 ) -> impl Stream<Item = io::Result<CappedStream>> + Send + 'static {
     let permits = Arc::new(Semaphore::new(cap.max(1)));
-    futures::stream::unfold((listener, permits), |(listener, permits)| async move {
-        // The semaphore is never closed, so acquiring only waits.
-        let permit = permits.clone().acquire_owned().await.ok()?;
-        let accepted = listener.accept().await.map(|(stream, _)| CappedStream {
-            stream,
-            _permit: permit,
-        });
-        Some((accepted, (listener, permits)))
-    })
+    futures::stream::unfold(
+        (listener, permits, open),
+        |(listener, permits, open)| async move {
+            // The semaphore is never closed, so acquiring only waits.
+            let permit = permits.clone().acquire_owned().await.ok()?;
+            let accepted = listener.accept().await.map(|(stream, _)| CappedStream {
+                stream,
+                _permit: permit,
+                _open: OpenConnection::new(&open),
+            });
+            Some((accepted, (listener, permits, open)))
+        },
+    )
 }
 
 impl AsyncRead for CappedStream {
@@ -178,7 +201,8 @@ mod tests {
     async fn a_connection_past_the_cap_waits_for_one_to_close() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let incoming = accept_capped(listener, 2);
+        let open = Gauge::default();
+        let incoming = accept_capped(listener, 2, open.clone());
         tokio::pin!(incoming);
         let _a = TcpStream::connect(addr).await.unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();
@@ -190,6 +214,7 @@ mod tests {
             third.is_err(),
             "a third connection was accepted past a cap of 2"
         );
+        assert_eq!(open.get(), 2, "two connections counted open");
         drop(first);
         let third = tokio::time::timeout(Duration::from_secs(5), incoming.next())
             .await

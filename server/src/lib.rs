@@ -6,15 +6,19 @@
 //!
 //! Layout: [`service`] speaks gRPC and authenticates; [`namespace`] holds the commit rules; [`store`]
 //! defines the storage traits and the backends (embedded: SQLite, files; scale-out: PostgreSQL, S3),
-//! which [`storage`] chooses from the command line; [`notify`] wakes subscribers (across processes
-//! through NATS, [`notify::relay`]); [`bounds`] keeps every answer
-//! under the byte budget and [`staging`] holds chunk lists uploaded for commits; [`serve`] runs it all.
+//! which [`storage`] chooses from the command line (or [`config`], a TOML file); [`notify`] wakes
+//! subscribers (across processes through NATS, [`notify::relay`]); [`bounds`] keeps every answer
+//! under the byte budget and [`staging`] holds chunk lists uploaded for commits; [`gc`] deletes
+//! uploaded chunks no version names; [`metrics`] counts for Prometheus; [`serve`] runs it all.
 //! The server never depends on the client engine.
 
 pub mod ancestry;
 pub mod auth;
 pub mod bounds;
+pub mod config;
 pub mod connections;
+pub mod gc;
+pub mod metrics;
 pub mod migrate;
 pub mod namespace;
 pub mod notify;

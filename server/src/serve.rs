@@ -15,6 +15,8 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use crate::connections::{
     DEFAULT_MAX_CONNECTIONS, accept_capped, effective_cap, raise_descriptor_limit,
 };
+use crate::metrics::Metrics;
+use crate::metrics::grpc::Observed;
 use crate::notify::HeadNotifier;
 use crate::notify::relay::Relay;
 use crate::service::SyncService;
@@ -98,6 +100,9 @@ pub struct BoundServer {
     _relay: Option<Relay>,
     /// At most this many connections open at once ([`crate::connections`]).
     max_connections: usize,
+    metrics: Arc<Metrics>,
+    /// Where `GET /metrics` is served, if anywhere ([`BoundServer::with_metrics_listener`]).
+    metrics_listener: Option<TcpListener>,
 }
 
 impl BoundServer {
@@ -106,18 +111,21 @@ impl BoundServer {
         let meta: Arc<dyn MetaStore> = data.meta.clone();
         let chunks: Arc<dyn ChunkStore> = data.chunks.clone();
         let heads = Arc::new(HeadNotifier::default());
-        Self::bind_parts(meta, chunks, heads, None, options).await
+        Self::bind_parts(meta, chunks, heads, None, Arc::default(), options).await
     }
 
     /// Checks the options, loads TLS material and binds the listener, on any backends; starts
     /// their notification relay, if any.
     pub async fn bind_storage(storage: &Storage, options: &ServeOptions) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
         let (heads, relay) = match storage.notify {
             Notify::InProcess => (Arc::new(HeadNotifier::default()), None),
             Notify::Nats { .. } => {
                 let (heads, committed) = HeadNotifier::relayed();
                 let heads = Arc::new(heads);
-                let relay = storage.start_relay(heads.clone(), committed).await?;
+                let relay = storage
+                    .start_relay(heads.clone(), committed, metrics.clone())
+                    .await?;
                 (heads, relay)
             }
         };
@@ -126,6 +134,7 @@ impl BoundServer {
             storage.chunks.clone(),
             heads,
             relay,
+            metrics,
             options,
         )
         .await
@@ -136,6 +145,7 @@ impl BoundServer {
         chunks: Arc<dyn ChunkStore>,
         heads: Arc<HeadNotifier>,
         relay: Option<Relay>,
+        metrics: Arc<Metrics>,
         options: &ServeOptions,
     ) -> anyhow::Result<Self> {
         if options.tls.is_none() && !options.listen.ip().is_loopback() && !options.allow_plaintext {
@@ -161,7 +171,8 @@ impl BoundServer {
             .await
             .with_context(|| format!("cannot listen on {}", options.listen))?;
         let local_addr = listener.local_addr()?;
-        let service = SyncService::new(meta.clone(), chunks.clone(), heads.clone());
+        let service = SyncService::new(meta.clone(), chunks.clone(), heads.clone())
+            .with_metrics(metrics.clone());
         Ok(Self {
             listener,
             local_addr,
@@ -172,7 +183,30 @@ impl BoundServer {
             chunks,
             _relay: relay,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            metrics,
+            metrics_listener: None,
         })
+    }
+
+    /// Serves Prometheus metrics (`GET /metrics`, [`crate::metrics`]) on `addr`, a listener of
+    /// its own (port 0 picks a free port): bound now, so a taken address fails the start.
+    pub async fn with_metrics_listener(mut self, addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        self.metrics_listener = Some(listener);
+        Ok(self)
+    }
+
+    /// The URL of the metrics, if they are served.
+    pub fn metrics_url(&self) -> Option<String> {
+        let addr = self.metrics_listener.as_ref()?.local_addr().ok()?;
+        Some(format!("http://{addr}/metrics"))
+    }
+
+    /// The process's metrics (also counted when not served).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Caps the connections open at once (default [`DEFAULT_MAX_CONNECTIONS`]); the cap applied
@@ -211,15 +245,23 @@ impl BoundServer {
         let service = SyncServer::new(self.service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let service = Observed::new(service, self.metrics.clone());
+        // Aborted when this returns (dropping the handle would not stop it).
+        let scrapes = self.metrics_listener.map(|listener| {
+            AbortOnDrop(tokio::spawn(crate::metrics::endpoint::serve(
+                listener,
+                self.metrics.clone(),
+            )))
+        });
         // Tonic applies `tcp_nodelay`/`tcp_keepalive` only to sockets it accepts itself, not to an
         // incoming stream: without this, Nagle's algorithm held back every small answer until the
         // client's delayed ACK (≈ 40 ms a small cold file, issue 10).
         let cap = effective_cap(self.max_connections, raise_descriptor_limit());
         tracing::info!("accepting at most {cap} connections at once");
-        let incoming =
-            tokio_stream::StreamExt::map(accept_capped(self.listener, cap), |accepted| {
-                accepted.inspect(|capped| tune_accepted(capped.tcp()))
-            });
+        let incoming = tokio_stream::StreamExt::map(
+            accept_capped(self.listener, cap, self.metrics.connections_open.clone()),
+            |accepted| accepted.inspect(|capped| tune_accepted(capped.tcp())),
+        );
         // Readiness for load balancers: `grpc.health.v1.Health` says SERVING while the storage
         // answers, NOT_SERVING while it does not, and from the moment shutdown begins.
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -242,6 +284,7 @@ impl BoundServer {
         }
         tracing::info!("shutting down: finishing requests in flight");
         probe.abort();
+        drop(scrapes);
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
         // Subscriptions never end on their own; close them so their connections can drain.
         self.heads.close();
@@ -253,6 +296,15 @@ impl BoundServer {
                 Ok(())
             }
         }
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -22,6 +22,7 @@ use bvfs_proto::{MANIFEST_PAGE_CHUNKS, PAGE_BUDGET_BYTES};
 
 use crate::auth::{authenticate, authorization_header};
 use crate::bounds::{elide, elide_response, fitting, fitting_elided};
+use crate::metrics::{Metrics, UploadRefusal};
 use crate::namespace::{self, MAX_CHUNK_BYTES, Reason, chunk_key, node_key, reject};
 use crate::notify::{HeadNotifier, MAX_SUBSCRIPTIONS_PER_TENANT};
 use crate::staging::{MAX_MANIFEST_CHUNKS, Staging, check_chunk_ref};
@@ -60,6 +61,9 @@ pub struct SyncService {
     /// Requests in flight per tenant.
     in_flight: parking_lot::Mutex<HashMap<TenantId, Arc<Semaphore>>>,
     upload_idle: std::time::Duration,
+    metrics: Arc<Metrics>,
+    /// The collection epoch each tenant's commits saw last ([`crate::gc`]).
+    gc_epochs: Arc<crate::gc::EpochMemory>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -183,7 +187,15 @@ impl SyncService {
             staging: Arc::default(),
             in_flight: Default::default(),
             upload_idle: UPLOAD_IDLE,
+            metrics: Arc::default(),
+            gc_epochs: Arc::default(),
         }
+    }
+
+    /// The same service counting into `metrics` (shared with the rest of the process).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The same service with another upload idle limit (tests use a short one).
@@ -237,8 +249,10 @@ impl SyncService {
     ) -> Result<(), Status> {
         while let Some(message) = self.next_upload_message(&mut incoming).await? {
             let PutChunkRequest { id, data } = message;
-            let key = chunk_key(&id, "chunk id", None)?;
+            let key = chunk_key(&id, "chunk id", None)
+                .inspect_err(|_| self.metrics.record_upload_refused(UploadRefusal::Malformed))?;
             if data.is_empty() || data.len() > MAX_CHUNK_BYTES {
+                self.metrics.record_upload_refused(UploadRefusal::Malformed);
                 return Err(reject(
                     Reason::Malformed,
                     None,
@@ -249,19 +263,25 @@ impl SyncService {
                     ),
                 ));
             }
-            let chunks = self.chunks.clone();
+            let (chunks, metrics) = (self.chunks.clone(), self.metrics.clone());
+            let len = data.len() as u64;
             let stored = blocking(move || {
                 let actual = blake3::hash(&data);
                 if actual.as_bytes() != &key {
+                    metrics.record_upload_refused(UploadRefusal::HashMismatch);
                     return Err(Status::data_loss(format!(
                         "chunk {}: its bytes hash to {}; the upload was corrupted, send it again",
                         hex::encode(key),
                         actual.to_hex()
                     )));
                 }
-                chunks.put(tenant, &key, &data).map_err(store_status)
+                chunks.put(tenant, &key, &data).map_err(|e| {
+                    metrics.record_upload_refused(UploadRefusal::Store);
+                    store_status(e)
+                })
             })
             .await?;
+            self.metrics.chunk_bytes_received.inc_by(len);
             if stored {
                 reply.stored += 1;
             } else {
@@ -333,9 +353,14 @@ impl Sync for SyncService {
         } = request.into_inner();
         let (meta, chunks, staging) =
             (self.meta.clone(), self.chunks.clone(), self.staging.clone());
+        let gc_epochs = self.gc_epochs.clone();
+        let op_count = ops.len();
         let applied = blocking(move || {
             // Staged lists can be millions of chunks: turned into the ops' lists off the runtime.
             staging.resolve(who.tenant, &mut ops)?;
+            // Read before the check: if a collection deletes chunks after it, the transaction
+            // sees another epoch (or an odd one) and checks again (`crate::gc`).
+            let remembered = gc_epochs.remembered(who.tenant);
             namespace::check_chunks_stored(chunks.as_ref(), who.tenant, &ops)?;
             // A chunk is visible from its rename, durable only once its directory is fsynced (an
             // upload that failed midway never synced): make every chunk this commit names durable
@@ -343,6 +368,12 @@ impl Sync for SyncService {
             chunks.sync().map_err(store_status)?;
             let mut result = None;
             meta.write(who.tenant, &mut |txn| {
+                let epoch = txn.gc_epoch().map_err(store_status)?;
+                gc_epochs.saw(who.tenant, epoch);
+                if crate::gc::must_recheck(remembered, epoch) {
+                    // Under the writer lock: no collection deletes anything until this ends.
+                    namespace::check_chunks_stored(chunks.as_ref(), who.tenant, &ops)?;
+                }
                 result = Some(namespace::apply_commit(
                     txn,
                     &ops,
@@ -356,8 +387,9 @@ impl Sync for SyncService {
             tracing::debug!(tenant = who.tenant, device = %who.device, ops = ops.len(), cursor = applied.cursor, "commit");
             Ok((who.tenant, applied))
         })
-        .await?;
-        let (tenant, mut applied) = applied;
+        .await;
+        self.metrics.record_commit(&applied, op_count);
+        let (tenant, mut applied) = applied?;
         self.heads.publish(tenant, applied.cursor);
         elide_response(&mut applied.nodes);
         Ok(Response::new(CommitResponse {
@@ -585,7 +617,7 @@ impl Sync for SyncService {
             .iter()
             .map(|id| chunk_key(id, "chunk id", None))
             .collect::<Result<Vec<_>, _>>()?;
-        let chunks = self.chunks.clone();
+        let (chunks, metrics) = (self.chunks.clone(), self.metrics.clone());
         let stream = async_stream(move |tx| async move {
             // The request counts against its tenant until its last chunk is sent.
             let _admitted = admitted;
@@ -612,9 +644,12 @@ impl Sync for SyncService {
                 })
                 .await;
                 let failed = result.is_err();
+                let len = result.as_ref().map_or(0, |chunk| chunk.data.len() as u64);
                 if tx.send(result).await.is_err() || failed {
                     return;
                 }
+                // Handed to the connection (counted as sent even if the client leaves now).
+                metrics.chunk_bytes_sent.inc_by(len);
             }
         });
         Ok(Response::new(stream))
@@ -693,7 +728,9 @@ impl Sync for SyncService {
             })?;
             Ok(result.expect("a committed write produced a result"))
         })
-        .await?;
+        .await;
+        self.metrics.record_commit(&applied, 1);
+        let applied = applied?;
         self.heads.publish(tenant, applied.cursor);
         let mut applied = applied;
         elide_response(&mut applied.nodes);
@@ -782,7 +819,9 @@ impl Sync for SyncService {
             })?;
             Ok(result.expect("a committed write produced a result"))
         })
-        .await?;
+        .await;
+        self.metrics.record_commit(&applied, 1);
+        let applied = applied?;
         self.heads.publish(tenant, applied.cursor);
         let mut applied = applied;
         elide_response(&mut applied.nodes);

@@ -93,6 +93,23 @@ impl StorageUrls {
     }
 }
 
+impl StorageUrls {
+    /// Opens only the chunk store (for `bvfs admin gc`, beside running servers): no lock taken and
+    /// no temporary files cleared (a server's uploads in flight are its own).
+    pub fn open_chunks(&self) -> anyhow::Result<Arc<dyn ChunkStore>> {
+        Ok(match self.chunks()? {
+            ChunksUrl::Dir(dir) => Arc::new(
+                FsChunkStore::open(&dir)
+                    .with_context(|| format!("cannot open the chunk store in {}", dir.display()))?,
+            ),
+            ChunksUrl::S3(location) => {
+                let rt = Arc::new(IoRuntime::new("bvfs-s3", 2)?);
+                Arc::new(S3ChunkStore::open(location, rt)?)
+            }
+        })
+    }
+}
+
 fn sqlite(path: &Path) -> anyhow::Result<SqliteMetaStore> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent)
@@ -215,6 +232,7 @@ impl Storage {
         &self,
         heads: Arc<crate::notify::HeadNotifier>,
         committed: tokio::sync::mpsc::UnboundedReceiver<(crate::store::TenantId, u64)>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Option<relay::Relay>> {
         match &self.notify {
             Notify::InProcess => Ok(None),
@@ -225,6 +243,7 @@ impl Storage {
                     outbox: outbox.clone(),
                     heads,
                     committed,
+                    outbox_pending: metrics.relay_outbox_pending.clone(),
                 },
             )
             .await

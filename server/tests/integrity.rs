@@ -38,6 +38,9 @@ impl MetaStore for Probe {
     fn tenants(&self) -> StoreResult<Vec<(TenantId, String)>> {
         self.inner.tenants()
     }
+    fn gc_lock(&self) -> StoreResult<Option<Box<dyn bvfs_server::store::GcLock>>> {
+        self.inner.gc_lock()
+    }
     fn add_token(&self, tenant: TenantId, hash: &[u8; 32], device: &str) -> StoreResult<()> {
         self.inner.add_token(tenant, hash, device)
     }

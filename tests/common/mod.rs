@@ -1,7 +1,9 @@
 //! Shared test harness: real `bvfs serve` processes on loopback, users and tokens, and proto builders.
 #![allow(dead_code)]
 
+pub mod gc_race;
 pub mod mounts;
+pub mod scrape;
 pub mod services;
 
 use std::io::{BufRead, BufReader};

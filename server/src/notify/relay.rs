@@ -98,6 +98,8 @@ pub struct RelayParts {
     pub heads: Arc<HeadNotifier>,
     /// The heads published by this process's commits ([`HeadNotifier::relayed`]).
     pub committed: mpsc::UnboundedReceiver<(TenantId, u64)>,
+    /// Set to the outbox's rows at each sweep (how far publishing lags behind commits).
+    pub outbox_pending: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// Connects to NATS at `url` (in the background: the server starts and serves while NATS is
@@ -122,6 +124,7 @@ pub async fn start(url: &str, parts: RelayParts) -> anyhow::Result<Relay> {
         parts.outbox.clone(),
         namespaces.clone(),
         parts.committed,
+        parts.outbox_pending,
     ));
     let receiving = tokio::spawn(receive_loop(subscriber, namespaces, parts.heads.clone()));
     let polling = tokio::spawn(poll_loop(client, parts.outbox, parts.heads));
@@ -177,6 +180,7 @@ async fn publish_loop(
     outbox: Arc<dyn Outbox>,
     namespaces: Arc<NamespaceIds>,
     mut committed: mpsc::UnboundedReceiver<(TenantId, u64)>,
+    outbox_pending: prometheus_client::metrics::gauge::Gauge,
 ) {
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -194,6 +198,9 @@ async fn publish_loop(
             _ = sweep.tick() => {
                 let outbox = outbox.clone();
                 let pending = blocking("cannot read the outbox", move || outbox.pending(SWEEP_ROWS)).await;
+                if let Some(pending) = &pending {
+                    outbox_pending.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+                }
                 batch.extend(pending.unwrap_or_default());
             }
         }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use super::{ChunkKey, ChunkStore, StoreError, StoreResult, TenantId};
+use super::{ChunkKey, ChunkStore, StoreError, StoreResult, StoredChunk, TenantId};
 
 /// Chunks as files in a directory tree.
 pub struct FsChunkStore {
@@ -72,28 +72,7 @@ impl FsChunkStore {
 
     /// The ids of the chunks stored for `tenant` (names that are not chunk ids are skipped).
     pub fn chunks_of(&self, tenant: TenantId) -> StoreResult<Vec<ChunkKey>> {
-        let dir = self.root.join(tenant.to_string());
-        let mut ids = Vec::new();
-        let shards = match fs::read_dir(&dir) {
-            Ok(shards) => shards,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(ids),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
-        for shard in shards {
-            let shard = shard.map_err(io_err(&dir))?.path();
-            if !shard.is_dir() {
-                continue;
-            }
-            for entry in fs::read_dir(&shard).map_err(io_err(&shard))? {
-                let name = entry.map_err(io_err(&shard))?.file_name();
-                let id = name
-                    .to_str()
-                    .and_then(|n| hex::decode(n).ok())
-                    .and_then(|b| ChunkKey::try_from(b).ok());
-                ids.extend(id);
-            }
-        }
-        Ok(ids)
+        Ok(self.list(tenant)?.into_iter().map(|c| c.id).collect())
     }
 
     fn chunk_path(&self, tenant: TenantId, id: &ChunkKey) -> PathBuf {
@@ -160,5 +139,60 @@ impl ChunkStore for FsChunkStore {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path)(e)),
         }
+    }
+
+    fn list(&self, tenant: TenantId) -> StoreResult<Vec<StoredChunk>> {
+        let dir = self.root.join(tenant.to_string());
+        let mut chunks = Vec::new();
+        let shards = match fs::read_dir(&dir) {
+            Ok(shards) => shards,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(chunks),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for shard in shards {
+            let shard = shard.map_err(io_err(&dir))?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(&shard).map_err(io_err(&shard))? {
+                let entry = entry.map_err(io_err(&shard))?;
+                let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| hex::decode(n).ok())
+                    .and_then(|b| ChunkKey::try_from(b).ok())
+                else {
+                    continue;
+                };
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    // Deleted since the directory was read.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(&entry.path())(e)),
+                };
+                chunks.push(StoredChunk {
+                    id,
+                    len: meta.len(),
+                    stored_at: meta.modified().map_err(io_err(&entry.path()))?,
+                });
+            }
+        }
+        Ok(chunks)
+    }
+
+    fn delete(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<bool> {
+        let path = self.chunk_path(tenant, id);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        // Durable now (a chunk coming back after a crash would only be collected again, but a
+        // caller reporting bytes freed should mean it).
+        let dir = path.parent().expect("chunk paths have a parent");
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+        Ok(true)
     }
 }

@@ -153,10 +153,22 @@ pub trait MetaStore: Send + Sync + 'static {
         max_bytes: usize,
     ) -> StoreResult<(Vec<JournalEntry>, bool)>;
 
+    /// Takes the collection lock of this metadata (one `bvfs admin gc` at a time, across every
+    /// process; [`crate::gc`]); `None` if another collection holds it. Released when the guard is
+    /// dropped or its process dies.
+    fn gc_lock(&self) -> StoreResult<Option<Box<dyn GcLock>>>;
+
     /// Runs `f` inside one write transaction of the tenant's namespace. If `f` returns `Ok`, everything
     /// it wrote is committed durably before this returns; on `Err` nothing is, and the error is returned.
     /// Store failures become `INTERNAL` statuses.
     fn write(&self, tenant: TenantId, f: &mut WriteFn<'_>) -> Result<(), tonic::Status>;
+}
+
+/// The collection lock, held while a collection runs ([`MetaStore::gc_lock`]).
+pub trait GcLock: Send {
+    /// Fails if the lock may have been lost (its database connection dropped): the collection
+    /// must stop deleting.
+    fn check(&self) -> StoreResult<()>;
 }
 
 /// The body of a write transaction; a returned error rolls it back.
@@ -189,6 +201,21 @@ pub trait MetaTxn {
     fn append(&mut self, entry: &JournalEntry) -> StoreResult<()>;
     /// Records the new head after the entries appended in this transaction.
     fn set_head(&mut self, head: u64) -> StoreResult<()>;
+    /// The tenant's collection epoch ([`crate::gc`]): odd while a collection may be deleting
+    /// chunks, raised by every collection. 0 before the first.
+    fn gc_epoch(&mut self) -> StoreResult<u64>;
+    /// Sets the collection epoch (only [`crate::gc`] does, and only upwards).
+    fn set_gc_epoch(&mut self, epoch: u64) -> StoreResult<()>;
+}
+
+/// A stored chunk as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChunk {
+    pub id: ChunkKey,
+    /// Its stored length in bytes.
+    pub len: u64,
+    /// When it was stored (the file's modification time, the object's last-modified time).
+    pub stored_at: std::time::SystemTime,
 }
 
 /// Content-addressed chunk storage, scoped by tenant.
@@ -203,4 +230,10 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn sync(&self) -> StoreResult<()>;
     /// Reads a chunk.
     fn get(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<Option<Vec<u8>>>;
+    /// Every chunk stored for `tenant` (for [`crate::gc`]; names that are not chunk ids are
+    /// skipped).
+    fn list(&self, tenant: TenantId) -> StoreResult<Vec<StoredChunk>>;
+    /// Deletes a chunk; false if it was not stored. Only [`crate::gc`] calls it, under the rules
+    /// written there.
+    fn delete(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<bool>;
 }

@@ -28,7 +28,7 @@ use object_store::{
 };
 
 use super::io_runtime::IoRuntime;
-use super::{ChunkKey, ChunkStore, StoreError, StoreResult, TenantId};
+use super::{ChunkKey, ChunkStore, StoreError, StoreResult, StoredChunk, TenantId};
 
 /// How long one request may take before it is abandoned (a chunk is at most 256 KiB).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -211,6 +211,43 @@ impl ChunkStore for S3ChunkStore {
             Ok(bytes) => Ok(Some(bytes.to_vec())),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(s3_err(&format!("GET {path}"), e)),
+        }
+    }
+
+    fn list(&self, tenant: TenantId) -> StoreResult<Vec<StoredChunk>> {
+        use futures::TryStreamExt;
+        let prefix = self.path_of(&format!("chunks/{tenant}"));
+        let objects: Vec<object_store::ObjectMeta> = self
+            .rt
+            .block_on(self.store.list(Some(&prefix)).try_collect())
+            .map_err(|e| s3_err(&format!("LIST {prefix}"), e))?;
+        Ok(objects
+            .into_iter()
+            .filter_map(|object| {
+                let id = object
+                    .location
+                    .filename()
+                    .and_then(|n| hex::decode(n).ok())
+                    .and_then(|b| ChunkKey::try_from(b).ok())?;
+                let secs = u64::try_from(object.last_modified.timestamp()).unwrap_or(0);
+                Some(StoredChunk {
+                    id,
+                    len: object.size,
+                    stored_at: std::time::UNIX_EPOCH + Duration::from_secs(secs),
+                })
+            })
+            .collect())
+    }
+
+    fn delete(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<bool> {
+        let path = self.chunk_path(tenant, id);
+        // S3 answers a DELETE of a missing key with success: ask first, for an honest count.
+        if self.stored_len(tenant, id)?.is_none() {
+            return Ok(false);
+        }
+        match self.rt.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
+            Err(e) => Err(s3_err(&format!("DELETE {path}"), e)),
         }
     }
 }

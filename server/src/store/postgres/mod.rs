@@ -641,6 +641,21 @@ impl MetaStore for PgMetaStore {
         Ok((entries, more))
     }
 
+    fn gc_lock(&self) -> StoreResult<Option<Box<dyn crate::store::GcLock>>> {
+        let client = self.rt.block_on(self.pool.get()).map_err(pool_err)?;
+        let row = self
+            .rt
+            .block_on(client.query_one("SELECT pg_try_advisory_lock($1)", &[&GC_LOCK]))
+            .map_err(pg_err)?;
+        if !col::<bool>(&row, 0)? {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(PgGcLock {
+            client: Some(client),
+            rt: self.rt.clone(),
+        })))
+    }
+
     fn write(&self, tenant: TenantId, f: &mut WriteFn<'_>) -> Result<(), tonic::Status> {
         let gate = self.writers.lock().entry(tenant).or_default().clone();
         let result = {
@@ -656,6 +671,38 @@ impl MetaStore for PgMetaStore {
     }
 }
 
+/// `pg_advisory_lock` key of the collection lock ("bvgc" in ASCII).
+const GC_LOCK: i64 = 0x6276_6763;
+
+/// The collection lock on PostgreSQL: a session advisory lock on a connection of its own, so it
+/// goes when the connection does (also when the process dies).
+struct PgGcLock {
+    client: Option<deadpool_postgres::Object>,
+    rt: Arc<IoRuntime>,
+}
+
+impl crate::store::GcLock for PgGcLock {
+    fn check(&self) -> StoreResult<()> {
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| StoreError::Meta("the collection lock was released".into()))?;
+        self.rt
+            .block_on(client.simple_query("SELECT 1"))
+            .map(drop)
+            .map_err(|e| StoreError::Meta(format!("the collection lock's connection: {e}")))
+    }
+}
+
+impl Drop for PgGcLock {
+    fn drop(&mut self) {
+        // Closed, not returned to the pool: closing the session releases the lock.
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
 impl PgMetaStore {
     /// [`MetaStore::write`] once this process's turn for the tenant has come.
     fn write_locked(&self, tenant: TenantId, f: &mut WriteFn<'_>) -> Result<(), tonic::Status> {
@@ -667,17 +714,22 @@ impl PgMetaStore {
             .block_on(client.transaction())
             .map_err(|e| store_status(pg_err(e)))?;
         // The tenant's writer lock, held until commit or rollback, whichever process holds it.
-        let head = rt
+        let row = rt
             .block_on(async {
                 let statement = tx
-                    .prepare_cached("SELECT head FROM heads WHERE tenant_id = $1 FOR UPDATE")
+                    .prepare_cached(
+                        "SELECT head, gc_epoch FROM heads WHERE tenant_id = $1 FOR UPDATE",
+                    )
                     .await?;
                 tx.query_opt(&statement, &[&tenant]).await
             })
             .map_err(|e| store_status(pg_err(e)))?
-            .ok_or_else(|| store_status(StoreError::Meta(format!("no head for tenant {tenant}"))))
-            .and_then(|row| col::<i64>(&row, 0).map_err(store_status))? as u64;
-        let mut txn = PgTxn::new(&tx, rt, tenant, head, self.outbox);
+            .ok_or_else(|| {
+                store_status(StoreError::Meta(format!("no head for tenant {tenant}")))
+            })?;
+        let head = col::<i64>(&row, 0).map_err(store_status)? as u64;
+        let gc_epoch = col::<i64>(&row, 1).map_err(store_status)? as u64;
+        let mut txn = PgTxn::new(&tx, rt, tenant, (head, gc_epoch), self.outbox);
         // On an error the transaction is dropped, which rolls it back.
         f(&mut txn)?;
         rt.block_on(tx.commit())

@@ -69,8 +69,14 @@ CREATE TABLE outbox (
 );
 "#;
 
+/// Version 2: each tenant's collection epoch (`crate::gc`), beside its head so the commit's
+/// `FOR UPDATE` of the head row reads it at no cost.
+const V2: &str = r#"
+ALTER TABLE heads ADD COLUMN gc_epoch bigint NOT NULL DEFAULT 0 CHECK (gc_epoch >= 0);
+"#;
+
 /// Every version in order; the last is the current one.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
 
 /// Brings the database to the current schema version.
 pub(super) async fn migrate(client: &mut Client) -> StoreResult<()> {

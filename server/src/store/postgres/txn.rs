@@ -20,6 +20,8 @@ pub(super) struct PgTxn<'a> {
     head: u64,
     /// Record the new head in the outbox for the cross-process notifier.
     outbox: bool,
+    /// The collection epoch as locked at the start.
+    gc_epoch: u64,
 }
 
 impl<'a> PgTxn<'a> {
@@ -27,7 +29,7 @@ impl<'a> PgTxn<'a> {
         tx: &'a Transaction<'a>,
         rt: &'a IoRuntime,
         tenant: TenantId,
-        head: u64,
+        (head, gc_epoch): (u64, u64),
         outbox: bool,
     ) -> Self {
         Self {
@@ -36,6 +38,7 @@ impl<'a> PgTxn<'a> {
             tenant,
             head,
             outbox,
+            gc_epoch,
         }
     }
 
@@ -190,6 +193,21 @@ impl MetaTxn for PgTxn<'_> {
             )?;
         }
         self.head = head;
+        Ok(())
+    }
+
+    fn gc_epoch(&mut self) -> StoreResult<u64> {
+        Ok(self.gc_epoch)
+    }
+
+    fn set_gc_epoch(&mut self, epoch: u64) -> StoreResult<()> {
+        let value = i64::try_from(epoch)
+            .map_err(|_| crate::store::StoreError::Meta(format!("gc epoch {epoch} too large")))?;
+        self.query(
+            "UPDATE heads SET gc_epoch = $2 WHERE tenant_id = $1",
+            &[&self.tenant, &value],
+        )?;
+        self.gc_epoch = epoch;
         Ok(())
     }
 }

@@ -39,15 +39,19 @@ CREATE TABLE tokens (
 );
 ";
 
-/// A namespace database's schema version.
-const NAMESPACE_VERSION: i64 = 1;
+/// A namespace database's schema version. Version 2 added `heads.gc_epoch` (`crate::gc`).
+const NAMESPACE_VERSION: i64 = 2;
+
+/// From namespace version 1 to 2.
+const NAMESPACE_V2: &str = "ALTER TABLE heads ADD COLUMN gc_epoch INTEGER NOT NULL DEFAULT 0;";
 
 /// A namespace's tables. Rows keep their tenant id (one value per database), so the queries read
 /// the same as when all tenants shared one database.
 const NAMESPACE: &str = "
 CREATE TABLE heads (
     tenant_id INTEGER PRIMARY KEY,
-    head INTEGER NOT NULL
+    head INTEGER NOT NULL,
+    gc_epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE nodes (
     tenant_id INTEGER NOT NULL,
@@ -231,10 +235,53 @@ pub(super) fn ensure_namespace(conn: &mut Connection, tenant: TenantId) -> Store
                 .map_err(meta_err)?;
             tx.commit().map_err(meta_err)
         }
+        1 => {
+            // Immediate, and checked again inside: a server and an admin command may both open
+            // the database; one of them upgrades it.
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(meta_err)?;
+            if user_version(&tx)? != 1 {
+                return Ok(());
+            }
+            tx.execute_batch(NAMESPACE_V2).map_err(meta_err)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {NAMESPACE_VERSION}"))
+                .map_err(meta_err)?;
+            tx.commit().map_err(meta_err)
+        }
         NAMESPACE_VERSION => Ok(()),
         newer => Err(StoreError::Meta(format!(
             "namespace database of tenant {tenant} has schema version {newer}, newer than this bvfs \
              understands ({NAMESPACE_VERSION}); upgrade bvfs"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A namespace database of version 1 (before collection epochs) gains `heads.gc_epoch` at 0,
+    /// its head kept.
+    #[test]
+    fn a_version_1_namespace_gains_the_collection_epoch() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        ensure_namespace(&mut conn, 7).unwrap();
+        conn.execute_batch(
+            "UPDATE heads SET head = 5; ALTER TABLE heads DROP COLUMN gc_epoch; \
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        ensure_namespace(&mut conn, 7).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), NAMESPACE_VERSION);
+        let (head, epoch): (i64, i64) = conn
+            .query_row(
+                "SELECT head, gc_epoch FROM heads WHERE tenant_id = 7",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((head, epoch), (5, 0));
+        ensure_namespace(&mut conn, 7).unwrap();
     }
 }

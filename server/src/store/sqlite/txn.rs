@@ -20,6 +20,27 @@ impl<'a> SqliteTxn<'a> {
 }
 
 impl MetaTxn for SqliteTxn<'_> {
+    fn gc_epoch(&mut self) -> StoreResult<u64> {
+        let epoch: i64 = self
+            .tx
+            .prepare_cached("SELECT gc_epoch FROM heads WHERE tenant_id = ?1")
+            .map_err(meta_err)?
+            .query_row(params![self.tenant], |r| r.get(0))
+            .map_err(meta_err)?;
+        Ok(epoch as u64)
+    }
+
+    fn set_gc_epoch(&mut self, epoch: u64) -> StoreResult<()> {
+        let value = i64::try_from(epoch)
+            .map_err(|_| crate::store::StoreError::Meta(format!("gc epoch {epoch} too large")))?;
+        self.tx
+            .prepare_cached("UPDATE heads SET gc_epoch = ?2 WHERE tenant_id = ?1")
+            .map_err(meta_err)?
+            .execute(params![self.tenant, value])
+            .map_err(meta_err)?;
+        Ok(())
+    }
+
     fn node(&mut self, id: &NodeKey) -> StoreResult<Option<Node>> {
         let blob: Option<Vec<u8>> = self
             .tx
