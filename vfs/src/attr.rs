@@ -71,7 +71,13 @@ impl Vfs {
     /// The attributes of an entry. A file's size and mtime are those of its materialized copy when
     /// one may hold newer bytes (the ones the user just wrote, or a time just set), else LOCAL's.
     /// Ownership, access and change times, and a directory's mtime are this device's own.
-    pub(crate) fn attr_of(&self, entry: &LocalEntry) -> Attr {
+    ///
+    /// `read_at` is [`bvfs_engine::Engine::content_epoch`] from before `entry` was read: a commit
+    /// of written bytes that ended after the read (the file's last close, on another FUSE thread)
+    /// makes the entry's size stale while its copy no longer counts as newer, so the entry is read
+    /// again. Answering the stale size made the kernel cache it: `chmod` right after `close` showed
+    /// an empty file (git's objects read back empty after a clone).
+    pub(crate) fn attr_of(&self, entry: &LocalEntry, read_at: u64) -> Attr {
         let kind = kind_of(entry.node.kind);
         let own = &entry.own;
         let mut size = entry.node.attrs.size;
@@ -79,12 +85,22 @@ impl Vfs {
             (FileKind::Directory, Some(ns)) => time_of(ns),
             _ => time_of(entry.node.attrs.mtime_ns),
         };
-        if kind == FileKind::File
-            && let Some(path) = self.engine.newer_copy(entry.ino)
-            && let Ok(meta) = std::fs::metadata(path)
-        {
-            size = meta.len();
-            mtime = meta.modified().unwrap_or(mtime);
+        if kind == FileKind::File {
+            match self.engine.newer_copy(entry.ino) {
+                Some(path) => {
+                    if let Ok(meta) = std::fs::metadata(path) {
+                        size = meta.len();
+                        mtime = meta.modified().unwrap_or(mtime);
+                    }
+                }
+                None if self.engine.content_epoch() != read_at => {
+                    if let Ok(Some(fresh)) = self.engine.getattr(entry.ino) {
+                        size = fresh.node.attrs.size;
+                        mtime = time_of(fresh.node.attrs.mtime_ns);
+                    }
+                }
+                None => {}
+            }
         }
         let ctime = own.ctime_ns.map_or(mtime, time_of);
         Attr {
@@ -140,8 +156,9 @@ impl Vfs {
     /// `lookup`: the entry `name` in `parent` (a synced node, or one of this device's special
     /// files).
     pub fn lookup(&self, parent: u64, name: &str) -> VfsResult<Attr> {
+        let read_at = self.engine.content_epoch();
         if let Some(entry) = self.engine.lookup(parent, name).map_err(Errno::from)? {
-            return Ok(self.attr_of(&entry));
+            return Ok(self.attr_of(&entry, read_at));
         }
         let special = self
             .engine
@@ -153,8 +170,9 @@ impl Vfs {
 
     /// `getattr`, also for special files and an inode unlinked while open.
     pub fn getattr(&self, ino: u64) -> VfsResult<Attr> {
+        let read_at = self.engine.content_epoch();
         match self.entry(ino) {
-            Ok(entry) => Ok(self.attr_of(&entry)),
+            Ok(entry) => Ok(self.attr_of(&entry, read_at)),
             Err(Errno::ENOENT) => {
                 if let Some(special) = self.engine.special(ino).map_err(Errno::from)? {
                     return Ok(self.special_attr(&special));
@@ -214,5 +232,48 @@ impl Vfs {
             }
         }
         self.getattr(ino)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bvfs_engine::api::{Engine, EngineConfig};
+    use bvfs_engine::remote::{GrpcRemote, RemoteConfig};
+
+    use crate::{Caller, Vfs, VfsOptions};
+
+    /// An entry read before a commit of written bytes ended (on another FUSE thread: the close's
+    /// release) is not trusted for the size once the copy no longer counts as newer: without this,
+    /// `chmod` right after `close` answered, and the kernel cached, an empty file.
+    #[test]
+    fn an_entry_read_before_a_commit_ended_is_read_again() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _entered = runtime.enter();
+        let dir = tempfile::tempdir().unwrap();
+        // Never reached: the test only writes locally.
+        let remote =
+            Arc::new(GrpcRemote::new(&RemoteConfig::new("http://127.0.0.1:9", "token")).unwrap());
+        let engine = Engine::open(EngineConfig::new(dir.path(), "laptop"), remote).unwrap();
+        let options = VfsOptions {
+            read_only: false,
+            uid: 0,
+            gid: 0,
+        };
+        let vfs = Vfs::new(engine, runtime.handle().clone(), options);
+        let (attr, fh) = vfs
+            .create(1, "object", 0o644, Caller { uid: 0, gid: 0 })
+            .unwrap();
+        vfs.write(fh, 0, b"hello, world").unwrap();
+
+        let read_at = vfs.engine.content_epoch();
+        let stale = vfs.entry(attr.ino).unwrap();
+        assert_eq!(stale.node.attrs.size, 0, "nothing committed yet");
+        vfs.release(fh).unwrap(); // the last close commits the copy
+        assert!(vfs.engine.newer_copy(attr.ino).is_none());
+
+        assert_eq!(vfs.attr_of(&stale, read_at).size, 12);
+        assert_eq!(vfs.getattr(attr.ino).unwrap().size, 12);
     }
 }

@@ -94,6 +94,7 @@ impl Vfs {
             }
             return Ok(());
         }
+        let read_at = self.engine.content_epoch();
         let page = self
             .engine
             .list(dir.ino, dir.after.as_deref(), PAGE)
@@ -106,7 +107,7 @@ impl Vfs {
                 offset: dir.next_offset,
                 kind: kind_of(entry.node.kind),
                 name: entry.node.name.clone(),
-                attr: self.attr_of(&entry),
+                attr: self.attr_of(&entry, read_at),
             });
             dir.next_offset += 1;
         }
@@ -145,11 +146,12 @@ impl Vfs {
         }
         if dir.position < FIRST_ENTRY - 1 {
             let this = self.getattr(dir.ino)?;
+            let read_at = self.engine.content_epoch();
             let parent = self
                 .entry(dir.ino)
                 .ok()
                 .and_then(|e| self.engine.getattr_by_id(e.node.parent).ok().flatten())
-                .map_or(this, |p| self.attr_of(&p));
+                .map_or(this, |p| self.attr_of(&p, read_at));
             let dots = [(1, ".", this), (2, "..", parent)];
             let start = dir.position;
             for (off, name, attr) in dots.into_iter().filter(|(off, ..)| *off > start) {
@@ -185,11 +187,12 @@ impl Vfs {
     pub fn mkdir(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> VfsResult<Attr> {
         self.writable()?;
         let new = self.new_node(parent, NodeKind::Directory, mode, caller, None)?;
+        let read_at = self.engine.content_epoch();
         let entry = self
             .engine
             .create_with(parent, name, NodeKind::Directory, new)
             .map_err(Errno::from)?;
-        Ok(self.attr_of(&entry))
+        Ok(self.attr_of(&entry, read_at))
     }
 
     /// `symlink`, owned by `caller`.
@@ -211,11 +214,12 @@ impl Vfs {
             caller,
             Some(target.to_string()),
         )?;
+        let read_at = self.engine.content_epoch();
         let entry = self
             .engine
             .create_with(parent, name, NodeKind::Symlink, new)
             .map_err(Errno::from)?;
-        Ok(self.attr_of(&entry))
+        Ok(self.attr_of(&entry, read_at))
     }
 
     /// What a node made by `caller` in `parent` starts with, as POSIX has it: the caller owns it,
@@ -229,8 +233,9 @@ impl Vfs {
         caller: Caller,
         symlink_target: Option<String>,
     ) -> VfsResult<bvfs_engine::api::NewNode> {
+        let read_at = self.engine.content_epoch();
         let dir = self.entry(parent)?;
-        let dir_attr = self.attr_of(&dir);
+        let dir_attr = self.attr_of(&dir, read_at);
         let setgid_dir = u32::from(dir_attr.perm) & 0o2000 != 0;
         let gid = if setgid_dir { dir_attr.gid } else { caller.gid };
         let mut mode = mode & 0o7777;

@@ -149,6 +149,7 @@ impl Vfs {
     ) -> VfsResult<(Attr, u64)> {
         self.writable()?;
         let new = self.new_node(parent, NodeKind::File, mode, caller, None)?;
+        let read_at = self.engine.content_epoch();
         let entry = self
             .engine
             .create_with(parent, name, NodeKind::File, new)
@@ -160,7 +161,7 @@ impl Vfs {
                 truncate: false,
             },
         )?;
-        Ok((self.attr_of(&entry), fh))
+        Ok((self.attr_of(&entry, read_at), fh))
     }
 
     /// `read`.

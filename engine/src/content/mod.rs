@@ -129,6 +129,9 @@ pub(crate) enum Reservation {
 pub(crate) struct Contents {
     inner: Mutex<Inner>,
     changed: Condvar,
+    /// Bumped by every commit as it ends, before its inode stops counting as "copy newer" (see
+    /// [`Contents::settled`]).
+    settled: AtomicU64,
 }
 
 #[derive(Default)]
@@ -157,7 +160,16 @@ impl Contents {
         Self {
             inner: Mutex::new(Inner::default()),
             changed: Condvar::new(),
+            settled: AtomicU64::new(0),
         }
+    }
+
+    /// How many commits have ended. A LOCAL entry read when this was `n` may predate a commit that
+    /// ended since, whose inode no longer shows a newer copy: whoever derives a file's size from
+    /// "the copy if newer, else the entry" reads this before the entry and again after asking
+    /// [`Contents::copy_is_newer`], and reads the entry again if it moved.
+    pub fn settled(&self) -> u64 {
+        self.settled.load(Ordering::SeqCst)
     }
 
     fn wait(&self, guard: &mut MutexGuard<'_, Inner>) {
@@ -249,6 +261,8 @@ impl Contents {
     /// unlinked while committing and nothing holds it any more).
     pub fn finish_commit(&self, ino: u64, before: u64, recorded: bool) -> bool {
         let mut inner = self.inner.lock();
+        // Before the step leaves Committing: see `settled`.
+        self.settled.fetch_add(1, Ordering::SeqCst);
         let c = inner.get(ino);
         debug_assert_eq!(c.step, Step::Committing);
         c.step = Step::Idle;

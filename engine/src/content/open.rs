@@ -302,8 +302,16 @@ impl Engine {
         File::open(self.files.path(ino)).ok()
     }
 
+    /// How many commits of written files have ended (see [`Engine::newer_copy`]): read it before
+    /// reading a LOCAL entry whose size and mtime may come from a copy.
+    pub fn content_epoch(&self) -> u64 {
+        self.contents.settled()
+    }
+
     /// The copy of `ino` when it may hold bytes newer than LOCAL (a writer is open or a commit is
-    /// due): its size and mtime are what the user just wrote.
+    /// due): its size and mtime are what the user just wrote. When this says `None`, an entry read
+    /// before a commit that ended meanwhile is stale: compare [`Engine::content_epoch`] from before
+    /// the entry was read with its value after this call.
     pub fn newer_copy(&self, ino: u64) -> Option<PathBuf> {
         self.contents
             .copy_is_newer(ino)

@@ -174,6 +174,7 @@ impl Projection {
                 .expression
                 .as_deref()
                 .is_none_or(|e| names::matches(&listed.name, e));
+            let read_at = self.vfs.engine().content_epoch();
             let current = match wanted {
                 true => self.vfs.engine().getattr(listed.ino).map_err(Errno::from)?,
                 false => None,
@@ -185,7 +186,7 @@ impl Projection {
                 session.next += 1;
                 continue;
             };
-            if !fill(&self.projected(&entry)) {
+            if !fill(&self.projected(&entry, read_at)) {
                 break;
             }
             session.next += 1;

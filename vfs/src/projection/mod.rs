@@ -163,13 +163,14 @@ impl Projection {
 
     /// `GetPlaceholderInfo`: what `path` is, without touching its content.
     pub fn placeholder_info(&self, path: &str) -> VfsResult<ProjectedEntry> {
+        let read_at = self.vfs.engine().content_epoch();
         let entry = self.resolve(&ProjectedPath::parse(path)?)?;
-        Ok(self.projected(&entry))
+        Ok(self.projected(&entry, read_at))
     }
 
     /// The entry a ProjFS view of `entry` shows.
-    fn projected(&self, entry: &LocalEntry) -> ProjectedEntry {
-        let attr = self.vfs.attr_of(entry);
+    fn projected(&self, entry: &LocalEntry, read_at: u64) -> ProjectedEntry {
+        let attr = self.vfs.attr_of(entry, read_at);
         ProjectedEntry {
             name: entry.node.name.clone(),
             kind: attr.kind,
