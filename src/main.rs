@@ -5,11 +5,16 @@
 
 mod admin_cmd;
 mod binding;
+mod control;
 mod hash_cmd;
 mod mount_cmd;
 mod paths;
 mod privacy;
+mod progress;
+mod review_cmd;
 mod serve_cmd;
+mod space_cmd;
+mod status_cmd;
 
 use std::process::ExitCode;
 
@@ -19,7 +24,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "bvfs", version, about, long_about = None, propagate_version = true)]
 #[command(
-    after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=bvfs=debug) for more detail."
+    after_help = format!("Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=bvfs=debug) for more detail.\n\n{}", status_cmd::EXIT_CODES_HELP)
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,6 +44,24 @@ enum Command {
     Admin(admin_cmd::AdminCommand),
     /// Print the BitVault content hash (BLAKE3, as b3sum) and chunk manifest of files.
     Hash(hash_cmd::HashArgs),
+    /// Show what a mount is doing (online, pending uploads, conflicts, cache) and paths' states.
+    Status(status_cmd::StatusArgs),
+    /// Keep files local (offline), downloading them now.
+    #[command(after_help = format!("{}\n\n{}", space_cmd::PIN_HELP, status_cmd::EXIT_CODES_HELP))]
+    Pin(space_cmd::PathsArgs),
+    /// Stop keeping files local: the cache may evict them again.
+    #[command(after_help = format!("{}\n\n{}", space_cmd::PIN_HELP, status_cmd::EXIT_CODES_HELP))]
+    Unpin(space_cmd::PathsArgs),
+    /// Download files now, once (they stay cached until evicted).
+    #[command(after_help = format!("{}\n\n{}", space_cmd::HYDRATE_HELP, status_cmd::EXIT_CODES_HELP))]
+    Hydrate(space_cmd::PathsArgs),
+    /// Free the local space of synced files; they stay listed and download again when opened.
+    #[command(after_help = format!("{}\n\n{}", space_cmd::EVICT_HELP, status_cmd::EXIT_CODES_HELP))]
+    Evict(space_cmd::PathsArgs),
+    /// List conflicted copies: the original, the copy, when and why.
+    Conflicts(review_cmd::ConflictsArgs),
+    /// List, confirm or restore the deletes the bulk-delete brake holds.
+    Deletes(review_cmd::DeletesArgs),
 }
 
 fn init_logging(ansi: bool) {
@@ -67,12 +90,24 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Admin(cmd) => admin_cmd::run(cmd),
         Command::Hash(args) => hash_cmd::run(args),
+        Command::Status(args) => status_cmd::run(args),
+        Command::Pin(args) => space_cmd::pin(args, true),
+        Command::Unpin(args) => space_cmd::pin(args, false),
+        Command::Hydrate(args) => space_cmd::hydrate(args),
+        Command::Evict(args) => space_cmd::evict(args),
+        Command::Conflicts(args) => review_cmd::conflicts(args),
+        Command::Deletes(args) => review_cmd::deletes(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("bvfs: error: {err:#}");
-            ExitCode::FAILURE
+            // No mount to talk to is its own exit code, so scripts can tell it from a failure.
+            if err.downcast_ref::<control::client::Unreachable>().is_some() {
+                ExitCode::from(control::client::EXIT_NO_MOUNT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

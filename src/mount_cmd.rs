@@ -135,11 +135,12 @@ fn host_name() -> String {
 
 /// The state directory of a mountpoint: stable for the same path.
 fn state_dir_for(mountpoint: &Path) -> PathBuf {
-    let key = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
-    data_home().join("mounts").join(&key[..16])
+    data_home()
+        .join("mounts")
+        .join(crate::paths::mount_key(mountpoint))
 }
 
-fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     let path = if path.is_absolute() {
         path.to_owned()
     } else {
@@ -411,6 +412,22 @@ fn serve_mount_inner(
     crate::privacy::private_dir(&registry, "the mount's registry directory")?;
     let _ = std::fs::remove_file(registry.join(UNSYNCED_REPORT));
     std::fs::write(registry.join("daemon.pid"), std::process::id().to_string())?;
+    // The CLI's way in (`bvfs status`, `pin`, …). A mount without it still serves files.
+    let control = crate::control::server::ControlServer::start(crate::control::server::MountInfo {
+        engine: engine.clone(),
+        mountpoint: mountpoint.to_owned(),
+        server: if embedded.is_some() {
+            format!("embedded ({url})")
+        } else {
+            url.clone()
+        },
+    })
+    .map_err(|e| {
+        tracing::warn!(
+            "no control channel, so `bvfs status` and co. cannot reach this mount: {e:#}"
+        )
+    })
+    .ok();
     tracing::info!(mountpoint = %mountpoint.display(), %url, "mounted");
     report(ready, &format!("ready {}\n", std::process::id()));
     if args.foreground {
@@ -436,6 +453,9 @@ fn serve_mount_inner(
         }
         anyhow::Ok(())
     })?;
+    if let Some(control) = control {
+        control.stop();
+    }
     tracing::info!("unmounting");
     if let Err(e) = mounted.unmount() {
         tracing::warn!("unmount: {e}");

@@ -92,3 +92,383 @@ fn hash_matches_b3sum_and_speaks_json() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot open /nonexistent/file"), "{err}");
 }
+
+// ----- the control channel: status, pin/unpin/hydrate/evict, conflicts, deletes -----
+
+/// Runs `bvfs ARGS` in `dir`; returns (exit code, stdout, stderr).
+fn run_in(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = bvfs().args(args).current_dir(dir).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `bvfs ARGS` in `dir`, expects success and JSON on stdout.
+fn json_in(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let (code, out, err) = run_in(dir, args);
+    assert_eq!(code, 0, "bvfs {args:?} failed:\n{out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bvfs {args:?}: not JSON ({e}):\n{out}"))
+}
+
+/// Where the daemon of `mountpoint` listens (as `src/control` and `src/paths.rs` say).
+fn socket_of(mountpoint: &std::path::Path) -> std::path::PathBuf {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir).join("bvfs"),
+        None => match std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            Some(dir) => std::path::PathBuf::from(dir).join("bvfs/run"),
+            None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap())
+                .join(".local/share/bvfs/run"),
+        },
+    };
+    let key = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
+    dir.join(format!("{}.sock", &key[..16]))
+}
+
+#[test]
+fn control_commands_outside_a_mount_exit_3_and_bad_flags_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["status"],
+        vec!["status", "--json", "some/file"],
+        vec!["pin", "file"],
+        vec!["hydrate", "file"],
+        vec!["evict", "file"],
+        vec!["conflicts"],
+        vec!["deletes"],
+    ] {
+        let (code, out, err) = run_in(dir.path(), &args);
+        assert_eq!(code, 3, "bvfs {args:?}: {out}{err}");
+        assert!(
+            err.contains("is not inside a bvfs mount") && err.contains("--mount"),
+            "bvfs {args:?} must say what to do: {err}"
+        );
+        assert!(out.is_empty(), "{out}");
+    }
+    for args in [
+        vec!["pin"],
+        vec!["evict", "--bogus", "x"],
+        vec!["deletes", "--confirm", "--restore"],
+        vec!["status", "--json=yes"],
+    ] {
+        let (code, _, err) = run_in(dir.path(), &args);
+        assert_eq!(code, 2, "bvfs {args:?}: {err}");
+    }
+    for command in [
+        "status",
+        "pin",
+        "unpin",
+        "hydrate",
+        "evict",
+        "conflicts",
+        "deletes",
+    ] {
+        let (code, out, _) = run(&[command, "--help"]);
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("Examples:\n  bvfs ") && out.contains("3 no running bvfs mount"),
+            "bvfs {command} --help needs an example and the exit codes:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn status_hydrate_pin_evict_and_unpin_on_a_real_mount() {
+    use common::mounts::{random_bytes, setup, xattr};
+    use std::fs;
+    let mut s = setup();
+    let a = s.mount(0, &[]);
+    fs::create_dir(a.path("pinme")).unwrap();
+    fs::write(a.path("big.bin"), random_bytes(3 << 20, 1)).unwrap();
+    fs::write(a.path("pinme/x.bin"), random_bytes(1 << 20, 2)).unwrap();
+    fs::write(a.path("pinme/y.bin"), random_bytes(1 << 20, 3)).unwrap();
+    let b = s.mount(1, &[]);
+    common::eventually(30, "B lists everything", || {
+        fs::metadata(b.path("pinme/y.bin")).is_ok_and(|m| m.len() == 1 << 20)
+            && fs::metadata(b.path("big.bin")).is_ok_and(|m| m.len() == 3 << 20)
+    });
+
+    // The mount's summary, from its root and from a directory inside it.
+    let status = json_in(&b.mountpoint, &["status", "--json"]);
+    let mount = &status["mount"];
+    assert_eq!(
+        mount["mountpoint"],
+        b.mountpoint.to_str().unwrap(),
+        "{status}"
+    );
+    assert_eq!(mount["server"], s.server.url.as_str(), "{status}");
+    assert!(mount["cache"]["limit_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(mount["conflicts"], 0);
+    assert_eq!(mount["held_deletes"], 0);
+    assert!(status["paths"].as_array().unwrap().is_empty());
+    let inside = json_in(&b.path("pinme"), &["status", "--json", "x.bin"]);
+    assert_eq!(inside["mount"]["mountpoint"], mount["mountpoint"]);
+    let x = &inside["paths"][0];
+    assert_eq!(x["path"], "pinme/x.bin");
+    assert_eq!(x["kind"], "file");
+    assert_eq!(x["size"], 1 << 20);
+    assert_eq!(x["state"], "online-only", "{inside}");
+    assert_eq!(x["state"], xattr(&b.path("pinme/x.bin"), "user.bvfs.state"));
+    assert_eq!(x["sync"], xattr(&b.path("pinme/x.bin"), "user.bvfs.sync"));
+    let (code, out, _) = run_in(&b.mountpoint, &["status", "big.bin"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("server:") && out.contains("big.bin: file, 3.00 MiB, online-only"),
+        "{out}"
+    );
+    let (code, _, err) = run_in(&b.mountpoint, &["status", "missing.txt"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.txt does not exist"), "{err}");
+
+    // Hydrate: every byte fetched, with plain progress lines (stderr is not a terminal here).
+    let (code, out, err) = run_in(&b.mountpoint, &["hydrate", "--json", "big.bin"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let hydrated: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(hydrated["fetched_files"], 1);
+    assert_eq!(hydrated["fetched_bytes"], 3 << 20);
+    assert!(err.contains("hydrate 1/1 files"), "{err}");
+    assert_eq!(xattr(&b.path("big.bin"), "user.bvfs.state"), "local");
+    let again = json_in(&b.mountpoint, &["hydrate", "--json", "big.bin"]);
+    assert_eq!(again["fetched_bytes"], 0, "nothing left to fetch");
+
+    // Pin a directory by its absolute path, from outside the mount: it is local when pin returns.
+    let pinned = json_in(
+        std::path::Path::new("/"),
+        &["pin", "--json", b.path("pinme").to_str().unwrap()],
+    );
+    assert_eq!(pinned["pinned"], true);
+    assert_eq!(pinned["changed"], 3, "the directory and its two files");
+    assert_eq!(pinned["fetched"]["fetched_bytes"], 2 << 20);
+    assert_eq!(xattr(&b.path("pinme/x.bin"), "user.bvfs.state"), "pinned");
+
+    // Evict on A, where big.bin was written (a materialized copy) once it is synced: the space is
+    // freed, the file is still listed, and reading it downloads it again.
+    common::eventually(30, "A is synced", || {
+        json_in(&a.mountpoint, &["status", "--json"])["mount"]["sync"] == "synced"
+    });
+    let (files_before, bytes_before) = common::dir_usage(&a.data.join("files"));
+    let evicted = json_in(&a.mountpoint, &["evict", "--json", "big.bin"]);
+    assert_eq!(evicted["evicted_files"], 1, "{evicted}");
+    assert!(
+        evicted["freed_bytes"].as_u64().unwrap() >= 3 << 20,
+        "{evicted}"
+    );
+    assert_eq!(evicted["refused_total"], 0);
+    let (files_after, bytes_after) = common::dir_usage(&a.data.join("files"));
+    assert!(
+        files_after < files_before && bytes_after + (3 << 20) <= bytes_before,
+        "the copy is gone: {files_before} files/{bytes_before} bytes before, {files_after}/{bytes_after} after"
+    );
+    assert_eq!(fs::metadata(a.path("big.bin")).unwrap().len(), 3 << 20);
+    assert!(
+        fs::read_dir(&a.mountpoint)
+            .unwrap()
+            .any(|e| e.unwrap().file_name() == "big.bin")
+    );
+    assert_eq!(xattr(&a.path("big.bin"), "user.bvfs.state"), "online-only");
+    assert_eq!(
+        fs::read(a.path("big.bin")).unwrap(),
+        random_bytes(3 << 20, 1)
+    );
+
+    // With the server gone: the pinned files read in full; evicting a pinned file or content the
+    // server does not have is refused, with why.
+    s.server.terminate();
+    assert_eq!(
+        fs::read(b.path("pinme/x.bin")).unwrap(),
+        random_bytes(1 << 20, 2)
+    );
+    assert_eq!(
+        fs::read(b.path("pinme/y.bin")).unwrap(),
+        random_bytes(1 << 20, 3)
+    );
+    let (code, _, err) = run_in(&b.mountpoint, &["evict", "pinme/x.bin"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("it is pinned") && err.contains("unpin it first"),
+        "{err}"
+    );
+    fs::write(a.path("offline.txt"), b"only here").unwrap();
+    let (code, out, err) = run_in(&a.mountpoint, &["evict", "--json", "offline.txt"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let refused: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(refused["refused_total"], 1);
+    assert!(
+        refused["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("has not reached the server"),
+        "{refused}"
+    );
+    assert_eq!(fs::read(a.path("offline.txt")).unwrap(), b"only here");
+    let status = json_in(&a.mountpoint, &["status", "--json"]);
+    assert!(
+        status["mount"]["pending_uploads"]["files"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{status}"
+    );
+
+    // Unpin: the pin goes, the bytes stay cached until evicted.
+    let unpinned = json_in(&b.mountpoint, &["unpin", "--json", "pinme"]);
+    assert_eq!(unpinned["pinned"], false);
+    assert_eq!(unpinned["changed"], 3);
+    assert_eq!(xattr(&b.path("pinme/x.bin"), "user.bvfs.pin"), "0");
+    assert_eq!(xattr(&b.path("pinme/x.bin"), "user.bvfs.state"), "local");
+}
+
+#[test]
+fn conflicts_are_listed_and_held_deletes_are_restored_or_confirmed() {
+    use common::mounts::{setup, sh};
+    use std::fs;
+    let mut s = setup();
+    let a = s.mount(0, &[]);
+    let b = s.mount(1, &[]);
+    let none = json_in(&a.mountpoint, &["conflicts", "--json"]);
+    assert_eq!(none["conflicts"], serde_json::json!([]));
+    let (code, out, _) = run_in(&a.mountpoint, &["conflicts"]);
+    assert_eq!((code, out.trim()), (0, "no conflicts"));
+
+    // An edit on each device while the server is down: one of them becomes a conflicted copy.
+    fs::write(a.path("shared.txt"), b"base").unwrap();
+    common::eventually(20, "B has the file", || {
+        fs::read(b.path("shared.txt")).is_ok_and(|d| d == b"base")
+    });
+    let listen = s.server.url.trim_start_matches("http://").to_string();
+    s.server.terminate();
+    fs::write(a.path("shared.txt"), b"laptop version").unwrap();
+    fs::write(b.path("shared.txt"), b"desktop version").unwrap();
+    let data = s.server.data.clone();
+    s.server = common::ServerProcess::start(&data, &["--listen", &listen]);
+    let listed = |m: &common::MountProcess| -> Vec<serde_json::Value> {
+        json_in(&m.mountpoint, &["conflicts", "--json"])["conflicts"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    common::eventually(60, "one device logs the conflict", || {
+        listed(&a).len() + listed(&b).len() == 1
+    });
+    let conflict = listed(&a).into_iter().chain(listed(&b)).next().unwrap();
+    assert_eq!(conflict["original"], "shared.txt", "{conflict}");
+    assert!(
+        conflict["copy"]
+            .as_str()
+            .unwrap()
+            .contains("conflicted copy"),
+        "{conflict}"
+    );
+    assert!(
+        conflict["time"].as_str().unwrap().ends_with('Z'),
+        "{conflict}"
+    );
+    assert!(!conflict["description"].as_str().unwrap().is_empty());
+
+    // A bulk delete on A is held: listed, restored, then deleted again and confirmed.
+    sh(
+        &a.mountpoint,
+        "mkdir bulk && for i in $(seq 1 20); do echo $i > bulk/f$i.txt; done",
+    );
+    common::eventually(30, "B has the tree", || {
+        fs::read_dir(b.path("bulk")).is_ok_and(|d| d.count() == 20)
+    });
+    sh(&a.mountpoint, "rm -r bulk");
+    let held = |m: &common::MountProcess| json_in(&m.mountpoint, &["deletes", "--json"]);
+    common::eventually(30, "A holds the deletes", || {
+        held(&a)["held_total"].as_u64() == Some(21)
+    });
+    let list = held(&a);
+    assert_eq!(list["action"], "list");
+    assert!(
+        list["held"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["side"] == "remote" && h["path"].as_str().unwrap().starts_with("bulk")),
+        "{list}"
+    );
+    assert_eq!(
+        json_in(&a.mountpoint, &["status", "--json"])["mount"]["held_deletes"],
+        21
+    );
+    let (code, out, _) = run_in(&a.mountpoint, &["deletes"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("21 held deletes") && out.contains("--confirm"),
+        "{out}"
+    );
+    let restored = json_in(&a.mountpoint, &["deletes", "--restore", "--json"]);
+    assert_eq!(restored["resolved"], 21);
+    common::eventually(30, "the tree is back on A", || {
+        fs::read(a.path("bulk/f7.txt")).is_ok_and(|d| d == b"7\n")
+    });
+    assert!(b.path("bulk/f7.txt").exists(), "B never lost it");
+
+    sh(&a.mountpoint, "rm -r bulk");
+    common::eventually(30, "A holds the deletes again", || {
+        held(&a)["held_total"].as_u64() == Some(21)
+    });
+    let (code, out, _) = run_in(&a.mountpoint, &["deletes", "--confirm"]);
+    assert_eq!((code, out.trim()), (0, "confirmed 21 deletes"));
+    common::eventually(30, "B sees the removal", || !b.path("bulk").exists());
+    assert_eq!(held(&a)["held_total"], 0);
+}
+
+#[test]
+fn a_dead_daemon_exits_3_and_bad_requests_never_stop_the_mount() {
+    use common::mounts::setup;
+    use std::io::{BufRead, BufReader, Write};
+    let s = setup();
+    let mut a = s.mount(0, &[]);
+    std::fs::write(a.path("file.txt"), b"hello").unwrap();
+    let socket = socket_of(&a.mountpoint);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the control socket is private");
+
+    // Garbage, an unknown request, and a request over the 64 KiB bound: each gets an error line.
+    let ask = |payload: &[u8]| -> String {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stream.write_all(payload).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    };
+    assert!(ask(b"not json\n").contains("\"error\""));
+    assert!(ask(b"{\"op\":\"format-disk\"}\n").contains("not a request"));
+    let mut huge = vec![b'x'; 70 * 1024];
+    huge.push(b'\n');
+    assert!(ask(&huge).contains("longer than 65536 bytes"));
+    assert_eq!(std::fs::read(a.path("file.txt")).unwrap(), b"hello");
+    let (code, _, err) = run_in(&a.mountpoint, &["status"]);
+    assert_eq!(code, 0, "{err}");
+
+    // The daemon is killed: the CLI says so (exit 3) and how to recover; a remount serves again.
+    unsafe {
+        libc::kill(a.pid, libc::SIGKILL);
+    }
+    common::eventually(
+        10,
+        "the daemon is gone",
+        || unsafe { libc::kill(a.pid, 0) } != 0,
+    );
+    let (code, _, err) = run_in(
+        std::path::Path::new("/"),
+        &["status", a.path("file.txt").to_str().unwrap()],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("is not running") && err.contains("bvfs umount"),
+        "{err}"
+    );
+    let (code, _, err) = run_in(
+        std::path::Path::new("/"),
+        &["deletes", "--mount", a.mountpoint.to_str().unwrap()],
+    );
+    assert_eq!(code, 3, "{err}");
+    a.kill9_and_remount(&s.server.url, &s.tokens[0], "laptop");
+    let status = json_in(&a.mountpoint, &["status", "--json", "file.txt"]);
+    assert_eq!(status["paths"][0]["size"], 5);
+}
