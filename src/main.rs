@@ -7,6 +7,7 @@ mod admin_cmd;
 mod binding;
 mod control;
 mod hash_cmd;
+mod history_cmd;
 mod mount_cmd;
 mod paths;
 mod privacy;
@@ -62,6 +63,14 @@ enum Command {
     Conflicts(review_cmd::ConflictsArgs),
     /// List, confirm or restore the deletes the bulk-delete brake holds.
     Deletes(review_cmd::DeletesArgs),
+    /// List every version of a file the server keeps.
+    History(history_cmd::HistoryArgs),
+    /// Make an earlier version of a file current again, on every device.
+    Restore(history_cmd::RestoreArgs),
+    /// List deleted files and directories the server keeps.
+    Trash(history_cmd::TrashArgs),
+    /// Bring back a deleted file or directory.
+    Undelete(history_cmd::UndeleteArgs),
 }
 
 fn init_logging(ansi: bool) {
@@ -97,6 +106,10 @@ fn main() -> ExitCode {
         Command::Evict(args) => space_cmd::evict(args),
         Command::Conflicts(args) => review_cmd::conflicts(args),
         Command::Deletes(args) => review_cmd::deletes(args),
+        Command::History(args) => history_cmd::history(args),
+        Command::Restore(args) => history_cmd::restore(args),
+        Command::Trash(args) => history_cmd::trash(args),
+        Command::Undelete(args) => history_cmd::undelete(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

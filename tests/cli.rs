@@ -137,6 +137,10 @@ fn control_commands_outside_a_mount_exit_3_and_bad_flags_exit_2() {
         vec!["evict", "file"],
         vec!["conflicts"],
         vec!["deletes"],
+        vec!["history", "file"],
+        vec!["restore", "file"],
+        vec!["trash"],
+        vec!["undelete", "file"],
     ] {
         let (code, out, err) = run_in(dir.path(), &args);
         assert_eq!(code, 3, "bvfs {args:?}: {out}{err}");
@@ -163,6 +167,10 @@ fn control_commands_outside_a_mount_exit_3_and_bad_flags_exit_2() {
         "evict",
         "conflicts",
         "deletes",
+        "history",
+        "restore",
+        "trash",
+        "undelete",
     ] {
         let (code, out, _) = run(&[command, "--help"]);
         assert_eq!(code, 0);
@@ -471,4 +479,116 @@ fn a_dead_daemon_exits_3_and_bad_requests_never_stop_the_mount() {
     a.kill9_and_remount(&s.server.url, &s.tokens[0], "laptop");
     let status = json_in(&a.mountpoint, &["status", "--json", "file.txt"]);
     assert_eq!(status["paths"][0]["size"], 5);
+}
+
+#[test]
+fn history_restore_trash_and_undelete_reach_both_devices() {
+    use common::mounts::setup;
+    use std::fs;
+    let mut s = setup();
+    let a = s.mount(0, &[]);
+    let b = s.mount(1, &[]);
+    let synced = |m: &common::MountProcess| {
+        json_in(&m.mountpoint, &["status", "--json"])["mount"]["sync"] == "synced"
+    };
+    fs::create_dir(a.path("sub")).unwrap();
+    fs::write(a.path("sub/inner.txt"), b"inner").unwrap();
+    fs::write(a.path("gone.txt"), b"bring me back").unwrap();
+    fs::write(a.path("f.txt"), b"version one").unwrap();
+    common::eventually(30, "A synced the first version", || synced(&a));
+    fs::write(a.path("f.txt"), b"version two").unwrap();
+    common::eventually(30, "B has the second version", || {
+        fs::read(b.path("f.txt")).is_ok_and(|d| d == b"version two")
+    });
+
+    // History: newest first, with device, size and content hash.
+    let history = json_in(&a.mountpoint, &["history", "--json", "f.txt"]);
+    let versions = history["versions"].as_array().unwrap();
+    let hash = |data: &[u8]| blake3::hash(data).to_hex().to_string();
+    assert_eq!(
+        versions[0]["hash"],
+        hash(b"version two").as_str(),
+        "{history}"
+    );
+    assert_eq!(versions[0]["device"], "laptop");
+    assert_eq!(versions[0]["size"], 11);
+    let first = versions
+        .iter()
+        .find(|v| v["hash"] == hash(b"version one").as_str())
+        .unwrap_or_else(|| panic!("no first version in {history}"));
+    let (code, out, _) = run_in(&b.mountpoint, &["history", "f.txt"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("laptop") && out.contains(&hash(b"version two")[..16]),
+        "{out}"
+    );
+
+    // Restore (the newest version with other content, by default) reaches both devices.
+    let restored = json_in(&b.mountpoint, &["restore", "--json", "f.txt"]);
+    assert_eq!(restored["version"], first["version"], "{restored}");
+    common::eventually(30, "both devices have the first version again", || {
+        fs::read(a.path("f.txt")).is_ok_and(|d| d == b"version one")
+            && fs::read(b.path("f.txt")).is_ok_and(|d| d == b"version one")
+    });
+    let history = json_in(&a.mountpoint, &["history", "--json", "f.txt"]);
+    assert_eq!(
+        history["versions"][0]["hash"],
+        hash(b"version one").as_str()
+    );
+    let (code, _, err) = run_in(&a.mountpoint, &["restore", "f.txt", "--version", "999999"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no version 999999"), "{err}");
+
+    // Trash lists what was deleted (all of it, or under a directory); undelete brings it back.
+    fs::remove_file(a.path("gone.txt")).unwrap();
+    fs::remove_file(a.path("sub/inner.txt")).unwrap();
+    let trash = |args: &[&str]| {
+        json_in(&b.mountpoint, args)["deleted"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    common::eventually(30, "the deletes reach the server", || {
+        trash(&["trash", "--json"]).len() == 2
+    });
+    let all = trash(&["trash", "--json"]);
+    assert!(
+        all.iter()
+            .any(|d| d["path"] == "gone.txt" && d["device"] == "laptop"),
+        "{all:?}"
+    );
+    let under = trash(&["trash", "--json", "sub"]);
+    assert_eq!(under.len(), 1, "{under:?}");
+    assert_eq!(under[0]["path"], "sub/inner.txt");
+    let (code, out, _) = run_in(&b.mountpoint, &["undelete", "gone.txt"]);
+    assert_eq!(code, 0, "{out}");
+    common::eventually(30, "both devices have it back", || {
+        fs::read(a.path("gone.txt")).is_ok_and(|d| d == b"bring me back")
+            && fs::read(b.path("gone.txt")).is_ok_and(|d| d == b"bring me back")
+    });
+    let (code, _, err) = run_in(&b.mountpoint, &["undelete", "never-was.txt"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("nothing deleted was at never-was.txt"),
+        "{err}"
+    );
+
+    // A restore never replaces local changes the server has not stored.
+    s.server.terminate();
+    fs::write(a.path("f.txt"), b"offline edit").unwrap();
+    let (code, _, err) = run_in(
+        &a.mountpoint,
+        &[
+            "restore",
+            "f.txt",
+            "--version",
+            &first["version"].to_string(),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("local changes the server has not stored"),
+        "{err}"
+    );
+    assert_eq!(fs::read(a.path("f.txt")).unwrap(), b"offline edit");
 }

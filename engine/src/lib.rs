@@ -15,6 +15,7 @@ pub mod execute;
 pub mod faults;
 pub mod fetch;
 pub mod files;
+pub mod history;
 pub mod invalidations;
 pub mod lineage;
 pub mod model;

@@ -30,6 +30,9 @@ pub struct ConflictRecord {
     pub description: String,
 }
 
+/// A `conflicts` row: time, node id, copy id, description.
+type ConflictRow = (i64, Vec<u8>, Option<Vec<u8>>, String);
+
 /// The most conflicts [`Engine::conflicts`] returns (the newest): a reply stays bounded.
 pub const MAX_CONFLICTS: usize = 1_000;
 
@@ -70,7 +73,7 @@ impl Engine {
     /// the original and its conflicted copy.
     pub fn conflicts(&self) -> EngineResult<Vec<ConflictRecord>> {
         let state = self.state.lock();
-        let rows: Vec<(i64, Vec<u8>, Option<Vec<u8>>, String)> = {
+        let rows: Vec<ConflictRow> = {
             let mut stmt = state
                 .conn()
                 .prepare(

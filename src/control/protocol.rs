@@ -35,6 +35,17 @@ pub enum Request {
     Conflicts,
     /// The held bulk deletes, optionally confirming or restoring them ([`DeletesDone`]).
     Deletes { action: DeletesAction },
+    /// Every version of the path the server keeps ([`HistoryList`]).
+    History { path: MountPath },
+    /// Make a version current again (`None`: the newest one with other content) ([`RestoreDone`]).
+    Restore {
+        path: MountPath,
+        version: Option<u64>,
+    },
+    /// The deleted nodes that were under the path ([`TrashList`]).
+    Trash { path: MountPath },
+    /// Bring back the node most recently deleted at the path ([`UndeleteDone`]).
+    Undelete { path: MountPath },
 }
 
 /// What `bvfs deletes` does with the held deletes.
@@ -201,6 +212,66 @@ pub struct HeldDelete {
     /// Where the node would be lost: `local` (deleted on the server) or `remote` (deleted here).
     pub side: String,
     pub path: MountPath,
+}
+
+/// `bvfs history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryList {
+    pub path: MountPath,
+    /// Newest first (at most [`MAX_LISTED`]).
+    pub versions: Vec<Version>,
+}
+
+/// One version of a node on the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// What `bvfs restore --version` takes.
+    pub version: u64,
+    /// When it was committed (RFC 3339, UTC).
+    pub time: String,
+    pub device: String,
+    pub name: String,
+    pub size: u64,
+    /// BLAKE3 of the content, hex (files only).
+    pub hash: Option<String>,
+    /// This change deleted the node.
+    pub deleted: bool,
+}
+
+/// `bvfs restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreDone {
+    pub path: MountPath,
+    /// The version made current again.
+    pub version: u64,
+}
+
+/// `bvfs trash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrashList {
+    pub path: MountPath,
+    /// Newest deletion first (at most [`MAX_LISTED`]).
+    pub deleted: Vec<Deleted>,
+}
+
+/// One deleted node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// Where it was (`None`: its folder is deleted too; only `name` is known).
+    pub path: Option<MountPath>,
+    pub name: String,
+    pub directory: bool,
+    pub size: u64,
+    /// The device that deleted it, and when (RFC 3339, UTC).
+    pub device: String,
+    pub time: String,
+}
+
+/// `bvfs undelete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndeleteDone {
+    pub path: MountPath,
+    pub directory: bool,
 }
 
 #[cfg(test)]

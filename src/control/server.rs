@@ -22,8 +22,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::protocol::{
-    self, CacheStatus, Conflict, ConflictList, DeletesAction, DeletesDone, EvictDone, HeldDelete,
-    HydrateDone, MountStatus, PathStatus, PinDone, Progress, Refusal, Reply, Request, Transfer,
+    self, CacheStatus, Conflict, ConflictList, Deleted, DeletesAction, DeletesDone, EvictDone,
+    HeldDelete, HistoryList, HydrateDone, MountStatus, PathStatus, PinDone, Progress, Refusal,
+    Reply, Request, RestoreDone, Transfer, TrashList, UndeleteDone, Version,
 };
 
 /// How many connections are served at once.
@@ -32,6 +33,8 @@ const MAX_CONNECTIONS: usize = 16;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Chunks fetched between two progress lines of a hydration.
 const HYDRATE_BATCH: usize = 16;
+/// How many deleted nodes `bvfs trash` looks through (newest first) for those under its path.
+const TRASH_SEARCH: usize = 10_000;
 /// The mount's root inode.
 const ROOT_INO: u64 = 1;
 
@@ -262,6 +265,47 @@ async fn handle(request: Request, info: &MountInfo, out: &mut Replies<'_>) -> Ha
             .await?;
             done(&list)
         }
+        Request::History { path } => {
+            let versions = history(&engine, &path).await?;
+            done(&HistoryList { path, versions })
+        }
+        Request::Restore { path, version } => {
+            let version = restore(&engine, &path, version).await?;
+            done(&RestoreDone { path, version })
+        }
+        Request::Trash { path } => {
+            let deleted = engine
+                .deleted(TRASH_SEARCH)
+                .await?
+                .map_err(history_failure)?;
+            let prefix = format!("{path}/");
+            let deleted = deleted
+                .into_iter()
+                .filter(|d| {
+                    path.is_empty()
+                        || d.path
+                            .as_deref()
+                            .is_some_and(|p| p == path || p.starts_with(&prefix))
+                })
+                .take(protocol::MAX_LISTED)
+                .map(|d| Deleted {
+                    path: d.path,
+                    name: d.name,
+                    directory: d.directory,
+                    size: d.size,
+                    device: d.device,
+                    time: rfc3339(d.at_ns),
+                })
+                .collect();
+            done(&TrashList { path, deleted })
+        }
+        Request::Undelete { path } => {
+            let found = engine.undelete(&path).await?.map_err(history_failure)?;
+            done(&UndeleteDone {
+                path,
+                directory: found.directory,
+            })
+        }
         Request::Deletes { action } => {
             let result = blocking(move || {
                 let held = engine.held_deletes()?;
@@ -289,6 +333,69 @@ async fn handle(request: Request, info: &MountInfo, out: &mut Replies<'_>) -> Ha
             done(&result)
         }
     }
+}
+
+/// A refusal of the history calls, for the user.
+fn history_failure(e: bvfs_engine::history::HistoryError) -> Failure {
+    Failure::User(e.to_string())
+}
+
+async fn history(engine: &Arc<Engine>, path: &str) -> Result<Vec<Version>, Failure> {
+    let entry = {
+        let engine = engine.clone();
+        let path = path.to_string();
+        blocking(move || resolve(&engine, &path)).await?
+    };
+    let versions = engine
+        .versions(&entry)
+        .await?
+        .map_err(|e| Failure::User(format!("{path}: {e}")))?;
+    Ok(versions
+        .into_iter()
+        .map(|v| Version {
+            version: v.seq,
+            time: rfc3339(v.at_ns),
+            device: v.device,
+            name: v.name,
+            size: v.size,
+            hash: v.hash,
+            deleted: v.deleted,
+        })
+        .collect())
+}
+
+/// Restores `version` of `path` (`None`: the newest version whose content differs from the
+/// current one); returns the version restored.
+async fn restore(engine: &Arc<Engine>, path: &str, version: Option<u64>) -> Result<u64, Failure> {
+    let entry = {
+        let engine = engine.clone();
+        let path = path.to_string();
+        blocking(move || resolve(&engine, &path)).await?
+    };
+    let version = match version {
+        Some(version) => version,
+        None => {
+            let current = entry.node.attrs.content.map(|h| h.to_hex());
+            let versions = engine
+                .versions(&entry)
+                .await?
+                .map_err(|e| Failure::User(format!("{path}: {e}")))?;
+            versions
+                .into_iter()
+                .find(|v| !v.deleted && v.hash != current)
+                .map(|v| v.seq)
+                .ok_or_else(|| {
+                    Failure::User(format!(
+                        "{path} has no earlier version with other content (see `bvfs history`)"
+                    ))
+                })?
+        }
+    };
+    engine
+        .restore_version(&entry, version)
+        .await?
+        .map_err(|e| Failure::User(format!("{path}: {e}")))?;
+    Ok(version)
 }
 
 async fn status(info: &MountInfo) -> Result<MountStatus, Failure> {
