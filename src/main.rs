@@ -8,6 +8,7 @@ mod binding;
 mod control;
 mod hash_cmd;
 mod history_cmd;
+mod login_cmd;
 mod mount_cmd;
 mod paths;
 mod privacy;
@@ -71,6 +72,8 @@ enum Command {
     Trash(history_cmd::TrashArgs),
     /// Bring back a deleted file or directory.
     Undelete(history_cmd::UndeleteArgs),
+    /// Check a device token with a server and keep it (0600), so `bvfs mount` needs no --token.
+    Login(login_cmd::LoginArgs),
 }
 
 fn init_logging(ansi: bool) {
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => history_cmd::restore(args),
         Command::Trash(args) => history_cmd::trash(args),
         Command::Undelete(args) => history_cmd::undelete(args),
+        Command::Login(args) => login_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,6 +31,7 @@ const UNSYNCED_REPORT: &str = "unsynced";
 #[command(
     after_help = "Examples:\n  bvfs mount ~/BitVault                     # embedded server, data in ~/.local/share/bvfs\n  \
 bvfs mount --server https://vault.example:7878 --token \"$TOKEN\" ~/BitVault\n  \
+bvfs login --server https://vault.example:7878 && bvfs mount ~/BitVault   # no token on the command line\n  \
 setfattr -n user.bvfs.pin -v 1 ~/BitVault/Projects   # keep a tree local (offline)\n  \
 getfattr -n user.bvfs.state ~/BitVault/big.iso       # online-only, partial, local, pinned\n  \
 bvfs umount ~/BitVault"
@@ -39,10 +40,10 @@ pub struct MountArgs {
     /// Where to mount (an existing, empty directory)
     mountpoint: PathBuf,
     /// The BitVault server (http:// on loopback or trusted networks, https:// elsewhere). Without
-    /// it, an embedded server runs on --server-data.
-    #[arg(long, value_name = "URL", env = "BVFS_SERVER", requires = "token")]
+    /// it: the server of `bvfs login`, else an embedded server on --server-data.
+    #[arg(long, value_name = "URL", env = "BVFS_SERVER")]
     server: Option<String>,
-    /// This device's token (from `bvfs admin add-user`)
+    /// This device's token (from `bvfs admin add-user`) [default: the one `bvfs login` saved]
     #[arg(long, value_name = "TOKEN", env = "BVFS_TOKEN")]
     token: Option<String>,
     /// PEM file of a private CA that signed the server's certificate
@@ -159,7 +160,33 @@ pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
         .join(name))
 }
 
-pub fn run(args: MountArgs) -> anyhow::Result<()> {
+/// Fills in the server and token `bvfs login` saved, when the command line gives no token: for
+/// its server, or for any mount without `--server`.
+fn use_login(args: &mut MountArgs) -> anyhow::Result<()> {
+    if args.token.is_some() {
+        return Ok(());
+    }
+    let login = crate::login_cmd::Login::load()?
+        .filter(|l| args.server.as_ref().is_none_or(|url| *url == l.server));
+    let Some(login) = login else {
+        return match &args.server {
+            None => Ok(()),
+            Some(url) => bail!(
+                "no token for {url}: run `bvfs login --server {url}` once (or pass --token, which \
+                 shows in `ps`)"
+            ),
+        };
+    };
+    args.server = Some(login.server);
+    args.token = Some(login.token);
+    if args.ca_cert.is_none() {
+        args.ca_cert = login.ca_cert;
+    }
+    Ok(())
+}
+
+pub fn run(mut args: MountArgs) -> anyhow::Result<()> {
+    use_login(&mut args)?;
     // Windows with the `projfs` feature: a ProjFS virtualization root instead of a FUSE mount.
     #[cfg(all(windows, feature = "projfs"))]
     return serve_projection(&args);

@@ -33,3 +33,14 @@ pub fn mount_key(mountpoint: &std::path::Path) -> String {
     let key = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
     key[..16].to_string()
 }
+
+/// `$XDG_CONFIG_HOME/bvfs` or `~/.config/bvfs`: what the user set up (`bvfs login`).
+pub fn config_home() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("bvfs");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".config/bvfs")
+}

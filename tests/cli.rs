@@ -592,3 +592,109 @@ fn history_restore_trash_and_undelete_reach_both_devices() {
     );
     assert_eq!(fs::read(a.path("f.txt")).unwrap(), b"offline edit");
 }
+
+#[test]
+fn login_keeps_a_private_token_and_mount_then_needs_none() {
+    use common::mounts::setup;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup();
+    let dirs = tempfile::tempdir().unwrap();
+    let config = dirs.path().join("config");
+    let env = |command: &mut std::process::Command| {
+        command.env("XDG_CONFIG_HOME", &config);
+    };
+    let login = |token: &str| {
+        let mut command = bvfs();
+        env(&mut command);
+        let mut child = command
+            .args(["login", "--token-stdin", "--server", &s.server.url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let saved = config.join("bvfs/login.json");
+
+    // A token the server refuses is not saved.
+    let (code, _, err) = login("bv_not_a_token");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("does not accept this token"), "{err}");
+    assert!(!saved.exists());
+
+    let (code, out, err) = login(&s.tokens[0]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("as alice (device laptop)"), "{out}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&saved), 0o600);
+    assert_eq!(mode(&config.join("bvfs")), 0o700);
+    assert!(
+        std::fs::read_to_string(&saved)
+            .unwrap()
+            .contains(&s.tokens[0])
+    );
+
+    // `bvfs mount DIR` takes the saved server and token: no token on its command line.
+    let mountpoint = dirs.path().join("mnt");
+    let mut mount = bvfs();
+    env(&mut mount);
+    let out = mount
+        .args(["mount", "--data"])
+        .arg(dirs.path().join("state"))
+        .arg(&mountpoint)
+        .output()
+        .unwrap();
+    /// Unmounts when the test ends, however it ends.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let ok = bvfs()
+                .args(["umount", "--lazy"])
+                .arg(&self.0)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !ok {
+                let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+                unsafe {
+                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+                }
+            }
+        }
+    }
+    let _unmount = Unmount(mountpoint.clone());
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(mountpoint.join("via-login.txt"), b"no token typed").unwrap();
+    let other = s.mount(1, &[]);
+    common::eventually(30, "the other device sees the file", || {
+        std::fs::read(other.path("via-login.txt")).is_ok_and(|d| d == b"no token typed")
+    });
+
+    // Another server without a token says how to log in to it.
+    let mut mount = bvfs();
+    env(&mut mount);
+    let out = mount
+        .args(["mount", "--server", "http://127.0.0.1:9", "--data"])
+        .arg(dirs.path().join("state2"))
+        .arg(dirs.path().join("mnt2"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("run `bvfs login --server http://127.0.0.1:9`"),
+        "{err}"
+    );
+}
