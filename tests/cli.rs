@@ -95,9 +95,15 @@ fn hash_matches_b3sum_and_speaks_json() {
 
 // ----- the control channel: status, pin/unpin/hydrate/evict, conflicts, deletes -----
 
-/// Runs `bvfs ARGS` in `dir`; returns (exit code, stdout, stderr).
+/// Runs `bvfs ARGS` in `dir` as a shell would; returns (exit code, stdout, stderr).
 fn run_in(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = bvfs().args(args).current_dir(dir).output().unwrap();
+    // As a shell runs it: `$PWD` says where we are.
+    let out = bvfs()
+        .args(args)
+        .current_dir(dir)
+        .env("PWD", dir)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -43,23 +43,23 @@ pub struct Target {
 /// `bvfs mount` canonicalizes its mountpoint's parent), else lexically (a dead mount cannot be
 /// entered, but its socket must still be found).
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    let path = &if path.is_absolute() {
+        path.to_owned()
+    } else {
+        current_dir()?.join(path)
+    };
     if let Ok(full) = std::fs::canonicalize(path) {
         // A symlink inside the mount is named by its own path, not its target's.
         if let (Some(parent), Some(name)) = (path.parent(), path.file_name())
             && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
-            && let Ok(parent) = std::fs::canonicalize(if parent.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                parent
-            })
+            && let Ok(parent) = std::fs::canonicalize(parent)
         {
             return Ok(parent.join(name));
         }
         return Ok(full);
     }
-    let joined = std::path::absolute(path)?;
     let mut clean = PathBuf::new();
-    for component in joined.components() {
+    for component in path.components() {
         match component {
             Component::ParentDir => {
                 clean.pop();
@@ -69,6 +69,31 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     Ok(clean)
+}
+
+/// The current directory. Inside a mount the kernel may have dropped the directory's name from its
+/// cache (a sync round changed it), and then `getcwd` fails although the directory is fine: the
+/// shell's `$PWD` is used when it names the same directory.
+fn current_dir() -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let error = match std::env::current_dir() {
+        Ok(dir) => return Ok(dir),
+        Err(e) => e,
+    };
+    let same = |pwd: &PathBuf| {
+        let (Ok(here), Ok(there)) = (std::fs::metadata("."), std::fs::metadata(pwd)) else {
+            return false;
+        };
+        here.dev() == there.dev() && here.ino() == there.ino()
+    };
+    std::env::var_os("PWD")
+        .map(PathBuf::from)
+        .filter(|pwd| pwd.is_absolute() && same(pwd))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot tell the current directory ({error}); give an absolute path or --mount DIR"
+            )
+        })
 }
 
 /// Finds the mount holding `path` (or, with `mount`, checks that `path` is inside it).
