@@ -48,6 +48,8 @@ enum Command {
     Hash(hash_cmd::HashArgs),
     /// Show what a mount is doing (online, pending uploads, conflicts, cache) and paths' states.
     Status(status_cmd::StatusArgs),
+    /// List the files waiting to be uploaded and the downloads in flight.
+    Queue(status_cmd::QueueArgs),
     /// Keep files local (offline), downloading them now.
     #[command(after_help = format!("{}\n\n{}", space_cmd::PIN_HELP, status_cmd::EXIT_CODES_HELP))]
     Pin(space_cmd::PathsArgs),
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
         Command::Admin(cmd) => admin_cmd::run(cmd),
         Command::Hash(args) => hash_cmd::run(args),
         Command::Status(args) => status_cmd::run(args),
+        Command::Queue(args) => status_cmd::queue(args),
         Command::Pin(args) => space_cmd::pin(args, true),
         Command::Unpin(args) => space_cmd::pin(args, false),
         Command::Hydrate(args) => space_cmd::hydrate(args),

@@ -6,7 +6,7 @@ use clap::Args;
 use indicatif::HumanBytes;
 
 use crate::control::client::{self, Target};
-use crate::control::protocol::{MountStatus, PathStatus, Request};
+use crate::control::protocol::{MountStatus, PathStatus, Queue, Request};
 
 /// The exit codes every command that talks to a mount shares (in each one's `--help`).
 pub const EXIT_CODES_HELP: &str = "Exit status: 0 ok; 1 error (the message says what to do); 2 bad \
@@ -140,4 +140,47 @@ fn print_path(p: &PathStatus) {
         print!(" ({error})");
     }
     println!();
+}
+
+#[derive(Args)]
+#[command(after_help = format!("Examples:\n  \
+bvfs queue                       # what waits to be uploaded, and downloads in flight\n  \
+bvfs queue --json | jq '.uploads[] | select(.state == \"uploading\")'\n\n{EXIT_CODES_HELP}"))]
+pub struct QueueArgs {
+    /// The mount to ask [default: the one holding the current directory]
+    #[arg(long, value_name = "DIR")]
+    mount: Option<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// `bvfs queue`: the files waiting to be uploaded, and what is being downloaded.
+pub fn queue(args: QueueArgs) -> anyhow::Result<()> {
+    let here = args.mount.clone().unwrap_or_else(|| PathBuf::from("."));
+    let target = client::locate(&here, args.mount.as_deref())?;
+    let queue: Queue = client::ask(&target.mountpoint, &Request::Queue)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&queue)?);
+        return Ok(());
+    }
+    for upload in &queue.uploads {
+        println!(
+            "{:<9}  {:>10}  {}",
+            upload.state,
+            HumanBytes(upload.size).to_string(),
+            upload.path
+        );
+    }
+    let listed = queue.uploads.len() as u64;
+    if queue.uploads_total.files > listed {
+        println!("… and {} more", queue.uploads_total.files - listed);
+    }
+    println!(
+        "{} files to upload ({}); {} chunks downloading",
+        queue.uploads_total.files,
+        HumanBytes(queue.uploads_total.bytes),
+        queue.downloads_in_flight
+    );
+    Ok(())
 }

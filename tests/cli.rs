@@ -147,6 +147,7 @@ fn control_commands_outside_a_mount_exit_3_and_bad_flags_exit_2() {
         vec!["restore", "file"],
         vec!["trash"],
         vec!["undelete", "file"],
+        vec!["queue"],
     ] {
         let (code, out, err) = run_in(dir.path(), &args);
         assert_eq!(code, 3, "bvfs {args:?}: {out}{err}");
@@ -177,6 +178,7 @@ fn control_commands_outside_a_mount_exit_3_and_bad_flags_exit_2() {
         "restore",
         "trash",
         "undelete",
+        "queue",
     ] {
         let (code, out, _) = run(&[command, "--help"]);
         assert_eq!(code, 0);
@@ -323,6 +325,21 @@ fn status_hydrate_pin_evict_and_unpin_on_a_real_mount() {
             .unwrap()
             >= 1,
         "{status}"
+    );
+    let queue = json_in(&a.mountpoint, &["queue", "--json"]);
+    let waiting = queue["uploads"].as_array().unwrap();
+    assert!(
+        waiting
+            .iter()
+            .any(|u| u["path"] == "offline.txt" && u["size"] == 9 && u["state"] == "waiting"),
+        "{queue}"
+    );
+    assert_eq!(queue["uploads_total"]["files"], waiting.len());
+    let (code, out, _) = run_in(&a.mountpoint, &["queue"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("waiting") && out.contains("offline.txt"),
+        "{out}"
     );
 
     // Unpin: the pin goes, the bytes stay cached until evicted.

@@ -30,6 +30,16 @@ pub struct ConflictRecord {
     pub description: String,
 }
 
+/// A file waiting to be uploaded ([`Engine::upload_queue`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedUpload {
+    /// From the mount's root.
+    pub path: String,
+    pub size: u64,
+    /// Its upload is running now (else it waits for the next round).
+    pub uploading: bool,
+}
+
 /// A `conflicts` row: time, node id, copy id, description.
 type ConflictRow = (i64, Vec<u8>, Option<Vec<u8>>, String);
 
@@ -62,6 +72,47 @@ impl Engine {
             files: files as u64,
             bytes: bytes as u64,
         })
+    }
+
+    /// The files new or edited here that the server does not have yet (at most `max`, by path),
+    /// and whether each is being uploaded now.
+    pub fn upload_queue(&self, max: usize) -> EngineResult<Vec<QueuedUpload>> {
+        let rows: Vec<(Vec<u8>, i64)> = {
+            let state = self.state.lock();
+            let mut stmt = state
+                .conn()
+                .prepare(
+                    "SELECT l.id, l.size FROM changed c \
+                     JOIN local l ON l.id = c.id LEFT JOIN synced s ON s.id = l.id \
+                     WHERE l.kind = 2 AND (s.id IS NULL OR s.content IS NOT l.content) \
+                     ORDER BY c.seq LIMIT ?1",
+                )
+                .map_err(|e| state.sql_err(e))?;
+            let rows = stmt
+                .query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| state.sql_err(e))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(|e| state.sql_err(e))?
+        };
+        let uploading = self.uploading.lock().clone();
+        let state = self.state.lock();
+        let local = state.tree(Table::Local);
+        let mut queue = Vec::with_capacity(rows.len());
+        for (id, size) in rows {
+            let Some(id) = NodeId::from_bytes(&id) else {
+                continue;
+            };
+            let Some(path) = local.path_of(id)? else {
+                continue;
+            };
+            queue.push(QueuedUpload {
+                path: path.trim_start_matches('/').to_string(),
+                size: size as u64,
+                uploading: uploading.contains(&id),
+            });
+        }
+        queue.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(queue)
     }
 
     /// Chunks being fetched from the server now (reads, read-ahead, pins, hydration).

@@ -46,6 +46,8 @@ pub enum Request {
     Trash { path: MountPath },
     /// Bring back the node most recently deleted at the path ([`UndeleteDone`]).
     Undelete { path: MountPath },
+    /// What waits to be uploaded and what is being downloaded ([`Queue`]).
+    Queue,
 }
 
 /// What `bvfs deletes` does with the held deletes.
@@ -212,6 +214,27 @@ pub struct HeldDelete {
     /// Where the node would be lost: `local` (deleted on the server) or `remote` (deleted here).
     pub side: String,
     pub path: MountPath,
+}
+
+/// `bvfs queue`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queue {
+    /// Files new or edited here that the server does not have yet, by path (at most
+    /// [`MAX_LISTED`]).
+    pub uploads: Vec<QueuedUpload>,
+    /// All of them: count and bytes.
+    pub uploads_total: Transfer,
+    /// Chunks being fetched from the server now (reads, read-ahead, pins, hydration).
+    pub downloads_in_flight: u64,
+}
+
+/// A file in the upload queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedUpload {
+    pub path: MountPath,
+    pub size: u64,
+    /// `uploading` now, or `waiting` for the next sync round (or for the server).
+    pub state: String,
 }
 
 /// `bvfs history`.

@@ -23,8 +23,8 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::protocol::{
     self, CacheStatus, Conflict, ConflictList, Deleted, DeletesAction, DeletesDone, EvictDone,
-    HeldDelete, HistoryList, HydrateDone, MountStatus, PathStatus, PinDone, Progress, Refusal,
-    Reply, Request, RestoreDone, Transfer, TrashList, UndeleteDone, Version,
+    HeldDelete, HistoryList, HydrateDone, MountStatus, PathStatus, PinDone, Progress, Queue,
+    QueuedUpload, Refusal, Reply, Request, RestoreDone, Transfer, TrashList, UndeleteDone, Version,
 };
 
 /// How many connections are served at once.
@@ -305,6 +305,29 @@ async fn handle(request: Request, info: &MountInfo, out: &mut Replies<'_>) -> Ha
                 path,
                 directory: found.directory,
             })
+        }
+        Request::Queue => {
+            let queue = blocking(move || {
+                let total = engine.pending_uploads()?;
+                let uploads = engine.upload_queue(protocol::MAX_LISTED)?;
+                Ok(Queue {
+                    uploads: uploads
+                        .into_iter()
+                        .map(|u| QueuedUpload {
+                            path: u.path,
+                            size: u.size,
+                            state: if u.uploading { "uploading" } else { "waiting" }.to_string(),
+                        })
+                        .collect(),
+                    uploads_total: Transfer {
+                        files: total.files,
+                        bytes: total.bytes,
+                    },
+                    downloads_in_flight: engine.downloads_in_flight(),
+                })
+            })
+            .await?;
+            done(&queue)
         }
         Request::Deletes { action } => {
             let result = blocking(move || {
