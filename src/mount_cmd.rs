@@ -75,6 +75,14 @@ pub struct MountArgs {
     /// Stay in the foreground instead of returning once mounted
     #[arg(long, short = 'f')]
     foreground: bool,
+    /// Also keep this process from downloading content (command or executable name; repeat it).
+    /// Indexers, thumbnailers, updatedb and virus scanners are kept out by default: their reads of
+    /// bytes that are not on this device fail with EACCES, while stat and readdir work
+    #[arg(long, value_name = "NAME")]
+    guard_process: Vec<String>,
+    /// Let every process download content (no hydration guard)
+    #[arg(long)]
+    no_hydration_guard: bool,
 }
 
 #[derive(Args)]
@@ -423,6 +431,13 @@ fn serve_mount_inner(
             gid: unsafe { libc::getgid() },
         },
     ));
+    if !args.no_hydration_guard {
+        let names = bvfs_vfs::guard::DEFAULT_GUARDED
+            .iter()
+            .map(|n| n.to_string())
+            .chain(args.guard_process.iter().cloned());
+        vfs.set_hydration_guard(bvfs_vfs::guard::HydrationGuard::new(names));
+    }
     let options = MountOptions {
         allow_other: args.allow_other,
         read_only: args.read_only,

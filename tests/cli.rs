@@ -721,3 +721,62 @@ fn login_keeps_a_private_token_and_mount_then_needs_none() {
         "{err}"
     );
 }
+
+#[test]
+fn a_guarded_process_gets_a_fast_error_while_cat_reads() {
+    use common::mounts::{random_bytes, setup};
+    use std::fs;
+    let s = setup();
+    let a = s.mount(0, &[]);
+    fs::write(a.path("big.bin"), random_bytes(1 << 20, 5)).unwrap();
+    fs::write(a.path("other.bin"), random_bytes(300_000, 6)).unwrap();
+    let b = s.mount(1, &["--guard-process", "my-indexer"]);
+    common::eventually(30, "B lists the files", || {
+        fs::metadata(b.path("other.bin")).is_ok_and(|m| m.len() == 300_000)
+            && b.path("big.bin").exists()
+    });
+    // `cat` under an indexer's names: one from the defaults, one given to the mount.
+    let bin = tempfile::tempdir().unwrap();
+    for name in ["updatedb", "my-indexer"] {
+        fs::copy("/bin/cat", bin.path().join(name)).unwrap();
+    }
+    let read_as = |name: &str, file: &str| {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(bin.path().join(name))
+            .arg(b.path(file))
+            .output()
+            .unwrap();
+        (out, started.elapsed())
+    };
+    for name in ["updatedb", "my-indexer"] {
+        let (out, took) = read_as(name, "big.bin");
+        assert!(!out.status.success(), "{name} read content it must not");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Permission denied"), "{name}: {err}");
+        assert!(
+            took < std::time::Duration::from_secs(3),
+            "{name} waited {took:?}"
+        );
+    }
+    // stat and listings still work for it, and nothing was downloaded.
+    assert_eq!(fs::metadata(b.path("big.bin")).unwrap().len(), 1 << 20);
+    assert_eq!(
+        common::mounts::xattr(&b.path("big.bin"), "user.bvfs.state"),
+        "online-only"
+    );
+    assert!(b.log().contains("hydration guard"), "no log line");
+    // Anyone else reads; then the bytes are local and the guarded process reads them too.
+    assert_eq!(
+        std::process::Command::new("cat")
+            .arg(b.path("big.bin"))
+            .output()
+            .unwrap()
+            .stdout,
+        random_bytes(1 << 20, 5)
+    );
+    let (out, _) = read_as("updatedb", "big.bin");
+    assert!(out.status.success());
+    assert_eq!(out.stdout, random_bytes(1 << 20, 5));
+    let (out, _) = read_as("updatedb", "other.bin");
+    assert!(!out.status.success(), "other.bin is still not local");
+}
