@@ -780,3 +780,60 @@ fn a_guarded_process_gets_a_fast_error_while_cat_reads() {
     let (out, _) = read_as("updatedb", "other.bin");
     assert!(!out.status.success(), "other.bin is still not local");
 }
+
+#[test]
+fn ctrl_c_stops_a_hydration_not_the_mount() {
+    use common::mounts::{random_bytes, setup};
+    use std::io::{BufRead, BufReader, Write};
+    let s = setup();
+    let a = s.mount(0, &[]);
+    {
+        let mut f = std::fs::File::create(a.path("large.bin")).unwrap();
+        for i in 0..16 {
+            f.write_all(&random_bytes(4 << 20, 50 + i)).unwrap();
+        }
+    }
+    let b = s.mount(1, &[]);
+    common::eventually(60, "B lists the file", || {
+        std::fs::metadata(b.path("large.bin")).is_ok_and(|m| m.len() == 64 << 20)
+    });
+    let mut child = bvfs()
+        .args(["hydrate", "large.bin"])
+        .current_dir(&b.mountpoint)
+        .env("PWD", &b.mountpoint)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("hydrate 0/1 files"), "{first}");
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the CLI stops at Ctrl-C");
+    // The transfer stops with the CLI: the cache stops growing well short of the file.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (_, cached) = common::dir_usage(&b.data.join("chunks/chunks"));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (_, later) = common::dir_usage(&b.data.join("chunks/chunks"));
+    assert_eq!(cached, later, "still downloading after Ctrl-C");
+    assert!(
+        cached < 32 << 20,
+        "{cached} bytes fetched: the transfer did not stop"
+    );
+    // The mount goes on: it answers, and a new hydration completes the file.
+    let done = json_in(&b.mountpoint, &["hydrate", "--json", "large.bin"]);
+    assert_eq!(
+        done["fetched_bytes"].as_u64().unwrap() + cached,
+        64 << 20,
+        "{done}"
+    );
+    assert_eq!(
+        common::mounts::xattr(&b.path("large.bin"), "user.bvfs.state"),
+        "local"
+    );
+}
