@@ -6,6 +6,7 @@
 mod admin_cmd;
 mod binding;
 mod control;
+mod extras_cmd;
 mod hash_cmd;
 mod history_cmd;
 mod login_cmd;
@@ -20,7 +21,7 @@ mod status_cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// BitVault: your cloud namespace as a folder, with files on demand.
 #[derive(Parser)]
@@ -76,6 +77,10 @@ enum Command {
     Undelete(history_cmd::UndeleteArgs),
     /// Check a device token with a server and keep it (0600), so `bvfs mount` needs no --token.
     Login(login_cmd::LoginArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(extras_cmd::CompletionsArgs),
+    /// Write the man pages (bvfs.1 and one per subcommand).
+    Man(extras_cmd::ManArgs),
 }
 
 fn init_logging(ansi: bool) {
@@ -117,6 +122,8 @@ fn main() -> ExitCode {
         Command::Trash(args) => history_cmd::trash(args),
         Command::Undelete(args) => history_cmd::undelete(args),
         Command::Login(args) => login_cmd::run(args),
+        Command::Completions(args) => extras_cmd::completions(args, Cli::command()),
+        Command::Man(args) => extras_cmd::man(args, Cli::command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -837,3 +837,29 @@ fn ctrl_c_stops_a_hydration_not_the_mount() {
         "local"
     );
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_cli() {
+    let (code, out, err) = run(&["completions", "bash"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("_bvfs") && out.contains("hydrate") && out.contains("--json"));
+    let (code, out, _) = run(&["completions", "fish"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("complete -c bvfs"), "{out}");
+    let (code, _, _) = run(&["completions", "tcsh-but-not-really"]);
+    assert_eq!(code, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("man1");
+    let (code, _, err) = run(&["man", "--out", out_dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for page in ["bvfs.1", "bvfs-status.1", "bvfs-evict.1", "bvfs-mount.1"] {
+        let text =
+            std::fs::read_to_string(out_dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page} is not a man page");
+    }
+    assert!(
+        std::fs::read_to_string(out_dir.join("bvfs-evict.1"))
+            .unwrap()
+            .contains("refuses")
+    );
+}
