@@ -7,6 +7,7 @@ mod admin_cmd;
 mod binding;
 mod control;
 mod extras_cmd;
+mod fstab;
 mod hash_cmd;
 mod history_cmd;
 mod login_cmd;
@@ -83,6 +84,29 @@ enum Command {
     Man(extras_cmd::ManArgs),
 }
 
+/// When run as `mount.bvfs` (by `mount -t bvfs`), the `bvfs mount` arguments its call stands for
+/// ([`fstab`]); `-f` prints them and exits.
+fn as_mount_helper() -> Option<anyhow::Result<Vec<std::ffi::OsString>>> {
+    let mut argv = std::env::args();
+    let program = argv.next()?;
+    if std::path::Path::new(&program).file_name()? != "mount.bvfs" {
+        return None;
+    }
+    let rest: Vec<String> = argv.collect();
+    Some(fstab::helper_call(&rest).map(|call| {
+        if let Some(token) = call.token {
+            // SAFETY: single-threaded here, before anything reads the environment concurrently.
+            unsafe { std::env::set_var("BVFS_TOKEN", token) };
+        }
+        if call.fake {
+            let shown: Vec<_> = call.args.iter().map(|a| a.to_string_lossy()).collect();
+            println!("{}", shown.join(" "));
+            std::process::exit(0);
+        }
+        call.args
+    }))
+}
+
 fn init_logging(ansi: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -96,7 +120,14 @@ fn init_logging(ansi: bool) {
 fn main() -> ExitCode {
     // Before anything is created: whatever bvfs writes is its user's alone.
     privacy::private_umask();
-    let cli = Cli::parse();
+    let cli = match as_mount_helper() {
+        None => Cli::parse(),
+        Some(Ok(args)) => Cli::parse_from(args),
+        Some(Err(e)) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     // A mount daemon logs to a file: no colour codes there.
     let daemon = matches!(&cli.command, Command::Mount(args) if !args.foreground());
     init_logging(!daemon && std::io::IsTerminal::is_terminal(&std::io::stderr()));

@@ -863,3 +863,106 @@ fn completions_and_man_pages_come_from_the_cli() {
             .contains("refuses")
     );
 }
+
+#[test]
+fn mount_bvfs_mounts_from_an_fstab_line() {
+    use common::mounts::setup;
+    let s = setup();
+    let dirs = tempfile::tempdir().unwrap();
+    let helper = dirs.path().join("mount.bvfs");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_bvfs"), &helper).unwrap();
+    let token_file = dirs.path().join("token");
+    std::fs::write(&token_file, format!("{}\n", s.tokens[0])).unwrap();
+    let mountpoint = dirs.path().join("BitVault");
+    let options = format!(
+        "noauto,user,_netdev,cache_size=100M,device=laptop,data={},token_file={},x-systemd.automount",
+        dirs.path().join("state").display(),
+        token_file.display()
+    );
+    let line = |extra: &[&str]| {
+        let mut command = std::process::Command::new(&helper);
+        command
+            .arg(&s.server.url)
+            .arg(&mountpoint)
+            .args(extra)
+            .args(["-o", &options]);
+        command.output().unwrap()
+    };
+    // -f: what it would run, without the token.
+    let fake = line(&["-f"]);
+    assert!(fake.status.success());
+    let shown = String::from_utf8_lossy(&fake.stdout);
+    assert!(
+        shown.contains("bvfs mount --server") && shown.contains("--cache-size 100M"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains(&s.tokens[0]),
+        "the token must not show: {shown}"
+    );
+    assert!(!mountpoint.exists());
+
+    let out = line(&[]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let ok = bvfs()
+                .args(["umount", "--lazy"])
+                .arg(&self.0)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !ok {
+                let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+                unsafe {
+                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+                }
+            }
+        }
+    }
+    let _unmount = Unmount(mountpoint.clone());
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(mountpoint.join("from-fstab.txt"), b"mounted by mount.bvfs").unwrap();
+    let other = s.mount(1, &[]);
+    common::eventually(30, "the other device sees the file", || {
+        std::fs::read(other.path("from-fstab.txt")).is_ok_and(|d| d == b"mounted by mount.bvfs")
+    });
+    let unknown = std::process::Command::new(&helper)
+        .arg(&s.server.url)
+        .arg(dirs.path().join("elsewhere"))
+        .args(["-o", "frobnicate"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown option \"frobnicate\""));
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd/bvfs.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(
+        text.contains("ExecStart=/usr/bin/env bvfs mount --foreground"),
+        "{text}"
+    );
+    assert!(!text.contains("--token"), "tokens stay out of unit files");
+    let Ok(out) = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+    else {
+        eprintln!("systemd-analyze is not installed here: the unit's text was checked only");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
