@@ -29,7 +29,8 @@ pub struct HistoryArgs {
 #[derive(Args)]
 #[command(after_help = format!("Examples:\n  \
 bvfs restore report.odt                # the newest earlier version with other content\n  \
-bvfs restore report.odt --version 412  # a version from `bvfs history`\n\n\
+bvfs restore report.odt --version 412  # a version from `bvfs history`\n  \
+bvfs restore report.odt --version 412 --as report-old.odt   # beside it, as a new file\n\n\
 The restored version becomes the newest on every device; the replaced one stays in the history. A \
 file with local changes the server has not stored yet is not restored (they would become a \
 conflicted copy): wait until `bvfs status PATH` says synced.\n\n{EXIT_CODES_HELP}"))]
@@ -41,6 +42,9 @@ pub struct RestoreArgs {
     /// The version to restore (from `bvfs history`) [default: the newest one with other content]
     #[arg(long, value_name = "V")]
     version: Option<u64>,
+    /// Restore it as a new file at NEWPATH (inside the same mount) and leave PATH as it is
+    #[arg(long = "as", value_name = "NEWPATH")]
+    as_path: Option<PathBuf>,
     /// The mount the path is in [default: found from the path]
     #[arg(long, value_name = "DIR")]
     mount: Option<PathBuf>,
@@ -105,21 +109,36 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<()> {
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let target = client::locate(&args.path, args.mount.as_deref())?;
+    let as_path = match &args.as_path {
+        None => None,
+        Some(new) => {
+            let new = client::locate(new, Some(&target.mountpoint))?;
+            Some(new.path)
+        }
+    };
     let done: RestoreDone = client::ask(
         &target.mountpoint,
         &Request::Restore {
             path: target.path,
             version: args.version,
+            as_path,
         },
     )?;
     if args.json {
         println!("{}", serde_json::to_string(&done)?);
     } else {
-        println!(
-            "restored version {} of {}; it reaches every device with the next sync",
-            done.version,
-            args.path.display()
-        );
+        match &done.as_path {
+            None => println!(
+                "restored version {} of {}; it reaches every device with the next sync",
+                done.version,
+                args.path.display()
+            ),
+            Some(new) => println!(
+                "restored version {} of {} as {new}; it appears with the next sync",
+                done.version,
+                args.path.display()
+            ),
+        }
     }
     Ok(())
 }

@@ -539,6 +539,7 @@ fn history_restore_trash_and_undelete_reach_both_devices() {
         .iter()
         .find(|v| v["hash"] == hash(b"version one").as_str())
         .unwrap_or_else(|| panic!("no first version in {history}"));
+    let second = versions[0]["version"].to_string();
     let (code, out, _) = run_in(&b.mountpoint, &["history", "f.txt"]);
     assert_eq!(code, 0);
     assert!(
@@ -558,6 +559,31 @@ fn history_restore_trash_and_undelete_reach_both_devices() {
         history["versions"][0]["hash"],
         hash(b"version one").as_str()
     );
+    // --as: that version as a new file beside it; the file itself stays as it is.
+    let copied = json_in(
+        &a.mountpoint,
+        &[
+            "restore",
+            "--json",
+            "f.txt",
+            "--version",
+            &second,
+            "--as",
+            "copy.txt",
+        ],
+    );
+    assert_eq!(copied["as_path"], "copy.txt", "{copied}");
+    common::eventually(30, "both devices have the copy", || {
+        fs::read(a.path("copy.txt")).is_ok_and(|d| d == b"version two")
+            && fs::read(b.path("copy.txt")).is_ok_and(|d| d == b"version two")
+    });
+    assert_eq!(fs::read(a.path("f.txt")).unwrap(), b"version one");
+    let (code, _, err) = run_in(
+        &a.mountpoint,
+        &["restore", "f.txt", "--version", &second, "--as", "copy.txt"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("copy.txt exists"), "{err}");
     let (code, _, err) = run_in(&a.mountpoint, &["restore", "f.txt", "--version", "999999"]);
     assert_eq!(code, 1);
     assert!(err.contains("no version 999999"), "{err}");

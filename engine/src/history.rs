@@ -71,6 +71,8 @@ pub enum HistoryError {
          old name)"
     )]
     Occupied(String),
+    #[error("{0}")]
+    CannotCopy(&'static str),
     #[error(transparent)]
     Remote(#[from] RemoteError),
 }
@@ -148,6 +150,85 @@ impl Engine {
             }
             Err(RemoteError::Rejected { reason, .. }) if reason == "not-found" => {
                 Ok(Err(HistoryError::NoSuchVersion(seq)))
+            }
+            Err(e) => Ok(Err(e.into())),
+        }
+    }
+
+    /// Makes version `seq` of the file `entry` a new file `name` in the directory `parent` (on the
+    /// server, as a new node: the file itself is left as it is); the next round brings it here.
+    pub async fn restore_as(
+        &self,
+        entry: &LocalEntry,
+        seq: u64,
+        parent: &LocalEntry,
+        name: &str,
+    ) -> EngineResult<Result<(), HistoryError>> {
+        if parent.node.kind != crate::model::NodeKind::Directory {
+            return Ok(Err(HistoryError::CannotCopy(
+                "the new path's parent is not a directory",
+            )));
+        }
+        if !parent.node.id.is_root() && self.remote_revision(parent.node.id)?.is_none() {
+            return Ok(Err(HistoryError::CannotCopy(
+                "the new path's folder is not on the server yet; wait until it is synced",
+            )));
+        }
+        if crate::model::validate_name(name).is_err() {
+            return Ok(Err(HistoryError::CannotCopy(
+                "the new name is not valid for bvfs",
+            )));
+        }
+        let mut before = 0;
+        let version = loop {
+            let page = match self
+                .remote
+                .list_versions(entry.node.id.to_bytes().to_vec(), before, 0)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => return Ok(Err(e.into())),
+            };
+            if let Some(found) = page.versions.into_iter().find(|v| v.seq == seq) {
+                break found;
+            }
+            before = page.next_before_seq;
+            if before == 0 {
+                return Ok(Err(HistoryError::NoSuchVersion(seq)));
+            }
+        };
+        let node = version.node.unwrap_or_default();
+        if node.kind != v1::NodeKind::File as i32 || version.kind == v1::ChangeKind::Delete as i32 {
+            return Ok(Err(HistoryError::CannotCopy(
+                "only a file's version can be restored as a copy",
+            )));
+        }
+        let Some(attrs) = node.attrs.filter(|a| {
+            a.content
+                .as_ref()
+                .is_some_and(|c| !c.chunks_elided && c.manifest_ref.is_empty())
+        }) else {
+            return Ok(Err(HistoryError::CannotCopy(
+                "that version is too large to copy from its listing; restore it in place instead",
+            )));
+        };
+        let op = v1::Op {
+            op: Some(v1::op::Op::Create(v1::CreateOp {
+                id: self.ids.new_id().to_bytes().to_vec(),
+                parent_id: parent.node.id.to_bytes().to_vec(),
+                name: name.to_string(),
+                kind: v1::NodeKind::File as i32,
+                attrs: Some(attrs),
+            })),
+        };
+        let at = self.state.lock().read(|t| t.position())?;
+        match self.remote.commit(vec![op], at).await {
+            Ok(_) => {
+                self.wake.notify_one();
+                Ok(Ok(()))
+            }
+            Err(RemoteError::Rejected { reason, .. }) if reason == "name-collision" => {
+                Ok(Err(HistoryError::Occupied(name.to_string())))
             }
             Err(e) => Ok(Err(e.into())),
         }

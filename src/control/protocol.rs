@@ -41,6 +41,9 @@ pub enum Request {
     Restore {
         path: MountPath,
         version: Option<u64>,
+        /// Restore as a new file here instead of in place.
+        #[serde(default)]
+        as_path: Option<MountPath>,
     },
     /// The deleted nodes that were under the path ([`TrashList`]).
     Trash { path: MountPath },
@@ -265,6 +268,8 @@ pub struct Version {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreDone {
     pub path: MountPath,
+    /// Where the version was restored to, when not in place.
+    pub as_path: Option<MountPath>,
     /// The version made current again.
     pub version: u64,
 }

@@ -269,9 +269,17 @@ async fn handle(request: Request, info: &MountInfo, out: &mut Replies<'_>) -> Ha
             let versions = history(&engine, &path).await?;
             done(&HistoryList { path, versions })
         }
-        Request::Restore { path, version } => {
-            let version = restore(&engine, &path, version).await?;
-            done(&RestoreDone { path, version })
+        Request::Restore {
+            path,
+            version,
+            as_path,
+        } => {
+            let version = restore(&engine, &path, version, as_path.as_deref()).await?;
+            done(&RestoreDone {
+                path,
+                as_path,
+                version,
+            })
         }
         Request::Trash { path } => {
             let deleted = engine
@@ -389,7 +397,12 @@ async fn history(engine: &Arc<Engine>, path: &str) -> Result<Vec<Version>, Failu
 
 /// Restores `version` of `path` (`None`: the newest version whose content differs from the
 /// current one); returns the version restored.
-async fn restore(engine: &Arc<Engine>, path: &str, version: Option<u64>) -> Result<u64, Failure> {
+async fn restore(
+    engine: &Arc<Engine>,
+    path: &str,
+    version: Option<u64>,
+    as_path: Option<&str>,
+) -> Result<u64, Failure> {
     let entry = {
         let engine = engine.clone();
         let path = path.to_string();
@@ -414,10 +427,26 @@ async fn restore(engine: &Arc<Engine>, path: &str, version: Option<u64>) -> Resu
                 })?
         }
     };
-    engine
-        .restore_version(&entry, version)
-        .await?
-        .map_err(|e| Failure::User(format!("{path}: {e}")))?;
+    let restored = match as_path {
+        None => engine.restore_version(&entry, version).await?.map(|_| ()),
+        Some(new) => {
+            let (parent, name) = match new.rsplit_once('/') {
+                Some((parent, name)) => (parent.to_string(), name.to_string()),
+                None => (String::new(), new.to_string()),
+            };
+            let parent = {
+                let engine = engine.clone();
+                blocking(move || resolve(&engine, &parent)).await?
+            };
+            if engine.lookup(parent.ino, &name)?.is_some() {
+                return Err(Failure::User(format!(
+                    "{new} exists; restore never replaces a file: choose another name"
+                )));
+            }
+            engine.restore_as(&entry, version, &parent, &name).await?
+        }
+    };
+    restored.map_err(|e| Failure::User(format!("{path}: {e}")))?;
     Ok(version)
 }
 
