@@ -6,6 +6,7 @@
 mod admin_cmd;
 mod binding;
 mod control;
+mod daemon_log;
 mod extras_cmd;
 mod fstab;
 mod hash_cmd;
@@ -31,6 +32,9 @@ use clap::{CommandFactory, Parser, Subcommand};
     after_help = format!("Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=bvfs=debug) for more detail.\n\n{}", status_cmd::EXIT_CODES_HELP)
 )]
 struct Cli {
+    /// More log detail: -v debug, -vv trace (overrides RUST_LOG)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,9 +111,20 @@ fn as_mount_helper() -> Option<anyhow::Result<Vec<std::ffi::OsString>>> {
     }))
 }
 
-fn init_logging(ansi: bool) {
+/// Logs to stderr (a mount daemon's stderr is its log file): `-v`/`-vv` raise bvfs's own crates to
+/// debug/trace; otherwise `RUST_LOG` decides, else `info`.
+fn init_logging(ansi: bool, verbose: u8) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ours = |level: &str| {
+        format!(
+            "info,bvfs={level},bvfs_engine={level},bvfs_vfs={level},bvfs_platform={level},bvfs_server={level}"
+        )
+    };
+    let filter = match verbose {
+        0 => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        1 => EnvFilter::new(ours("debug")),
+        _ => EnvFilter::new(ours("trace")),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -130,7 +145,10 @@ fn main() -> ExitCode {
     };
     // A mount daemon logs to a file: no colour codes there.
     let daemon = matches!(&cli.command, Command::Mount(args) if !args.foreground());
-    init_logging(!daemon && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    init_logging(
+        !daemon && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        cli.verbose,
+    );
     let result = match cli.command {
         Command::Mount(args) => mount_cmd::run(args),
         Command::Umount(args) => match mount_cmd::umount(args) {

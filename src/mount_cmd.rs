@@ -247,7 +247,9 @@ pub fn run(mut args: MountArgs) -> anyhow::Result<()> {
             drop(read_end);
             // SAFETY: setsid has no preconditions; the child leaves the terminal's session.
             unsafe { libc::setsid() };
-            redirect_output(&state_dir.join("daemon.log"));
+            let log = state_dir.join("daemon.log");
+            crate::daemon_log::rotate_daemon_log(&log);
+            redirect_output(&log);
             let status = serve_mount(&args, &mountpoint, &state_dir, Some(write_end));
             if let Err(e) = &status {
                 tracing::error!("the mount daemon stopped: {e:#}");
@@ -479,9 +481,11 @@ fn serve_mount_inner(
         );
     }
 
-    // Run until a signal, or until someone unmounts.
+    // Run until a signal, or until someone unmounts. A daemon's log is rotated as it grows.
+    let log = (!args.foreground).then(|| state_dir.join("daemon.log"));
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut rotate = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
@@ -489,6 +493,11 @@ fn serve_mount_inner(
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     if mounted.is_finished() {
                         break;
+                    }
+                }
+                _ = rotate.tick() => {
+                    if let Some(log) = &log {
+                        crate::daemon_log::rotate_daemon_log(log);
                     }
                 }
             }

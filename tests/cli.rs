@@ -137,6 +137,7 @@ fn control_commands_outside_a_mount_exit_3_and_bad_flags_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     for args in [
         vec!["status"],
+        vec!["-vv", "status"],
         vec!["status", "--json", "some/file"],
         vec!["pin", "file"],
         vec!["hydrate", "file"],
