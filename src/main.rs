@@ -5,6 +5,7 @@
 
 mod admin_cmd;
 mod binding;
+mod config;
 mod control;
 mod daemon_log;
 mod extras_cmd;
@@ -82,6 +83,8 @@ enum Command {
     Undelete(history_cmd::UndeleteArgs),
     /// Check a device token with a server and keep it (0600), so `bvfs mount` needs no --token.
     Login(login_cmd::LoginArgs),
+    /// Show the configuration `bvfs mount` uses and where each value comes from.
+    Config(config::ConfigArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(extras_cmd::CompletionsArgs),
     /// Write the man pages (bvfs.1 and one per subcommand).
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
         Command::Trash(args) => history_cmd::trash(args),
         Command::Undelete(args) => history_cmd::undelete(args),
         Command::Login(args) => login_cmd::run(args),
+        Command::Config(args) => config::run(args),
         Command::Completions(args) => extras_cmd::completions(args, Cli::command()),
         Command::Man(args) => extras_cmd::man(args, Cli::command()),
     };

@@ -83,6 +83,9 @@ pub struct MountArgs {
     /// Let every process download content (no hydration guard)
     #[arg(long)]
     no_hydration_guard: bool,
+    /// The bulk-delete brake, from the configuration (`bvfs config`).
+    #[arg(skip)]
+    brake: Option<bvfs_engine::planner::DeleteBrake>,
 }
 
 #[derive(Args)]
@@ -109,7 +112,7 @@ impl MountArgs {
 }
 
 /// Parses `500M`, `10G`, `1048576`.
-fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (digits, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())
@@ -193,7 +196,42 @@ fn use_login(args: &mut MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fills in what the flags leave out from the configuration (environment, config file, defaults;
+/// see [`crate::config`]).
+fn apply_config(args: &mut MountArgs) -> anyhow::Result<()> {
+    let config = crate::config::Config::load()?;
+    if args.server.is_none() && args.token.is_none() {
+        args.server = config.server.value.clone();
+    }
+    if args.token.is_none()
+        && let Some(file) = &config.token_file.value
+    {
+        let token = std::fs::read_to_string(file).with_context(|| {
+            format!(
+                "cannot read the token file {} ({})",
+                file.display(),
+                config.token_file.source
+            )
+        })?;
+        args.token = Some(token.trim().to_string());
+    }
+    if args.cache_dir.is_none() {
+        args.cache_dir = config.cache_dir.value.clone();
+    }
+    if args.cache_size.is_none() {
+        args.cache_size = Some(config.cache_size.value);
+    }
+    args.brake = Some(config.brake());
+    if !config.hydration_guard.value {
+        args.no_hydration_guard = true;
+    }
+    args.guard_process
+        .extend(config.guard_processes.value.iter().cloned());
+    Ok(())
+}
+
 pub fn run(mut args: MountArgs) -> anyhow::Result<()> {
+    apply_config(&mut args)?;
     use_login(&mut args)?;
     // Windows with the `projfs` feature: a ProjFS virtualization root instead of a FUSE mount.
     #[cfg(all(windows, feature = "projfs"))]
@@ -417,6 +455,9 @@ fn serve_mount_inner(
     let device = args.device.clone().unwrap_or(binding.device);
     let remote = Arc::new(GrpcRemote::new(&remote_config)?);
     let mut config = EngineConfig::new(state_dir, &device);
+    if let Some(brake) = args.brake {
+        config.brake = brake;
+    }
     config.cache_dir = args.cache_dir.clone();
     if let Some(size) = args.cache_size {
         config.cache_limits.max_bytes = size;

@@ -993,3 +993,116 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn config_says_where_each_value_came_from_and_mount_uses_it() {
+    use common::mounts::setup;
+    let s = setup();
+    let dirs = tempfile::tempdir().unwrap();
+    let config_home = dirs.path().join("config");
+    std::fs::create_dir_all(config_home.join("bvfs")).unwrap();
+    let file = config_home.join("bvfs/config.toml");
+    std::fs::write(
+        &file,
+        "cache_size = \"7M\"\nbrake_max_deletes = 2\nbrake_max_fraction = 1.0\nguard_processes = [\"my-indexer\"]\n",
+    )
+    .unwrap();
+    let config = |env: &[(&str, &str)]| {
+        let mut command = bvfs();
+        command
+            .args(["config", "--json"])
+            .env("XDG_CONFIG_HOME", &config_home);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    };
+    let out = config(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let from_file = file.to_str().unwrap();
+    assert_eq!(json["file"], from_file);
+    assert_eq!(json["cache_size"]["value"], 7 << 20);
+    assert_eq!(json["cache_size"]["source"], from_file);
+    assert_eq!(json["brake_max_deletes"]["value"], 2);
+    assert_eq!(json["guard_processes"]["value"][0], "my-indexer");
+    assert_eq!(json["hydration_guard"]["value"], true);
+    assert_eq!(json["hydration_guard"]["source"], "default");
+    // The environment wins over the file.
+    let out = config(&[("BVFS_CACHE_SIZE", "1G")]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["cache_size"]["value"], 1u64 << 30);
+    assert_eq!(json["cache_size"]["source"], "env BVFS_CACHE_SIZE");
+    let out = config(&[("BVFS_CACHE_SIZE", "lots")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BVFS_CACHE_SIZE"));
+
+    // A mount takes the file's cache size and brake.
+    let mountpoint = dirs.path().join("mnt");
+    let out = bvfs()
+        .args([
+            "mount",
+            "--server",
+            &s.server.url,
+            "--token",
+            &s.tokens[0],
+            "--data",
+        ])
+        .arg(dirs.path().join("state"))
+        .arg(&mountpoint)
+        .env("XDG_CONFIG_HOME", &config_home)
+        .output()
+        .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let ok = bvfs()
+                .args(["umount", "--lazy"])
+                .arg(&self.0)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !ok {
+                let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+                unsafe {
+                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+                }
+            }
+        }
+    }
+    let _unmount = Unmount(mountpoint.clone());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = json_in(&mountpoint, &["status", "--json"]);
+    assert_eq!(status["mount"]["cache"]["limit_bytes"], 7 << 20, "{status}");
+    for i in 0..3 {
+        std::fs::write(mountpoint.join(format!("f{i}.txt")), b"x").unwrap();
+    }
+    common::eventually(30, "synced", || {
+        json_in(&mountpoint, &["status", "--json"])["mount"]["sync"] == "synced"
+    });
+    for i in 0..3 {
+        std::fs::remove_file(mountpoint.join(format!("f{i}.txt"))).unwrap();
+    }
+    common::eventually(
+        30,
+        "three deletes are over the configured brake of two",
+        || json_in(&mountpoint, &["deletes", "--json"])["held_total"] == 3,
+    );
+
+    // A key bvfs does not know is refused, naming the file.
+    std::fs::write(&file, "cache_sise = \"1G\"\n").unwrap();
+    let out = config(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config.toml is not a valid") && err.contains("cache_sise"),
+        "{err}"
+    );
+}
