@@ -61,10 +61,11 @@ pub fn conflicts(args: ConflictsArgs) -> anyhow::Result<()> {
     }
     for c in &list.conflicts {
         println!(
-            "{}  {}  copy: {}  ({})",
+            "{}  {}  copy: {}  device: {}  ({})",
             c.time,
             c.original.as_deref().unwrap_or("(deleted since)"),
             c.copy.as_deref().unwrap_or("(none)"),
+            c.device.as_deref().unwrap_or("?"),
             c.description
         );
     }

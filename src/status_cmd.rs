@@ -119,6 +119,9 @@ fn print_mount(s: &MountStatus) {
             ""
         }
     );
+    for failing in &s.failing {
+        println!("    {}: {}", failing.path, failing.reason);
+    }
     println!(
         "  cache:           {} of {} ({} kept for pinned, open or unsynced files)",
         HumanBytes(s.cache.used_bytes),

@@ -218,6 +218,7 @@ fn status_hydrate_pin_evict_and_unpin_on_a_real_mount() {
     assert!(mount["cache"]["limit_bytes"].as_u64().unwrap() > 0);
     assert_eq!(mount["conflicts"], 0);
     assert_eq!(mount["held_deletes"], 0);
+    assert_eq!(mount["failing"], serde_json::json!([]));
     assert!(status["paths"].as_array().unwrap().is_empty());
     let inside = json_in(&b.path("pinme"), &["status", "--json", "x.bin"]);
     assert_eq!(inside["mount"]["mountpoint"], mount["mountpoint"]);
@@ -397,6 +398,11 @@ fn conflicts_are_listed_and_held_deletes_are_restored_or_confirmed() {
         "{conflict}"
     );
     assert!(!conflict["description"].as_str().unwrap().is_empty());
+    let device = conflict["device"].as_str().unwrap();
+    assert!(
+        device == "laptop" || device == "desktop",
+        "the device whose version became the copy: {conflict}"
+    );
 
     // A bulk delete on A is held: listed, restored, then deleted again and confirmed.
     sh(
@@ -986,12 +992,17 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         eprintln!("systemd-analyze is not installed here: the unit's text was checked only");
         return;
     };
-    assert!(
-        out.status.success(),
-        "systemd-analyze verify: {}{}",
+    let said = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    if !out.status.success() && !said.contains("bvfs.service") {
+        // systemd-analyze itself cannot run here (no manager in a container): nothing about the unit.
+        eprintln!("systemd-analyze cannot verify here: {said}");
+        return;
+    }
+    assert!(out.status.success(), "systemd-analyze verify: {said}");
 }
 
 #[test]

@@ -115,6 +115,40 @@ impl Engine {
         Ok(queue)
     }
 
+    /// Up to `max` nodes the server keeps refusing, by path (from the mount's root), with the
+    /// last reason.
+    pub fn failing(&self, max: usize) -> EngineResult<Vec<(String, String)>> {
+        let state = self.state.lock();
+        let rows: Vec<(Vec<u8>, String)> = {
+            let mut stmt = state
+                .conn()
+                .prepare("SELECT id, message FROM sync_errors LIMIT ?1")
+                .map_err(|e| state.sql_err(e))?;
+            let rows = stmt
+                .query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| state.sql_err(e))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(|e| state.sql_err(e))?
+        };
+        let local = state.tree(Table::Local);
+        let remote = state.tree(Table::Remote);
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, message) in rows {
+            let Some(id) = NodeId::from_bytes(&id) else {
+                continue;
+            };
+            let path = match local.path_of(id)? {
+                Some(path) => path,
+                None => remote
+                    .path_of(id)?
+                    .unwrap_or_else(|| format!("(node {id:?})")),
+            };
+            out.push((path.trim_start_matches('/').to_string(), message));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Chunks being fetched from the server now (reads, read-ahead, pins, hydration).
     pub fn downloads_in_flight(&self) -> u64 {
         self.fetcher.flights() as u64

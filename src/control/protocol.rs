@@ -103,8 +103,13 @@ pub struct MountStatus {
     pub conflicts: u64,
     pub held_deletes: u64,
     pub errors: u64,
+    /// The paths the server keeps refusing, with why (at most [`MAX_ERRORS_LISTED`]).
+    pub failing: Vec<Refusal>,
     pub cache: CacheStatus,
 }
+
+/// How many failing paths `bvfs status` lists.
+pub const MAX_ERRORS_LISTED: usize = 20;
 
 /// A count of files and their bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +201,8 @@ pub struct Conflict {
     pub original: Option<MountPath>,
     /// The conflicted copy's path now, if one was made and is still there.
     pub copy: Option<MountPath>,
+    /// The device whose version became the copy (from the copy's name).
+    pub device: Option<String>,
     /// What happened and why.
     pub description: String,
 }

@@ -256,6 +256,7 @@ async fn handle(request: Request, info: &MountInfo, out: &mut Replies<'_>) -> Ha
                         .map(|c| Conflict {
                             time: rfc3339(c.at_ns),
                             original: c.original,
+                            device: c.copy.as_deref().and_then(copy_device),
                             copy: c.copy,
                             description: c.description,
                         })
@@ -475,6 +476,11 @@ async fn status(info: &MountInfo) -> Result<MountStatus, Failure> {
             conflicts: status.conflicts,
             held_deletes: status.held_deletes,
             errors: status.errors,
+            failing: engine
+                .failing(protocol::MAX_ERRORS_LISTED)?
+                .into_iter()
+                .map(|(path, reason)| Refusal { path, reason })
+                .collect(),
             cache: CacheStatus {
                 used_bytes: status.cache.bytes,
                 held_bytes: status.cache.held_bytes,
@@ -484,6 +490,19 @@ async fn status(info: &MountInfo) -> Result<MountStatus, Failure> {
         })
     })
     .await
+}
+
+/// The device in a conflicted copy's name: `NAME (conflicted copy from DEVICE YYYY-MM-DD HHMMSS)`.
+fn copy_device(copy: &str) -> Option<String> {
+    let rest = copy.rsplit_once("(conflicted copy from ")?.1;
+    let inside = rest.split_once(')')?.0;
+    // The last two words are the date and the time; the device name may hold spaces.
+    let mut words: Vec<&str> = inside.split(' ').collect();
+    if words.len() < 3 {
+        return None;
+    }
+    words.truncate(words.len() - 2);
+    Some(words.join(" "))
 }
 
 /// RFC 3339 (UTC, seconds) of a time in ns since the epoch.
@@ -674,4 +693,24 @@ async fn hydrate(
         fetched_files: progress.files_done,
         fetched_bytes: progress.bytes_done,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_is_read_from_a_conflicted_copy_name() {
+        assert_eq!(
+            copy_device("a/shared (conflicted copy from my laptop 2026-12-06 081901).txt")
+                .as_deref(),
+            Some("my laptop")
+        );
+        assert_eq!(
+            copy_device("notes (conflicted copy from desktop 2026-12-06 081901) 2").as_deref(),
+            Some("desktop")
+        );
+        assert_eq!(copy_device("plain.txt"), None);
+        assert_eq!(copy_device("x (conflicted copy from )"), None);
+    }
 }
