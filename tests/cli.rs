@@ -17,7 +17,29 @@ fn run(args: &[&str]) -> (i32, String, String) {
 fn help_lists_every_command() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
-    for command in ["mount", "umount", "serve", "admin", "hash"] {
+    for command in [
+        "mount",
+        "umount",
+        "serve",
+        "admin",
+        "hash",
+        "status",
+        "queue",
+        "pin",
+        "unpin",
+        "hydrate",
+        "evict",
+        "conflicts",
+        "deletes",
+        "history",
+        "restore",
+        "trash",
+        "undelete",
+        "login",
+        "config",
+        "completions",
+        "man",
+    ] {
         assert!(
             out.contains(command),
             "--help does not mention {command}:\n{out}"
