@@ -31,6 +31,7 @@ const UNSYNCED_REPORT: &str = "unsynced";
 #[command(
     after_help = "Examples:\n  bvfs mount ~/BitVault                     # embedded server, data in ~/.local/share/bvfs\n  \
 bvfs mount --server https://vault.example:7878 --token \"$TOKEN\" ~/BitVault\n  \
+bvfs login --server https://vault.example:7878 && bvfs mount ~/BitVault   # no token on the command line\n  \
 setfattr -n user.bvfs.pin -v 1 ~/BitVault/Projects   # keep a tree local (offline)\n  \
 getfattr -n user.bvfs.state ~/BitVault/big.iso       # online-only, partial, local, pinned\n  \
 bvfs umount ~/BitVault"
@@ -39,10 +40,10 @@ pub struct MountArgs {
     /// Where to mount (an existing, empty directory)
     mountpoint: PathBuf,
     /// The BitVault server (http:// on loopback or trusted networks, https:// elsewhere). Without
-    /// it, an embedded server runs on --server-data.
-    #[arg(long, value_name = "URL", env = "BVFS_SERVER", requires = "token")]
+    /// it: the server of `bvfs login`, else an embedded server on --server-data.
+    #[arg(long, value_name = "URL", env = "BVFS_SERVER")]
     server: Option<String>,
-    /// This device's token (from `bvfs admin add-user`)
+    /// This device's token (from `bvfs admin add-user`) [default: the one `bvfs login` saved]
     #[arg(long, value_name = "TOKEN", env = "BVFS_TOKEN")]
     token: Option<String>,
     /// PEM file of a private CA that signed the server's certificate
@@ -74,6 +75,17 @@ pub struct MountArgs {
     /// Stay in the foreground instead of returning once mounted
     #[arg(long, short = 'f')]
     foreground: bool,
+    /// Also keep this process from downloading content (command or executable name; repeat it).
+    /// Indexers, thumbnailers, updatedb and virus scanners are kept out by default: their reads of
+    /// bytes that are not on this device fail with EACCES, while stat and readdir work
+    #[arg(long, value_name = "NAME")]
+    guard_process: Vec<String>,
+    /// Let every process download content (no hydration guard)
+    #[arg(long)]
+    no_hydration_guard: bool,
+    /// The bulk-delete brake, from the configuration (`bvfs config`).
+    #[arg(skip)]
+    brake: Option<bvfs_engine::planner::DeleteBrake>,
 }
 
 #[derive(Args)]
@@ -100,7 +112,7 @@ impl MountArgs {
 }
 
 /// Parses `500M`, `10G`, `1048576`.
-fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (digits, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())
@@ -135,11 +147,12 @@ fn host_name() -> String {
 
 /// The state directory of a mountpoint: stable for the same path.
 fn state_dir_for(mountpoint: &Path) -> PathBuf {
-    let key = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
-    data_home().join("mounts").join(&key[..16])
+    data_home()
+        .join("mounts")
+        .join(crate::paths::mount_key(mountpoint))
 }
 
-fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     let path = if path.is_absolute() {
         path.to_owned()
     } else {
@@ -158,7 +171,68 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
         .join(name))
 }
 
-pub fn run(args: MountArgs) -> anyhow::Result<()> {
+/// Fills in the server and token `bvfs login` saved, when the command line gives no token: for
+/// its server, or for any mount without `--server`.
+fn use_login(args: &mut MountArgs) -> anyhow::Result<()> {
+    if args.token.is_some() {
+        return Ok(());
+    }
+    let login = crate::login_cmd::Login::load()?
+        .filter(|l| args.server.as_ref().is_none_or(|url| *url == l.server));
+    let Some(login) = login else {
+        return match &args.server {
+            None => Ok(()),
+            Some(url) => bail!(
+                "no token for {url}: run `bvfs login --server {url}` once (or pass --token, which \
+                 shows in `ps`)"
+            ),
+        };
+    };
+    args.server = Some(login.server);
+    args.token = Some(login.token);
+    if args.ca_cert.is_none() {
+        args.ca_cert = login.ca_cert;
+    }
+    Ok(())
+}
+
+/// Fills in what the flags leave out from the configuration (environment, config file, defaults;
+/// see [`crate::config`]).
+fn apply_config(args: &mut MountArgs) -> anyhow::Result<()> {
+    let config = crate::config::Config::load()?;
+    if args.server.is_none() && args.token.is_none() {
+        args.server = config.server.value.clone();
+    }
+    if args.token.is_none()
+        && let Some(file) = &config.token_file.value
+    {
+        let token = std::fs::read_to_string(file).with_context(|| {
+            format!(
+                "cannot read the token file {} ({})",
+                file.display(),
+                config.token_file.source
+            )
+        })?;
+        args.token = Some(token.trim().to_string());
+    }
+    if args.cache_dir.is_none() {
+        args.cache_dir = config.cache_dir.value.clone();
+    }
+    if args.cache_size.is_none() {
+        args.cache_size = Some(config.cache_size.value);
+    }
+    args.brake = Some(config.brake());
+    if !config.hydration_guard.value {
+        args.no_hydration_guard = true;
+    }
+    args.guard_process
+        .extend(config.guard_processes.value.iter().cloned());
+    Ok(())
+}
+
+pub fn run(mut args: MountArgs) -> anyhow::Result<()> {
+    apply_config(&mut args)?;
+    use_login(&mut args)?;
     // Windows with the `projfs` feature: a ProjFS virtualization root instead of a FUSE mount.
     #[cfg(all(windows, feature = "projfs"))]
     return serve_projection(&args);
@@ -211,7 +285,9 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             drop(read_end);
             // SAFETY: setsid has no preconditions; the child leaves the terminal's session.
             unsafe { libc::setsid() };
-            redirect_output(&state_dir.join("daemon.log"));
+            let log = state_dir.join("daemon.log");
+            crate::daemon_log::rotate_daemon_log(&log);
+            redirect_output(&log);
             let status = serve_mount(&args, &mountpoint, &state_dir, Some(write_end));
             if let Err(e) = &status {
                 tracing::error!("the mount daemon stopped: {e:#}");
@@ -379,6 +455,9 @@ fn serve_mount_inner(
     let device = args.device.clone().unwrap_or(binding.device);
     let remote = Arc::new(GrpcRemote::new(&remote_config)?);
     let mut config = EngineConfig::new(state_dir, &device);
+    if let Some(brake) = args.brake {
+        config.brake = brake;
+    }
     config.cache_dir = args.cache_dir.clone();
     if let Some(size) = args.cache_size {
         config.cache_limits.max_bytes = size;
@@ -395,6 +474,13 @@ fn serve_mount_inner(
             gid: unsafe { libc::getgid() },
         },
     ));
+    if !args.no_hydration_guard {
+        let names = bvfs_vfs::guard::DEFAULT_GUARDED
+            .iter()
+            .map(|n| n.to_string())
+            .chain(args.guard_process.iter().cloned());
+        vfs.set_hydration_guard(bvfs_vfs::guard::HydrationGuard::new(names));
+    }
     let options = MountOptions {
         allow_other: args.allow_other,
         read_only: args.read_only,
@@ -411,6 +497,22 @@ fn serve_mount_inner(
     crate::privacy::private_dir(&registry, "the mount's registry directory")?;
     let _ = std::fs::remove_file(registry.join(UNSYNCED_REPORT));
     std::fs::write(registry.join("daemon.pid"), std::process::id().to_string())?;
+    // The CLI's way in (`bvfs status`, `pin`, …). A mount without it still serves files.
+    let control = crate::control::server::ControlServer::start(crate::control::server::MountInfo {
+        engine: engine.clone(),
+        mountpoint: mountpoint.to_owned(),
+        server: if embedded.is_some() {
+            format!("embedded ({url})")
+        } else {
+            url.clone()
+        },
+    })
+    .map_err(|e| {
+        tracing::warn!(
+            "no control channel, so `bvfs status` and co. cannot reach this mount: {e:#}"
+        )
+    })
+    .ok();
     tracing::info!(mountpoint = %mountpoint.display(), %url, "mounted");
     report(ready, &format!("ready {}\n", std::process::id()));
     if args.foreground {
@@ -420,9 +522,11 @@ fn serve_mount_inner(
         );
     }
 
-    // Run until a signal, or until someone unmounts.
+    // Run until a signal, or until someone unmounts. A daemon's log is rotated as it grows.
+    let log = (!args.foreground).then(|| state_dir.join("daemon.log"));
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut rotate = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
@@ -432,10 +536,18 @@ fn serve_mount_inner(
                         break;
                     }
                 }
+                _ = rotate.tick() => {
+                    if let Some(log) = &log {
+                        crate::daemon_log::rotate_daemon_log(log);
+                    }
+                }
             }
         }
         anyhow::Ok(())
     })?;
+    if let Some(control) = control {
+        control.stop();
+    }
     tracing::info!("unmounting");
     if let Err(e) = mounted.unmount() {
         tracing::warn!("unmount: {e}");

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -161,6 +161,8 @@ pub struct Engine {
     /// Wakes the sync loop after a local change.
     pub(crate) wake: tokio::sync::Notify,
     pub(crate) online: AtomicBool,
+    /// When the last round succeeded (ns since the epoch; 0: none yet), for `bvfs status`.
+    pub(crate) last_sync_ns: AtomicI64,
     /// Set once the server refused a commit for missing chunks: from then on uploads ask about every
     /// chunk and send whole chunk lists, instead of trusting that the server still stores the chunks
     /// of a file's current version.
@@ -215,6 +217,7 @@ impl Engine {
             uploading: Mutex::new(std::collections::HashSet::new()),
             wake: tokio::sync::Notify::new(),
             online: AtomicBool::new(false),
+            last_sync_ns: AtomicI64::new(0),
             full_chunk_checks: AtomicBool::new(false),
             rebases: AtomicU64::new(0),
             commit_cap: AtomicUsize::new(0),

@@ -334,6 +334,41 @@ pub trait Remote: Send + Sync + 'static {
         let _ = chunks;
         Err(unimplemented_call("PutManifest"))
     }
+    /// A page of node `id`'s recorded versions, newest first, older than `before_seq` (0: from
+    /// the newest). Remotes that do not pass it on refuse it (`bvfs history` then says so).
+    async fn list_versions(
+        &self,
+        id: Vec<u8>,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<v1::ListVersionsResponse, RemoteError> {
+        let _ = (id, before_seq, limit);
+        Err(unimplemented_call("ListVersions"))
+    }
+    /// Makes version `seq` of node `id` current again, compared against `base_revision`.
+    async fn restore_version(
+        &self,
+        id: Vec<u8>,
+        seq: u64,
+        base_revision: u64,
+    ) -> Result<v1::CommitResponse, RemoteError> {
+        let _ = (id, seq, base_revision);
+        Err(unimplemented_call("RestoreVersion"))
+    }
+    /// A page of the deleted nodes, newest deletion first, older than `before_seq`.
+    async fn list_deleted(
+        &self,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<v1::ListDeletedResponse, RemoteError> {
+        let _ = (before_seq, limit);
+        Err(unimplemented_call("ListDeleted"))
+    }
+    /// Brings deleted node `id` back under its last parent and name.
+    async fn undelete(&self, id: Vec<u8>) -> Result<v1::CommitResponse, RemoteError> {
+        let _ = id;
+        Err(unimplemented_call("Undelete"))
+    }
 }
 
 fn unimplemented_call(call: &str) -> RemoteError {
@@ -522,6 +557,68 @@ impl Remote for GrpcRemote {
             }
         }
         Ok(out)
+    }
+
+    async fn list_versions(
+        &self,
+        id: Vec<u8>,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<v1::ListVersionsResponse, RemoteError> {
+        Ok(self
+            .api
+            .clone()
+            .list_versions(v1::ListVersionsRequest {
+                id,
+                before_seq,
+                limit,
+            })
+            .await?
+            .into_inner())
+    }
+
+    async fn restore_version(
+        &self,
+        id: Vec<u8>,
+        seq: u64,
+        base_revision: u64,
+    ) -> Result<v1::CommitResponse, RemoteError> {
+        Ok(self
+            .api
+            .clone()
+            .restore_version(v1::RestoreVersionRequest {
+                id,
+                seq,
+                base_revision,
+            })
+            .await?
+            .into_inner())
+    }
+
+    async fn list_deleted(
+        &self,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<v1::ListDeletedResponse, RemoteError> {
+        Ok(self
+            .api
+            .clone()
+            .list_deleted(v1::ListDeletedRequest { before_seq, limit })
+            .await?
+            .into_inner())
+    }
+
+    async fn undelete(&self, id: Vec<u8>) -> Result<v1::CommitResponse, RemoteError> {
+        Ok(self
+            .api
+            .clone()
+            .undelete(v1::UndeleteRequest {
+                id,
+                parent_id: Vec::new(),
+                name: String::new(),
+            })
+            .await?
+            .into_inner())
     }
 
     async fn put_manifest(&self, chunks: Vec<ChunkRef>) -> Result<Vec<u8>, RemoteError> {

@@ -207,6 +207,8 @@ impl Engine {
             Err(_) => {}
             Ok(()) => {
                 self.online.store(true, Ordering::Relaxed);
+                self.last_sync_ns
+                    .store(self.clock.now_ns(), Ordering::Relaxed);
                 self.fetcher.mark_online();
             }
         }

@@ -383,7 +383,7 @@ impl Filesystem for BvfsFuse {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -392,7 +392,9 @@ impl Filesystem for BvfsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.offload(move |vfs| match vfs.read(fh.0, offset, size) {
+        // The reader's pid, for the hydration guard (indexers must not download everything).
+        let pid = req.pid();
+        self.offload(move |vfs| match vfs.read_by(fh.0, offset, size, pid) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
         });

@@ -25,6 +25,7 @@ impl Errno {
     pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
     pub const ERANGE: Errno = Errno(libc::ERANGE);
     pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const EACCES: Errno = Errno(libc::EACCES);
     pub const ENETUNREACH: Errno = Errno(libc::ENETUNREACH);
     pub const ESTALE: Errno = Errno(libc::ESTALE);
     pub const EILSEQ: Errno = Errno(libc::EILSEQ);

@@ -166,6 +166,12 @@ impl Vfs {
 
     /// `read`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
+        self.read_by(fh, offset, size, 0)
+    }
+
+    /// `read` by process `pid` (0: unknown): a process the hydration guard names gets `EACCES`
+    /// for bytes that are not on this device, at once.
+    pub fn read_by(&self, fh: u64, offset: u64, size: u32, pid: u32) -> VfsResult<Vec<u8>> {
         let handle = self.handle(fh)?;
         let mut guard = handle.lock();
         let Handle::File(file) = &mut *guard else {
@@ -177,6 +183,35 @@ impl Vfs {
             && let Some(copy) = self.engine.reader_copy(file.ino)
         {
             file.source = Source::Copy(copy);
+        }
+        if let Source::Chunks {
+            name,
+            manifest,
+            offsets,
+            ..
+        } = &file.source
+            && let Some(guard) = self.guard.get()
+            && let Some(process) = guard.guarded(pid)
+        {
+            let wanted = bvfs_engine::chunking::Manifest::chunks_covering(
+                offsets,
+                manifest.size,
+                offset,
+                u64::from(size),
+            );
+            let cache = self.engine.cache();
+            if !manifest.chunks[wanted]
+                .iter()
+                .all(|c| cache.contains(&c.id))
+            {
+                tracing::info!(
+                    file = %name,
+                    process = %process,
+                    pid,
+                    "hydration guard: refused a read of bytes that are not on this device"
+                );
+                return Err(Errno::EACCES);
+            }
         }
         match &mut file.source {
             Source::Copy(f) => read_at(f, offset, size),

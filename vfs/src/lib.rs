@@ -15,6 +15,7 @@ mod attr;
 mod dir;
 mod errno;
 mod file;
+pub mod guard;
 pub mod projection;
 mod xattr;
 
@@ -68,6 +69,8 @@ pub struct Vfs {
     options: VfsOptions,
     handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
     next_handle: AtomicU64,
+    /// Callers that may not hydrate ([`Vfs::set_hydration_guard`]); none by default.
+    guard: std::sync::OnceLock<guard::HydrationGuard>,
 }
 
 impl Vfs {
@@ -87,7 +90,14 @@ impl Vfs {
             options,
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            guard: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Keeps the processes `guard` names from hydrating content (see [`guard`]). Set once, before
+    /// the mount serves; later calls are ignored.
+    pub fn set_hydration_guard(&self, guard: guard::HydrationGuard) {
+        let _ = self.guard.set(guard);
     }
 
     pub fn engine(&self) -> &Arc<Engine> {

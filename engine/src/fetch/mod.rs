@@ -205,6 +205,11 @@ impl ChunkFetcher {
         &self.shared.cache
     }
 
+    /// How many chunks are wanted from the server now (queued or being fetched).
+    pub fn flights(&self) -> usize {
+        self.shared.flights()
+    }
+
     /// Whether the last call found the server unreachable (and the backoff has not passed).
     pub fn is_offline(&self) -> bool {
         self.shared.is_offline()

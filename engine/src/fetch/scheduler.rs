@@ -161,6 +161,11 @@ impl Shared {
         }
     }
 
+    /// Chunks wanted from the server now: queued, probing the cache or being fetched.
+    pub(super) fn flights(&self) -> usize {
+        self.sched.lock().flights.len()
+    }
+
     pub(super) fn is_offline(&self) -> bool {
         matches!(*self.offline_until.lock(), Some(until) if Instant::now() < until)
     }
