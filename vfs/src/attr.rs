@@ -221,15 +221,18 @@ impl Vfs {
             self.truncate(ino, size)?;
         }
         if !only_size && self.entry(ino).is_ok() {
-            self.engine.set_meta(ino, meta).map_err(Errno::from)?;
-            // A file being written keeps the time in its copy, which the last close records
-            // (a write after it moves it on, as on any disk).
+            // A file being written keeps the time in its copy, which the last close records (a
+            // write after it moves it on, as on any disk). The copy first, then LOCAL: a commit
+            // of the copy racing this (the close's release) reads the copy's time inside its
+            // transaction, so it records this time if it comes after, and this transaction
+            // overwrites its time if it comes before.
             if let Some(ns) = change.mtime_ns
                 && let Some(path) = self.engine.newer_copy(ino)
                 && let Ok(file) = std::fs::File::options().write(true).open(path)
             {
                 let _ = file.set_modified(time_of(ns));
             }
+            self.engine.set_meta(ino, meta).map_err(Errno::from)?;
         }
         self.getattr(ino)
     }

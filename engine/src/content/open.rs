@@ -217,11 +217,14 @@ impl Engine {
         // The copy's own mtime: the kernel sets it on every write, and a utimens while the file was
         // open set it too (cp -p, rsync -a, tar x set times before or after writing).
         let now = self.clock.now_ns();
-        let mtime = mtime_ns.or_else(|| self.files.mtime_ns(ino)).unwrap_or(now);
         let entry = self.mutate(|t| {
             let Some(entry) = t.local_by_ino(ino)? else {
                 return Ok(None);
             };
+            // Read inside the transaction: a utimens racing this commit (touch -d right after
+            // close) sets the copy's time before its own transaction, so whichever of the two
+            // transactions comes last records the time it set.
+            let mtime = mtime_ns.or_else(|| self.files.mtime_ns(ino)).unwrap_or(now);
             if entry.node.attrs.content == Some(manifest.hash)
                 && entry.node.attrs.size == manifest.size
             {
