@@ -67,13 +67,14 @@ impl Engine {
         }
         let ino = self.state.lock().read(|t| t.local_ino(id))?;
         self.uploading.lock().insert(id);
-        let result = self.send_missing(ino, manifest, missing).await;
+        let result = self.send_missing(id, ino, manifest, missing).await;
         self.uploading.lock().remove(&id);
         result
     }
 
     async fn send_missing(
         &self,
+        id: NodeId,
         ino: Option<u64>,
         manifest: &Manifest,
         mut missing: HashSet<ChunkId>,
@@ -100,7 +101,7 @@ impl Engine {
             offset += u64::from(chunk.len);
         }
         let sent = futures::stream::iter(batches.into_iter().filter(|b| !b.is_empty()))
-            .map(|batch| self.put_batch(ino, batch))
+            .map(|batch| self.put_batch(id, manifest, ino, batch))
             .buffer_unordered(self.config.transfer_concurrency.max(1))
             .try_collect::<Vec<Uploaded>>()
             .await?;
@@ -112,6 +113,8 @@ impl Engine {
 
     async fn put_batch(
         &self,
+        node: NodeId,
+        manifest: &Manifest,
         ino: Option<u64>,
         batch: Vec<(ChunkId, u64, u32)>,
     ) -> Result<Uploaded, RoundError> {
@@ -133,6 +136,13 @@ impl Engine {
                         tracing::info!(chunk = %id, "content changed since it was chunked; planning again");
                         return Ok(Uploaded::Changed);
                     }
+                    // The file was removed, renamed over or rewritten since it was planned (a
+                    // temporary file of git or an editor): not lost, just not this content any
+                    // more. Lost only if LOCAL still says this content and no copy holds it.
+                    None if self.content_moved_on(node, manifest, ino)? => {
+                        tracing::info!(chunk = %id, "the file changed since it was planned; planning again");
+                        return Ok(Uploaded::Changed);
+                    }
                     None => return Ok(Uploaded::Unavailable(id)),
                 },
             };
@@ -140,5 +150,24 @@ impl Engine {
         }
         self.remote.put_chunks(chunks).await?;
         Ok(Uploaded::Done)
+    }
+
+    /// Whether node `node` no longer has the content `manifest` with the copy state seen when its
+    /// upload began (`ino`): gone from LOCAL, another content, or a copy now.
+    fn content_moved_on(
+        &self,
+        node: NodeId,
+        manifest: &Manifest,
+        ino: Option<u64>,
+    ) -> Result<bool, RoundError> {
+        let current = self.getattr_by_id(node)?;
+        Ok(match current {
+            None => true,
+            Some(entry) => {
+                entry.node.attrs.content != Some(manifest.hash)
+                    || Some(entry.ino) != ino
+                    || self.files.exists(entry.ino)
+            }
+        })
     }
 }

@@ -531,6 +531,28 @@ mod tests {
             .unwrap()
     }
 
+    /// A sync error about a node that exists on neither side any more (a temporary file deleted
+    /// before its upload) is forgotten by the next plan's outcome; one about a live node stays.
+    #[test]
+    fn sync_errors_of_vanished_nodes_are_forgotten() {
+        use crate::model::{Attrs, NodeId, NodeKind};
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::open(&dir.path().join("state.sqlite")).unwrap();
+        let vanished = NodeId::new_random();
+        let live = NodeId::new_random();
+        state
+            .transaction(|t| -> Result<(), Box<dyn std::error::Error>> {
+                t.local_create(ROOT_INO, "kept.txt", NodeKind::File, Attrs::default(), live)?;
+                t.record_sync_error(vanished, "content-unavailable: gone")?;
+                t.record_sync_error(live, "refused")?;
+                t.record_plan_outcome(&crate::planner::Plan::default())?;
+                assert_eq!(t.sync_error(vanished)?, None);
+                assert_eq!(t.sync_error(live)?.as_deref(), Some("refused"));
+                Ok(())
+            })
+            .unwrap();
+    }
+
     /// Relaxed commits wait for `sync_wal` (or a FULL commit) to be durable, and never leave the
     /// connection relaxed for the transactions after them, even when they fail.
     #[test]

@@ -77,9 +77,19 @@ impl Txn<'_> {
     }
 
     /// Replaces the held deletes with the plan's, so `bvfs status` shows what waits for confirmation.
+    /// Also forgets the sync errors of nodes that exist on neither side any more (a temporary file
+    /// deleted before it was uploaded): nothing is left to sync, so nothing is in error.
     pub fn record_plan_outcome(&self, plan: &Plan) -> StateResult<()> {
         self.conn()
             .execute("DELETE FROM held_deletes", [])
+            .map_err(|e| self.err(e))?;
+        self.conn()
+            .execute(
+                "DELETE FROM sync_errors
+                 WHERE NOT EXISTS (SELECT 1 FROM local WHERE local.id = sync_errors.id)
+                 AND NOT EXISTS (SELECT 1 FROM remote WHERE remote.id = sync_errors.id)",
+                [],
+            )
             .map_err(|e| self.err(e))?;
         let local = self.tree(Table::Local);
         let remote = self.tree(Table::Remote);
