@@ -13,6 +13,26 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Unmounts a mount started outside `MountProcess` (by `bvfs mount` after `login`, by `mount.bvfs`,
+/// from a configuration file) when the test ends, however it ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let ok = bvfs()
+            .args(["umount", "--lazy"])
+            .arg(&self.0)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+            unsafe {
+                libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+            }
+        }
+    }
+}
+
 #[test]
 fn help_lists_every_command() {
     let (code, out, _) = run(&["--help"]);
@@ -730,23 +750,6 @@ fn login_keeps_a_private_token_and_mount_then_needs_none() {
         .arg(&mountpoint)
         .output()
         .unwrap();
-    /// Unmounts when the test ends, however it ends.
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let ok = bvfs()
-                .args(["umount", "--lazy"])
-                .arg(&self.0)
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !ok {
-                let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-                unsafe {
-                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-                }
-            }
-        }
-    }
     let _unmount = Unmount(mountpoint.clone());
     assert!(
         out.status.success(),
@@ -958,22 +961,6 @@ fn mount_bvfs_mounts_from_an_fstab_line() {
     assert!(!mountpoint.exists());
 
     let out = line(&[]);
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let ok = bvfs()
-                .args(["umount", "--lazy"])
-                .arg(&self.0)
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !ok {
-                let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-                unsafe {
-                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-                }
-            }
-        }
-    }
     let _unmount = Unmount(mountpoint.clone());
     assert!(
         out.status.success(),
@@ -1090,22 +1077,6 @@ fn config_says_where_each_value_came_from_and_mount_uses_it() {
         .env("XDG_CONFIG_HOME", &config_home)
         .output()
         .unwrap();
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let ok = bvfs()
-                .args(["umount", "--lazy"])
-                .arg(&self.0)
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !ok {
-                let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-                unsafe {
-                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-                }
-            }
-        }
-    }
     let _unmount = Unmount(mountpoint.clone());
     assert!(
         out.status.success(),
