@@ -1,7 +1,7 @@
 //! Real mounts (FUSE, as root) against a real `bvfs serve` process, driven with plain syscalls and
 //! shell tools: two devices converge, conflicts keep both versions, placeholders cost no downloads,
 //! reads hydrate only what they touch, the cache keeps its limit, offline behaves, kill -9 loses
-//! nothing fsynced, and git and SQLite work inside the mount.
+//! nothing fsynced, and git and SQLite work inside the mount. Each runs on both server backends.
 
 mod common;
 
@@ -13,6 +13,38 @@ use std::time::{Duration, Instant};
 
 use common::mounts::*;
 use common::*;
+
+/// Runs each two-device test twice: against a server on the embedded backends (SQLite and a chunk
+/// directory) and against one on the scale-out backends (PostgreSQL, S3 with SigV4, NATS).
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test]
+            fn $test() {
+                super::$test(super::setup());
+            })*
+        }
+        mod scaleout {
+            $(#[test]
+            fn $test() {
+                super::$test(super::setup_scaleout());
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    edits_at_depth_reach_the_other_device,
+    concurrent_edits_make_exactly_one_conflicted_copy,
+    placeholders_and_ranged_hydration,
+    cache_limit_pins_and_unsynced_data,
+    offline_reads_fail_fast_and_writes_catch_up,
+    kill_9_loses_nothing_that_was_fsynced,
+    git_and_sqlite_work_inside_the_mount,
+    remount_keeps_inodes_and_cleans_a_stale_mount,
+    stress_run_ends_clean_and_the_data_verifies,
+    umount_right_after_a_write_syncs_it_first,
+);
 
 /// Cached chunks of a mount (files named by a 64-hex-digit BLAKE3 id) and their total size.
 fn chunk_files(mount: &MountProcess) -> (usize, u64) {
@@ -38,9 +70,7 @@ fn chunk_files(mount: &MountProcess) -> (usize, u64) {
     (count, bytes)
 }
 
-#[test]
-fn edits_at_depth_reach_the_other_device() {
-    let s = setup();
+fn edits_at_depth_reach_the_other_device(s: Setup) {
     let a = s.mount(0, &[]);
     let b = s.mount(1, &[]);
     fs::create_dir_all(a.path("projects/alpha/src")).unwrap();
@@ -135,9 +165,7 @@ fn edits_at_depth_reach_the_other_device() {
     assert_eq!(err.raw_os_error(), Some(libc::EPERM));
 }
 
-#[test]
-fn concurrent_edits_make_exactly_one_conflicted_copy() {
-    let s = setup();
+fn concurrent_edits_make_exactly_one_conflicted_copy(s: Setup) {
     let a = s.mount(0, &[]);
     let b = s.mount(1, &[]);
     fs::write(a.path("shared.txt"), b"base").unwrap();
@@ -175,9 +203,7 @@ fn concurrent_edits_make_exactly_one_conflicted_copy() {
     });
 }
 
-#[test]
-fn placeholders_and_ranged_hydration() {
-    let s = setup();
+fn placeholders_and_ranged_hydration(s: Setup) {
     let a = s.mount(0, &[]);
     // A 1 GiB file and a tree of small ones, written on A.
     {
@@ -232,9 +258,7 @@ fn placeholders_and_ranged_hydration() {
     });
 }
 
-#[test]
-fn cache_limit_pins_and_unsynced_data() {
-    let mut s = setup();
+fn cache_limit_pins_and_unsynced_data(mut s: Setup) {
     let a = s.mount(0, &[]);
     for i in 0..8 {
         fs::write(a.path(&format!("f{i}.bin")), random_bytes(1 << 20, 100 + i)).unwrap();
@@ -291,9 +315,7 @@ fn cache_limit_pins_and_unsynced_data() {
     assert!(!cached(1), "the least recently read file was evicted");
 }
 
-#[test]
-fn offline_reads_fail_fast_and_writes_catch_up() {
-    let mut s = setup();
+fn offline_reads_fail_fast_and_writes_catch_up(mut s: Setup) {
     let a = s.mount(0, &[]);
     fs::write(a.path("local.txt"), b"hydrated").unwrap();
     fs::write(a.path("remote.bin"), random_bytes(300_000, 7)).unwrap();
@@ -302,7 +324,6 @@ fn offline_reads_fail_fast_and_writes_catch_up() {
         b.path("remote.bin").exists() && b.path("local.txt").exists()
     });
     assert_eq!(fs::read(b.path("local.txt")).unwrap(), b"hydrated");
-    let port = s.server.url.rsplit(':').next().unwrap().to_string();
     s.server.terminate();
 
     // Hydrated files stay readable and writable; new files can be made.
@@ -329,8 +350,7 @@ fn offline_reads_fail_fast_and_writes_catch_up() {
     });
 
     // The server returns; everything catches up.
-    let server_dir = s.server.data.clone();
-    s.server = ServerProcess::start(&server_dir, &["--listen", &format!("127.0.0.1:{port}")]);
+    s.server.start_again();
     eventually(60, "A sees the offline edits", || {
         fs::read(a.path("local.txt")).is_ok_and(|d| d == b"edited offline")
             && fs::read(a.path("new offline.txt")).is_ok_and(|d| d == b"made offline")
@@ -341,9 +361,7 @@ fn offline_reads_fail_fast_and_writes_catch_up() {
     );
 }
 
-#[test]
-fn kill_9_loses_nothing_that_was_fsynced() {
-    let s = setup();
+fn kill_9_loses_nothing_that_was_fsynced(s: Setup) {
     let mut a = s.mount(0, &[]);
     let mut acked = Vec::new();
     for i in 0..20 {
@@ -402,9 +420,7 @@ fn kill_9_loses_nothing_that_was_fsynced() {
     }
 }
 
-#[test]
-fn git_and_sqlite_work_inside_the_mount() {
-    let s = setup();
+fn git_and_sqlite_work_inside_the_mount(s: Setup) {
     let a = s.mount(0, &[]);
     let b = s.mount(1, &[]);
     let work = tempfile::tempdir().unwrap();
@@ -502,9 +518,7 @@ fn git_and_sqlite_work_inside_the_mount() {
     });
 }
 
-#[test]
-fn remount_keeps_inodes_and_cleans_a_stale_mount() {
-    let s = setup();
+fn remount_keeps_inodes_and_cleans_a_stale_mount(s: Setup) {
     let mut a = s.mount(0, &[]);
     fs::create_dir(a.path("d")).unwrap();
     fs::write(a.path("d/f"), b"x").unwrap();
@@ -543,9 +557,7 @@ fn tree_digest(root: &std::path::Path) -> Vec<(String, String)> {
     try_tree_digest(root).unwrap_or_else(|e| panic!("reading {}: {e}", root.display()))
 }
 
-#[test]
-fn stress_run_ends_clean_and_the_data_verifies() {
-    let s = setup();
+fn stress_run_ends_clean_and_the_data_verifies(s: Setup) {
     let a = s.mount(0, &[]);
     let b = s.mount(1, &[]);
     fs::create_dir(a.path("keep")).unwrap();
@@ -637,9 +649,7 @@ fn stress_run_ends_clean_and_the_data_verifies() {
     }
 }
 
-#[test]
-fn umount_right_after_a_write_syncs_it_first() {
-    let s = setup();
+fn umount_right_after_a_write_syncs_it_first(s: Setup) {
     let a = s.mount(0, &[]);
     // Large enough that handing the content over (chunking it) outlasts the unmount itself: without
     // waiting for that, the daemon synced, said so, and exited with the file not uploaded.

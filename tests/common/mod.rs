@@ -87,6 +87,11 @@ impl ServerProcess {
     /// a restart, as clients see it).
     pub fn kill9_and_restart(&mut self) {
         self.kill9();
+        self.start_again();
+    }
+
+    /// Starts the (stopped) server again on the same address, data and backends.
+    pub fn start_again(&mut self) {
         let listen = self
             .url
             .trim_start_matches("http://")

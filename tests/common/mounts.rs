@@ -1,29 +1,48 @@
-//! What the real-mount tests share: a server with two device tokens, shell and xattr helpers,
-//! reproducible bytes.
+//! What the real-mount tests share: a server with two device tokens (on the embedded backends or
+//! on PostgreSQL + S3 + NATS), shell and xattr helpers, reproducible bytes.
 
 use std::process::Command;
 
-use super::{MountProcess, ServerProcess, add_user};
+use super::services::ScaleOut;
+use super::{MountProcess, ServerProcess, add_user_with};
 
 /// A server with one user and two device tokens.
 pub struct Setup {
     pub _dir: tempfile::TempDir,
     pub server: ServerProcess,
     pub tokens: [String; 2],
+    /// The scale-out backends behind the server, if any (declared after it: stopped after it).
+    pub services: Option<ScaleOut>,
 }
 
+/// A server on the embedded backends (SQLite and a chunk directory).
 pub fn setup() -> Setup {
+    setup_on(None)
+}
+
+/// A server on the scale-out backends: PostgreSQL, S3 (moto, SigV4 enforced) and NATS.
+pub fn setup_scaleout() -> Setup {
+    setup_on(Some(ScaleOut::start()))
+}
+
+fn setup_on(services: Option<ScaleOut>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
+    let backends = services
+        .as_ref()
+        .map(ScaleOut::serve_args)
+        .unwrap_or_default();
+    let env = services.as_ref().map(|s| s.s3.env()).unwrap_or_default();
     let tokens = [
-        add_user(&data, "alice", "laptop"),
-        add_user(&data, "alice", "desktop"),
+        add_user_with(&data, &backends, "alice", "laptop"),
+        add_user_with(&data, &backends, "alice", "desktop"),
     ];
-    let server = ServerProcess::start(&data, &[]);
+    let server = ServerProcess::start_with(&data, &[], &backends, &env);
     Setup {
         _dir: dir,
         server,
         tokens,
+        services,
     }
 }
 
