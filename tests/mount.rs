@@ -41,6 +41,7 @@ on_both_backends!(
     offline_reads_fail_fast_and_writes_catch_up,
     kill_9_loses_nothing_that_was_fsynced,
     git_and_sqlite_work_inside_the_mount,
+    git_status_on_a_second_device_trusts_the_index_with_gits_defaults,
     remount_keeps_inodes_and_cleans_a_stale_mount,
     stress_run_ends_clean_and_the_data_verifies,
     umount_right_after_a_write_syncs_it_first,
@@ -418,6 +419,84 @@ fn kill_9_loses_nothing_that_was_fsynced(s: Setup) {
             }
         }
     }
+}
+
+/// The stat data git records in its index, as `stat` prints it.
+fn git_stat_fields(path: &std::path::Path) -> String {
+    sh(
+        path.parent().unwrap(),
+        &format!(
+            "stat -c 'ino=%i ctime=%.9Z mtime=%.9Y size=%s mode=%f uid=%u gid=%g' '{}'",
+            path.display()
+        ),
+    )
+}
+
+/// A repository cloned on one device is trusted as-is by `git status` on the other, with git's
+/// default configuration: every file reports the stat data git recorded (inode number, change and
+/// modification times to the nanosecond, size, mode, owner), so git hashes nothing and the second
+/// device downloads almost nothing.
+fn git_status_on_a_second_device_trusts_the_index_with_gits_defaults(s: Setup) {
+    let a = s.mount(0, &[]);
+    let b = s.mount(1, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    for i in 0..300u64 {
+        let dir = src.join(format!("d{}", i % 10));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("f{i}.bin")), random_bytes(4096, 900 + i)).unwrap();
+    }
+    fs::write(src.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(src.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    sh(
+        &src,
+        "git init -q && git config user.email t@e && git config user.name t \
+         && git add -A && git commit -qm tree",
+    );
+    sh(
+        &a.mountpoint,
+        &format!("git clone -q {} repo", src.display()),
+    );
+    // Entries written in the same second as the index are "racily clean": git hashes them at its
+    // next status on any machine, and records them as clean only in an index written later. A
+    // status a second after the clone does that here (as time passing does for a user).
+    std::thread::sleep(Duration::from_millis(1_100));
+    assert_eq!(sh(&a.path("repo"), "git status --porcelain"), "");
+    eventually(120, "A has synced the clone", || {
+        xattr(&a.mountpoint, "user.bvfs.sync") == "synced"
+    });
+    eventually(120, "B has the clone", || {
+        b.path("repo/.git/index").exists()
+            && fs::read(b.path("repo/.git/index")).ok() == fs::read(a.path("repo/.git/index")).ok()
+            && xattr(&b.mountpoint, "user.bvfs.sync") == "synced"
+    });
+    let files: Vec<String> = sh(&a.path("repo"), "git ls-files")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(files.len(), 301);
+    for file in &files {
+        assert_eq!(
+            git_stat_fields(&b.path(&format!("repo/{file}"))),
+            git_stat_fields(&a.path(&format!("repo/{file}"))),
+            "{file}: the two devices report different stat data"
+        );
+    }
+    let (_, cached_before) = chunk_files(&b);
+    let status = Command::new("git")
+        .args(["-c", "safe.directory=*", "status", "--porcelain"])
+        .current_dir(b.path("repo"))
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    assert_eq!(String::from_utf8_lossy(&status.stdout), "");
+    let (_, cached_after) = chunk_files(&b);
+    let tree_bytes = 300 * 4096;
+    assert!(
+        (cached_after - cached_before) * 100 <= tree_bytes,
+        "git status on B downloaded {} bytes of a {tree_bytes}-byte tree",
+        cached_after - cached_before
+    );
 }
 
 fn git_and_sqlite_work_inside_the_mount(s: Setup) {

@@ -808,35 +808,119 @@ fn postgres_store_reads_match_the_embedded_store() {
     );
 }
 
-/// Commits per second on one tenant, `clients` clients spread over `urls`, for `secs` seconds;
-/// each commit is `ops` creates.
-async fn commit_rate(urls: &[String], token: &str, clients: usize, ops: usize, secs: f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+/// Seconds to make `creates` directories in one tenant with `clients` clients spread over `urls`,
+/// each commit carrying `per_commit` creates.
+async fn time_creates(
+    urls: &[String],
+    token: &str,
+    clients: usize,
+    per_commit: usize,
+    creates: usize,
+) -> f64 {
+    let commits_per_client = creates / per_commit / clients;
+    assert_eq!(commits_per_client * per_commit * clients, creates);
+    let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let (url, token) = (urls[c % urls.len()].clone(), token.to_string());
         tasks.push(tokio::spawn(async move {
             let mut api = client(&url, &token).await;
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                let batch = (0..ops)
+            for _ in 0..commits_per_client {
+                let batch = (0..per_commit)
                     .map(|_| mkdir(&new_id(), &root(), &hex_name()))
                     .collect();
                 commit(&mut api, batch).await.unwrap();
-                done += 1;
             }
-            done
         }));
     }
-    let mut total = 0;
     for task in tasks {
-        total += task.await.unwrap();
+        task.await.unwrap();
     }
-    total as f64 / secs
+    started.elapsed().as_secs_f64()
 }
 
 fn hex_name() -> String {
     new_id().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 100,000 creates in commits of 1,000 (2 clients) and as 100,000 single-op commits (4 clients):
+/// creates per second.
+async fn creates_per_second(urls: &[String], token: &str) -> (f64, f64) {
+    const CREATES: usize = 100_000;
+    let batched = CREATES as f64 / time_creates(urls, token, 2, 1_000, CREATES).await;
+    let single = CREATES as f64 / time_creates(urls, token, 4, 1, CREATES).await;
+    (batched, single)
+}
+
+/// `pgbench -n -c CLIENTS -t TRANSACTIONS` of one SQL script on the benchmark database: rows per
+/// second, where each transaction inserts `rows_per_tx` rows.
+fn pgbench_rows_per_second(
+    pg: &common::services::Postgres,
+    dir: &std::path::Path,
+    clients: usize,
+    transactions: usize,
+    rows_per_tx: usize,
+) -> f64 {
+    let script = dir.join(format!("insert-{rows_per_tx}.sql"));
+    std::fs::write(
+        &script,
+        format!(
+            "INSERT INTO bench (v) SELECT gen_random_bytes(16) FROM generate_series(1, {rows_per_tx});\n"
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
+        .args(["-n", "-h", "127.0.0.1", "-U", "bvfs", "-p"])
+        .arg(pg.port.to_string())
+        .args(["-c", &clients.to_string(), "-t", &transactions.to_string()])
+        .arg("-f")
+        .arg(&script)
+        .arg("bvfs")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (clients * transactions * rows_per_tx) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// MiB/s of `streams` threads each PUTting `objects` objects of 256 KiB to moto with boto3 (SigV4,
+/// no bvfs in the path): the baseline for chunk uploads through a server.
+fn raw_s3_put_mib_per_second(s3: &common::services::Moto, streams: usize, objects: usize) -> f64 {
+    let script = format!(
+        r#"
+import boto3, threading, time, os
+s3 = boto3.client("s3")
+try:
+    s3.create_bucket(Bucket="raw-baseline")
+except Exception:
+    pass
+def put(u):
+    c = boto3.client("s3")
+    for i in range({objects}):
+        c.put_object(Bucket="raw-baseline", Key=f"{{u}}/{{i}}", Body=os.urandom(256 * 1024))
+threads = [threading.Thread(target=put, args=(u,)) for u in range({streams})]
+start = time.time()
+for t in threads: t.start()
+for t in threads: t.join()
+print(time.time() - start)
+"#
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (streams * objects) as f64 * 0.25 / secs
 }
 
 /// Figures for BENCHMARKS.md (not a test: `cargo nextest run --test scaleout --run-ignored only
@@ -844,17 +928,15 @@ fn hex_name() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn throughput() {
-    let secs = 5.0;
     // Embedded.
     let dir = tempfile::tempdir().unwrap();
     let token = add_user(dir.path(), "alice", "laptop");
     let embedded = ServerProcess::start(dir.path(), &[]);
-    let urls = vec![embedded.url.clone()];
-    let e1 = commit_rate(&urls, &token, 4, 1, secs).await;
-    let e1000 = commit_rate(&urls, &token, 2, 1_000, secs).await;
+    let (e_batched, e_single) =
+        creates_per_second(std::slice::from_ref(&embedded.url), &token).await;
     drop(embedded);
 
-    // PostgreSQL (durable) + S3 + NATS, one and two servers.
+    // PostgreSQL (durable) + S3 + NATS, one and two servers; a tenant each (fresh namespaces).
     let pg = common::services::Postgres::start_durable();
     let mut s3 = common::services::Moto::start();
     let nats = common::services::Nats::start();
@@ -866,24 +948,23 @@ async fn throughput() {
         "--notify".into(),
         nats.url.clone(),
     ];
-    let token = add_user_with(dir.path(), &flags, "alice", "laptop");
     let servers: Vec<ServerProcess> = (0..2)
         .map(|i| {
             ServerProcess::start_with(&dir.path().join(format!("s{i}")), &[], &flags, &s3.env())
         })
         .collect();
+    let token_one = add_user_with(dir.path(), &flags, "one", "laptop");
+    let token_two = add_user_with(dir.path(), &flags, "two", "laptop");
     let one = vec![servers[0].url.clone()];
     let two: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
-    let p1 = commit_rate(&one, &token, 4, 1, secs).await;
-    let p1000 = commit_rate(&one, &token, 2, 1_000, secs).await;
-    let q1 = commit_rate(&two, &token, 4, 1, secs).await;
-    let q1000 = commit_rate(&two, &token, 2, 1_000, secs).await;
+    let (p_batched, p_single) = creates_per_second(&one, &token_one).await;
+    let (q_batched, q_single) = creates_per_second(&two, &token_two).await;
 
-    // Chunk uploads to S3 through the server: 256 KiB chunks, 4 streams.
+    // Chunk uploads to S3 through the server: 256 KiB chunks, 4 streams, next to raw boto3 PUTs.
     let started = Instant::now();
     let mut uploads = Vec::new();
     for u in 0..4u8 {
-        let (url, token) = (servers[0].url.clone(), token.clone());
+        let (url, token) = (servers[0].url.clone(), token_one.clone());
         uploads.push(tokio::spawn(async move {
             let mut api = client(&url, &token).await;
             for i in 0..40u32 {
@@ -896,58 +977,28 @@ async fn throughput() {
     for u in uploads {
         u.await.unwrap();
     }
-    let mib_s = 40.0 / started.elapsed().as_secs_f64();
+    let through_server = 40.0 / started.elapsed().as_secs_f64();
+    let raw_s3 = raw_s3_put_mib_per_second(&s3, 4, 40);
 
-    // Bare PostgreSQL: single-row insert transactions, 4 clients (what a commit costs at least).
+    // Bare PostgreSQL: the same 100,000 rows, in transactions of 1,000 (2 clients) and of one
+    // (4 clients), on the same cluster.
+    pg.psql("bvfs", "CREATE EXTENSION IF NOT EXISTS pgcrypto");
     pg.psql(
         "bvfs",
         "CREATE TABLE bench (id bigserial PRIMARY KEY, v bytea)",
     );
-    let script = dir.path().join("insert.sql");
-    std::fs::write(
-        &script,
-        "INSERT INTO bench (v) VALUES (gen_random_bytes(16));\n",
-    )
-    .unwrap();
-    pg.psql("bvfs", "CREATE EXTENSION IF NOT EXISTS pgcrypto");
-    let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
-        .args([
-            "-n",
-            "-c",
-            "4",
-            "-T",
-            "5",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "bvfs",
-            "-p",
-        ])
-        .arg(pg.port.to_string())
-        .arg("-f")
-        .arg(&script)
-        .arg("bvfs")
-        .output()
-        .unwrap();
-    let pgbench = String::from_utf8_lossy(&out.stdout);
-    let tps = pgbench
-        .lines()
-        .find(|l| l.starts_with("tps"))
-        .unwrap_or("tps = ?")
-        .to_string();
+    let bare_batched = pgbench_rows_per_second(&pg, dir.path(), 2, 50, 1_000);
+    let bare_single = pgbench_rows_per_second(&pg, dir.path(), 4, 25_000, 1);
     drop(servers);
     s3.stop();
     drop(nats);
     eprintln!(
-        "commits/s, one tenant (4 clients x 1 op | 2 clients x 1,000 creates):\n\
-         embedded: {e1:.0} | {e1000:.1} ({:.0} creates/s)\n\
-         PostgreSQL, 1 server: {p1:.0} | {p1000:.1} ({:.0} creates/s)\n\
-         PostgreSQL, 2 servers: {q1:.0} | {q1000:.1} ({:.0} creates/s)\n\
-         bare PostgreSQL single-row inserts, 4 clients: {tps}\n\
-         chunk uploads to moto through one server: {mib_s:.1} MiB/s",
-        e1000 * 1000.0,
-        p1000 * 1000.0,
-        q1000 * 1000.0
+        "100,000 creates, one tenant: commits of 1,000 (2 clients) | single-op commits (4 clients), creates/s\n\
+         embedded: {e_batched:.0} | {e_single:.0}\n\
+         PostgreSQL, 1 server: {p_batched:.0} | {p_single:.0}\n\
+         PostgreSQL, 2 servers: {q_batched:.0} | {q_single:.0}\n\
+         bare PostgreSQL inserts (pgbench, 100,000 rows): {bare_batched:.0} | {bare_single:.0}\n\
+         chunk uploads, 256 KiB, 4 streams: through one server to moto {through_server:.1} MiB/s; raw boto3 PUTs to moto {raw_s3:.1} MiB/s"
     );
 }
 

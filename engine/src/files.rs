@@ -60,6 +60,14 @@ impl LocalFiles {
         })
     }
 
+    /// The copy's status-change time: set by the kernel with its mtime on every write, and by
+    /// every utimens or chmod of the copy.
+    pub fn ctime_ns(&self, ino: u64) -> Option<i64> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(self.path(ino)).ok()?;
+        Some(meta.ctime() * 1_000_000_000 + meta.ctime_nsec())
+    }
+
     pub fn exists(&self, ino: u64) -> bool {
         self.path(ino).exists()
     }

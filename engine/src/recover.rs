@@ -22,10 +22,8 @@ impl Engine {
     pub(crate) fn recover_materialized(&self) -> EngineResult<()> {
         let inos = self.files.list()?;
         // A rebuilt database numbers inodes afresh: never hand out one that a kept copy still uses.
-        if let Some(&max) = inos.iter().max() {
-            self.state
-                .lock()
-                .transaction(|t| t.reserve_inos_through(max))?;
+        if !inos.is_empty() {
+            self.state.lock().transaction(|t| t.reserve_inos(&inos))?;
         }
         for ino in inos {
             let known = self.getattr(ino)?.is_some();

@@ -912,14 +912,19 @@ impl Engine {
             && let Some(OpKind::RemoteCreate { node, .. }) = op.map(|op| &op.kind)
         {
             // The server used this id before: our create reached it unheard and was deleted since, or a
-            // delayed copy of it was. The local node lives on under a fresh id and is created anew.
+            // delayed copy of it was; or SYNCED knew the node and REMOTE has pulled its deletion while
+            // this device kept it (as a conflicted copy). Ids are never reused, so the local node
+            // lives on under a fresh id and is created anew; SYNCED's record of the old id, if any,
+            // then plans as deleted on both sides.
             let fresh = self.ids.new_id();
             self.state
                 .lock()
                 .transaction(|t| -> Result<(), EngineError> {
-                    if t.local_by_id(node.id)?.is_some()
-                        && t.tree(Table::Synced).node(node.id)?.is_none()
-                    {
+                    let deleted_there = match t.tree(Table::Synced).node(node.id)? {
+                        None => true,
+                        Some(_) => t.tree(Table::Remote).node(node.id)?.is_none(),
+                    };
+                    if t.local_by_id(node.id)?.is_some() && deleted_there {
                         t.reidentify_local(node.id, fresh)?;
                         t.mark_changed(node.id)?;
                         t.mark_changed(fresh)?;

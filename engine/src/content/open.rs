@@ -225,6 +225,10 @@ impl Engine {
             // close) sets the copy's time before its own transaction, so whichever of the two
             // transactions comes last records the time it set.
             let mtime = mtime_ns.or_else(|| self.files.mtime_ns(ino)).unwrap_or(now);
+            // The change time is the copy's, not this commit's: a write sets both of the copy's
+            // times to one instant, so a file written and closed reports ctime == mtime here and on
+            // every other device (which has no change time of its own for it: git compares both).
+            let ctime = self.files.ctime_ns(ino).unwrap_or(now).max(mtime.min(now));
             if entry.node.attrs.content == Some(manifest.hash)
                 && entry.node.attrs.size == manifest.size
             {
@@ -235,7 +239,7 @@ impl Engine {
             attrs.content = Some(manifest.hash);
             attrs.size = manifest.size;
             attrs.mtime_ns = mtime;
-            t.local_touch_ctime(ino, now)?;
+            t.local_touch_ctime(ino, ctime)?;
             t.local_set_attrs(ino, attrs).map(Some)
         })?;
         self.config.faults.reach(FaultPoint::CommitRecorded);

@@ -27,6 +27,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
+use super::inode_numbers::STABLE_INO_SQL;
 use super::{StateResult, Txn};
 use crate::model::{NamePolicy, NodeId};
 
@@ -126,16 +127,26 @@ impl Txn<'_> {
 
         let next_ino = self.meta_u64("next_ino")?.unwrap_or(super::ROOT_INO + 1);
         // The first write: if it fails on a constraint (two REMOTE siblings with one name, which the
-        // server never allows), the statement leaves nothing behind and the planner takes over.
+        // server never allows, or two ids with one stable inode number), the statement leaves
+        // nothing behind and the planner takes over. Each node gets its stable inode number unless
+        // this device handed that out before; then a number of the sequence, which this reserves
+        // for every row (gaps are harmless).
         let inserted = match conn.execute(
             &format!(
                 "INSERT INTO local ({ROW}, ino, pinned)
-                 SELECT {ROW}, ?2 + row_number() OVER (ORDER BY id) - 1, 0 FROM remote WHERE id != ?1"
+                 SELECT {ROW},
+                        CASE WHEN {STABLE_INO_SQL}(id) IN (SELECT ino FROM stable_inos)
+                             THEN ?2 + row_number() OVER (ORDER BY id) - 1
+                             ELSE {STABLE_INO_SQL}(id) END,
+                        0
+                 FROM remote WHERE id != ?1"
             ),
             params![root, next_ino as i64],
         ) {
             Ok(n) => n,
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
                 return Ok(None);
             }
             Err(e) => return Err(err(e)),
@@ -146,6 +157,7 @@ impl Txn<'_> {
         )
         .map_err(err)?;
         self.set_meta("next_ino", (next_ino + inserted as u64) as i64)?;
+        self.record_stable_inos()?;
         conn.execute("DELETE FROM changed WHERE seq <= ?1", [changed_through])
             .map_err(err)?;
         let in_root = {

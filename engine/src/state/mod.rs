@@ -13,6 +13,7 @@
 
 pub mod bootstrap;
 pub mod inflight;
+pub mod inode_numbers;
 pub mod intents;
 pub mod lineage;
 pub mod local;
@@ -88,6 +89,7 @@ impl State {
         schema::migrate(&mut conn)
             .map_err(err)?
             .map_err(StateError::Schema)?;
+        inode_numbers::register(&conn).map_err(err)?;
         let state = Self {
             conn,
             path: path.to_owned(),

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// The schema this build writes.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 /// The three trees share one shape; LOCAL adds the per-device columns.
 const TREE_COLUMNS: &str = "
@@ -143,11 +143,18 @@ CREATE TABLE specials (
 CREATE UNIQUE INDEX specials_by_name ON specials (parent, name);
 ";
 
+/// Version 4: stable inode numbers ([`super::inode_numbers`]). Numbers already in LOCAL are from
+/// the sequence, so nothing moves.
+const V4: &str = "
+-- Every stable inode number ever handed out on this device (never handed out twice).
+CREATE TABLE stable_inos (ino INTEGER PRIMARY KEY);
+";
+
 /// Brings the database to [`VERSION`].
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     match version {
-        0..=2 => {
+        0..=3 => {
             let tx = conn.transaction()?;
             if version == 0 {
                 tx.execute_batch(&v1())?;
@@ -155,7 +162,10 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
             if version <= 1 {
                 tx.execute_batch(V2)?;
             }
-            tx.execute_batch(V3)?;
+            if version <= 2 {
+                tx.execute_batch(V3)?;
+            }
+            tx.execute_batch(V4)?;
             tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))?;
             tx.commit()?;
             Ok(Ok(()))

@@ -403,9 +403,10 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Inserts a new LOCAL node with a fresh inode number; it inherits its parent's pin.
+    /// Inserts a new LOCAL node with a fresh inode number (its stable one where it can:
+    /// [`super::inode_numbers`]); it inherits its parent's pin.
     pub fn insert_local(&self, node: &Node) -> StateResult<u64> {
-        let ino = self.next_ino()?;
+        let ino = self.ino_for_new_node(node.id)?;
         self.conn()
             .prepare_cached(
                 "INSERT INTO local (id, parent, name, kind, size, mtime_ns, mode, content, symlink, revision, xattrs, ino, pinned)
@@ -445,22 +446,6 @@ impl Txn<'_> {
             .and_then(|mut s| s.execute(params![&id.to_bytes()[..], new as i64]))
             .map_err(|e| self.err(e))?;
         Ok((old, new))
-    }
-
-    /// The next unused inode number (persisted, never reused).
-    pub(crate) fn next_ino(&self) -> StateResult<u64> {
-        let next = self.meta_u64("next_ino")?.unwrap_or(super::ROOT_INO + 1);
-        self.set_meta("next_ino", (next + 1) as i64)?;
-        Ok(next)
-    }
-
-    /// Makes sure inode numbers up to `max` are never handed out again.
-    pub fn reserve_inos_through(&self, max: u64) -> StateResult<()> {
-        let next = self.meta_u64("next_ino")?.unwrap_or(super::ROOT_INO + 1);
-        if next <= max {
-            self.set_meta("next_ino", (max + 1) as i64)?;
-        }
-        Ok(())
     }
 
     /// Gives the LOCAL node `old` the id `new` (its inode stays), and re-parents its children.

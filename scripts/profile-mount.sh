@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Where the mount's time goes, for the workloads of scripts/bench-mount.sh that miss issue 10's
+# targets. Run as root (perf, FUSE). For each workload: wall time, a system-wide CPU profile
+# (`perf record -a -g`) summarised by process and by symbol, and the mount daemon's syscalls
+# (`strace -c -f`, in a second run of the workload: strace slows it down).
+#
+#   scripts/profile-mount.sh            (BENCH_FILES=20000 BENCH_BIG_MIB=512 by default)
+#
+# Writes every report under $OUT (default /tmp/bvfs-profile) and prints the summaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FILES=${BENCH_FILES:-20000}
+BIG_MIB=${BENCH_BIG_MIB:-512}
+OUT=${OUT:-/tmp/bvfs-profile}
+for tool in perf strace python3 tar; do
+  command -v "$tool" >/dev/null || { echo "profile-mount: needs $tool (apt-get install linux-perf strace)" >&2; exit 2; }
+done
+cargo build --release --quiet
+BVFS=$PWD/target/release/bvfs
+W=$(mktemp -d /tmp/bvfs-profile.XXXXXX)
+mkdir -p "$OUT"
+PIDS=()
+cleanup() {
+  for m in "$W"/a "$W"/b; do mountpoint -q "$m" 2>/dev/null && umount -l "$m" || true; done
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+now() { date +%s.%N; }
+elapsed() { python3 -c "print(f'{$2 - $1:.3f}')"; }
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+wait_synced() {
+  for _ in $(seq 1 3600); do
+    [ "$(getfattr --only-values -n user.bvfs.sync "$1" 2>/dev/null)" = synced ] && return 0
+    sleep 0.5
+  done
+  return 1
+}
+daemon_of() { # mountpoint → pid of the mount daemon serving it
+  pgrep -f -- "bvfs mount .*$1\$" | tail -1
+}
+# profile NAME MOUNTPOINT COMMAND...: runs COMMAND under perf (system-wide), then again under strace
+# on the daemon when REPEAT=1 (the command must be repeatable then).
+profile() {
+  local name=$1 mnt=$2; shift 2
+  local pid; pid=$(daemon_of "$mnt")
+  [ -n "${PREPARE:-}" ] && eval "$PREPARE"
+  perf record -q -a -g -F 499 -o "$OUT/$name.perf" -- sleep 3600 >/dev/null 2>&1 &
+  local perf_pid=$!
+  sleep 1
+  local t0 t1; t0=$(now); "$@"; t1=$(now)
+  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+  echo "== $name: $(elapsed "$t0" "$t1") s"
+  perf report -q -i "$OUT/$name.perf" --no-children --sort comm --stdio 2>/dev/null \
+    | grep -v '^$' | head -8 | tee "$OUT/$name.by-process.txt"
+  perf report -q -i "$OUT/$name.perf" --no-children --comm "$(ps -o comm= -p "$pid")" --sort symbol --stdio -g none 2>/dev/null \
+    | grep -v '^$' | head -25 > "$OUT/$name.daemon-symbols.txt" || true
+  echo "-- the daemon's hottest symbols:"; head -12 "$OUT/$name.daemon-symbols.txt"
+  if [ "${REPEAT:-0}" = 1 ]; then
+    [ -n "${PREPARE:-}" ] && eval "$PREPARE"
+    strace -c -f -p "$pid" -o "$OUT/$name.strace.txt" &
+    local strace_pid=$!
+    sleep 1
+    "$@"
+    kill -INT "$strace_pid"; wait "$strace_pid" 2>/dev/null || true
+    echo "-- the daemon's syscalls:"; head -14 "$OUT/$name.strace.txt"
+  fi
+}
+
+"$BVFS" admin add-user --data "$W/srv" prof --device a > "$W/ta" 2>/dev/null
+"$BVFS" admin add-user --data "$W/srv" prof --device b > "$W/tb" 2>/dev/null
+"$BVFS" serve --data "$W/srv" --listen 127.0.0.1:0 > "$W/serve.out" 2>"$W/serve.log" &
+PIDS+=($!)
+sleep 1
+URL=$(grep -o 'http://[0-9.:]*' "$W/serve.out" | head -1)
+mkdir -p "$W/a" "$W/b" "$W/native"
+"$BVFS" mount --server "$URL" --token "$(cat "$W/ta")" --device a --data "$W/state-a" "$W/a" >/dev/null
+"$BVFS" mount --server "$URL" --token "$(cat "$W/tb")" --device b --data "$W/state-b" "$W/b" >/dev/null
+tar -C /usr/share --hard-dereference -chf "$W/src.tar" doc 2>/dev/null || true
+
+# Writes: untar (every created file), on device A.
+n=0
+PREPARE='n=$((n + 1)); mkdir -p "$W/a/untar$n"'
+untar() { tar -C "$W/a/untar$n" -xf "$W/src.tar"; sync; }
+REPEAT=1 profile untar "$W/a" untar
+PREPARE=''
+
+# Reads on device B of what A wrote: small cold files, find + stat, a big cold file.
+python3 - "$W/a/tree" "$FILES" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i % 100:03d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i}.txt"), "w") as f:
+        f.write(f"file {i}\n" * (1 + i % 50))
+PY
+head -c $((BIG_MIB * 1024 * 1024)) /dev/urandom > "$W/a/big.bin"
+wait_synced "$W/a"
+for _ in $(seq 1 600); do [ -e "$W/b/big.bin" ] && [ "$(ls "$W/b/tree" 2>/dev/null | wc -l)" = 100 ] && break; sleep 0.5; done
+wait_synced "$W/b"
+
+mapfile -t small < <(cd "$W/b" && find tree/d000 tree/d001 -type f | sort | head -1000)
+cat_small() { (cd "$W/b" && cat "${small[@]}" > /dev/null); }
+PREPARE=drop_caches profile small-cold-files "$W/b" cat_small
+find_stat() { find "$W/b/tree" -type f -exec stat -c %s {} + > /dev/null; }
+PREPARE=drop_caches REPEAT=1 profile find-stat "$W/b" find_stat
+cat_big() { cat "$W/b/big.bin" > /dev/null; }
+PREPARE=drop_caches profile cold-read "$W/b" cat_big
+profile warm-re-read "$W/b" cat_big
+echo "reports in $OUT"
