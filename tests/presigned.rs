@@ -473,3 +473,34 @@ async fn a_device_falls_back_to_grpc_when_the_store_refuses_presigned_requests()
     assert_eq!(s.counter("bvfs_chunk_bytes_sent_total"), data.len() as f64);
     assert_eq!(s.counter("bvfs_chunk_bytes_confirmed_total"), 0.0);
 }
+
+/// The device checks what it downloads through a presigned URL, as it does over gRPC: bytes
+/// altered in the store (here written over the chunk's object directly) are never returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_altered_in_the_store_is_refused_by_the_reading_device() {
+    let s = PresignedServer::start(true, false);
+    let token_a = s.add_user("alice", "laptop");
+    let token_b = add_user(&s.dir.path().join("server"), "alice", "desktop");
+    let (laptop, _a) = s.device("laptop", &token_a);
+    let (desktop, _b) = s.device("desktop", &token_b);
+    let data = noise(9_000, 13);
+    write_file(&laptop, "f.bin", &data).await;
+    laptop.sync_until_idle(10).await.unwrap();
+    desktop.sync_until_idle(10).await.unwrap();
+
+    // Overwrite the chunk's object, as someone with access to the bucket could: moto's signature
+    // checks are off, so the GET URL's credentials pass for a PUT (S3 itself would refuse it).
+    let mut api = client(&s.server.url, &token_a).await;
+    let id = blake3::hash(&data).as_bytes().to_vec();
+    let url = presign_download(&mut api, &id).await;
+    let mut altered = data.clone();
+    altered[0] ^= 0xff;
+    let http = HttpTransfer::new().unwrap();
+    http.put(&url, altered.clone()).await.unwrap();
+    assert!(http.get(&url).await.unwrap() == altered, "the store now serves other bytes");
+
+    let entry = desktop.lookup(ROOT_INO, "f.bin").unwrap().unwrap();
+    let read = desktop.read(&entry, 0, data.len() as u32).await;
+    assert!(read.is_err(), "altered bytes were returned");
+    assert!(s.counter("bvfs_presigned_urls_total{method=\"GET\"}") >= 1.0);
+}

@@ -423,6 +423,9 @@ enum PresignedFailure {
     Fallback(String),
     /// The store lacks a chunk asked for: the server's own answer says which (no fault of the path).
     NotStored,
+    /// The server no longer offers presigned transfer (restarted without it): gRPC from now on,
+    /// until a `Hello` says otherwise.
+    Withdrawn,
     /// A failure the gRPC path would share (the server is unreachable, the token refused).
     Remote(RemoteError),
 }
@@ -430,9 +433,8 @@ enum PresignedFailure {
 impl From<RemoteError> for PresignedFailure {
     fn from(error: RemoteError) -> Self {
         match error {
-            // The server stopped offering it (restarted without the flag, an older server).
             RemoteError::Rejected { ref reason, .. } if reason == "presign-unavailable" => {
-                PresignedFailure::Fallback(error.to_string())
+                PresignedFailure::Withdrawn
             }
             // A pending upload the server did not find or refused (`not-found`, `invalid-chunk`:
             // changed on its way through the store): the gRPC path sends and checks them again.
@@ -479,6 +481,20 @@ impl GrpcRemote {
             Ok(http) => Some(http.clone()),
             Err(_) => None,
         }
+    }
+
+    /// What the caller does after the presigned path failed: rest it, forget it, or neither.
+    fn after_failure(&self, what: &str, failure: PresignedFailure) -> Result<(), RemoteError> {
+        match failure {
+            PresignedFailure::Remote(e) => return Err(e),
+            PresignedFailure::Fallback(reason) => self.rest_presigned(what, &reason),
+            PresignedFailure::NotStored => {}
+            PresignedFailure::Withdrawn => {
+                tracing::info!("the server no longer offers presigned transfer; using gRPC");
+                self.presigned.offered.store(NOT_OFFERED, Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// Logs why the presigned path failed and rests it.
@@ -765,9 +781,7 @@ impl Remote for GrpcRemote {
         if let Some(http) = self.presigned_http().await {
             match self.put_presigned(&http, &chunks).await {
                 Ok(()) => return Ok(()),
-                Err(PresignedFailure::Remote(e)) => return Err(e),
-                Err(PresignedFailure::Fallback(reason)) => self.rest_presigned("upload", &reason),
-                Err(PresignedFailure::NotStored) => {}
+                Err(failure) => self.after_failure("upload", failure)?,
             }
         }
         self.put_chunks_grpc(chunks).await
@@ -777,10 +791,8 @@ impl Remote for GrpcRemote {
         if let Some(http) = self.presigned_http().await {
             match self.get_presigned(&http, &ids).await {
                 Ok(chunks) => return Ok(chunks),
-                Err(PresignedFailure::Remote(e)) => return Err(e),
-                // The gRPC answer says which chunk is missing.
-                Err(PresignedFailure::NotStored) => {}
-                Err(PresignedFailure::Fallback(reason)) => self.rest_presigned("download", &reason),
+                // A chunk the store lacks: the gRPC answer says which.
+                Err(failure) => self.after_failure("download", failure)?,
             }
         }
         self.get_chunks_grpc(ids).await

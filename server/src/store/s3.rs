@@ -480,6 +480,71 @@ fn chrono_cutoff(older_than: Duration) -> i64 {
 mod tests {
     use super::*;
 
+    /// A store with static keys and no network use: signing is local.
+    fn offline(prefix: &str) -> S3ChunkStore {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = AmazonS3Builder::new()
+            .with_bucket_name("vault")
+            .with_region("us-east-1")
+            .with_access_key_id("AKIDEXAMPLE")
+            .with_secret_access_key("secret")
+            .with_endpoint("http://127.0.0.1:9")
+            .with_client_options(ClientOptions::new().with_allow_http(true))
+            .build()
+            .unwrap();
+        S3ChunkStore {
+            store: Arc::new(store),
+            location: S3Location {
+                bucket: "vault".into(),
+                prefix: prefix.into(),
+            },
+            rt: Arc::new(IoRuntime::new("test-s3", 1).unwrap()),
+        }
+    }
+
+    fn key_and_query(url: &str) -> (String, String) {
+        let url = object_store::signer::Url::parse(url).unwrap();
+        (url.path().to_string(), url.query().unwrap_or_default().to_string())
+    }
+
+    /// Uploads are signed for a new pending key of the tenant (never the chunk's), downloads for
+    /// the tenant's chunk key; both expire after 15 minutes and sign only what the key names.
+    #[test]
+    fn presigned_urls_name_the_tenants_own_keys() {
+        let store = offline("team");
+        let id = [0xab; 32];
+        let hex = hex::encode(id);
+        let uploads = store.presign_uploads(7, &[id, id]).unwrap();
+        assert_ne!(uploads[0].1, uploads[1].1, "each upload gets its own ref");
+        for (url, upload) in &uploads {
+            let (key, query) = key_and_query(url);
+            assert_eq!(
+                key,
+                format!("/vault/team/pending/7/{hex}/{}", hex::encode(upload))
+            );
+            assert!(query.contains("X-Amz-Expires=900"), "{query}");
+            assert!(query.contains("X-Amz-Signature="), "{query}");
+            assert!(url.len() <= bvfs_proto::MAX_PRESIGNED_URL_BYTES);
+        }
+        let downloads = store.presign_downloads(7, &[id]).unwrap();
+        let (key, query) = key_and_query(&downloads[0]);
+        assert_eq!(key, format!("/vault/team/chunks/7/ab/{hex}"));
+        assert!(query.contains("X-Amz-Signature="), "{query}");
+        let (other, _) = key_and_query(&store.presign_downloads(8, &[id]).unwrap()[0]);
+        assert_eq!(other, format!("/vault/team/chunks/8/ab/{hex}"));
+    }
+
+    #[test]
+    fn the_sweep_cutoff_is_the_grace_period_ago() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let cutoff = chrono_cutoff(Duration::from_secs(3600));
+        assert!((now - 3600 - cutoff).abs() <= 1, "{now} {cutoff}");
+        assert_eq!(chrono_cutoff(Duration::from_secs(u64::MAX)), 0);
+    }
+
     #[test]
     fn locations_parse_with_and_without_a_prefix() {
         let plain = S3Location::parse("s3://vault").unwrap();
