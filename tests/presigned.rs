@@ -497,7 +497,10 @@ async fn a_chunk_altered_in_the_store_is_refused_by_the_reading_device() {
     altered[0] ^= 0xff;
     let http = HttpTransfer::new().unwrap();
     http.put(&url, altered.clone()).await.unwrap();
-    assert!(http.get(&url).await.unwrap() == altered, "the store now serves other bytes");
+    assert!(
+        http.get(&url).await.unwrap() == altered,
+        "the store now serves other bytes"
+    );
 
     let entry = desktop.lookup(ROOT_INO, "f.bin").unwrap().unwrap();
     let read = desktop.read(&entry, 0, data.len() as u32).await;

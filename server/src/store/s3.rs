@@ -504,7 +504,10 @@ mod tests {
 
     fn key_and_query(url: &str) -> (String, String) {
         let url = object_store::signer::Url::parse(url).unwrap();
-        (url.path().to_string(), url.query().unwrap_or_default().to_string())
+        (
+            url.path().to_string(),
+            url.query().unwrap_or_default().to_string(),
+        )
     }
 
     /// Uploads are signed for a new pending key of the tenant (never the chunk's), downloads for
