@@ -429,6 +429,19 @@ async fn the_option_needs_s3_and_a_server_without_it_refuses_the_calls() {
         !dir.path().join("meta.sqlite").exists(),
         "refused before opening anything"
     );
+    // The same from the configuration file.
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "presigned_transfer = true\n").unwrap();
+    let out = bvfs()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs --chunks s3://"), "{err}");
 
     let plain = ServerProcess::start(&dir.path().join("plain"), &[]);
     let mut api = client(&plain.url, &add_user(&dir.path().join("plain"), "a", "d")).await;

@@ -29,7 +29,7 @@ use crate::namespace::{self, MAX_CHUNK_BYTES, Reason, chunk_key, node_key, rejec
 use crate::notify::{HeadNotifier, MAX_SUBSCRIPTIONS_PER_TENANT};
 use crate::presign;
 use crate::staging::{MAX_MANIFEST_CHUNKS, Staging, check_chunk_ref};
-use crate::store::s3::{Confirmed, PRESIGN_EXPIRY, S3ChunkStore};
+use crate::store::s3::{ConfirmError, Confirmed, PRESIGN_EXPIRY, S3ChunkStore};
 use crate::store::sqlite::store_status;
 use crate::store::{ChunkStore, JournalEntry, MetaStore, Principal, ROOT_ID, StoreError, TenantId};
 
@@ -985,14 +985,10 @@ impl Sync for SyncService {
                 }
                 Err(error) => {
                     let why = match error {
-                        crate::store::s3::ConfirmError::Missing => None,
-                        crate::store::s3::ConfirmError::Store(_) => Some(UploadRefusal::Store),
-                        crate::store::s3::ConfirmError::TooLarge(_) => {
-                            Some(UploadRefusal::Malformed)
-                        }
-                        crate::store::s3::ConfirmError::Mismatch(_) => {
-                            Some(UploadRefusal::HashMismatch)
-                        }
+                        ConfirmError::Missing => None,
+                        ConfirmError::Store(_) => Some(UploadRefusal::Store),
+                        ConfirmError::TooLarge(_) => Some(UploadRefusal::Malformed),
+                        ConfirmError::Mismatch(_) => Some(UploadRefusal::HashMismatch),
                     };
                     if let Some(why) = why {
                         self.metrics.record_upload_refused(why);
