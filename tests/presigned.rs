@@ -11,7 +11,9 @@
 //!   its grace period) is refused with `not-found`;
 //! - the flag is refused without an S3 chunk store; a server without it says so in `Hello` and
 //!   refuses the calls; a device whose presigned requests fail at the HTTP level syncs through
-//!   the gRPC streams instead.
+//!   the gRPC streams instead;
+//! - the device checks what it downloads: bytes altered in the store are never returned;
+//! - two scale-out servers (PostgreSQL, S3, NATS): uploaded through one, read through the other.
 //!
 //! moto 5 authenticates only header-signed requests: with its IAM checks on, it answers any
 //! presigned (query-signed) request 500 (`KeyError: 'HTTP_AUTHORIZATION'`). The tests that move
@@ -519,4 +521,60 @@ async fn a_chunk_altered_in_the_store_is_refused_by_the_reading_device() {
     let read = desktop.read(&entry, 0, data.len() as u32).await;
     assert!(read.is_err(), "altered bytes were returned");
     assert!(s.counter("bvfs_presigned_urls_total{method=\"GET\"}") >= 1.0);
+}
+
+/// Scale-out: two servers on PostgreSQL, S3 and NATS, both offering presigned transfer. A pending
+/// upload is named by the store alone (no server remembers it), so a file uploaded through one
+/// server is read through the other, and neither relays chunk bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scale_out_servers_share_presigned_transfer() {
+    let services = common::services::ScaleOut::start();
+    services.s3.stop_checking_signatures();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = services.serve_args();
+    args.push("--presigned-transfer".into());
+    let metrics: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let servers: Vec<ServerProcess> = (0..2)
+        .map(|i| {
+            ServerProcess::start_with(
+                &dir.path().join(format!("server{i}")),
+                &["--metrics", &metrics[i]],
+                &args,
+                &services.s3.env(),
+            )
+        })
+        .collect();
+    let device = |i: usize, name: &str| {
+        let token = add_user_with(dir.path(), &args, "alice", name);
+        let state = tempfile::tempdir().unwrap();
+        let remote =
+            Arc::new(GrpcRemote::new(&RemoteConfig::new(&servers[i].url, &token)).unwrap());
+        let engine =
+            Engine::open(EngineConfig::new(state.path().join(name), name), remote).unwrap();
+        (engine, state)
+    };
+    let (laptop, _a) = device(0, "laptop");
+    let (desktop, _b) = device(1, "desktop");
+
+    let data = noise(1024 * 1024 + 77, 17);
+    write_file(&laptop, "shared.bin", &data).await;
+    laptop.sync_until_idle(10).await.unwrap();
+    desktop.sync_until_idle(10).await.unwrap();
+    assert!(
+        read_file(&desktop, "shared.bin").await == data,
+        "byte-exact"
+    );
+
+    let scrapes: Vec<_> = metrics.iter().map(|m| scrape(m)).collect();
+    for samples in &scrapes {
+        assert_eq!(sample(samples, "bvfs_chunk_bytes_received_total"), 0.0);
+        assert_eq!(sample(samples, "bvfs_chunk_bytes_sent_total"), 0.0);
+    }
+    assert_eq!(
+        sample(&scrapes[0], "bvfs_chunk_bytes_confirmed_total"),
+        data.len() as f64
+    );
+    assert!(sample(&scrapes[1], "bvfs_presigned_urls_total{method=\"GET\"}") >= 1.0);
 }

@@ -477,10 +477,12 @@ impl GrpcRemote {
         {
             return None;
         }
-        match path.http.get_or_init(HttpTransfer::new) {
-            Ok(http) => Some(http.clone()),
-            Err(_) => None,
-        }
+        let http = path.http.get_or_init(|| {
+            HttpTransfer::new().inspect_err(|e| {
+                tracing::warn!("presigned transfer is off: {e}; chunks go through the server");
+            })
+        });
+        http.as_ref().ok().cloned()
     }
 
     /// What the caller does after the presigned path failed: rest it, forget it, or neither.
