@@ -15,7 +15,7 @@
 //!
 //! Presigned transfer (ADR-0011, `--presigned-transfer`): clients PUT chunks to *pending* objects at
 //! `PREFIX/pending/<tenant>/<id hex>/<upload ref hex>` through URLs this store signs, never to a
-//! chunk's key; [`S3ChunkStore::confirm_upload`] reads a pending object, checks its size and BLAKE3,
+//! chunk's key; [`S3ChunkStore::confirm_uploads`] reads a pending object, checks its size and BLAKE3,
 //! stores the verified bytes under the chunk's key and deletes it. Downloads are presigned GETs of
 //! chunk keys. Every key is made here from the authenticated tenant and a 32-byte id (and a ref the
 //! server drew), so no URL reaches another tenant's objects. Pending objects nobody confirmed are
@@ -232,7 +232,7 @@ impl S3ChunkStore {
     }
 
     /// Presigned PUT URLs for chunks `ids` of `tenant`, each to a new pending object, with the refs
-    /// that name them for [`S3ChunkStore::confirm_upload`].
+    /// that name them for [`S3ChunkStore::confirm_uploads`].
     pub fn presign_uploads(
         &self,
         tenant: TenantId,
@@ -267,7 +267,7 @@ impl S3ChunkStore {
         })
     }
 
-    /// Verifies pending uploads and stores them as chunks ([`S3ChunkStore::confirm_upload`]), a
+    /// Verifies pending uploads and stores them as chunks (see `confirm_upload`), a
     /// few at a time; one outcome per upload, in order.
     pub fn confirm_uploads(
         &self,
@@ -430,14 +430,14 @@ impl ChunkStore for S3ChunkStore {
         let prefix = self.path_of("pending");
         let cutoff = chrono_cutoff(older_than);
         self.rt.block_on(async {
-            let objects: Vec<object_store::ObjectMeta> = self
-                .store
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|e| s3_err(&format!("LIST {prefix}"), e))?;
+            // Deleted as listed: nothing bounds how many uploads were never confirmed.
+            let mut objects = self.store.list(Some(&prefix));
             let mut sweep = PendingSweep::default();
-            for object in objects {
+            while let Some(object) = objects
+                .try_next()
+                .await
+                .map_err(|e| s3_err(&format!("LIST {prefix}"), e))?
+            {
                 if object.last_modified.timestamp() > cutoff {
                     sweep.kept += 1;
                     continue;
