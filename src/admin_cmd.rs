@@ -111,7 +111,8 @@ AWS_SECRET_ACCESS_KEY. Users already in the target are skipped, so a run cut sho
     /// servers: a commit racing the collection is refused or kept, never left naming a deleted chunk.
     #[command(after_help = "Example:\n  bvfs admin gc --grace 24h\n  \
 bvfs admin gc --metadata postgres://bvfs@db/bvfs --chunks s3://vault/bvfs --json\n\n\
-Every version is kept (no retention policy yet), so only chunks no commit ever named are deleted.")]
+Every version is kept (no retention policy yet), so only chunks no commit ever named are deleted. \
+Presigned uploads never confirmed (--presigned-transfer) are deleted after the same grace period.")]
     Gc {
         #[command(flatten)]
         data: DataArg,
@@ -266,6 +267,18 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
                     eprintln!("{line}")
                 })?
             };
+            // Presigned uploads nobody confirmed are never chunks: no commit can name one.
+            let pending = if dry_run {
+                Default::default()
+            } else {
+                store.sweep_pending(grace)?
+            };
+            if pending.deleted > 0 {
+                eprintln!(
+                    "deleted {} unconfirmed presigned upload(s), {} bytes",
+                    pending.deleted, pending.bytes
+                );
+            }
             if json {
                 let line = serde_json::json!({
                     "users": report.tenants,
@@ -276,6 +289,8 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
                     "bytes_unreferenced": report.bytes_unreferenced,
                     "chunks_deleted": report.chunks_deleted,
                     "bytes_freed": report.bytes_freed,
+                    "pending_uploads_deleted": pending.deleted,
+                    "pending_bytes_freed": pending.bytes,
                     "grace_s": grace.as_secs(),
                     "dry_run": dry_run,
                 });

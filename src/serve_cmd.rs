@@ -21,8 +21,8 @@ export AWS_ENDPOINT_URL=https://s3.example AWS_REGION=eu-west-1 AWS_ACCESS_KEY_I
 bvfs serve --metadata postgres://bvfs@db/bvfs --chunks s3://vault/bvfs --notify nats://nats:4222\n\
 Secrets are best given through the environment (BVFS_METADATA, PGPASSWORD), not the command line.\n\n\
 The same settings can come from a TOML file (--config, or $XDG_CONFIG_HOME/bvfs/server.toml if it \
-exists), with the flags' names: listen, data, metadata, chunks, notify, tls_cert, tls_key, \
-max_connections, metrics. Flags and environment variables override the file."
+exists), with the flags' names: listen, data, metadata, chunks, notify, presigned_transfer, \
+tls_cert, tls_key, max_connections, metrics. Flags and environment variables override the file."
 )]
 pub struct ServeArgs {
     /// A TOML configuration file [default: $XDG_CONFIG_HOME/bvfs/server.toml, if it exists]
@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// loopback or a private network [default: off]
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Let clients move chunk bytes to and from the S3 store directly, through presigned URLs the
+    /// server signs (15 minutes); the server still verifies every chunk before a commit may name
+    /// it. Needs --chunks s3://…, and an AWS_ENDPOINT_URL the clients can reach
+    #[arg(long)]
+    presigned_transfer: bool,
     /// Print the listening address as JSON
     #[arg(long)]
     json: bool,
@@ -115,6 +120,7 @@ impl ServeArgs {
         fill(&mut self.backends.notify, file.notify);
         fill(&mut self.max_connections, file.max_connections);
         fill(&mut self.metrics, file.metrics);
+        self.presigned_transfer |= file.presigned_transfer.unwrap_or(false);
         // The certificate and key go together: both from the flags, or both from the file.
         if self.tls_cert.is_none() && self.tls_key.is_none() {
             self.tls_cert = file.tls_cert;
@@ -141,6 +147,9 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data.clone().unwrap_or_else(default_server_dir);
     let urls = args.backends.urls(data_dir.clone());
     let embedded = !urls.all_shared();
+    if args.presigned_transfer {
+        urls.check_presigned()?;
+    }
     if embedded {
         crate::privacy::private_dir(&data_dir, "the server's data directory")?;
     }
@@ -149,7 +158,10 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     // Opened off the runtime: the shared backends block on their own I/O runtimes while connecting.
-    let storage = Storage::open_serving(&urls)?;
+    let mut storage = Storage::open_serving(&urls)?;
+    if args.presigned_transfer {
+        storage.offer_presigned()?;
+    }
     runtime.block_on(async {
         let options = ServeOptions {
             listen,

@@ -22,6 +22,7 @@ pub mod model;
 pub mod overview;
 pub mod planner;
 pub mod presence;
+pub mod presigned;
 pub mod recover;
 pub mod remote;
 pub mod residency;

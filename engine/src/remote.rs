@@ -1,8 +1,15 @@
 //! The engine's connection to a BitVault server: the gRPC `Sync` client with the device token attached
 //! to every call, and TLS verification for `https://` URLs (system roots, or a private CA).
+//!
+//! Chunk bytes take the presigned path (ADR-0011) when the server offers it (`Hello`): uploads are
+//! PUT to the object store and confirmed (the server verifies them), downloads are GET from it. If
+//! that fails at the HTTP level (or the server stops offering it), the same chunks go through the
+//! gRPC streams instead, and the presigned path rests for [`PRESIGNED_REST`].
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use bvfs_proto::v1::{self, sync_client::SyncClient};
 use bvfs_proto::{AUTHORIZATION, MAX_MESSAGE_BYTES};
@@ -12,6 +19,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::chunking::{ChunkId, ChunkRef};
+use crate::presigned::{HttpError, HttpTransfer};
+
+/// How long the presigned path rests after an HTTP-level failure (chunks go through the server).
+pub const PRESIGNED_REST: Duration = Duration::from_secs(60);
+/// Presigned transfers one call runs at once.
+const PRESIGNED_CONCURRENCY: usize = 8;
 
 /// Where the server is and how to prove who we are.
 #[derive(Debug, Clone)]
@@ -286,6 +299,8 @@ pub struct Hello {
     pub head_tag: u64,
     /// The namespace's identity (empty from a server that predates it).
     pub namespace: Vec<u8>,
+    /// Whether the server offers presigned chunk transfer (ADR-0011).
+    pub presigned_transfer: bool,
 }
 
 /// A stream of "the namespace advanced to N" notifications.
@@ -384,18 +399,276 @@ fn unimplemented_call(call: &str) -> RemoteError {
 #[derive(Clone)]
 pub struct GrpcRemote {
     api: SyncApi,
+    presigned: Arc<PresignedPath>,
+}
+
+/// Whether, and how, chunk bytes take the presigned path.
+#[derive(Default)]
+struct PresignedPath {
+    /// What the server's last `Hello` said: [`UNKNOWN`], [`OFFERED`] or [`NOT_OFFERED`].
+    offered: AtomicU8,
+    /// The HTTP client, made on first use (`Err`: it could not be set up; gRPC only).
+    http: std::sync::OnceLock<Result<HttpTransfer, String>>,
+    /// Until when the path rests after a failure.
+    resting_until: parking_lot::Mutex<Option<Instant>>,
+}
+
+const UNKNOWN: u8 = 0;
+const OFFERED: u8 = 1;
+const NOT_OFFERED: u8 = 2;
+
+/// Why the presigned path did not move the chunks.
+enum PresignedFailure {
+    /// Send them through the server instead (after this reason, logged).
+    Fallback(String),
+    /// The store lacks a chunk asked for: the server's own answer says which (no fault of the path).
+    NotStored,
+    /// The server no longer offers presigned transfer (restarted without it): gRPC from now on,
+    /// until a `Hello` says otherwise.
+    Withdrawn,
+    /// A failure the gRPC path would share (the server is unreachable, the token refused).
+    Remote(RemoteError),
+}
+
+impl From<RemoteError> for PresignedFailure {
+    fn from(error: RemoteError) -> Self {
+        match error {
+            RemoteError::Rejected { ref reason, .. } if reason == "presign-unavailable" => {
+                PresignedFailure::Withdrawn
+            }
+            // A pending upload the server did not find or refused (`not-found`, `invalid-chunk`:
+            // changed on its way through the store): the gRPC path sends and checks them again.
+            RemoteError::Rejected { ref reason, .. }
+                if reason == "not-found" || reason == "invalid-chunk" =>
+            {
+                PresignedFailure::Fallback(error.to_string())
+            }
+            RemoteError::Corrupt(message) => PresignedFailure::Fallback(message),
+            other => PresignedFailure::Remote(other),
+        }
+    }
 }
 
 impl GrpcRemote {
     /// A remote that connects lazily and reconnects on its own, so the engine can start offline.
     pub fn new(config: &RemoteConfig) -> Result<Self, ConnectError> {
-        Ok(Self {
-            api: connect_lazy(config)?,
-        })
+        Ok(Self::from_api(connect_lazy(config)?))
     }
 
     pub fn from_api(api: SyncApi) -> Self {
-        Self { api }
+        Self {
+            api,
+            presigned: Arc::default(),
+        }
+    }
+
+    /// The HTTP client of the presigned path, if the server offers it and it is not resting. Asks
+    /// the server (`Hello`) once if no answer told yet.
+    async fn presigned_http(&self) -> Option<HttpTransfer> {
+        let path = &self.presigned;
+        if path.offered.load(Ordering::Relaxed) == UNKNOWN && self.hello().await.is_err() {
+            return None;
+        }
+        if path.offered.load(Ordering::Relaxed) != OFFERED {
+            return None;
+        }
+        if let Some(until) = *path.resting_until.lock()
+            && Instant::now() < until
+        {
+            return None;
+        }
+        let http = path.http.get_or_init(|| {
+            HttpTransfer::new().inspect_err(|e| {
+                tracing::warn!("presigned transfer is off: {e}; chunks go through the server");
+            })
+        });
+        http.as_ref().ok().cloned()
+    }
+
+    /// What the caller does after the presigned path failed: rest it, forget it, or neither.
+    fn after_failure(&self, what: &str, failure: PresignedFailure) -> Result<(), RemoteError> {
+        match failure {
+            PresignedFailure::Remote(e) => return Err(e),
+            PresignedFailure::Fallback(reason) => self.rest_presigned(what, &reason),
+            PresignedFailure::NotStored => {}
+            PresignedFailure::Withdrawn => {
+                tracing::info!("the server no longer offers presigned transfer; using gRPC");
+                self.presigned.offered.store(NOT_OFFERED, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs why the presigned path failed and rests it.
+    fn rest_presigned(&self, what: &str, reason: &str) {
+        tracing::warn!(
+            "presigned {what} failed ({reason}); sending the chunks through the server, and so for \
+             the next {} s",
+            PRESIGNED_REST.as_secs()
+        );
+        *self.presigned.resting_until.lock() = Some(Instant::now() + PRESIGNED_REST);
+    }
+
+    /// Uploads `chunks` through presigned PUTs, then has the server verify and store them.
+    async fn put_presigned(
+        &self,
+        http: &HttpTransfer,
+        chunks: &[(ChunkId, Vec<u8>)],
+    ) -> Result<(), PresignedFailure> {
+        use futures::{StreamExt, TryStreamExt};
+        for group in chunks.chunks(bvfs_proto::MAX_PRESIGN_CHUNKS) {
+            let request = v1::PresignUploadsRequest {
+                chunks: group
+                    .iter()
+                    .map(|(id, data)| v1::ChunkRef {
+                        id: id.0.to_vec(),
+                        length: data.len() as u32,
+                    })
+                    .collect(),
+            };
+            let answer = self
+                .api
+                .clone()
+                .presign_uploads(request)
+                .await
+                .map_err(RemoteError::from)?
+                .into_inner();
+            if answer.uploads.len() != group.len()
+                || answer
+                    .uploads
+                    .iter()
+                    .zip(group)
+                    .any(|(u, (id, _))| u.id != id.0)
+            {
+                return Err(PresignedFailure::Fallback(
+                    "the server's PresignUploads answer does not match the request".into(),
+                ));
+            }
+            // Owned URLs and bytes: `async_trait`'s boxed future cannot hold closures over borrows.
+            let puts: Vec<(String, Vec<u8>)> = answer
+                .uploads
+                .iter()
+                .zip(group)
+                .map(|(upload, (_, data))| (upload.url.clone(), data.clone()))
+                .collect();
+            futures::stream::iter(puts)
+                .map(|(url, data)| {
+                    let http = http.clone();
+                    async move { http.put(&url, data).await }
+                })
+                .buffer_unordered(PRESIGNED_CONCURRENCY)
+                .try_collect::<Vec<()>>()
+                .await
+                .map_err(|e| PresignedFailure::Fallback(e.to_string()))?;
+            let confirm = v1::ConfirmUploadsRequest {
+                uploads: answer
+                    .uploads
+                    .into_iter()
+                    .map(|u| v1::PendingUpload {
+                        id: u.id,
+                        upload_ref: u.upload_ref,
+                    })
+                    .collect(),
+            };
+            self.api
+                .clone()
+                .confirm_uploads(confirm)
+                .await
+                .map_err(RemoteError::from)?;
+        }
+        Ok(())
+    }
+
+    /// Downloads `ids` through presigned GETs, in order, unverified (as [`Remote::get_chunks`]).
+    async fn get_presigned(
+        &self,
+        http: &HttpTransfer,
+        ids: &[ChunkId],
+    ) -> Result<Vec<(ChunkId, Vec<u8>)>, PresignedFailure> {
+        use futures::{StreamExt, TryStreamExt};
+        let mut out = Vec::with_capacity(ids.len());
+        for group in ids.chunks(bvfs_proto::MAX_PRESIGN_CHUNKS) {
+            let answer = self
+                .api
+                .clone()
+                .presign_downloads(v1::PresignDownloadsRequest {
+                    ids: group.iter().map(|id| id.0.to_vec()).collect(),
+                })
+                .await
+                .map_err(RemoteError::from)?
+                .into_inner();
+            if answer.downloads.len() != group.len()
+                || answer
+                    .downloads
+                    .iter()
+                    .zip(group)
+                    .any(|(d, id)| d.id != id.0)
+            {
+                return Err(PresignedFailure::Fallback(
+                    "the server's PresignDownloads answer does not match the request".into(),
+                ));
+            }
+            let urls: Vec<String> = answer.downloads.into_iter().map(|d| d.url).collect();
+            let fetched: Vec<Vec<u8>> = futures::stream::iter(urls)
+                .map(|url| {
+                    let http = http.clone();
+                    async move { http.get(&url).await }
+                })
+                .buffered(PRESIGNED_CONCURRENCY)
+                .try_collect()
+                .await
+                .map_err(|e| match e {
+                    HttpError::NotFound => PresignedFailure::NotStored,
+                    HttpError::Failed(reason) => PresignedFailure::Fallback(reason),
+                })?;
+            out.extend(group.iter().copied().zip(fetched));
+        }
+        Ok(out)
+    }
+
+    /// The gRPC `PutChunks` stream.
+    async fn put_chunks_grpc(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<(), RemoteError> {
+        let messages: Vec<_> = chunks
+            .into_iter()
+            .map(|(id, data)| v1::PutChunkRequest {
+                id: id.0.to_vec(),
+                data,
+            })
+            .collect();
+        self.api
+            .clone()
+            .put_chunks(futures::stream::iter(messages))
+            .await?;
+        Ok(())
+    }
+
+    /// The gRPC `GetChunks` stream.
+    async fn get_chunks_grpc(
+        &self,
+        ids: Vec<ChunkId>,
+    ) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
+        use futures::StreamExt;
+        let mut stream = self
+            .api
+            .clone()
+            .get_chunks(v1::GetChunksRequest {
+                ids: ids.iter().map(|id| id.0.to_vec()).collect(),
+            })
+            .await?
+            .into_inner();
+        let mut out = Vec::with_capacity(ids.len());
+        while let Some(message) = stream.next().await {
+            let message = message?;
+            out.push((chunk_id(&message.id)?, message.data));
+        }
+        if out.len() != ids.len() {
+            return Err(RemoteError::Unavailable(format!(
+                "the chunk stream ended after {} of {} chunks",
+                out.len(),
+                ids.len()
+            )));
+        }
+        Ok(out)
     }
 }
 
@@ -413,12 +686,19 @@ impl Remote for GrpcRemote {
             .hello(v1::HelloRequest {})
             .await?
             .into_inner();
+        let offered = if reply.presigned_transfer {
+            OFFERED
+        } else {
+            NOT_OFFERED
+        };
+        self.presigned.offered.store(offered, Ordering::Relaxed);
         Ok(Hello {
             tenant: reply.tenant,
             device: reply.device,
             head: reply.head,
             head_tag: reply.head_tag,
             namespace: reply.namespace_id,
+            presigned_transfer: reply.presigned_transfer,
         })
     }
 
@@ -500,43 +780,24 @@ impl Remote for GrpcRemote {
     }
 
     async fn put_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<(), RemoteError> {
-        let messages: Vec<_> = chunks
-            .into_iter()
-            .map(|(id, data)| v1::PutChunkRequest {
-                id: id.0.to_vec(),
-                data,
-            })
-            .collect();
-        self.api
-            .clone()
-            .put_chunks(futures::stream::iter(messages))
-            .await?;
-        Ok(())
+        if let Some(http) = self.presigned_http().await {
+            match self.put_presigned(&http, &chunks).await {
+                Ok(()) => return Ok(()),
+                Err(failure) => self.after_failure("upload", failure)?,
+            }
+        }
+        self.put_chunks_grpc(chunks).await
     }
 
     async fn get_chunks(&self, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
-        use futures::StreamExt;
-        let mut stream = self
-            .api
-            .clone()
-            .get_chunks(v1::GetChunksRequest {
-                ids: ids.iter().map(|id| id.0.to_vec()).collect(),
-            })
-            .await?
-            .into_inner();
-        let mut out = Vec::with_capacity(ids.len());
-        while let Some(message) = stream.next().await {
-            let message = message?;
-            out.push((chunk_id(&message.id)?, message.data));
+        if let Some(http) = self.presigned_http().await {
+            match self.get_presigned(&http, &ids).await {
+                Ok(chunks) => return Ok(chunks),
+                // A chunk the store lacks: the gRPC answer says which.
+                Err(failure) => self.after_failure("download", failure)?,
+            }
         }
-        if out.len() != ids.len() {
-            return Err(RemoteError::Unavailable(format!(
-                "the chunk stream ended after {} of {} chunks",
-                out.len(),
-                ids.len()
-            )));
-        }
-        Ok(out)
+        self.get_chunks_grpc(ids).await
     }
 
     async fn get_manifest(&self, id: Vec<u8>, revision: u64) -> Result<Vec<ChunkRef>, RemoteError> {

@@ -43,6 +43,14 @@ pub const MAX_CHUNK_REF_BYTES: usize = 42;
 /// server hash and store megabytes at a time.
 pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
 
+/// The most chunks one `PresignUploads`, `ConfirmUploads` or `PresignDownloads` request names.
+/// With URLs of at most [`MAX_PRESIGNED_URL_BYTES`], an answer stays under 2.2 MiB.
+pub const MAX_PRESIGN_CHUNKS: usize = 256;
+
+/// The longest presigned URL a server sends (a SigV4 URL with a session token is about 1.5 KiB);
+/// a longer one is the server's misconfiguration, refused rather than sent.
+pub const MAX_PRESIGNED_URL_BYTES: usize = 8 * 1024;
+
 /// The longest extended attribute value (ext4's limit), and the most bytes a node's extended
 /// attributes (names and values) take together, so that a node stays small in every page.
 pub const MAX_XATTR_VALUE_BYTES: usize = 64 * 1024;

@@ -6,6 +6,7 @@
 //! metadata = "postgres://bvfs@db.example.net/bvfs?sslmode=require"
 //! chunks = "s3://bvfs-chunks/prod"
 //! notify = "nats://nats.example.net:4222"
+//! presigned_transfer = true      # clients move chunk bytes to and from S3 directly
 //! tls_cert = "cert.pem"          # relative paths are relative to this file's directory
 //! tls_key = "key.pem"
 //! max_connections = 4096
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub metadata: Option<String>,
     pub chunks: Option<String>,
     pub notify: Option<String>,
+    /// `--presigned-transfer` (only with `chunks = "s3://…"`).
+    pub presigned_transfer: Option<bool>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_connections: Option<usize>,
@@ -197,6 +200,7 @@ mod tests {
             metadata = "postgres://bvfs@db/bvfs"
             chunks = "s3://bucket/prefix"
             notify = "nats://nats:4222"
+            presigned_transfer = true
             tls_cert = "/etc/bvfs/cert.pem"
             tls_key = "/etc/bvfs/key.pem"
             max_connections = 100
@@ -208,6 +212,7 @@ mod tests {
         assert_eq!(config.max_connections, Some(100));
         assert_eq!(config.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(config.chunks.as_deref(), Some("s3://bucket/prefix"));
+        assert_eq!(config.presigned_transfer, Some(true));
         assert_eq!(ServerConfig::parse("").unwrap(), ServerConfig::default());
     }
 

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod namespace;
 pub mod notify;
+pub mod presign;
 pub mod serve;
 pub mod service;
 pub mod staging;

@@ -57,6 +57,10 @@ pub enum Reason {
     CursorAhead,
     /// A node would sit deeper than `MAX_TREE_DEPTH` levels.
     TooDeep,
+    /// A presigned upload's bytes do not hash to its chunk id, or are too many (`ConfirmUploads`).
+    InvalidChunk,
+    /// This server does not offer presigned chunk transfer.
+    PresignUnavailable,
 }
 
 impl Reason {
@@ -80,6 +84,8 @@ impl Reason {
             Reason::JournalDiverged => "journal-diverged",
             Reason::CursorAhead => "cursor-ahead",
             Reason::TooDeep => "too-deep",
+            Reason::InvalidChunk => "invalid-chunk",
+            Reason::PresignUnavailable => "presign-unavailable",
         }
     }
 
@@ -100,8 +106,10 @@ impl Reason {
             | Reason::KindMismatch
             | Reason::UnknownManifest
             | Reason::JournalDiverged
-            | Reason::TooDeep => Code::FailedPrecondition,
+            | Reason::TooDeep
+            | Reason::PresignUnavailable => Code::FailedPrecondition,
             Reason::CursorAhead => Code::OutOfRange,
+            Reason::InvalidChunk => Code::DataLoss,
         }
     }
 }

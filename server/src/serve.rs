@@ -129,7 +129,7 @@ impl BoundServer {
                 (heads, relay)
             }
         };
-        Self::bind_parts(
+        let mut server = Self::bind_parts(
             storage.meta.clone(),
             storage.chunks.clone(),
             heads,
@@ -137,7 +137,11 @@ impl BoundServer {
             metrics,
             options,
         )
-        .await
+        .await?;
+        server.service = server
+            .service
+            .with_presigned_transfer(storage.presign.clone());
+        Ok(server)
     }
 
     async fn bind_parts(

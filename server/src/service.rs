@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use bvfs_proto::v1::sync_server::Sync;
 use bvfs_proto::v1::{
-    self, Change, ChunkData, CommitRequest, CommitResponse, DeletedNode, FindMissingChunksRequest,
-    FindMissingChunksResponse, GetChunksRequest, GetManifestRequest, HelloRequest, HelloResponse,
-    ListChangesRequest, ListChangesResponse, ListDeletedRequest, ListDeletedResponse,
-    ListVersionsRequest, ListVersionsResponse, ManifestPage, PutChunkRequest, PutChunksResponse,
-    PutManifestResponse, RestoreVersionRequest, SnapshotRequest, SnapshotResponse, SubscribeEvent,
-    SubscribeRequest, UndeleteRequest, Version,
+    self, Change, ChunkData, CommitRequest, CommitResponse, ConfirmUploadsRequest,
+    ConfirmUploadsResponse, DeletedNode, FindMissingChunksRequest, FindMissingChunksResponse,
+    GetChunksRequest, GetManifestRequest, HelloRequest, HelloResponse, ListChangesRequest,
+    ListChangesResponse, ListDeletedRequest, ListDeletedResponse, ListVersionsRequest,
+    ListVersionsResponse, ManifestPage, PresignDownloadsRequest, PresignDownloadsResponse,
+    PresignUploadsRequest, PresignUploadsResponse, PresignedDownload, PresignedUpload,
+    PutChunkRequest, PutChunksResponse, PutManifestResponse, RestoreVersionRequest,
+    SnapshotRequest, SnapshotResponse, SubscribeEvent, SubscribeRequest, UndeleteRequest, Version,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::{Stream, StreamExt};
@@ -25,7 +27,9 @@ use crate::bounds::{elide, elide_response, fitting, fitting_elided};
 use crate::metrics::{Metrics, UploadRefusal};
 use crate::namespace::{self, MAX_CHUNK_BYTES, Reason, chunk_key, node_key, reject};
 use crate::notify::{HeadNotifier, MAX_SUBSCRIPTIONS_PER_TENANT};
+use crate::presign;
 use crate::staging::{MAX_MANIFEST_CHUNKS, Staging, check_chunk_ref};
+use crate::store::s3::{ConfirmError, Confirmed, PRESIGN_EXPIRY, S3ChunkStore};
 use crate::store::sqlite::store_status;
 use crate::store::{ChunkStore, JournalEntry, MetaStore, Principal, ROOT_ID, StoreError, TenantId};
 
@@ -64,6 +68,8 @@ pub struct SyncService {
     metrics: Arc<Metrics>,
     /// The collection epoch each tenant's commits saw last ([`crate::gc`]).
     gc_epochs: Arc<crate::gc::EpochMemory>,
+    /// The store that signs transfer URLs, when presigned transfer is offered ([`crate::presign`]).
+    presign: Option<Arc<S3ChunkStore>>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -189,7 +195,20 @@ impl SyncService {
             upload_idle: UPLOAD_IDLE,
             metrics: Arc::default(),
             gc_epochs: Arc::default(),
+            presign: None,
         }
+    }
+
+    /// The same service offering presigned chunk transfer through `store` (ADR-0011), which must
+    /// be the service's chunk store.
+    pub fn with_presigned_transfer(mut self, store: Option<Arc<S3ChunkStore>>) -> Self {
+        self.presign = store;
+        self
+    }
+
+    /// The presigning store, or the refusal of a server that offers none.
+    fn presigner(&self) -> Result<Arc<S3ChunkStore>, Status> {
+        self.presign.clone().ok_or_else(presign::unavailable)
     }
 
     /// The same service counting into `metrics` (shared with the rest of the process).
@@ -338,6 +357,7 @@ impl Sync for SyncService {
             head,
             namespace_id: namespace_id.to_vec(),
             head_tag,
+            presigned_transfer: self.presign.is_some(),
         }))
     }
 
@@ -904,6 +924,115 @@ impl Sync for SyncService {
         Ok(Response::new(PutManifestResponse {
             manifest_ref: key.to_vec(),
             chunk_count,
+        }))
+    }
+
+    async fn presign_uploads(
+        &self,
+        request: Request<PresignUploadsRequest>,
+    ) -> Result<Response<PresignUploadsResponse>, Status> {
+        let (who, _admitted) = self.admit(&request).await?;
+        let store = self.presigner()?;
+        let keys = presign::upload_keys(&request.into_inner().chunks)?;
+        let signed = blocking({
+            let keys = keys.clone();
+            move || {
+                store
+                    .presign_uploads(who.tenant, &keys)
+                    .map_err(store_status)
+            }
+        })
+        .await?;
+        self.metrics.record_presigned("PUT", signed.len());
+        let uploads = keys
+            .iter()
+            .zip(signed)
+            .map(|(id, (url, upload))| PresignedUpload {
+                id: id.to_vec(),
+                url,
+                upload_ref: upload.to_vec(),
+            })
+            .collect();
+        Ok(Response::new(PresignUploadsResponse {
+            uploads,
+            expires_in_seconds: PRESIGN_EXPIRY.as_secs() as u32,
+        }))
+    }
+
+    async fn confirm_uploads(
+        &self,
+        request: Request<ConfirmUploadsRequest>,
+    ) -> Result<Response<ConfirmUploadsResponse>, Status> {
+        let (who, _admitted) = self.admit(&request).await?;
+        let store = self.presigner()?;
+        let uploads = presign::pending_uploads(&request.into_inner().uploads)?;
+        let outcomes = blocking({
+            let uploads = uploads.clone();
+            move || Ok(store.confirm_uploads(who.tenant, &uploads))
+        })
+        .await?;
+        // Every outcome counts, also those after a refusal: they are stored (or discarded) already.
+        let mut reply = ConfirmUploadsResponse::default();
+        let mut refusal = None;
+        for ((id, _), outcome) in uploads.iter().zip(outcomes) {
+            match outcome {
+                Ok((how, len)) => {
+                    self.metrics.chunk_bytes_confirmed.inc_by(len);
+                    match how {
+                        Confirmed::Stored => reply.stored += 1,
+                        Confirmed::AlreadyPresent => reply.already_present += 1,
+                    }
+                }
+                Err(error) => {
+                    let why = match error {
+                        ConfirmError::Missing => None,
+                        ConfirmError::Store(_) => Some(UploadRefusal::Store),
+                        ConfirmError::TooLarge(_) => Some(UploadRefusal::Malformed),
+                        ConfirmError::Mismatch(_) => Some(UploadRefusal::HashMismatch),
+                    };
+                    if let Some(why) = why {
+                        self.metrics.record_upload_refused(why);
+                    }
+                    if refusal.is_none() {
+                        refusal = Some(presign::confirm_refusal(id, error));
+                    }
+                }
+            }
+        }
+        match refusal {
+            Some(status) => Err(status),
+            None => Ok(Response::new(reply)),
+        }
+    }
+
+    async fn presign_downloads(
+        &self,
+        request: Request<PresignDownloadsRequest>,
+    ) -> Result<Response<PresignDownloadsResponse>, Status> {
+        let (who, _admitted) = self.admit(&request).await?;
+        let store = self.presigner()?;
+        let keys = presign::download_keys(&request.into_inner().ids)?;
+        let urls = blocking({
+            let keys = keys.clone();
+            move || {
+                store
+                    .presign_downloads(who.tenant, &keys)
+                    .map_err(store_status)
+            }
+        })
+        .await?;
+        self.metrics.record_presigned("GET", urls.len());
+        let downloads = keys
+            .iter()
+            .zip(urls)
+            .map(|(id, url)| PresignedDownload {
+                id: id.to_vec(),
+                url,
+            })
+            .collect();
+        Ok(Response::new(PresignDownloadsResponse {
+            downloads,
+            expires_in_seconds: PRESIGN_EXPIRY.as_secs() as u32,
         }))
     }
 }

@@ -81,6 +81,19 @@ impl StorageUrls {
                 .is_some_and(|c| c.starts_with("s3://"))
     }
 
+    /// Checks that presigned chunk transfer (`--presigned-transfer`) can be offered: only on an S3
+    /// chunk store, where clients can be handed URLs of the object store.
+    pub fn check_presigned(&self) -> anyhow::Result<()> {
+        match self.chunks()? {
+            ChunksUrl::S3(_) => Ok(()),
+            ChunksUrl::Dir(dir) => bail!(
+                "--presigned-transfer hands clients URLs of an object store; it needs \
+                 --chunks s3://BUCKET[/PREFIX], but chunks are in the directory {}",
+                dir.display()
+            ),
+        }
+    }
+
     /// Opens only the metadata store (for `bvfs admin`, beside running servers).
     pub fn open_metadata(&self) -> anyhow::Result<Arc<dyn MetaStore>> {
         Ok(match self.metadata() {
@@ -135,6 +148,10 @@ pub struct Storage {
     pub meta: Arc<dyn MetaStore>,
     pub chunks: Arc<dyn ChunkStore>,
     pub notify: Notify,
+    /// The S3 chunk store, when chunks are there (the same store as `chunks`).
+    s3: Option<Arc<S3ChunkStore>>,
+    /// Set by [`Storage::offer_presigned`]: the store that signs clients' transfer URLs.
+    pub presign: Option<Arc<S3ChunkStore>>,
     description: Vec<(&'static str, String)>,
     /// Held while serving: one process per embedded part.
     _locks: Vec<File>,
@@ -187,6 +204,7 @@ impl Storage {
                 (Arc::new(sqlite(path)?), None)
             }
         };
+        let mut s3 = None;
         let chunks: Arc<dyn ChunkStore> = match chunk_url {
             ChunksUrl::Dir(dir) => {
                 description.push(("chunks", dir.display().to_string()));
@@ -200,7 +218,9 @@ impl Storage {
             ChunksUrl::S3(location) => {
                 description.push(("chunks", location.to_string()));
                 let rt = Arc::new(IoRuntime::new("bvfs-s3", 2)?);
-                Arc::new(S3ChunkStore::open(location, rt)?)
+                let store = Arc::new(S3ChunkStore::open(location, rt)?);
+                s3 = Some(store.clone());
+                store
             }
         };
         let notify = match (urls.notify.as_deref(), outbox) {
@@ -217,9 +237,26 @@ impl Storage {
             meta,
             chunks,
             notify,
+            s3,
+            presign: None,
             description,
             _locks: locks,
         })
+    }
+
+    /// Offers presigned chunk transfer (ADR-0011): clients move chunk bytes to and from the S3
+    /// store directly. Refused unless chunks are in S3.
+    pub fn offer_presigned(&mut self) -> anyhow::Result<()> {
+        let Some(s3) = &self.s3 else {
+            bail!(
+                "--presigned-transfer hands clients URLs of an object store; it needs --chunks \
+                 s3://BUCKET[/PREFIX]"
+            );
+        };
+        self.presign = Some(s3.clone());
+        self.description
+            .push(("transfer", "presigned (clients reach S3 directly)".into()));
+        Ok(())
     }
 
     /// The backends, secrets hidden: `(name, where)` pairs for the start-up line.
@@ -293,6 +330,28 @@ mod tests {
         let err = Storage::open_serving(&urls).err().unwrap().to_string();
         assert!(err.contains("needs --metadata postgres://"), "{err}");
         assert!(!dir.path().join("lock").exists());
+    }
+
+    /// Presigned transfer needs an object store to sign URLs of: refused on a chunk directory,
+    /// before anything is opened, and on opened embedded storage too.
+    #[test]
+    fn presigned_transfer_without_s3_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let urls = StorageUrls {
+            data: dir.path().to_owned(),
+            ..StorageUrls::default()
+        };
+        let err = urls.check_presigned().unwrap_err().to_string();
+        assert!(err.contains("needs --chunks s3://"), "{err}");
+        let mut storage = Storage::open_serving(&urls).unwrap();
+        let err = storage.offer_presigned().unwrap_err().to_string();
+        assert!(err.contains("needs --chunks s3://"), "{err}");
+        assert!(storage.presign.is_none());
+        let s3 = StorageUrls {
+            chunks: Some("s3://vault/team".into()),
+            ..urls
+        };
+        s3.check_presigned().unwrap();
     }
 
     /// The default layout is today's data directory: one lock, the catalog and the chunks inside.

@@ -14,6 +14,8 @@
 //! | `ops_committed_total` | counter | ops in committed writes (a restore or undelete is one op) |
 //! | `chunk_bytes_received_total` | counter | chunk bytes accepted by `PutChunks` (stored or already present) |
 //! | `chunk_bytes_sent_total` | counter | chunk bytes sent by `GetChunks` |
+//! | `chunk_bytes_confirmed_total` | counter | chunk bytes of presigned uploads verified by `ConfirmUploads` (stored or already present; they never crossed gRPC) |
+//! | `presigned_urls_total{method}` | counter | presigned URLs handed out: `PUT` (uploads), `GET` (downloads) |
 //! | `chunk_uploads_refused_total{reason}` | counter | chunks refused on upload: `malformed` (size, id), `hash-mismatch`, `store` (the chunk store failed) |
 //! | `grpc_errors_total{code}` | counter | `Sync` requests answered with an error, by gRPC code name |
 //! | `requests_in_flight` | gauge | `Sync` requests being handled (a stream until its last message) |
@@ -91,6 +93,8 @@ pub struct Metrics {
     pub ops_committed: Counter,
     pub chunk_bytes_received: Counter,
     pub chunk_bytes_sent: Counter,
+    pub chunk_bytes_confirmed: Counter,
+    presigned_urls: Family<Label, Counter>,
     uploads_refused: Family<Label, Counter>,
     errors: Family<Label, Counter>,
     pub requests_in_flight: Gauge,
@@ -135,6 +139,18 @@ impl Metrics {
             "Chunk bytes sent by GetChunks",
             chunk_bytes_sent.clone(),
         );
+        let chunk_bytes_confirmed = Counter::default();
+        registry.register(
+            "chunk_bytes_confirmed",
+            "Chunk bytes of presigned uploads verified by ConfirmUploads",
+            chunk_bytes_confirmed.clone(),
+        );
+        let presigned_urls = Family::<Label, Counter>::default();
+        registry.register(
+            "presigned_urls",
+            "Presigned URLs handed out, by HTTP method",
+            presigned_urls.clone(),
+        );
         registry.register(
             "chunk_uploads_refused",
             "Chunks refused on upload, by reason",
@@ -168,12 +184,17 @@ impl Metrics {
         ] {
             let _ = commits.get_or_create(&[("outcome", outcome.label())]);
         }
+        for method in ["PUT", "GET"] {
+            let _ = presigned_urls.get_or_create(&[("method", method)]);
+        }
         Self {
             registry,
             commits,
             ops_committed,
             chunk_bytes_received,
             chunk_bytes_sent,
+            chunk_bytes_confirmed,
+            presigned_urls,
             uploads_refused,
             errors,
             requests_in_flight,
@@ -198,6 +219,13 @@ impl Metrics {
     }
 
     /// Counts a chunk refused on upload.
+    /// Counts presigned URLs handed out for `method` (`PUT` or `GET`).
+    pub fn record_presigned(&self, method: &'static str, urls: usize) {
+        self.presigned_urls
+            .get_or_create(&[("method", method)])
+            .inc_by(urls as u64);
+    }
+
     pub fn record_upload_refused(&self, why: UploadRefusal) {
         self.uploads_refused
             .get_or_create(&[("reason", why.label())])

@@ -236,4 +236,20 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Deletes a chunk; false if it was not stored. Only [`crate::gc`] calls it, under the rules
     /// written there.
     fn delete(&self, tenant: TenantId, id: &ChunkKey) -> StoreResult<bool>;
+    /// Deletes presigned uploads never confirmed and last written longer than `older_than` ago
+    /// (`bvfs admin gc`). They are never chunks: no commit can name one. Stores without presigned
+    /// transfer have none.
+    fn sweep_pending(&self, older_than: std::time::Duration) -> StoreResult<PendingSweep> {
+        let _ = older_than;
+        Ok(PendingSweep::default())
+    }
+}
+
+/// What [`ChunkStore::sweep_pending`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PendingSweep {
+    pub deleted: usize,
+    pub bytes: u64,
+    /// Pending uploads younger than the grace period, kept.
+    pub kept: usize,
 }
