@@ -361,7 +361,10 @@ async fn retention_between_check_and_transaction_refuses_the_commit() {
     // Back to the old content, trusting the server still has its chunk.
     let refused = f.commit(vec![update(&id, v2, &old)]).await.unwrap_err();
     assert_eq!(reason(&refused), "missing-chunks", "{refused:?}");
-    assert!(f.chunks.hook.lock().is_none(), "retention and the collection ran");
+    assert!(
+        f.chunks.hook.lock().is_none(),
+        "retention and the collection ran"
+    );
     assert_eq!(f.meta.head(f.tenant).unwrap(), v2, "nothing was committed");
 
     let v3 = f
@@ -372,7 +375,10 @@ async fn retention_between_check_and_transaction_refuses_the_commit() {
     let report = Fixture::compact_and_collect(f.meta.as_ref(), f.chunks.as_ref(), f.tenant);
     assert_eq!(report.versions_dropped, 1, "v2 is superseded: {report:?}");
     assert_eq!(report.chunks_deleted, 1, "v2's chunk: {report:?}");
-    let versions = f.meta.versions(f.tenant, &id.clone().try_into().unwrap()).unwrap();
+    let versions = f
+        .meta
+        .versions(f.tenant, &id.clone().try_into().unwrap())
+        .unwrap();
     assert_eq!(versions.iter().map(|v| v.seq).collect::<Vec<_>>(), [v3]);
     let chunk = *blake3::hash(&old).as_bytes();
     assert_eq!(f.chunks.get(f.tenant, &chunk).unwrap(), Some(old));
@@ -436,6 +442,10 @@ async fn restoring_a_version_dropped_meanwhile_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(reason(&refused), "expired", "{refused:?}");
-    assert_eq!(f.meta.head(f.tenant).unwrap(), deleted, "nothing was committed");
+    assert_eq!(
+        f.meta.head(f.tenant).unwrap(),
+        deleted,
+        "nothing was committed"
+    );
     assert_eq!(f.meta.versions(f.tenant, &key).unwrap().len(), 1);
 }
