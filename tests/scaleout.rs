@@ -1394,6 +1394,75 @@ async fn servers_ride_out_a_postgres_restart() {
     }
 }
 
+/// Retention on PostgreSQL and S3 (window 0: every superseded version dropped as soon as a
+/// collection sees it) while a device edits files through one server, some edits bringing back
+/// content whose last version was just dropped without uploading it again, and another device
+/// commits through the other server: every chunk a kept version names is still stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_on_postgres_and_s3_never_deletes_a_chunk_a_kept_version_names() {
+    let cluster = Cluster::start(2);
+    let laptop = cluster.add_user("alice", "laptop");
+    let phone = cluster.add_user("alice", "phone");
+    let out = bvfs()
+        .args([
+            "admin",
+            "retention",
+            "alice",
+            "--window-secs",
+            "0",
+            "--metadata",
+        ])
+        .arg(&cluster.services.pg.url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut gc_args = vec!["--metadata".to_string(), cluster.services.pg.url.clone()];
+    gc_args.extend(["--chunks".to_string(), "s3://bvfs/team".to_string()]);
+    let env = cluster.services.s3.env();
+    cluster.services.s3.stop_checking_signatures();
+
+    let mut on_one = client(&cluster.servers[0].url, &laptop).await;
+    let mut on_two = client(&cluster.servers[1].url, &phone).await;
+    let (stats, two) = tokio::join!(
+        common::gc_race::commits_racing_retention(&mut on_one, gc_args.clone(), env.clone(), 8),
+        async {
+            let mut n = 0;
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < deadline {
+                n += 1;
+                let data = format!("phone {n} {}", uuid::Uuid::new_v4()).repeat(64);
+                loop {
+                    put_blob(&mut on_two, data.as_bytes()).await;
+                    let op = create(
+                        &new_id(),
+                        &root(),
+                        &format!("p{n}"),
+                        v1::NodeKind::File,
+                        file_attrs(data.as_bytes()),
+                    );
+                    match commit(&mut on_two, vec![op]).await {
+                        Ok(_) => break,
+                        Err(status) if reason(&status) == "missing-chunks" => continue,
+                        Err(status) => panic!("commit through the second server: {status:?}"),
+                    }
+                }
+            }
+            n
+        }
+    );
+    eprintln!("{stats:?}, {two} commits through the second server");
+    assert!(stats.commits > 5 && two > 5, "{stats:?} {two}");
+    assert!(stats.versions_dropped > 0, "{stats:?}");
+    assert!(
+        stats.chunks_deleted > 0,
+        "dropped versions' chunks were freed: {stats:?}"
+    );
+}
+
 /// `bvfs admin gc` on PostgreSQL and S3, again and again, while a device commits through one
 /// server and another device through the other: the collector deletes the chunks no commit named,
 /// never one an acknowledged commit names (the collection epoch in the head row, `gc.rs`).
