@@ -321,11 +321,17 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
                     report.tenants
                 );
             } else {
+                let retention = if report.tenants_with_retention > 0 {
+                    format!(
+                        "; {} version(s) past {} user(s)' retention period dropped",
+                        report.versions_dropped, report.tenants_with_retention
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "dropped {} version(s) past retention periods; deleted {} unreferenced \
-                     chunk(s), {} bytes freed ({} stored, {} referenced, {} newer than the grace \
-                     period, over {} user(s))",
-                    report.versions_dropped,
+                    "deleted {} unreferenced chunk(s), {} bytes freed ({} stored, {} referenced, {} \
+                     newer than the grace period, over {} user(s)){retention}",
                     report.chunks_deleted,
                     report.bytes_freed,
                     report.chunks_stored,
