@@ -381,7 +381,7 @@ fn retention(
     let set = match (days, window_secs, keep_all) {
         (_, _, true) => Some(None),
         (Some(days), _, _) => {
-            if !days.is_finite() || days < 0.0 || days > 1e6 {
+            if !(0.0..=1e6).contains(&days) {
                 anyhow::bail!("--days takes a number of days between 0 and 1000000, got {days}");
             }
             Some(Some(std::time::Duration::from_secs_f64(days * 86_400.0)))

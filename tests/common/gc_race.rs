@@ -236,7 +236,7 @@ pub async fn commits_racing_retention(
         i += 1;
         let k = i % files.len();
         // Every third edit brings back the content of two versions ago, not uploaded again.
-        let (data, uploaded) = if i % 3 == 0 && files[k].2.len() >= 2 {
+        let (data, uploaded) = if i.is_multiple_of(3) && files[k].2.len() >= 2 {
             (files[k].2[files[k].2.len() - 2].clone(), false)
         } else {
             let data = format!("file {k} v{i} {}", uuid::Uuid::new_v4()).repeat(32);
