@@ -964,6 +964,78 @@ fn journal_compaction_is_exact_and_the_same_on_both_backends() {
     );
 }
 
+/// `bvfs admin migrate` of a compacted namespace: the window, the journal floor, the tags of
+/// dropped entries and the retired ids go along, so positions below the floor are still refused
+/// (not served with a gap) and dropped ids are still used.
+#[test]
+fn migrating_a_compacted_namespace_keeps_its_floor_tags_and_retired_ids() {
+    use bvfs_server::namespace::apply_commit;
+    use bvfs_server::store::fs_chunks::FsChunkStore;
+    use bvfs_server::store::postgres::PgMetaStore;
+    use bvfs_server::store::sqlite::SqliteMetaStore;
+    use bvfs_server::store::{MetaStore, NodeKey};
+
+    let pg_cluster = common::services::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let from = SqliteMetaStore::open(&dir.path().join("meta.sqlite")).unwrap();
+    let from_chunks = FsChunkStore::open(&dir.path().join("chunks")).unwrap();
+    let tenant = from.create_tenant("alice").unwrap();
+    let ids: Vec<Vec<u8>> = (0..3u8).map(|i| [i + 1; 16].to_vec()).collect();
+    let commit = |ops: Vec<v1::Op>| {
+        from.write(tenant, &mut |txn| {
+            apply_commit(txn, &ops, (0, 0), "laptop", 10).map(drop)
+        })
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    };
+    commit(vec![
+        mkdir(&ids[0], &root(), "a"),
+        mkdir(&ids[1], &root(), "b"),
+    ]);
+    commit(vec![mv(&ids[0], 1, &root(), "a2")]);
+    commit(vec![delete(&ids[1], 2)]);
+    commit(vec![mkdir(&ids[2], &root(), "c")]);
+    let head = from.head(tenant).unwrap();
+    let tags: Vec<_> = (1..=head)
+        .map(|s| from.tag_at(tenant, s).unwrap())
+        .collect();
+    from.write(tenant, &mut |txn| {
+        txn.set_retention(Some(3_600)).unwrap();
+        txn.compact(4, 0, 4).unwrap();
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        from.changes_after(tenant, 0, 100, usize::MAX)
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let to = PgMetaStore::connect(&pg_cluster.url, false).unwrap();
+    let to_chunks = FsChunkStore::open(&dir.path().join("target-chunks")).unwrap();
+    let done =
+        bvfs_server::migrate::migrate(&from, &from_chunks, &to, &to_chunks, &mut |_| {}).unwrap();
+    assert_eq!(done.tenants, 1);
+    let moved = to.tenant_by_name("alice").unwrap().unwrap();
+    assert_eq!(to.journal_floor(moved).unwrap(), 4);
+    assert_eq!(
+        comparable(to.changes_after(moved, 0, 100, usize::MAX).unwrap()),
+        comparable(from.changes_after(tenant, 0, 100, usize::MAX).unwrap())
+    );
+    let moved_tags: Vec<_> = (1..=head).map(|s| to.tag_at(moved, s).unwrap()).collect();
+    assert_eq!(moved_tags, tags, "every position is still checked");
+    to.write(moved, &mut |txn| {
+        let gone: NodeKey = ids[1].as_slice().try_into().unwrap();
+        assert!(
+            txn.id_ever_used(&gone).unwrap(),
+            "the dropped node's id stays used"
+        );
+        assert_eq!(txn.retention().unwrap(), Some(3_600));
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// Commits per second on one tenant, `clients` clients spread over `urls`, for `secs` seconds;
 /// each commit is `ops` creates.
 async fn commit_rate(urls: &[String], token: &str, clients: usize, ops: usize, secs: f64) -> f64 {
