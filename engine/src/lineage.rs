@@ -115,3 +115,32 @@ impl Engine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::remote::RemoteError;
+
+    fn rejected(reason: &str) -> RemoteError {
+        RemoteError::from({
+            let mut status = tonic::Status::out_of_range("refused");
+            status
+                .metadata_mut()
+                .insert("bvfs-reason", reason.parse().unwrap());
+            status
+        })
+    }
+
+    /// A position below the server's journal floor is told apart from a diverged history: both
+    /// start again from a snapshot, but only a divergence means the server lost changes.
+    #[test]
+    fn a_compacted_position_is_not_a_divergence() {
+        let compacted = rejected("journal-compacted");
+        assert!(compacted.is_compacted());
+        assert!(!compacted.is_diverged());
+        assert!(compacted.is_refusal());
+        for other in ["cursor-ahead", "journal-diverged", "expired", ""] {
+            assert!(!rejected(other).is_compacted(), "{other}");
+        }
+        assert!(!RemoteError::Unavailable("journal-compacted".into()).is_compacted());
+    }
+}
