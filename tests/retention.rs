@@ -235,7 +235,7 @@ async fn versions_past_the_window_are_dropped_and_their_chunks_freed() {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&undelete), "not-found", "{undelete:?}");
+    assert_eq!(reason(&undelete), "expired", "{undelete:?}");
     let deleted = api
         .list_deleted(v1::ListDeletedRequest::default())
         .await

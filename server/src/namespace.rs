@@ -864,6 +864,18 @@ pub fn expired_version(seq: u64) -> Status {
     )
 }
 
+/// The refusal to undelete a node the retention policy dropped (deleted before its window).
+pub fn expired_node(id: &NodeKey) -> Status {
+    reject(
+        Reason::Expired,
+        None,
+        format!(
+            "node {} was deleted before this namespace's retention period and is gone for good",
+            short(id)
+        ),
+    )
+}
+
 /// The refusal of a position below the journal floor (`crate::retention`).
 pub fn compacted(cursor: u64, floor: u64) -> Status {
     reject(
@@ -898,14 +910,7 @@ pub fn undelete(
     // again), it is not the node's last state any more, and bringing it back would resurrect an
     // older version.
     if !applier.txn.has_entry(last.seq).map_err(store_status)? {
-        return Err(reject(
-            Reason::Expired,
-            None,
-            format!(
-                "node {} was deleted before the retention period and is gone for good",
-                short(&id)
-            ),
-        ));
+        return Err(expired_node(&id));
     }
     if applier.txn.last_seq_of(&id).map_err(store_status)? != Some(last.seq) {
         return Err(reject(

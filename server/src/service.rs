@@ -826,16 +826,21 @@ impl Sync for SyncService {
                 .into_iter()
                 .next();
             let Some(last) = last else {
-                let floor = meta.journal_floor(who.tenant).map_err(store_status)?;
-                return Err(reject(
-                    Reason::NotFound,
-                    None,
-                    if floor > 0 {
-                        "no such node (a node deleted before the retention period is gone for good)"
-                    } else {
-                        "no such node"
-                    },
-                ));
+                // No entry left: a node retention dropped (its id retired), or none at all. Only
+                // asked (under the writer) once retention has dropped something.
+                let mut retired = false;
+                if meta.journal_floor(who.tenant).map_err(store_status)? > 0 {
+                    meta.write(who.tenant, &mut |txn| {
+                        retired = txn.node(&id).map_err(store_status)?.is_none()
+                            && txn.id_ever_used(&id).map_err(store_status)?;
+                        Ok(())
+                    })?;
+                }
+                return Err(if retired {
+                    namespace::expired_node(&id)
+                } else {
+                    reject(Reason::NotFound, None, "no such node")
+                });
             };
             let mut result = None;
             meta.write(who.tenant, &mut |txn| {
