@@ -106,13 +106,15 @@ AWS_SECRET_ACCESS_KEY. Users already in the target are skipped, so a run cut sho
         #[arg(long, value_name = "URL")]
         to_chunks: String,
     },
-    /// Delete chunks that were uploaded but are named by no version of any file (live, older or
-    /// deleted) and are older than the grace period; report the bytes freed. Works beside running
+    /// Drop versions older than each user's retention policy, then delete chunks named by no
+    /// kept version of any file (live, older or deleted) and older than the grace period; report
+    /// the bytes freed. Works beside running
     /// servers: a commit racing the collection is refused or kept, never left naming a deleted chunk.
     #[command(after_help = "Example:\n  bvfs admin gc --grace 24h\n  \
 bvfs admin gc --metadata postgres://bvfs@db/bvfs --chunks s3://vault/bvfs --json\n\n\
-Every version is kept (no retention policy yet), so only chunks no commit ever named are deleted. \
-Presigned uploads never confirmed (--presigned-transfer) are deleted after the same grace period.")]
+Versions older than a user's retention policy (`bvfs admin retention`) are dropped first; then \
+chunks named by no version that is kept are deleted. Presigned uploads never confirmed \
+(--presigned-transfer) are deleted after the same grace period.")]
     Gc {
         #[command(flatten)]
         data: DataArg,
@@ -125,6 +127,31 @@ Presigned uploads never confirmed (--presigned-transfer) are deleted after the s
         /// Only count what would be deleted (nothing is deleted or locked)
         #[arg(long)]
         dry_run: bool,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or set a user's retention policy: how long old versions and deleted files are kept
+    /// (default: forever). `bvfs admin gc` drops what is older and frees the chunks only it named.
+    #[command(after_help = "Examples:\n  bvfs admin retention alice --days 30\n  \
+bvfs admin retention alice --keep-all\n  bvfs admin retention alice --json\n\n\
+The current version of every file is always kept, as is every version and deleted file newer than \
+the window. A device that was offline longer than the window starts again from a snapshot when it \
+comes back, keeping its local changes.")]
+    Retention {
+        #[command(flatten)]
+        data: DataArg,
+        /// The user (tenant) name
+        user: String,
+        /// Keep old versions and deleted files for this many days (fractions allowed)
+        #[arg(long, value_name = "DAYS", conflicts_with_all = ["keep_all", "window_secs"])]
+        days: Option<f64>,
+        /// The window in seconds (for tests)
+        #[arg(long, hide = true, value_name = "SECS", conflicts_with = "keep_all")]
+        window_secs: Option<u64>,
+        /// Keep every version and deleted file forever (the default)
+        #[arg(long)]
+        keep_all: bool,
         /// Print the result as JSON
         #[arg(long)]
         json: bool,
@@ -291,6 +318,8 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
                     "bytes_freed": report.bytes_freed,
                     "pending_uploads_deleted": pending.deleted,
                     "pending_bytes_freed": pending.bytes,
+                    "versions_dropped": report.versions_dropped,
+                    "users_with_retention": report.tenants_with_retention,
                     "grace_s": grace.as_secs(),
                     "dry_run": dry_run,
                 });
@@ -307,9 +336,17 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
                     report.tenants
                 );
             } else {
+                let retention = if report.tenants_with_retention > 0 {
+                    format!(
+                        "; {} version(s) past {} user(s)' retention period dropped",
+                        report.versions_dropped, report.tenants_with_retention
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
                     "deleted {} unreferenced chunk(s), {} bytes freed ({} stored, {} referenced, {} \
-                     newer than the grace period, over {} user(s))",
+                     newer than the grace period, over {} user(s)){retention}",
                     report.chunks_deleted,
                     report.bytes_freed,
                     report.chunks_stored,
@@ -320,6 +357,14 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AdminCommand::Retention {
+            data,
+            user,
+            days,
+            window_secs,
+            keep_all,
+            json,
+        } => retention(&data, &user, days, window_secs, keep_all, json),
         AdminCommand::Revoke { data, user, device } => {
             let dir = data.open()?;
             let tenant = tenant_of(&dir, &user)?;
@@ -333,5 +378,68 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+}
+
+/// `bvfs admin retention`: sets the window if asked, then shows it.
+fn retention(
+    data: &DataArg,
+    user: &str,
+    days: Option<f64>,
+    window_secs: Option<u64>,
+    keep_all: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let dir = data.open()?;
+    let tenant = tenant_of(&dir, user)?;
+    let meta = dir.meta.as_ref();
+    let set = match (days, window_secs, keep_all) {
+        (_, _, true) => Some(None),
+        (Some(days), _, _) => {
+            if !(0.0..=1e6).contains(&days) {
+                anyhow::bail!("--days takes a number of days between 0 and 1000000, got {days}");
+            }
+            Some(Some(std::time::Duration::from_secs_f64(days * 86_400.0)))
+        }
+        (None, Some(secs), _) => Some(Some(std::time::Duration::from_secs(secs))),
+        (None, None, false) => None,
+    };
+    if let Some(window) = set {
+        bvfs_server::retention::set_window(meta, tenant, window)?;
+    }
+    let window = bvfs_server::retention::window(meta, tenant)?;
+    let floor = meta.journal_floor(tenant)?;
+    if json {
+        let line = serde_json::json!({
+            "user": user,
+            "keep_versions_s": window.map(|w| w.as_secs()),
+            "keep_all": window.is_none(),
+            "journal_floor": floor,
+        });
+        println!("{line}");
+    } else {
+        match window {
+            None => println!("{user}: every version and deleted file is kept"),
+            Some(w) => println!(
+                "{user}: old versions and deleted files are kept for {} (dropped by `bvfs admin gc`)",
+                show_window(w)
+            ),
+        }
+        if floor > 0 {
+            println!("journal floor: {floor} (entries below it were dropped)");
+        }
+    }
+    Ok(())
+}
+
+/// A window as people read it: days when whole, else hours, else seconds.
+fn show_window(window: std::time::Duration) -> String {
+    let secs = window.as_secs();
+    if secs > 0 && secs.is_multiple_of(86_400) {
+        format!("{} day(s)", secs / 86_400)
+    } else if secs > 0 && secs.is_multiple_of(3_600) {
+        format!("{} hour(s)", secs / 3_600)
+    } else {
+        format!("{secs} second(s)")
     }
 }

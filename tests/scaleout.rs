@@ -808,6 +808,234 @@ fn postgres_store_reads_match_the_embedded_store() {
     );
 }
 
+/// Retention's journal compaction on both metadata backends (`bvfs_server::retention`): at a floor
+/// F in the middle of a history, exactly the entries at or below F that are superseded there or
+/// are (or precede) a delete there are dropped, in bounded steps; every snapshot at F or above
+/// is unchanged, tags of dropped entries still answer, ids of dropped nodes stay used, the floor
+/// never goes down, and both backends end identical.
+#[test]
+fn journal_compaction_is_exact_and_the_same_on_both_backends() {
+    use bvfs_proto::v1::ChangeKind;
+    use bvfs_server::namespace::{apply_commit, undelete};
+    use bvfs_server::store::postgres::PgMetaStore;
+    use bvfs_server::store::sqlite::SqliteMetaStore;
+    use bvfs_server::store::{JournalEntry, MetaStore, NodeKey};
+
+    let pg_cluster = common::services::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let stores: Vec<Box<dyn MetaStore>> = vec![
+        Box::new(SqliteMetaStore::open(&dir.path().join("meta.sqlite")).unwrap()),
+        Box::new(PgMetaStore::connect(&pg_cluster.url, false).unwrap()),
+    ];
+    let ids: Vec<Vec<u8>> = (0..8u8).map(|i| [i + 1; 16].to_vec()).collect();
+    let mut results = Vec::new();
+    for store in &stores {
+        let tenant = store.create_tenant("alice").unwrap();
+        let commit = |ops: Vec<v1::Op>, now: i64| {
+            store
+                .write(tenant, &mut |txn| {
+                    apply_commit(txn, &ops, (0, 0), "laptop", now).map(drop)
+                })
+                .unwrap_or_else(|s| panic!("{s:?}"));
+            store.head(tenant).unwrap()
+        };
+        let file = |i: usize, seed: u8| {
+            create(
+                &ids[i],
+                &root(),
+                &format!("f{i}"),
+                v1::NodeKind::File,
+                attrs_with_chunks(2, seed),
+            )
+        };
+        // Old history (committed at time 10): seqs 1..=11.
+        let a = commit(
+            vec![
+                file(0, 1),
+                file(1, 2),
+                file(2, 3),
+                mkdir(&ids[3], &root(), "d"),
+            ],
+            10,
+        );
+        let a = commit(vec![update(&ids[0], a - 3, attrs_with_chunks(2, 4))], 10);
+        let a = commit(vec![update(&ids[0], a, attrs_with_chunks(2, 5))], 10);
+        commit(vec![delete(&ids[1], 2)], 10);
+        commit(vec![mv(&ids[2], 3, &ids[3], "moved")], 10);
+        let e = commit(vec![file(4, 6)], 10);
+        let x = commit(vec![delete(&ids[4], e)], 10);
+        let floor = x;
+        // Recent history (time 20): an undelete of f4, another edit of f0, a new file.
+        let last = store
+            .versions(tenant, &ids[4].as_slice().try_into().unwrap())
+            .unwrap()
+            .remove(0);
+        store
+            .write(tenant, &mut |txn| {
+                undelete(txn, &last, None, None, "laptop", 20).map(drop)
+            })
+            .unwrap();
+        let head = store.head(tenant).unwrap();
+        commit(vec![update(&ids[0], a, attrs_with_chunks(2, 7))], 20);
+        commit(vec![file(5, 8)], 20);
+        let head = head.max(store.head(tenant).unwrap());
+
+        let before: Vec<JournalEntry> = store.changes_after(tenant, 0, 1_000, usize::MAX).unwrap();
+        assert_eq!(before.len() as u64, head);
+        let snapshot = |at: u64| {
+            store
+                .snapshot_page(tenant, at, None, 1_000, usize::MAX)
+                .unwrap()
+        };
+        let snapshots: Vec<_> = (floor..=head).map(snapshot).collect();
+        let doomed = |e: &JournalEntry| {
+            e.seq <= floor
+                && (e.kind == ChangeKind::Delete
+                    || before
+                        .iter()
+                        .any(|k| k.node.id == e.node.id && k.seq > e.seq && k.seq <= floor))
+        };
+        let expected: Vec<_> = before.iter().filter(|e| !doomed(e)).cloned().collect();
+        // f0's two old versions, f1's create and delete, f2's create (moved since), f4's create
+        // and delete.
+        assert_eq!(before.len() - expected.len(), 7);
+
+        assert_eq!(
+            store.settled_before(tenant, 15).unwrap(),
+            floor,
+            "entries at time 10 only"
+        );
+        assert_eq!(store.settled_before(tenant, 10).unwrap(), 0);
+        assert_eq!(store.settled_before(tenant, 21).unwrap(), head);
+
+        // In steps of 3 sequences, as `bvfs admin gc` does in steps of `retention::STEP`.
+        let mut dropped = 0;
+        let mut after = 0;
+        while after < floor {
+            let upto = (after + 3).min(floor);
+            store
+                .write(tenant, &mut |txn| {
+                    dropped += txn.compact(floor, after, upto).unwrap();
+                    Ok(())
+                })
+                .unwrap();
+            after = upto;
+        }
+        assert_eq!(dropped, 7);
+        assert_eq!(store.journal_floor(tenant).unwrap(), floor);
+        let kept = store.changes_after(tenant, 0, 1_000, usize::MAX).unwrap();
+        assert_eq!(kept, expected);
+        for (at, snap) in (floor..=head).zip(&snapshots) {
+            assert_eq!(&snapshot(at), snap, "the snapshot at {at} is exact");
+        }
+        for entry in &before {
+            assert_eq!(store.tag_at(tenant, entry.seq).unwrap(), Some(entry.tag));
+        }
+        assert_eq!(store.tag_at(tenant, head + 1).unwrap(), None);
+        store
+            .write(tenant, &mut |txn| {
+                for entry in &before {
+                    let id: NodeKey = entry.node.id.as_slice().try_into().unwrap();
+                    assert!(txn.id_ever_used(&id).unwrap(), "{entry:?}");
+                    assert_eq!(txn.has_entry(entry.seq).unwrap(), !doomed(entry));
+                }
+                assert!(!txn.id_ever_used(&[99; 16]).unwrap());
+                // Again at a lower floor: nothing more goes, and the floor stays.
+                assert_eq!(txn.compact(2, 0, 2).unwrap(), 0);
+                assert_eq!(txn.journal_floor().unwrap(), floor);
+                assert_eq!(txn.retention().unwrap(), None);
+                txn.set_retention(Some(86_400)).unwrap();
+                assert_eq!(txn.retention().unwrap(), Some(86_400));
+                Ok(())
+            })
+            .unwrap();
+        // The undeleted node lost its old entries but not its current one.
+        let f4: NodeKey = ids[4].as_slice().try_into().unwrap();
+        assert_eq!(store.versions(tenant, &f4).unwrap().len(), 1);
+        let (deleted, _) = store
+            .deleted(tenant, u64::MAX >> 1, 100, usize::MAX)
+            .unwrap();
+        assert!(deleted.is_empty(), "{deleted:?}");
+        results.push(comparable(kept));
+    }
+    assert_eq!(
+        results[0], results[1],
+        "both backends kept the same entries"
+    );
+}
+
+/// `bvfs admin migrate` of a compacted namespace: the window, the journal floor, the tags of
+/// dropped entries and the retired ids go along, so positions below the floor are still refused
+/// (not served with a gap) and dropped ids are still used.
+#[test]
+fn migrating_a_compacted_namespace_keeps_its_floor_tags_and_retired_ids() {
+    use bvfs_server::namespace::apply_commit;
+    use bvfs_server::store::fs_chunks::FsChunkStore;
+    use bvfs_server::store::postgres::PgMetaStore;
+    use bvfs_server::store::sqlite::SqliteMetaStore;
+    use bvfs_server::store::{MetaStore, NodeKey};
+
+    let pg_cluster = common::services::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let from = SqliteMetaStore::open(&dir.path().join("meta.sqlite")).unwrap();
+    let from_chunks = FsChunkStore::open(&dir.path().join("chunks")).unwrap();
+    let tenant = from.create_tenant("alice").unwrap();
+    let ids: Vec<Vec<u8>> = (0..3u8).map(|i| [i + 1; 16].to_vec()).collect();
+    let commit = |ops: Vec<v1::Op>| {
+        from.write(tenant, &mut |txn| {
+            apply_commit(txn, &ops, (0, 0), "laptop", 10).map(drop)
+        })
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    };
+    commit(vec![
+        mkdir(&ids[0], &root(), "a"),
+        mkdir(&ids[1], &root(), "b"),
+    ]);
+    commit(vec![mv(&ids[0], 1, &root(), "a2")]);
+    commit(vec![delete(&ids[1], 2)]);
+    commit(vec![mkdir(&ids[2], &root(), "c")]);
+    let head = from.head(tenant).unwrap();
+    let tags: Vec<_> = (1..=head)
+        .map(|s| from.tag_at(tenant, s).unwrap())
+        .collect();
+    from.write(tenant, &mut |txn| {
+        txn.set_retention(Some(3_600)).unwrap();
+        txn.compact(4, 0, 4).unwrap();
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        from.changes_after(tenant, 0, 100, usize::MAX)
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let to = PgMetaStore::connect(&pg_cluster.url, false).unwrap();
+    let to_chunks = FsChunkStore::open(&dir.path().join("target-chunks")).unwrap();
+    let done =
+        bvfs_server::migrate::migrate(&from, &from_chunks, &to, &to_chunks, &mut |_| {}).unwrap();
+    assert_eq!(done.tenants, 1);
+    let moved = to.tenant_by_name("alice").unwrap().unwrap();
+    assert_eq!(to.journal_floor(moved).unwrap(), 4);
+    assert_eq!(
+        comparable(to.changes_after(moved, 0, 100, usize::MAX).unwrap()),
+        comparable(from.changes_after(tenant, 0, 100, usize::MAX).unwrap())
+    );
+    let moved_tags: Vec<_> = (1..=head).map(|s| to.tag_at(moved, s).unwrap()).collect();
+    assert_eq!(moved_tags, tags, "every position is still checked");
+    to.write(moved, &mut |txn| {
+        let gone: NodeKey = ids[1].as_slice().try_into().unwrap();
+        assert!(
+            txn.id_ever_used(&gone).unwrap(),
+            "the dropped node's id stays used"
+        );
+        assert_eq!(txn.retention().unwrap(), Some(3_600));
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// Seconds to make `creates` directories in one tenant with `clients` clients spread over `urls`,
 /// each commit carrying `per_commit` creates.
 async fn time_creates(
@@ -1287,6 +1515,75 @@ async fn servers_ride_out_a_postgres_restart() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Retention on PostgreSQL and S3 (window 0: every superseded version dropped as soon as a
+/// collection sees it) while a device edits files through one server, some edits bringing back
+/// content whose last version was just dropped without uploading it again, and another device
+/// commits through the other server: every chunk a kept version names is still stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_on_postgres_and_s3_never_deletes_a_chunk_a_kept_version_names() {
+    let cluster = Cluster::start(2);
+    let laptop = cluster.add_user("alice", "laptop");
+    let phone = cluster.add_user("alice", "phone");
+    let out = bvfs()
+        .args([
+            "admin",
+            "retention",
+            "alice",
+            "--window-secs",
+            "0",
+            "--metadata",
+        ])
+        .arg(&cluster.services.pg.url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut gc_args = vec!["--metadata".to_string(), cluster.services.pg.url.clone()];
+    gc_args.extend(["--chunks".to_string(), "s3://bvfs/team".to_string()]);
+    let env = cluster.services.s3.env();
+    cluster.services.s3.stop_checking_signatures();
+
+    let mut on_one = client(&cluster.servers[0].url, &laptop).await;
+    let mut on_two = client(&cluster.servers[1].url, &phone).await;
+    let (stats, two) = tokio::join!(
+        common::gc_race::commits_racing_retention(&mut on_one, gc_args.clone(), env.clone(), 8),
+        async {
+            let mut n = 0;
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < deadline {
+                n += 1;
+                let data = format!("phone {n} {}", uuid::Uuid::new_v4()).repeat(64);
+                loop {
+                    put_blob(&mut on_two, data.as_bytes()).await;
+                    let op = create(
+                        &new_id(),
+                        &root(),
+                        &format!("p{n}"),
+                        v1::NodeKind::File,
+                        file_attrs(data.as_bytes()),
+                    );
+                    match commit(&mut on_two, vec![op]).await {
+                        Ok(_) => break,
+                        Err(status) if reason(&status) == "missing-chunks" => continue,
+                        Err(status) => panic!("commit through the second server: {status:?}"),
+                    }
+                }
+            }
+            n
+        }
+    );
+    eprintln!("{stats:?}, {two} commits through the second server");
+    assert!(stats.commits > 5 && two > 5, "{stats:?} {two}");
+    assert!(stats.versions_dropped > 0, "{stats:?}");
+    assert!(
+        stats.chunks_deleted > 0,
+        "dropped versions' chunks were freed: {stats:?}"
+    );
 }
 
 /// `bvfs admin gc` on PostgreSQL and S3, again and again, while a device commits through one

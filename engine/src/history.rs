@@ -1,5 +1,6 @@
 //! What the server keeps that the mount does not show: every version of a node and the deleted
-//! nodes (the journal, D7). `bvfs history`, `restore`, `trash` and `undelete` reach them here.
+//! nodes (the journal, D7), or those newer than its retention window if it has one (an older one is
+//! refused as `expired`). `bvfs history`, `restore`, `trash` and `undelete` reach them here.
 //!
 //! A restore or an undelete is a server-side change like another device's: the server commits it
 //! (compare-and-swap against the revision this device last pulled), and the next round pulls it

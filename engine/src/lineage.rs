@@ -5,8 +5,17 @@
 use std::sync::atomic::Ordering;
 
 use crate::api::{Engine, EngineError};
-use crate::remote::Position;
+use crate::remote::{Position, RemoteError};
 use crate::round::RoundError;
+
+impl RemoteError {
+    /// Whether the server refused a position below its journal floor (`journal-compacted`): its
+    /// retention policy dropped the old entries there. The history is the same; the device starts
+    /// again from a snapshot by the re-base path ([`Engine::rebase`]), which keeps its local edits.
+    pub fn is_compacted(&self) -> bool {
+        matches!(self, RemoteError::Rejected { reason, .. } if reason == "journal-compacted")
+    }
+}
 
 /// A namespace id as people read it (hex).
 fn show(id: &[u8]) -> String {
@@ -55,6 +64,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Starts again from a snapshot after the server refused this device's position as below its
+    /// journal floor (`why`: its retention policy dropped the old entries there). Same path as a
+    /// re-base ([`Engine::rebase`]): the server still holds this device's history (a compacted
+    /// probe counts as held), so the common point is the newest checkpoint, SYNCED stays the
+    /// merge base and local edits are uploaded after the snapshot.
+    pub async fn restart_after_compaction(&self, why: &str) -> Result<(), RoundError> {
+        let point = self.common_point().await?;
+        let replanned = self.state.lock().transaction(|t| t.begin_rebase(point))?;
+        self.rebases.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            common_point = point,
+            replanned,
+            "the server dropped journal entries older than its retention period ({why}); starting \
+             again from a snapshot"
+        );
+        Ok(())
+    }
+
     /// How many times this engine re-based since it was opened.
     pub fn rebase_count(&self) -> u64 {
         self.rebases.load(Ordering::Relaxed)
@@ -75,7 +102,9 @@ impl Engine {
                 .list_changes(Position::new(cursor, tag), 1)
                 .await
             {
+                // Below the floor but checked against its kept tag: the same history.
                 Ok(_) => held = mid + 1,
+                Err(e) if e.is_compacted() => held = mid + 1,
                 Err(e) if e.is_diverged() => lost = mid,
                 Err(e) => return Err(e.into()),
             }
@@ -84,5 +113,34 @@ impl Engine {
             0 => 0,
             n => points[n - 1].0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::remote::RemoteError;
+
+    fn rejected(reason: &str) -> RemoteError {
+        RemoteError::from({
+            let mut status = tonic::Status::out_of_range("refused");
+            status
+                .metadata_mut()
+                .insert("bvfs-reason", reason.parse().unwrap());
+            status
+        })
+    }
+
+    /// A position below the server's journal floor is told apart from a diverged history: both
+    /// start again from a snapshot, but only a divergence means the server lost changes.
+    #[test]
+    fn a_compacted_position_is_not_a_divergence() {
+        let compacted = rejected("journal-compacted");
+        assert!(compacted.is_compacted());
+        assert!(!compacted.is_diverged());
+        assert!(compacted.is_refusal());
+        for other in ["cursor-ahead", "journal-diverged", "expired", ""] {
+            assert!(!rejected(other).is_compacted(), "{other}");
+        }
+        assert!(!RemoteError::Unavailable("journal-compacted".into()).is_compacted());
     }
 }

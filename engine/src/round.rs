@@ -237,11 +237,13 @@ impl Engine {
         let mut rebases = 0;
         let mut limit = crate::bounded::PageLimit::new(CHANGES_PAGE);
         loop {
-            let diverged = match self.pull_step(&mut limit, &mut applied).await {
+            let (diverged, compacted) = match self.pull_step(&mut limit, &mut applied).await {
                 Ok(true) => return Ok(applied),
                 Ok(false) => continue,
-                Err(RoundError::Remote(e)) if e.is_diverged() => e.to_string(),
-                Err(RoundError::Engine(EngineError::Diverged(why))) => why,
+                Err(RoundError::Remote(e)) if e.is_diverged() => (e.to_string(), false),
+                // Below the server's journal floor (retention): a snapshot, local edits kept.
+                Err(RoundError::Remote(e)) if e.is_compacted() => (e.to_string(), true),
+                Err(RoundError::Engine(EngineError::Diverged(why))) => (why, false),
                 Err(e) => return Err(e),
             };
             rebases += 1;
@@ -251,7 +253,11 @@ impl Engine {
                 ))
                 .into());
             }
-            self.rebase(&diverged).await?;
+            if compacted {
+                self.restart_after_compaction(&diverged).await?;
+            } else {
+                self.rebase(&diverged).await?;
+            }
         }
     }
 

@@ -7,8 +7,9 @@
 //! # The rule: a chunk named by any kept version is never deleted
 //!
 //! Every version of every node (live, older, deleted) is a journal entry holding the node's whole
-//! chunk list, and no version is ever dropped (retention keeps everything), so "referenced" means
-//! "named by some journal entry". A chunk is deleted only if it is named by no journal entry up to
+//! chunk list, and versions are dropped only by the retention policy ([`crate::retention`], which
+//! [`collect`] runs first, tenant by tenant), so "referenced" means "named by some journal entry
+//! the journal still holds". A chunk is deleted only if it is named by no journal entry up to
 //! the head seen *while holding the tenant's writer lock*, and only while that lock is still held.
 //!
 //! The race to close is a commit that checked its chunks were stored (outside its transaction,
@@ -110,9 +111,14 @@ pub struct Report {
     pub bytes_unreferenced: u64,
     pub chunks_deleted: usize,
     pub bytes_freed: u64,
+    /// Journal entries (old versions, deleted files) the retention policy dropped.
+    pub versions_dropped: u64,
+    /// Tenants with a retention window (the others keep every version).
+    pub tenants_with_retention: usize,
 }
 
-/// Only counts what [`collect`] would delete: no lock, no epoch change, nothing deleted.
+/// Only counts what [`collect`] would delete: no lock, no epoch change, nothing deleted. Versions
+/// the retention policy would drop are not simulated: their chunks count as referenced.
 pub fn survey(
     meta: &dyn MetaStore,
     chunks: &dyn ChunkStore,
@@ -142,6 +148,19 @@ pub fn collect(
     let mut report = Report::default();
     for (tenant, name) in meta.tenants()? {
         let before = report.clone();
+        // Retention first: the versions it drops no longer hold their chunks.
+        if crate::retention::window(meta, tenant)?.is_some() {
+            let compaction = crate::retention::compact_tenant(meta, tenant, SystemTime::now())
+                .map_err(|e| anyhow::anyhow!("user {name:?}: retention: {e}"))?;
+            report.tenants_with_retention += 1;
+            report.versions_dropped += compaction.dropped;
+            if compaction.dropped > 0 {
+                progress(&format!(
+                    "{name}: dropped {} version(s) past the retention period (journal floor {})",
+                    compaction.dropped, compaction.floor
+                ));
+            }
+        }
         collect_tenant(meta, chunks, lock.as_ref(), tenant, grace, &mut report)
             .map_err(|e| anyhow::anyhow!("user {name:?}: {e}"))?;
         if report.chunks_deleted > before.chunks_deleted {

@@ -8,8 +8,8 @@
 //! defines the storage traits and the backends (embedded: SQLite, files; scale-out: PostgreSQL, S3),
 //! which [`storage`] chooses from the command line (or [`config`], a TOML file); [`notify`] wakes
 //! subscribers (across processes through NATS, [`notify::relay`]); [`bounds`] keeps every answer
-//! under the byte budget and [`staging`] holds chunk lists uploaded for commits; [`gc`] deletes
-//! uploaded chunks no version names; [`metrics`] counts for Prometheus; [`serve`] runs it all.
+//! under the byte budget and [`staging`] holds chunk lists uploaded for commits; [`retention`] drops
+//! versions older than a tenant's retention window and [`gc`] deletes chunks no kept version names; [`metrics`] counts for Prometheus; [`serve`] runs it all.
 //! The server never depends on the client engine.
 
 pub mod ancestry;
@@ -23,6 +23,7 @@ pub mod migrate;
 pub mod namespace;
 pub mod notify;
 pub mod presign;
+pub mod retention;
 pub mod serve;
 pub mod service;
 pub mod staging;

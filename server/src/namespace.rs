@@ -61,6 +61,11 @@ pub enum Reason {
     InvalidChunk,
     /// This server does not offer presigned chunk transfer.
     PresignUnavailable,
+    /// The client's position is below the journal floor: the retention policy dropped old
+    /// entries there, so the client must start again from a snapshot (`crate::retention`).
+    JournalCompacted,
+    /// The version asked for was dropped by the retention policy.
+    Expired,
 }
 
 impl Reason {
@@ -86,6 +91,8 @@ impl Reason {
             Reason::TooDeep => "too-deep",
             Reason::InvalidChunk => "invalid-chunk",
             Reason::PresignUnavailable => "presign-unavailable",
+            Reason::JournalCompacted => "journal-compacted",
+            Reason::Expired => "expired",
         }
     }
 
@@ -98,7 +105,7 @@ impl Reason {
             | Reason::RepeatedUpdate => Code::InvalidArgument,
             Reason::StaleRevision => Code::Aborted,
             Reason::DuplicateId | Reason::NameCollision => Code::AlreadyExists,
-            Reason::NotFound => Code::NotFound,
+            Reason::NotFound | Reason::Expired => Code::NotFound,
             Reason::ParentNotDirectory
             | Reason::Cycle
             | Reason::DirectoryNotEmpty
@@ -108,7 +115,7 @@ impl Reason {
             | Reason::JournalDiverged
             | Reason::TooDeep
             | Reason::PresignUnavailable => Code::FailedPrecondition,
-            Reason::CursorAhead => Code::OutOfRange,
+            Reason::CursorAhead | Reason::JournalCompacted => Code::OutOfRange,
             Reason::InvalidChunk => Code::DataLoss,
         }
     }
@@ -819,6 +826,11 @@ pub fn restore_version(
 ) -> Result<Applied, Status> {
     let id = node_key(&version.node.id, "stored id", None)?;
     let mut applier = Applier::new(txn, device, now_ns)?;
+    // `version` was read before this transaction: retention may have dropped it since, and a
+    // collection may then delete its chunks; only a version the journal still holds is restored.
+    if !applier.txn.has_entry(version.seq).map_err(store_status)? {
+        return Err(expired_version(version.seq));
+    }
     let Some(mut node) = applier.txn.node(&id).map_err(store_status)? else {
         return Err(reject(
             Reason::NotFound,
@@ -848,6 +860,42 @@ pub fn restore_version(
     })
 }
 
+/// The refusal of a version the retention policy dropped.
+pub fn expired_version(seq: u64) -> Status {
+    reject(
+        Reason::Expired,
+        None,
+        format!(
+            "version {seq} is older than this namespace's retention period and was dropped; \
+             list the versions that are kept"
+        ),
+    )
+}
+
+/// The refusal to undelete a node the retention policy dropped (deleted before its window).
+pub fn expired_node(id: &NodeKey) -> Status {
+    reject(
+        Reason::Expired,
+        None,
+        format!(
+            "node {} was deleted before this namespace's retention period and is gone for good",
+            short(id)
+        ),
+    )
+}
+
+/// The refusal of a position below the journal floor (`crate::retention`).
+pub fn compacted(cursor: u64, floor: u64) -> Status {
+    reject(
+        Reason::JournalCompacted,
+        None,
+        format!(
+            "position {cursor} is below this namespace's journal floor {floor}: entries older than \
+             its retention period were dropped; the client must start again from a snapshot"
+        ),
+    )
+}
+
 /// Brings back a deleted node with its id, under `parent`/`name` or, by default, where it was.
 pub fn undelete(
     txn: &mut dyn MetaTxn,
@@ -869,6 +917,9 @@ pub fn undelete(
     // `last` was read before this transaction: if the node changed since (undeleted and deleted
     // again), it is not the node's last state any more, and bringing it back would resurrect an
     // older version.
+    if !applier.txn.has_entry(last.seq).map_err(store_status)? {
+        return Err(expired_node(&id));
+    }
     if applier.txn.last_seq_of(&id).map_err(store_status)? != Some(last.seq) {
         return Err(reject(
             Reason::StaleRevision,

@@ -156,6 +156,20 @@ fn check_read_position(
     Ok(head)
 }
 
+/// Refuses a read position below the tenant's journal floor (`journal-compacted`); the caller reads
+/// the floor after the data it answers with ([`crate::retention`]).
+fn check_floor(
+    meta: &dyn MetaStore,
+    tenant: crate::store::TenantId,
+    cursor: u64,
+) -> Result<(), Status> {
+    let floor = meta.journal_floor(tenant).map_err(store_status)?;
+    if cursor < floor {
+        return Err(namespace::compacted(cursor, floor));
+    }
+    Ok(())
+}
+
 /// The tag of the entry at `seq`, which the caller knows exists (at or below a head it read).
 fn tag_of(meta: &dyn MetaStore, tenant: crate::store::TenantId, seq: u64) -> Result<u64, Status> {
     meta.tag_at(tenant, seq)
@@ -432,6 +446,9 @@ impl Sync for SyncService {
             let head = check_read_position(meta.as_ref(), tenant, req.cursor, req.cursor_tag)?;
             let changes =
                 changes_page(meta.as_ref(), tenant, req.cursor, limit).map_err(store_status)?;
+            // Read after the changes: if retention dropped any of them, the floor it raised first
+            // is seen here (it only grows), so a compacted page is never sent.
+            check_floor(meta.as_ref(), tenant, req.cursor)?;
             let cursor_tag = match changes.last() {
                 Some(_) => 0,
                 None => tag_of(meta.as_ref(), tenant, req.cursor)?,
@@ -486,6 +503,8 @@ impl Sync for SyncService {
             let (nodes, next) = m
                 .snapshot_page(tenant, at, after.as_ref(), limit, PAGE_BUDGET_BYTES)
                 .map_err(store_status)?;
+            // After the page, as for changes: a snapshot below the floor is no longer exact.
+            check_floor(m, tenant, at)?;
             let namespace_id = m.namespace_id(tenant).map_err(store_status)?;
             Ok((at, at_tag, namespace_id, nodes, next))
         })
@@ -730,9 +749,11 @@ impl Sync for SyncService {
         let meta = self.meta.clone();
         let tenant = who.tenant;
         let applied = blocking(move || {
-            let version = meta
-                .entry(who.tenant, req.seq)
-                .map_err(store_status)?
+            let entry = meta.entry(who.tenant, req.seq).map_err(store_status)?;
+            if entry.is_none() && req.seq <= meta.journal_floor(who.tenant).map_err(store_status)? {
+                return Err(namespace::expired_version(req.seq));
+            }
+            let version = entry
                 .filter(|e| e.node.id == id && e.kind == v1::ChangeKind::Upsert)
                 .ok_or_else(|| reject(Reason::NotFound, None, "no such version of this node"))?;
             let mut result = None;
@@ -823,8 +844,24 @@ impl Sync for SyncService {
                 .map_err(store_status)?
                 .0
                 .into_iter()
-                .next()
-                .ok_or_else(|| reject(Reason::NotFound, None, "no such node"))?;
+                .next();
+            let Some(last) = last else {
+                // No entry left: a node retention dropped (its id retired), or none at all. Only
+                // asked (under the writer) once retention has dropped something.
+                let mut retired = false;
+                if meta.journal_floor(who.tenant).map_err(store_status)? > 0 {
+                    meta.write(who.tenant, &mut |txn| {
+                        retired = txn.node(&id).map_err(store_status)?.is_none()
+                            && txn.id_ever_used(&id).map_err(store_status)?;
+                        Ok(())
+                    })?;
+                }
+                return Err(if retired {
+                    namespace::expired_node(&id)
+                } else {
+                    reject(Reason::NotFound, None, "no such node")
+                });
+            };
             let mut result = None;
             meta.write(who.tenant, &mut |txn| {
                 result = Some(namespace::undelete(

@@ -269,3 +269,183 @@ async fn an_epoch_left_odd_makes_every_commit_recheck() {
     assert_eq!(report.chunks_deleted, 1);
     assert_eq!(epoch(&f.meta), 4);
 }
+
+impl Fixture {
+    /// A request of this fixture's device.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        request
+    }
+
+    /// Stores `data` as a chunk and returns an update of `id` at `base` to hold it.
+    fn upload_update(&self, id: &[u8], base: u64, data: &[u8]) -> v1::Op {
+        self.chunks
+            .put(self.tenant, blake3::hash(data).as_bytes(), data)
+            .unwrap();
+        update(id, base, data)
+    }
+
+    /// Retention with window 0 as of a second from now (every entry so far is past it), then a
+    /// whole collection with no grace period; returns the collection's report.
+    fn compact_and_collect(
+        meta: &dyn MetaStore,
+        chunks: &dyn ChunkStore,
+        tenant: TenantId,
+    ) -> bvfs_server::gc::Report {
+        let lock = meta.gc_lock().unwrap().expect("the collection lock");
+        bvfs_server::retention::set_window(meta, tenant, Some(Duration::ZERO)).unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(1);
+        let done = bvfs_server::retention::compact_tenant(meta, tenant, later).unwrap();
+        let mut report = bvfs_server::gc::Report {
+            versions_dropped: done.dropped,
+            ..Default::default()
+        };
+        bvfs_server::gc::collect_tenant(
+            meta,
+            chunks,
+            lock.as_ref(),
+            tenant,
+            Duration::ZERO,
+            &mut report,
+        )
+        .unwrap();
+        report
+    }
+}
+
+fn update(id: &[u8], base: u64, data: &[u8]) -> v1::Op {
+    v1::Op {
+        op: Some(v1::op::Op::Update(v1::UpdateOp {
+            id: id.to_vec(),
+            base_revision: base,
+            attrs: Some(file_attrs(data)),
+        })),
+    }
+}
+
+fn op_id(op: &v1::Op) -> Vec<u8> {
+    match &op.op {
+        Some(v1::op::Op::Create(c)) => c.id.clone(),
+        _ => panic!("not a create"),
+    }
+}
+
+/// Retention drops the only version naming a chunk, and the collection deletes it, after a commit
+/// checked that chunk (it brings back that content without uploading it) and before its
+/// transaction: the commit is refused with `missing-chunks`, never acknowledged naming a chunk
+/// that is gone. Uploaded again, it commits, and its chunk is kept by later collections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_between_check_and_transaction_refuses_the_commit() {
+    let f = Fixture::new();
+    let old = vec![3u8; 4000];
+    let create = f.upload_file("f", &old);
+    let id = op_id(&create);
+    let v1 = f.commit(vec![create]).await.unwrap().cursor;
+    let v2 = f
+        .commit(vec![f.upload_update(&id, v1, &[4u8; 4000])])
+        .await
+        .unwrap()
+        .cursor;
+
+    let (meta, inner, tenant) = (f.meta.clone(), f.chunks.inner.clone(), f.tenant);
+    *f.chunks.hook.lock() = Some(Box::new(move || {
+        let report = Fixture::compact_and_collect(meta.as_ref(), inner.as_ref(), tenant);
+        assert_eq!(report.versions_dropped, 1, "{report:?}");
+        assert_eq!(report.chunks_deleted, 1, "{report:?}");
+        assert_eq!(report.bytes_freed, 4000, "{report:?}");
+    }));
+    // Back to the old content, trusting the server still has its chunk.
+    let refused = f.commit(vec![update(&id, v2, &old)]).await.unwrap_err();
+    assert_eq!(reason(&refused), "missing-chunks", "{refused:?}");
+    assert!(
+        f.chunks.hook.lock().is_none(),
+        "retention and the collection ran"
+    );
+    assert_eq!(f.meta.head(f.tenant).unwrap(), v2, "nothing was committed");
+
+    let v3 = f
+        .commit(vec![f.upload_update(&id, v2, &old)])
+        .await
+        .unwrap()
+        .cursor;
+    let report = Fixture::compact_and_collect(f.meta.as_ref(), f.chunks.as_ref(), f.tenant);
+    assert_eq!(report.versions_dropped, 1, "v2 is superseded: {report:?}");
+    assert_eq!(report.chunks_deleted, 1, "v2's chunk: {report:?}");
+    let versions = f
+        .meta
+        .versions(f.tenant, &id.clone().try_into().unwrap())
+        .unwrap();
+    assert_eq!(versions.iter().map(|v| v.seq).collect::<Vec<_>>(), [v3]);
+    let chunk = *blake3::hash(&old).as_bytes();
+    assert_eq!(f.chunks.get(f.tenant, &chunk).unwrap(), Some(old));
+}
+
+/// `RestoreVersion` and `Undelete` read the version they copy before their transaction: if
+/// retention drops it in between (and a collection may then delete its chunks), they are refused
+/// with `expired` inside the transaction instead of naming chunks that may be gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_version_dropped_meanwhile_is_refused() {
+    let f = Fixture::new();
+    let create = f.upload_file("f", &[5u8; 100]);
+    let id = op_id(&create);
+    let key: [u8; 16] = id.clone().try_into().unwrap();
+    let v1 = f.commit(vec![create]).await.unwrap().cursor;
+    let v2 = f
+        .commit(vec![f.upload_update(&id, v1, &[6u8; 100])])
+        .await
+        .unwrap()
+        .cursor;
+    let gone = f.upload_file("g", &[7u8; 100]);
+    let gone_id = op_id(&gone);
+    let g1 = f.commit(vec![gone]).await.unwrap().cursor;
+    let deleted = f
+        .commit(vec![v1::Op {
+            op: Some(v1::op::Op::Delete(v1::DeleteOp {
+                id: gone_id.clone(),
+                base_revision: g1,
+            })),
+        }])
+        .await
+        .unwrap()
+        .cursor;
+    // Read as the service does, before its transaction.
+    let old_version = f.meta.entry(f.tenant, v1).unwrap().unwrap();
+    let last_of_gone = f.meta.entry(f.tenant, deleted).unwrap().unwrap();
+
+    let report = Fixture::compact_and_collect(f.meta.as_ref(), f.chunks.as_ref(), f.tenant);
+    assert_eq!(report.versions_dropped, 3, "{report:?}");
+
+    let mut refusals = Vec::new();
+    let result = f.meta.write(f.tenant, &mut |txn| {
+        bvfs_server::namespace::restore_version(txn, &old_version, v2, "laptop", 1).map(drop)
+    });
+    refusals.push(result.unwrap_err());
+    let result = f.meta.write(f.tenant, &mut |txn| {
+        bvfs_server::namespace::undelete(txn, &last_of_gone, None, None, "laptop", 1).map(drop)
+    });
+    refusals.push(result.unwrap_err());
+    for refused in &refusals {
+        assert_eq!(reason(refused), "expired", "{refused:?}");
+    }
+    // Through the service, the dropped version is refused the same way.
+    let refused = f
+        .service
+        .restore_version(f.request(v1::RestoreVersionRequest {
+            id: id.clone(),
+            seq: v1,
+            base_revision: v2,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "expired", "{refused:?}");
+    assert_eq!(
+        f.meta.head(f.tenant).unwrap(),
+        deleted,
+        "nothing was committed"
+    );
+    assert_eq!(f.meta.versions(f.tenant, &key).unwrap().len(), 1);
+}

@@ -108,6 +108,12 @@ impl MetaStore for Probe {
     ) -> StoreResult<(Vec<JournalEntry>, bool)> {
         self.inner.deleted(tenant, before, limit, max_bytes)
     }
+    fn journal_floor(&self, tenant: TenantId) -> StoreResult<u64> {
+        self.inner.journal_floor(tenant)
+    }
+    fn settled_before(&self, tenant: TenantId, cutoff_ns: i64) -> StoreResult<u64> {
+        self.inner.settled_before(tenant, cutoff_ns)
+    }
     fn write(&self, tenant: TenantId, f: &mut WriteFn<'_>) -> Result<(), tonic::Status> {
         self.unsynced_at_write
             .lock()

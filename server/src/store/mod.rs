@@ -79,6 +79,18 @@ pub struct JournalEntry {
     pub tag: u64,
 }
 
+/// A tenant's retention state as stored (for `bvfs admin migrate`; [`crate::retention`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionState {
+    /// The window in seconds (`None`: keep everything).
+    pub keep_secs: Option<u64>,
+    pub floor: u64,
+    /// `(seq, tag)` of every dropped journal entry, by sequence.
+    pub dropped_tags: Vec<(u64, u64)>,
+    /// Ids of nodes whose every entry was dropped.
+    pub retired_ids: Vec<NodeKey>,
+}
+
 /// A new random, non-zero lineage tag.
 pub fn new_tag() -> u64 {
     rand::random::<u64>() | 1
@@ -153,6 +165,14 @@ pub trait MetaStore: Send + Sync + 'static {
         max_bytes: usize,
     ) -> StoreResult<(Vec<JournalEntry>, bool)>;
 
+    /// The tenant's journal floor ([`crate::retention`]): 0 until a retention run dropped entries;
+    /// no position below it can be listed (`ListChanges`) or snapshotted. Only grows.
+    fn journal_floor(&self, tenant: TenantId) -> StoreResult<u64>;
+    /// The highest sequence `F` such that every journal entry at or below it was committed before
+    /// `cutoff_ns` (the head if all were; 0 if none). Read outside the writer lock: an entry
+    /// committed meanwhile comes after the head read first, so it is never below `F`.
+    fn settled_before(&self, tenant: TenantId, cutoff_ns: i64) -> StoreResult<u64>;
+
     /// Takes the collection lock of this metadata (one `bvfs admin gc` at a time, across every
     /// process; [`crate::gc`]); `None` if another collection holds it. Released when the guard is
     /// dropped or its process dies.
@@ -206,6 +226,22 @@ pub trait MetaTxn {
     fn gc_epoch(&mut self) -> StoreResult<u64>;
     /// Sets the collection epoch (only [`crate::gc`] does, and only upwards).
     fn set_gc_epoch(&mut self, epoch: u64) -> StoreResult<()>;
+
+    /// The tenant's retention window in seconds ([`crate::retention`]); `None` keeps every
+    /// version (the default).
+    fn retention(&mut self) -> StoreResult<Option<u64>>;
+    /// Sets the retention window (`None`: keep everything).
+    fn set_retention(&mut self, keep_secs: Option<u64>) -> StoreResult<()>;
+    /// The tenant's journal floor ([`MetaStore::journal_floor`]).
+    fn journal_floor(&mut self) -> StoreResult<u64>;
+    /// Whether the journal still holds the entry at `seq` (retention may have dropped it).
+    fn has_entry(&mut self, seq: u64) -> StoreResult<bool>;
+    /// One step of journal compaction at floor `floor` ([`crate::retention`]): raises the journal
+    /// floor to `floor` (never lowers it), then drops, among the entries with `after < seq <=
+    /// upto` (`upto <= floor`), every delete and every entry superseded by a later entry of its
+    /// node at or below `floor`, keeping their tags and retiring the ids of deleted nodes.
+    /// Returns how many entries were dropped.
+    fn compact(&mut self, floor: u64, after: u64, upto: u64) -> StoreResult<u64>;
 }
 
 /// A stored chunk as a listing shows it.

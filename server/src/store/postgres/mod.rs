@@ -296,6 +296,31 @@ impl TenantImport<'_> {
         )
     }
 
+    /// The retention state ([`crate::retention`]): the window, the journal floor, the tags of
+    /// dropped entries and the retired node ids.
+    pub fn retention(&self, state: &crate::store::RetentionState) -> StoreResult<()> {
+        let keep = state
+            .keep_secs
+            .map(|k| i64::try_from(k).unwrap_or(i64::MAX));
+        self.run(
+            "UPDATE heads SET keep_versions_s = $2, journal_floor = $3 WHERE tenant_id = $1",
+            &[&self.tenant, &keep, &(state.floor as i64)],
+        )?;
+        for &(seq, tag) in &state.dropped_tags {
+            self.run(
+                "INSERT INTO dropped_tags (tenant_id, seq, tag) VALUES ($1, $2, $3)",
+                &[&self.tenant, &(seq as i64), &(tag as i64)],
+            )?;
+        }
+        for id in &state.retired_ids {
+            self.run(
+                "INSERT INTO retired_ids (tenant_id, id) VALUES ($1, $2)",
+                &[&self.tenant, &&id[..]],
+            )?;
+        }
+        Ok(())
+    }
+
     /// A live node (the root included).
     pub fn node(&self, node: &Node) -> StoreResult<()> {
         self.run(
@@ -505,12 +530,9 @@ impl MetaStore for PgMetaStore {
         if seq > i64::MAX as u64 {
             return Ok(None);
         }
-        self.query_opt(
-            "SELECT tag FROM journal WHERE tenant_id = $1 AND seq = $2",
-            &[&tenant, &(seq as i64)],
-        )?
-        .map(|r| Ok(col::<i64>(&r, 0)? as u64))
-        .transpose()
+        self.query_opt(reads::TAG_AT, &[&tenant, &(seq as i64)])?
+            .map(|r| Ok(col::<i64>(&r, 0)? as u64))
+            .transpose()
     }
 
     fn changes_after(
@@ -639,6 +661,33 @@ impl MetaStore for PgMetaStore {
         let (entries, full) = reads::entries(&rows, max_bytes)?;
         let more = full || entries.len() == limit;
         Ok((entries, more))
+    }
+
+    fn journal_floor(&self, tenant: TenantId) -> StoreResult<u64> {
+        match self.query_opt(
+            "SELECT journal_floor FROM heads WHERE tenant_id = $1",
+            &[&tenant],
+        )? {
+            Some(row) => Ok(col::<i64>(&row, 0)? as u64),
+            None => Ok(0),
+        }
+    }
+
+    fn settled_before(&self, tenant: TenantId, cutoff_ns: i64) -> StoreResult<u64> {
+        // The head first: an entry committed after this read comes after it.
+        let head = self.head(tenant)?;
+        let row = self.query_opt(
+            "SELECT MIN(seq) FROM journal WHERE tenant_id = $1 AND committed_ns >= $2",
+            &[&tenant, &cutoff_ns],
+        )?;
+        let first_recent = match row {
+            Some(row) => col::<Option<i64>>(&row, 0)?,
+            None => None,
+        };
+        Ok(match first_recent {
+            Some(seq) => head.min((seq as u64).saturating_sub(1)),
+            None => head,
+        })
     }
 
     fn gc_lock(&self) -> StoreResult<Option<Box<dyn crate::store::GcLock>>> {

@@ -18,6 +18,10 @@ pub(super) const ENTRY: &str = "seq, kind, node, device, committed_ns, tag";
 // The partial index and the queries spell the kinds as the literals 1 and 2.
 const _: () = assert!(ChangeKind::Upsert as i32 == 1 && ChangeKind::Delete as i32 == 2);
 
+/// The tag at `$2` of tenant `$1`: of the journal entry there, or of one retention dropped.
+pub(super) const TAG_AT: &str = "SELECT tag FROM journal WHERE tenant_id = $1 AND seq = $2
+     UNION ALL SELECT tag FROM dropped_tags WHERE tenant_id = $1 AND seq = $2 LIMIT 1";
+
 /// A byte budget as a query parameter (`usize::MAX`, "unbounded", saturates).
 pub(super) fn budget(max_bytes: usize) -> i64 {
     i64::try_from(max_bytes).unwrap_or(i64::MAX)

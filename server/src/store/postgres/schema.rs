@@ -75,8 +75,27 @@ const V2: &str = r#"
 ALTER TABLE heads ADD COLUMN gc_epoch bigint NOT NULL DEFAULT 0 CHECK (gc_epoch >= 0);
 "#;
 
+/// Version 3: retention (`crate::retention`): each tenant's window (NULL keeps everything) and
+/// journal floor beside its head, the tags of dropped entries (positions below the floor are
+/// still checked) and the ids of nodes whose every entry was dropped (never reused).
+const V3: &str = r#"
+ALTER TABLE heads ADD COLUMN journal_floor bigint NOT NULL DEFAULT 0 CHECK (journal_floor >= 0);
+ALTER TABLE heads ADD COLUMN keep_versions_s bigint CHECK (keep_versions_s >= 0);
+CREATE TABLE dropped_tags (
+    tenant_id bigint NOT NULL,
+    seq bigint NOT NULL,
+    tag bigint NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+);
+CREATE TABLE retired_ids (
+    tenant_id bigint NOT NULL,
+    id bytea NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+"#;
+
 /// Every version in order; the last is the current one.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 /// Brings the database to the current schema version.
 pub(super) async fn migrate(client: &mut Client) -> StoreResult<()> {

@@ -10,7 +10,7 @@ use tokio_postgres::types::ToSql;
 use super::{col, pg_err};
 use crate::store::io_runtime::IoRuntime;
 use crate::store::records::{decode_node, key};
-use crate::store::{JournalEntry, MetaTxn, NodeKey, ROOT_ID, StoreResult, TenantId};
+use crate::store::{JournalEntry, MetaTxn, NodeKey, ROOT_ID, StoreError, StoreResult, TenantId};
 
 pub(super) struct PgTxn<'a> {
     tx: &'a Transaction<'a>,
@@ -74,7 +74,8 @@ impl MetaTxn for PgTxn<'_> {
         Ok(self
             .query_first(
                 "SELECT 1 WHERE EXISTS (SELECT 1 FROM nodes WHERE tenant_id = $1 AND id = $2)
-                    OR EXISTS (SELECT 1 FROM journal WHERE tenant_id = $1 AND node_id = $2)",
+                    OR EXISTS (SELECT 1 FROM journal WHERE tenant_id = $1 AND node_id = $2)
+                    OR EXISTS (SELECT 1 FROM retired_ids WHERE tenant_id = $1 AND id = $2)",
                 &[&self.tenant, &&id[..]],
             )?
             .is_some())
@@ -133,12 +134,9 @@ impl MetaTxn for PgTxn<'_> {
         if seq > i64::MAX as u64 {
             return Ok(None);
         }
-        self.query_first(
-            "SELECT tag FROM journal WHERE tenant_id = $1 AND seq = $2",
-            &[&self.tenant, &(seq as i64)],
-        )?
-        .map(|row| Ok(col::<i64>(&row, 0)? as u64))
-        .transpose()
+        self.query_first(super::reads::TAG_AT, &[&self.tenant, &(seq as i64)])?
+            .map(|row| Ok(col::<i64>(&row, 0)? as u64))
+            .transpose()
     }
 
     fn last_seq_of(&mut self, id: &NodeKey) -> StoreResult<Option<u64>> {
@@ -202,12 +200,87 @@ impl MetaTxn for PgTxn<'_> {
 
     fn set_gc_epoch(&mut self, epoch: u64) -> StoreResult<()> {
         let value = i64::try_from(epoch)
-            .map_err(|_| crate::store::StoreError::Meta(format!("gc epoch {epoch} too large")))?;
+            .map_err(|_| StoreError::Meta(format!("gc epoch {epoch} too large")))?;
         self.query(
             "UPDATE heads SET gc_epoch = $2 WHERE tenant_id = $1",
             &[&self.tenant, &value],
         )?;
         self.gc_epoch = epoch;
         Ok(())
+    }
+
+    fn retention(&mut self) -> StoreResult<Option<u64>> {
+        let row = self
+            .query_first(
+                "SELECT keep_versions_s FROM heads WHERE tenant_id = $1",
+                &[&self.tenant],
+            )?
+            .ok_or_else(|| StoreError::Meta(format!("no head for tenant {}", self.tenant)))?;
+        Ok(col::<Option<i64>>(&row, 0)?.map(|k| k.max(0) as u64))
+    }
+
+    fn set_retention(&mut self, keep_secs: Option<u64>) -> StoreResult<()> {
+        let keep = keep_secs.map(|k| i64::try_from(k).unwrap_or(i64::MAX));
+        self.query(
+            "UPDATE heads SET keep_versions_s = $2 WHERE tenant_id = $1",
+            &[&self.tenant, &keep],
+        )?;
+        Ok(())
+    }
+
+    fn journal_floor(&mut self) -> StoreResult<u64> {
+        let row = self
+            .query_first(
+                "SELECT journal_floor FROM heads WHERE tenant_id = $1",
+                &[&self.tenant],
+            )?
+            .ok_or_else(|| StoreError::Meta(format!("no head for tenant {}", self.tenant)))?;
+        Ok(col::<i64>(&row, 0)? as u64)
+    }
+
+    fn has_entry(&mut self, seq: u64) -> StoreResult<bool> {
+        let Ok(seq) = i64::try_from(seq) else {
+            return Ok(false);
+        };
+        Ok(self
+            .query_first(
+                "SELECT 1 FROM journal WHERE tenant_id = $1 AND seq = $2",
+                &[&self.tenant, &seq],
+            )?
+            .is_some())
+    }
+
+    fn compact(&mut self, floor: u64, after: u64, upto: u64) -> StoreResult<u64> {
+        let as_i64 = |v: u64| {
+            i64::try_from(v).map_err(|_| StoreError::Meta(format!("sequence {v} too large")))
+        };
+        let (floor, after, upto) = (as_i64(floor)?, as_i64(after)?, as_i64(upto.min(floor))?);
+        self.query(
+            "UPDATE heads SET journal_floor = GREATEST(journal_floor, $2) WHERE tenant_id = $1",
+            &[&self.tenant, &floor],
+        )?;
+        // One statement: the data-modifying CTEs all see the journal as it was before the delete.
+        let row = self
+            .query_first(
+                "WITH doomed AS (
+                     DELETE FROM journal j
+                     WHERE j.tenant_id = $1 AND j.seq > $2 AND j.seq <= $3
+                       AND (j.kind = 2 OR EXISTS (SELECT 1 FROM journal k
+                            WHERE k.tenant_id = $1 AND k.node_id = j.node_id
+                              AND k.seq > j.seq AND k.seq <= $4))
+                     RETURNING j.seq, j.tag, j.kind, j.node_id
+                 ), tags AS (
+                     INSERT INTO dropped_tags (tenant_id, seq, tag)
+                     SELECT $1, seq, tag FROM doomed ON CONFLICT DO NOTHING
+                 ), retired AS (
+                     INSERT INTO retired_ids (tenant_id, id)
+                     SELECT DISTINCT $1::bigint, node_id FROM doomed WHERE kind = 2
+                     ON CONFLICT DO NOTHING
+                 )
+                 SELECT COUNT(*) FROM doomed",
+                &[&self.tenant, &after, &upto, &floor],
+            )?
+            .ok_or_else(|| StoreError::Meta("compaction returned no row".into()))?;
+        Ok(col::<i64>(&row, 0)? as u64)
     }
 }

@@ -27,8 +27,8 @@ use super::{
 };
 use pool::{Pool, open_connection};
 use rows::{
-    ENTRY, decode_kind, decode_node, entry_from_row, key, read_bounded, read_head, read_tag,
-    root_node, to_entry,
+    ENTRY, decode_kind, decode_node, entry_from_row, key, read_bounded, read_floor, read_head,
+    read_tag, root_node, to_entry,
 };
 use txn::SqliteTxn;
 
@@ -113,6 +113,43 @@ impl SqliteMetaStore {
                 Ok((hash, device, created))
             })
             .collect()
+    }
+
+    /// A tenant's retention state as stored (for `bvfs admin migrate`).
+    pub fn retention_state(&self, tenant: TenantId) -> StoreResult<super::RetentionState> {
+        self.namespace(tenant)?.read(|c| {
+            let (keep, floor): (Option<i64>, i64) = c
+                .query_row(
+                    "SELECT keep_versions_s, journal_floor FROM heads WHERE tenant_id = ?1",
+                    [tenant],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(meta_err)?;
+            let mut stmt = c
+                .prepare("SELECT seq, tag FROM dropped_tags WHERE tenant_id = ?1 ORDER BY seq")
+                .map_err(meta_err)?;
+            let dropped_tags = stmt
+                .query_map([tenant], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(meta_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(meta_err)?;
+            let mut stmt = c
+                .prepare("SELECT id FROM retired_ids WHERE tenant_id = ?1 ORDER BY id")
+                .map_err(meta_err)?;
+            let retired_ids = stmt
+                .query_map([tenant], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(meta_err)?
+                .map(|id| id.map_err(meta_err).and_then(key))
+                .collect::<StoreResult<Vec<_>>>()?;
+            Ok(super::RetentionState {
+                keep_secs: keep.map(|k| k.max(0) as u64),
+                floor: floor as u64,
+                dropped_tags,
+                retired_ids,
+            })
+        })
     }
 
     /// The database of `tenant`'s namespace, opened (and created, for a new tenant) on first use.
@@ -412,6 +449,28 @@ impl MetaStore for SqliteMetaStore {
             let (entries, full) = read_bounded(rows, max_bytes)?;
             let more = full || entries.len() == limit;
             Ok((entries, more))
+        })
+    }
+
+    fn journal_floor(&self, tenant: TenantId) -> StoreResult<u64> {
+        self.namespace(tenant)?.read(|c| read_floor(c, tenant))
+    }
+
+    fn settled_before(&self, tenant: TenantId, cutoff_ns: i64) -> StoreResult<u64> {
+        self.namespace(tenant)?.read(|c| {
+            // The head first: an entry committed after this read comes after it.
+            let head = read_head(c, tenant)?;
+            let first_recent: Option<i64> = c
+                .prepare_cached(
+                    "SELECT MIN(seq) FROM journal WHERE tenant_id = ?1 AND committed_ns >= ?2",
+                )
+                .map_err(meta_err)?
+                .query_row(params![tenant, cutoff_ns], |r| r.get(0))
+                .map_err(meta_err)?;
+            Ok(match first_recent {
+                Some(seq) => head.min((seq as u64).saturating_sub(1)),
+                None => head,
+            })
         })
     }
 

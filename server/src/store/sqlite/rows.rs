@@ -70,16 +70,31 @@ pub(super) fn read_head(c: &Connection, tenant: TenantId) -> StoreResult<u64> {
     Ok(head.unwrap_or(0) as u64)
 }
 
-/// The tag of the journal entry at `seq` (`Some(0)` for 0, the empty journal's position).
+/// The tag of the journal entry at `seq` (`Some(0)` for 0, the empty journal's position), also of
+/// one retention dropped (its tag is kept, so positions below the floor are still checked).
 pub(super) fn read_tag(c: &Connection, tenant: TenantId, seq: u64) -> StoreResult<Option<u64>> {
     if seq == 0 {
         return Ok(Some(0));
     }
     let tag: Option<i64> = c
-        .prepare_cached("SELECT tag FROM journal WHERE tenant_id = ?1 AND seq = ?2")
+        .prepare_cached(
+            "SELECT tag FROM journal WHERE tenant_id = ?1 AND seq = ?2
+             UNION ALL SELECT tag FROM dropped_tags WHERE tenant_id = ?1 AND seq = ?2 LIMIT 1",
+        )
         .map_err(meta_err)?
         .query_row(params![tenant, seq as i64], |r| r.get(0))
         .optional()
         .map_err(meta_err)?;
     Ok(tag.map(|t| t as u64))
+}
+
+/// The tenant's journal floor (0 before any retention run dropped entries).
+pub(super) fn read_floor(c: &Connection, tenant: TenantId) -> StoreResult<u64> {
+    let floor: Option<i64> = c
+        .prepare_cached("SELECT journal_floor FROM heads WHERE tenant_id = ?1")
+        .map_err(meta_err)?
+        .query_row([tenant], |r| r.get(0))
+        .optional()
+        .map_err(meta_err)?;
+    Ok(floor.unwrap_or(0) as u64)
 }

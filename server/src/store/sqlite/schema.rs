@@ -39,11 +39,32 @@ CREATE TABLE tokens (
 );
 ";
 
-/// A namespace database's schema version. Version 2 added `heads.gc_epoch` (`crate::gc`).
-const NAMESPACE_VERSION: i64 = 2;
+/// A namespace database's schema version. Version 2 added `heads.gc_epoch` (`crate::gc`);
+/// version 3 the retention policy, the journal floor, the tags of dropped entries and the retired
+/// node ids (`crate::retention`).
+const NAMESPACE_VERSION: i64 = 3;
 
 /// From namespace version 1 to 2.
 const NAMESPACE_V2: &str = "ALTER TABLE heads ADD COLUMN gc_epoch INTEGER NOT NULL DEFAULT 0;";
+
+/// From namespace version 2 to 3: `keep_versions_s` (NULL: keep everything), `journal_floor` (no
+/// position below it can be listed or snapshotted), the tags of dropped entries (positions below
+/// the floor are still checked) and the ids of nodes whose every entry was dropped (never reused).
+const NAMESPACE_V3: &str = "
+ALTER TABLE heads ADD COLUMN journal_floor INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE heads ADD COLUMN keep_versions_s INTEGER;
+CREATE TABLE dropped_tags (
+    tenant_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    tag INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE retired_ids (
+    tenant_id INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+) WITHOUT ROWID;
+";
 
 /// A namespace's tables. Rows keep their tenant id (one value per database), so the queries read
 /// the same as when all tenants shared one database.
@@ -164,7 +185,7 @@ fn split_namespaces(conn: &mut Connection, namespaces: &Path) -> StoreResult<()>
             let fresh = Connection::open(&tmp).map_err(meta_err)?;
             fresh
                 .execute_batch(&format!(
-                    "PRAGMA journal_mode = DELETE; {NAMESPACE} PRAGMA user_version = {NAMESPACE_VERSION};"
+                    "PRAGMA journal_mode = DELETE; {NAMESPACE} {NAMESPACE_V3} PRAGMA user_version = {NAMESPACE_VERSION};"
                 ))
                 .map_err(meta_err)?;
         }
@@ -221,6 +242,7 @@ pub(super) fn ensure_namespace(conn: &mut Connection, tenant: TenantId) -> Store
         0 => {
             let tx = conn.transaction().map_err(meta_err)?;
             tx.execute_batch(NAMESPACE).map_err(meta_err)?;
+            tx.execute_batch(NAMESPACE_V3).map_err(meta_err)?;
             tx.execute(
                 "INSERT INTO heads (tenant_id, head) VALUES (?1, 0)",
                 [tenant],
@@ -235,16 +257,19 @@ pub(super) fn ensure_namespace(conn: &mut Connection, tenant: TenantId) -> Store
                 .map_err(meta_err)?;
             tx.commit().map_err(meta_err)
         }
-        1 => {
+        old @ (1 | 2) => {
             // Immediate, and checked again inside: a server and an admin command may both open
             // the database; one of them upgrades it.
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(meta_err)?;
-            if user_version(&tx)? != 1 {
+            if user_version(&tx)? != old {
                 return Ok(());
             }
-            tx.execute_batch(NAMESPACE_V2).map_err(meta_err)?;
+            if old == 1 {
+                tx.execute_batch(NAMESPACE_V2).map_err(meta_err)?;
+            }
+            tx.execute_batch(NAMESPACE_V3).map_err(meta_err)?;
             tx.execute_batch(&format!("PRAGMA user_version = {NAMESPACE_VERSION}"))
                 .map_err(meta_err)?;
             tx.commit().map_err(meta_err)
@@ -269,7 +294,9 @@ mod tests {
         ensure_namespace(&mut conn, 7).unwrap();
         conn.execute_batch(
             "UPDATE heads SET head = 5; ALTER TABLE heads DROP COLUMN gc_epoch; \
-             PRAGMA user_version = 1;",
+             ALTER TABLE heads DROP COLUMN journal_floor; \
+             ALTER TABLE heads DROP COLUMN keep_versions_s; \
+             DROP TABLE dropped_tags; DROP TABLE retired_ids; PRAGMA user_version = 1;",
         )
         .unwrap();
         ensure_namespace(&mut conn, 7).unwrap();
@@ -283,5 +310,38 @@ mod tests {
             .unwrap();
         assert_eq!((head, epoch), (5, 0));
         ensure_namespace(&mut conn, 7).unwrap();
+    }
+
+    /// A namespace database of version 2 gains the retention columns (keep everything, floor 0)
+    /// and the tables of dropped tags and retired ids, its head and epoch kept.
+    #[test]
+    fn a_version_2_namespace_gains_retention() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        ensure_namespace(&mut conn, 7).unwrap();
+        conn.execute_batch(
+            "UPDATE heads SET head = 9, gc_epoch = 4; \
+             ALTER TABLE heads DROP COLUMN journal_floor; \
+             ALTER TABLE heads DROP COLUMN keep_versions_s; \
+             DROP TABLE dropped_tags; DROP TABLE retired_ids; PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        ensure_namespace(&mut conn, 7).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), NAMESPACE_VERSION);
+        let row: (i64, i64, i64, Option<i64>) = conn
+            .query_row(
+                "SELECT head, gc_epoch, journal_floor, keep_versions_s FROM heads",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (9, 4, 0, None));
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('dropped_tags', 'retired_ids')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 2);
     }
 }
