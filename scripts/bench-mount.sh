@@ -8,7 +8,8 @@
 # latency of a 4 KiB read at a random offset of the cold big file; cat of 1,000 small cold files;
 # find + stat over BENCH_FILES placeholders; untar of a source tree into the mount; git clone of a
 # repository of /usr/share/doc and git status on the second device (time and bytes hydrated); a
-# sequential write of the big file.
+# sequential write of the big file; sync under a burst (an untar on one device until the other lists
+# every file, beside the same bytes as one file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${BENCH_FILES:-100000}
@@ -136,6 +137,24 @@ for name in native bvfs-b rclone; do
   UNTAR[$name]=$(elapsed "$t0" "$t1")
 done
 
+echo "== sync under a burst: an untar on one device, until the other lists every file"
+wait_synced "$W/bvfs-b"
+"$BVFS" mount --server "$URL" --token "$TA" --device writer --data "$W/state-a" "$W/bvfs-a" >/dev/null
+TAR_BYTES=$(stat -c %s "$SRC_TAR")
+# What the server needs to ingest the bytes: the same bytes as one file, until the other device has it.
+t0=$(now); cp "$SRC_TAR" "$W/bvfs-b/burst.tar"
+until [ "$(stat -c %s "$W/bvfs-a/burst.tar" 2>/dev/null)" = "$TAR_BYTES" ]; do sleep 0.05; done; t1=$(now)
+INGEST=$(elapsed "$t0" "$t1")
+# The burst: the tree's thousands of files, until the other device lists every one at its size.
+mkdir -p "$W/bvfs-b/burst"
+t0=$(now); tar -C "$W/bvfs-b/burst" -xf "$SRC_TAR"
+WANT=$(cd "$W/bvfs-b/burst" && find . -type f -printf '%p %s\n' -o -printf '%p\n' | sort | md5sum)
+until [ "$(cd "$W/bvfs-a/burst" 2>/dev/null && find . -type f -printf '%p %s\n' -o -printf '%p\n' | sort | md5sum)" = "$WANT" ]; do sleep 0.2; done
+t1=$(now)
+BURST=$(elapsed "$t0" "$t1")
+wait_synced "$W/bvfs-a"
+"$BVFS" umount "$W/bvfs-a" >/dev/null
+
 echo "== git: clone a $(find /usr/share/doc -type f | wc -l)-file repository, then git status on another device"
 REPO=$W/repo
 git init -q "$REPO" && cp -r /usr/share/doc "$REPO/doc" 2>/dev/null
@@ -173,6 +192,7 @@ for name in native bvfs-b rclone; do
   WRITE[$name]=$(elapsed "$t0" "$t1")
 done
 
+echo "sync under a burst: the untar reached the other device in ${BURST} s; the same bytes as one file in ${INGEST} s (ratio $(python3 -c "print(f'{$BURST / $INGEST:.2f}')"))"
 echo "git status on the second device: ${STATUS_B} s (native ${STATUS_NATIVE} s), hydrated ${HYDRATED_PCT} % of the tree's bytes, ${STATUS_CHANGED} paths reported"
 
 python3 - <<PY

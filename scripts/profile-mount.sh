@@ -51,10 +51,10 @@ profile() {
   local t0 t1; t0=$(now); "$@"; t1=$(now)
   kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
   echo "== $name: $(elapsed "$t0" "$t1") s"
-  perf report -q -i "$OUT/$name.perf" --no-children --sort comm --stdio 2>/dev/null \
-    | grep -v '^$' | head -8 | tee "$OUT/$name.by-process.txt"
-  perf report -q -i "$OUT/$name.perf" --no-children --comm "$(ps -o comm= -p "$pid")" --sort symbol --stdio -g none 2>/dev/null \
-    | grep -v '^$' | head -25 > "$OUT/$name.daemon-symbols.txt" || true
+  { perf report -q -i "$OUT/$name.perf" --no-children --sort pid --stdio -g none 2>/dev/null \
+    | grep -v '^$' | head -8 || true; } | tee "$OUT/$name.by-process.txt"
+  { perf report -q -i "$OUT/$name.perf" --no-children --pid "$pid" --sort dso,symbol --stdio -g none 2>/dev/null \
+    | grep -v '^$' | head -30 || true; } > "$OUT/$name.daemon-symbols.txt"
   echo "-- the daemon's hottest symbols:"; head -12 "$OUT/$name.daemon-symbols.txt"
   if [ "${REPEAT:-0}" = 1 ]; then
     [ -n "${PREPARE:-}" ] && eval "$PREPARE"

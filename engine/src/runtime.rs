@@ -1,7 +1,8 @@
 //! The background sync loop: when to run a round.
 //!
 //! A round runs when a local change wakes the engine (after a short debounce, so a burst of writes
-//! becomes one upload), when the server pushes "namespace advanced" (`Subscribe`, a hint only; after
+//! becomes one upload; while local changes keep coming, the next round waits for them to pause, up to
+//! `burst_max`, instead of running back to back with the writer), when the server pushes "namespace advanced" (`Subscribe`, a hint only; after
 //! a much shorter window, since another device's change should show up here at once), and
 //! periodically as a safety net. Failures back off exponentially with jitter, up to a minute; the
 //! first success after an outage brings the device back online and catches up on everything.
@@ -26,6 +27,9 @@ pub struct LoopTiming {
     pub push_coalesce: Duration,
     /// Run a round at least this often even without any signal.
     pub poll: Duration,
+    /// After a round that did work, the next one waits until local changes pause for `debounce`,
+    /// but never longer than this (a long burst still syncs as it goes).
+    pub burst_max: Duration,
     /// First and largest wait after a failure.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -37,6 +41,7 @@ impl Default for LoopTiming {
             debounce: Duration::from_millis(200),
             push_coalesce: Duration::from_millis(5),
             poll: Duration::from_secs(30),
+            burst_max: Duration::from_secs(2),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(60),
         }
@@ -117,6 +122,9 @@ async fn run_rounds(
             Ok(report) if !report.idle() => {
                 backoff = timing.backoff_min;
                 tracing::debug!(?report, "sync round");
+                if !report.more && settle_burst(&engine, &pushed, &mut stop, &timing).await {
+                    return;
+                }
                 continue;
             }
             Ok(_) => {
@@ -155,6 +163,30 @@ async fn run_rounds(
             _ = pushed.notified() => tokio::time::sleep(timing.push_coalesce).await,
             _ = tokio::time::sleep(timing.poll) => {}
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// After a round that did work and has nothing left to run at once: waits until local changes
+/// pause for the debounce (a change during the round or the wait restarts it), at most
+/// `burst_max`, or a push comes. A burst of writes (an untar, a build, a clone) is then synced in a
+/// few large rounds instead of many small ones whose fsynced transactions compete with the writer.
+/// True if the loop must stop.
+async fn settle_burst(
+    engine: &Engine,
+    pushed: &Notify,
+    stop: &mut watch::Receiver<bool>,
+    timing: &LoopTiming,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + timing.burst_max;
+    loop {
+        let pause = tokio::time::sleep(timing.debounce);
+        tokio::select! {
+            _ = pause => return false,
+            _ = tokio::time::sleep_until(deadline) => return false,
+            _ = engine.wake.notified() => continue,
+            _ = pushed.notified() => return false,
+            _ = stop.changed() => return true,
         }
     }
 }
