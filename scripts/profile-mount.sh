@@ -54,7 +54,7 @@ profile() {
   { perf report -q -i "$OUT/$name.perf" --no-children --sort pid --stdio -g none 2>/dev/null \
     | grep -v '^$' | head -8 || true; } | tee "$OUT/$name.by-process.txt"
   { perf report -q -i "$OUT/$name.perf" --no-children --pid "$pid" --sort dso,symbol --stdio -g none 2>/dev/null \
-    | grep -v '^$' | head -30 || true; } > "$OUT/$name.daemon-symbols.txt"
+    | grep -v '^$' | sed 's/  *-  *-  *$//' | head -30 || true; } > "$OUT/$name.daemon-symbols.txt"
   echo "-- the daemon's hottest symbols:"; head -12 "$OUT/$name.daemon-symbols.txt"
   if [ "${REPEAT:-0}" = 1 ]; then
     [ -n "${PREPARE:-}" ] && eval "$PREPARE"
@@ -97,8 +97,11 @@ for i in range(n):
 PY
 head -c $((BIG_MIB * 1024 * 1024)) /dev/urandom > "$W/a/big.bin"
 wait_synced "$W/a"
-for _ in $(seq 1 600); do [ -e "$W/b/big.bin" ] && [ "$(ls "$W/b/tree" 2>/dev/null | wc -l)" = 100 ] && break; sleep 0.5; done
-wait_synced "$W/b"
+for _ in $(seq 1 1200); do
+  [ "$(stat -c %s "$W/b/big.bin" 2>/dev/null)" = $((BIG_MIB * 1024 * 1024)) ] \
+    && [ "$(find "$W/b/tree" -type f 2>/dev/null | wc -l)" = "$FILES" ] && break
+  sleep 0.5
+done
 
 mapfile -t small < <(cd "$W/b" && find tree/d000 tree/d001 -type f | sort | head -1000)
 cat_small() { (cd "$W/b" && cat "${small[@]}" > /dev/null); }
