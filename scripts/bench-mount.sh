@@ -9,7 +9,7 @@
 # find + stat over BENCH_FILES placeholders; untar of a source tree into the mount; git clone of a
 # repository of /usr/share/doc and git status on the second device (time and bytes hydrated); a
 # sequential write of the big file; sync under a burst (an untar on one device until the other lists
-# every file, beside the same bytes as one file).
+# every file, beside the same bytes as one file); grep -r over that tree, cold on the other device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${BENCH_FILES:-100000}
@@ -79,7 +79,17 @@ cp "$W/native/big.bin" "$W/bvfs-a/big.bin"
 cp -r "$W/native/tree" "$W/bvfs-a/tree"
 cp "$W/native/big.bin" "$W/rclone-src/big.bin"
 cp -r "$W/native/tree" "$W/rclone-src/tree"
+mkdir -p "$W/rclone-src/doc-cold" && tar -C "$W/rclone-src/doc-cold" -xf "$SRC_TAR"
 wait_synced "$W/bvfs-a"
+
+echo "== grep -r over a cold tree of $(tar tf "$SRC_TAR" | wc -l) entries"
+# The untar's tree: on the other bvfs device it was never read (placeholders); rclone reads its copy
+# on the WebDAV side through an empty cache; native reads the native untar after dropping caches.
+declare -A GREP
+grep_cold() { drop_caches; t0=$(now); grep -r -c "no such text in any file 7f3a" "$1" > /dev/null || true; t1=$(now); elapsed "$t0" "$t1"; }
+GREP[native]=$(grep_cold "$W/native/untar")
+GREP[bvfs-a]=$(grep_cold "$W/bvfs-a/burst")
+GREP[rclone]=$(grep_cold "$W/rclone/doc-cold")
 "$BVFS" umount "$W/bvfs-a" >/dev/null
 rclone serve webdav "$W/rclone-src" --addr 127.0.0.1:18181 >/dev/null 2>&1 &
 PIDS+=($!)
@@ -206,6 +216,7 @@ rows = [
   ("first byte, 4 KiB at a random offset (s)", ${FIRST[native]}, ${FIRST[bvfs-b]}, ${FIRST[rclone]}),
   ("find + stat over ${FILES} files (s)", ${FIND[native]}, ${FIND[bvfs-b]}, ${FIND[rclone]}),
   ("untar /usr/share/doc (s)", ${UNTAR[native]}, ${UNTAR[bvfs-b]}, ${UNTAR[rclone]}),
+  ("grep -r over the cold untarred tree (s)", ${GREP[native]}, ${GREP[bvfs-a]}, ${GREP[rclone]}),
 ]
 print(f"| {'measure':44} | {'native':>8} | {'bvfs':>8} | {'rclone':>8} | bvfs/native | bvfs/rclone |")
 print("|" + "---|" * 6)

@@ -5,6 +5,8 @@
 # (`strace -c -f`, in a second run of the workload: strace slows it down).
 #
 #   scripts/profile-mount.sh            (BENCH_FILES=20000 BENCH_BIG_MIB=512 by default)
+#   ONLY="find-stat" BENCH_FILES=100000 scripts/profile-mount.sh   (some workloads only: untar,
+#   small-cold-files, find-stat, cold-read, warm-re-read)
 #
 # Writes every report under $OUT (default /tmp/bvfs-profile) and prints the summaries.
 set -euo pipefail
@@ -43,6 +45,7 @@ daemon_of() { # mountpoint → pid of the mount daemon serving it
 # on the daemon when REPEAT=1 (the command must be repeatable then).
 profile() {
   local name=$1 mnt=$2; shift 2
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return 0; fi
   local pid; pid=$(daemon_of "$mnt")
   [ -n "${PREPARE:-}" ] && eval "$PREPARE"
   perf record -q -a -g -F 499 -o "$OUT/$name.perf" -- sleep 3600 >/dev/null 2>&1 &

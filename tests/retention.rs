@@ -8,14 +8,12 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bvfs_engine::model::NodeKind;
-use bvfs_engine::remote::{GrpcRemote, RemoteConfig, SyncApi};
+use bvfs_engine::remote::SyncApi;
 use bvfs_engine::state::ROOT_INO;
-use bvfs_engine::{Engine, EngineConfig};
 use bvfs_proto::v1;
+use common::engine_devices::{device, files, write};
 use common::*;
 
 /// `bvfs admin retention alice ARGS --json --data DATA`, parsed.
@@ -316,41 +314,6 @@ fn the_retention_command_sets_and_shows_the_window() {
         assert!(!out.status.success(), "{bad:?} must fail");
         assert!(!out.stderr.is_empty(), "{bad:?} says why");
     }
-}
-
-fn device(dir: &Path, name: &str, url: &str, token: &str) -> Arc<Engine> {
-    let remote = Arc::new(GrpcRemote::new(&RemoteConfig::new(url, token)).unwrap());
-    Engine::open(EngineConfig::new(dir.join(name), name), remote).unwrap()
-}
-
-/// Writes `data` as the whole content of `name` in the root, as the mount does.
-async fn write(engine: &Engine, name: &str, data: &[u8]) {
-    let ino = match engine.lookup(ROOT_INO, name).unwrap() {
-        Some(entry) => entry.ino,
-        None => {
-            engine
-                .create(ROOT_INO, name, NodeKind::File, false, None)
-                .unwrap()
-                .ino
-        }
-    };
-    let path = engine.open_write(ino, true).await.unwrap().path;
-    std::fs::write(path, data).unwrap();
-    engine.close_write(ino, true, None).unwrap();
-}
-
-/// Every file in the root with its content, sorted by name.
-async fn files(engine: &Engine) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for entry in engine.list(ROOT_INO, None, 10_000).unwrap() {
-        let data = engine
-            .read(&entry, 0, entry.node.attrs.size as u32)
-            .await
-            .unwrap_or_else(|e| panic!("{} cannot be read: {e}", entry.node.name));
-        out.push((entry.node.name, String::from_utf8(data).unwrap()));
-    }
-    out.sort();
-    out
 }
 
 /// A device that was away while the server dropped the history after its position (window 0)

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bvfs_engine::model::NodeKind;
-use bvfs_engine::remote::{GrpcRemote, RemoteConfig};
+use bvfs_engine::remote::{GrpcRemote, RemoteConfig, SyncApi};
 use bvfs_engine::runtime::{LoopTiming, SyncLoop};
 use bvfs_engine::state::ROOT_INO;
 use bvfs_engine::{Engine, EngineConfig};
@@ -1552,30 +1552,7 @@ async fn retention_on_postgres_and_s3_never_deletes_a_chunk_a_kept_version_names
     let mut on_two = client(&cluster.servers[1].url, &phone).await;
     let (stats, two) = tokio::join!(
         common::gc_race::commits_racing_retention(&mut on_one, gc_args.clone(), env.clone(), 8),
-        async {
-            let mut n = 0;
-            let deadline = Instant::now() + Duration::from_secs(8);
-            while Instant::now() < deadline {
-                n += 1;
-                let data = format!("phone {n} {}", uuid::Uuid::new_v4()).repeat(64);
-                loop {
-                    put_blob(&mut on_two, data.as_bytes()).await;
-                    let op = create(
-                        &new_id(),
-                        &root(),
-                        &format!("p{n}"),
-                        v1::NodeKind::File,
-                        file_attrs(data.as_bytes()),
-                    );
-                    match commit(&mut on_two, vec![op]).await {
-                        Ok(_) => break,
-                        Err(status) if reason(&status) == "missing-chunks" => continue,
-                        Err(status) => panic!("commit through the second server: {status:?}"),
-                    }
-                }
-            }
-            n
-        }
+        commit_files_for(&mut on_two, Duration::from_secs(8)),
     );
     eprintln!("{stats:?}, {two} commits through the second server");
     assert!(stats.commits > 5 && two > 5, "{stats:?} {two}");
@@ -1584,6 +1561,33 @@ async fn retention_on_postgres_and_s3_never_deletes_a_chunk_a_kept_version_names
         stats.chunks_deleted > 0,
         "dropped versions' chunks were freed: {stats:?}"
     );
+}
+
+/// Commits one new small file after another through `api` for `secs` (uploading its chunk again
+/// when a collection deleted it first: `missing-chunks`); returns how many.
+async fn commit_files_for(api: &mut SyncApi, secs: Duration) -> usize {
+    let mut n = 0;
+    let deadline = Instant::now() + secs;
+    while Instant::now() < deadline {
+        n += 1;
+        let data = format!("phone {n} {}", uuid::Uuid::new_v4()).repeat(64);
+        loop {
+            put_blob(api, data.as_bytes()).await;
+            let op = create(
+                &new_id(),
+                &root(),
+                &format!("p{n}"),
+                v1::NodeKind::File,
+                file_attrs(data.as_bytes()),
+            );
+            match commit(api, vec![op]).await {
+                Ok(_) => break,
+                Err(status) if reason(&status) == "missing-chunks" => continue,
+                Err(status) => panic!("commit through the second server: {status:?}"),
+            }
+        }
+    }
+    n
 }
 
 /// `bvfs admin gc` on PostgreSQL and S3, again and again, while a device commits through one
@@ -1604,31 +1608,8 @@ async fn gc_on_postgres_and_s3_never_deletes_a_chunk_concurrent_commits_name() {
     let mut on_two = client(&cluster.servers[1].url, &phone).await;
     let (one, two) = tokio::join!(
         common::gc_race::commits_racing_gc(&mut on_one, gc_args.clone(), env.clone(), 8),
-        async {
-            // The second device commits without a collector of its own (one races both).
-            let mut n = 0;
-            let deadline = Instant::now() + Duration::from_secs(8);
-            while Instant::now() < deadline {
-                n += 1;
-                let data = format!("phone {n} {}", uuid::Uuid::new_v4()).repeat(64);
-                loop {
-                    put_blob(&mut on_two, data.as_bytes()).await;
-                    let op = create(
-                        &new_id(),
-                        &root(),
-                        &format!("p{n}"),
-                        v1::NodeKind::File,
-                        file_attrs(data.as_bytes()),
-                    );
-                    match commit(&mut on_two, vec![op]).await {
-                        Ok(_) => break,
-                        Err(status) if reason(&status) == "missing-chunks" => continue,
-                        Err(status) => panic!("commit through the second server: {status:?}"),
-                    }
-                }
-            }
-            n
-        }
+        // The second device commits without a collector of its own (one races both).
+        commit_files_for(&mut on_two, Duration::from_secs(8)),
     );
     eprintln!("{one:?}, {two} commits through the second server");
     assert!(one.commits > 5 && two > 5, "{one:?} {two}");

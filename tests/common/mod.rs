@@ -1,6 +1,7 @@
 //! Shared test harness: real `bvfs serve` processes on loopback, users and tokens, and proto builders.
 #![allow(dead_code)]
 
+pub mod engine_devices;
 pub mod gc_race;
 pub mod mounts;
 pub mod scrape;

@@ -7,7 +7,8 @@
 //!   of a pinned directory inherit the pin.
 //!
 //! On the mount's root, `user.bvfs.held-deletes` lists the deletes the bulk-delete brake holds (one
-//! `side path` per line); setting it to `confirm` lets them through, `reject` undoes them.
+//! `side path` per line, at most 64 KiB: past that a last line says how many more, and
+//! `bvfs deletes` lists them all); setting it to `confirm` lets them through, `reject` undoes them.
 //!
 //! Any other `user.` attribute is the user's: stored with the node and synced (as Dropbox does),
 //! with ext4's limits (names of at most 255 bytes, `ERANGE` beyond; values of at most 64 KiB,
@@ -78,10 +79,7 @@ impl Vfs {
                 .to_string(),
             PIN => if entry.pinned { "1" } else { "0" }.to_string(),
             HELD_DELETES if ino == ROOT_INO => {
-                let held = self.engine.held_deletes().map_err(Errno::from)?;
-                held.iter()
-                    .map(|(side, path)| format!("{side} {path}\n"))
-                    .collect()
+                held_deletes_listing(&self.engine.held_deletes().map_err(Errno::from)?)
             }
             _ if is_user(name) => {
                 return entry
@@ -217,5 +215,51 @@ impl Vfs {
             STATE | SYNC => Err(Errno::EPERM),
             _ => Err(Errno::ENODATA),
         }
+    }
+}
+
+/// The `user.bvfs.held-deletes` value: one `side path` line per held delete, cut to fit an
+/// attribute value (the kernel refuses longer ones with `E2BIG`), the last line counting the rest.
+fn held_deletes_listing(held: &[(String, String)]) -> String {
+    // Room for the closing line ("… and 18446744073709551615 more: bvfs deletes").
+    const BUDGET: usize = MAX_XATTR_VALUE_BYTES - 64;
+    let mut out = String::new();
+    for (listed, (side, path)) in held.iter().enumerate() {
+        let line = format!("{side} {path}\n");
+        if out.len() + line.len() > BUDGET {
+            out.push_str(&format!(
+                "... and {} more: bvfs deletes\n",
+                held.len() - listed
+            ));
+            break;
+        }
+        out.push_str(&line);
+    }
+    debug_assert!(out.len() <= MAX_XATTR_VALUE_BYTES);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_long_held_deletes_listing_fits_an_attribute_value() {
+        let held: Vec<(String, String)> = (0..5_000)
+            .map(|i| {
+                (
+                    "local".to_string(),
+                    format!("a/rather/long/path/to/file-{i:05}.txt"),
+                )
+            })
+            .collect();
+        let listing = super::held_deletes_listing(&held);
+        assert!(listing.len() <= bvfs_proto::MAX_XATTR_VALUE_BYTES);
+        let last = listing.lines().last().unwrap();
+        let listed = listing.lines().count() - 1;
+        assert_eq!(
+            last,
+            format!("... and {} more: bvfs deletes", 5_000 - listed)
+        );
+        let short = super::held_deletes_listing(&held[..3]);
+        assert_eq!(short.lines().count(), 3);
     }
 }
