@@ -81,15 +81,6 @@ cp "$W/native/big.bin" "$W/rclone-src/big.bin"
 cp -r "$W/native/tree" "$W/rclone-src/tree"
 mkdir -p "$W/rclone-src/doc-cold" && tar -C "$W/rclone-src/doc-cold" -xf "$SRC_TAR"
 wait_synced "$W/bvfs-a"
-
-echo "== grep -r over a cold tree of $(tar tf "$SRC_TAR" | wc -l) entries"
-# The untar's tree: on the other bvfs device it was never read (placeholders); rclone reads its copy
-# on the WebDAV side through an empty cache; native reads the native untar after dropping caches.
-declare -A GREP
-grep_cold() { drop_caches; t0=$(now); grep -r -c "no such text in any file 7f3a" "$1" > /dev/null || true; t1=$(now); elapsed "$t0" "$t1"; }
-GREP[native]=$(grep_cold "$W/native/untar")
-GREP[bvfs-a]=$(grep_cold "$W/bvfs-a/burst")
-GREP[rclone]=$(grep_cold "$W/rclone/doc-cold")
 "$BVFS" umount "$W/bvfs-a" >/dev/null
 rclone serve webdav "$W/rclone-src" --addr 127.0.0.1:18181 >/dev/null 2>&1 &
 PIDS+=($!)
@@ -163,6 +154,15 @@ until [ "$(cd "$W/bvfs-a/burst" 2>/dev/null && find . -type f -printf '%p %s\n' 
 t1=$(now)
 BURST=$(elapsed "$t0" "$t1")
 wait_synced "$W/bvfs-a"
+
+echo "== grep -r over a cold tree of $(tar tf "$SRC_TAR" | wc -l) entries"
+# The untar's tree: on the other bvfs device it was never read (placeholders); rclone reads its copy
+# on the WebDAV side through an empty cache; native reads the native untar after dropping caches.
+declare -A GREP
+grep_cold() { drop_caches; t0=$(now); grep -r -c "no such text in any file 7f3a" "$1" > /dev/null || true; t1=$(now); elapsed "$t0" "$t1"; }
+GREP[native]=$(grep_cold "$W/native/untar")
+GREP[bvfs-a]=$(grep_cold "$W/bvfs-a/burst")
+GREP[rclone]=$(grep_cold "$W/rclone/doc-cold")
 "$BVFS" umount "$W/bvfs-a" >/dev/null
 
 echo "== git: clone a $(find /usr/share/doc -type f | wc -l)-file repository, then git status on another device"
