@@ -29,35 +29,12 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-now() { date +%s.%N; }
-# Waits (up to 30 min) until a mount's root says everything is synced, so that `bvfs umount`, which
-# waits only a minute for the last changes, never gives up on a large upload.
-wait_synced() {
-  for _ in $(seq 1 3600); do
-    [ "$(getfattr --only-values -n user.bvfs.sync "$1" 2>/dev/null)" = synced ] && return 0
-    sleep 0.5
-  done
-  echo "bench: $1 did not finish syncing in 30 minutes" >&2
-  return 1
-}
-elapsed() { python3 -c "print(f'{$2 - $1:.3f}')"; }
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+source scripts/bench-lib.sh
 first_byte() { # file offset → seconds for one 4 KiB pread
   python3 - "$1" "$2" <<'PY'
 import os, sys, time
 fd = os.open(sys.argv[1], os.O_RDONLY)
 t = time.perf_counter(); os.pread(fd, 4096, int(sys.argv[2])); print(f"{time.perf_counter() - t:.4f}")
-PY
-}
-make_tree() { # dir → FILES small files in 100 directories
-  python3 - "$1" "$FILES" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, f"d{i % 100:03d}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i}.txt"), "w") as f:
-        f.write(f"file {i}\n")
 PY
 }
 SRC_TAR=$W/src.tar
@@ -67,7 +44,7 @@ tar -C /usr/share --hard-dereference -chf "$SRC_TAR" doc 2>/dev/null || true
 echo "== setting up: native data, bvfs server + writer device, rclone WebDAV remote"
 mkdir -p "$W/native" "$W/srv" "$W/bvfs-a" "$W/bvfs-b" "$W/rclone-src" "$W/rclone"
 head -c $((BIG_MIB * 1024 * 1024)) /dev/urandom > "$W/native/big.bin"
-make_tree "$W/native/tree"
+make_tree "$W/native/tree" "$FILES"
 TA=$("$BVFS" admin add-user --data "$W/srv" bench --device writer 2>/dev/null)
 TB=$("$BVFS" admin add-user --data "$W/srv" bench --device reader 2>/dev/null)
 "$BVFS" serve --data "$W/srv" --listen 127.0.0.1:0 > "$W/serve.out" 2>"$W/serve.log" &

@@ -28,16 +28,7 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-now() { date +%s.%N; }
-elapsed() { python3 -c "print(f'{$2 - $1:.3f}')"; }
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-wait_synced() {
-  for _ in $(seq 1 3600); do
-    [ "$(getfattr --only-values -n user.bvfs.sync "$1" 2>/dev/null)" = synced ] && return 0
-    sleep 0.5
-  done
-  return 1
-}
+source scripts/bench-lib.sh
 daemon_of() { # mountpoint → pid of the mount daemon serving it
   pgrep -f -- "bvfs mount .*$1\$" | tail -1
 }
@@ -89,15 +80,7 @@ REPEAT=1 profile untar "$W/a" untar
 PREPARE=''
 
 # Reads on device B of what A wrote: small cold files, find + stat, a big cold file.
-python3 - "$W/a/tree" "$FILES" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, f"d{i % 100:03d}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i}.txt"), "w") as f:
-        f.write(f"file {i}\n" * (1 + i % 50))
-PY
+make_tree "$W/a/tree" "$FILES" varied
 head -c $((BIG_MIB * 1024 * 1024)) /dev/urandom > "$W/a/big.bin"
 wait_synced "$W/a"
 for _ in $(seq 1 1200); do

@@ -27,19 +27,9 @@ pub struct RaceStats {
 
 /// Runs one `bvfs admin gc --json` with `args`; returns how many chunks it deleted.
 pub fn run_gc(args: &[String], env: &[(String, String)], grace: &str) -> u64 {
-    let out = bvfs()
-        .args(["admin", "gc", "--json", "--grace", grace])
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("run bvfs admin gc");
-    assert!(
-        out.status.success(),
-        "gc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("gc's JSON");
-    report["chunks_deleted"].as_u64().expect("chunks_deleted")
+    run_gc_report(args, env, grace)["chunks_deleted"]
+        .as_u64()
+        .expect("chunks_deleted")
 }
 
 /// Uploads and commits for `secs` seconds through `api` while `bvfs admin gc --grace 0` (with
