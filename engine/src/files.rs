@@ -51,21 +51,16 @@ impl LocalFiles {
         self.dir.join(format!("{ino}.owner"))
     }
 
-    /// The modification time of the copy of `ino` (ns since the epoch), if it has one.
-    pub fn mtime_ns(&self, ino: u64) -> Option<i64> {
-        let modified = std::fs::metadata(self.path(ino)).ok()?.modified().ok()?;
-        Some(match modified.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => d.as_nanos() as i64,
-            Err(e) => -(e.duration().as_nanos() as i64),
-        })
-    }
-
-    /// The copy's status-change time: set by the kernel with its mtime on every write, and by
-    /// every utimens or chmod of the copy.
-    pub fn ctime_ns(&self, ino: u64) -> Option<i64> {
+    /// The copy of `ino`'s modification and status-change times (ns since the epoch), from one
+    /// `stat`, if it has a copy. The kernel sets both to one instant on every write; a utimens or
+    /// chmod of the copy moves the change time too.
+    pub fn times_ns(&self, ino: u64) -> Option<(i64, i64)> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(self.path(ino)).ok()?;
-        Some(meta.ctime() * 1_000_000_000 + meta.ctime_nsec())
+        Some((
+            meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        ))
     }
 
     pub fn exists(&self, ino: u64) -> bool {

@@ -1,11 +1,12 @@
 //! The background sync loop: when to run a round.
 //!
 //! A round runs when a local change wakes the engine (after a short debounce, so a burst of writes
-//! becomes one upload; while local changes keep coming, the next round waits for them to pause, up to
-//! `burst_max`, instead of running back to back with the writer), when the server pushes "namespace advanced" (`Subscribe`, a hint only; after
-//! a much shorter window, since another device's change should show up here at once), and
-//! periodically as a safety net. Failures back off exponentially with jitter, up to a minute; the
-//! first success after an outage brings the device back online and catches up on everything.
+//! becomes one upload; while local changes keep coming, the next round waits for them to pause, up
+//! to `burst_max`, instead of running back to back with the writer), when the server pushes
+//! "namespace advanced" (`Subscribe`, a hint only; after a much shorter window, since another
+//! device's change should show up here at once), and periodically as a safety net. Failures back
+//! off exponentially with jitter, up to a minute; the first success after an outage brings the
+//! device back online and catches up on everything.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -224,11 +224,16 @@ impl Engine {
             // Read inside the transaction: a utimens racing this commit (touch -d right after
             // close) sets the copy's time before its own transaction, so whichever of the two
             // transactions comes last records the time it set.
-            let mtime = mtime_ns.or_else(|| self.files.mtime_ns(ino)).unwrap_or(now);
+            let copy_times = self.files.times_ns(ino);
+            let mtime = mtime_ns
+                .or(copy_times.map(|(mtime, _)| mtime))
+                .unwrap_or(now);
             // The change time is the copy's, not this commit's: a write sets both of the copy's
             // times to one instant, so a file written and closed reports ctime == mtime here and on
             // every other device (which has no change time of its own for it: git compares both).
-            let ctime = self.files.ctime_ns(ino).unwrap_or(now).max(mtime.min(now));
+            let ctime = copy_times
+                .map_or(now, |(_, ctime)| ctime)
+                .max(mtime.min(now));
             if entry.node.attrs.content == Some(manifest.hash)
                 && entry.node.attrs.size == manifest.size
             {

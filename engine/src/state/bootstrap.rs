@@ -125,7 +125,7 @@ impl Txn<'_> {
             return Ok(None);
         }
 
-        let next_ino = self.meta_u64("next_ino")?.unwrap_or(super::ROOT_INO + 1);
+        let next_ino = self.sequence_next()?;
         // The first write: if it fails on a constraint (two REMOTE siblings with one name, which the
         // server never allows, or two ids with one stable inode number), the statement leaves
         // nothing behind and the planner takes over. Each node gets its stable inode number unless
@@ -156,7 +156,7 @@ impl Txn<'_> {
             [root],
         )
         .map_err(err)?;
-        self.set_meta("next_ino", (next_ino + inserted as u64) as i64)?;
+        self.set_sequence_next(next_ino + inserted as u64)?;
         self.record_stable_inos()?;
         conn.execute("DELETE FROM changed WHERE seq <= ?1", [changed_through])
             .map_err(err)?;

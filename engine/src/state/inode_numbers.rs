@@ -23,6 +23,9 @@ use crate::model::NodeId;
 /// The first stable inode number; the sequence stays below it.
 pub const STABLE_INO_BASE: u64 = 1 << 62;
 
+/// The `meta` key of the sequence's next number.
+const SEQUENCE_NEXT: &str = "next_ino";
+
 /// The SQL name of [`stable_ino_of`] on the state's connection (for bulk inserts).
 pub const STABLE_INO_SQL: &str = "bvfs_stable_ino";
 
@@ -64,23 +67,32 @@ impl Txn<'_> {
         }
     }
 
+    /// The sequence's next number, not handed out yet.
+    pub(crate) fn sequence_next(&self) -> StateResult<u64> {
+        Ok(self.meta_u64(SEQUENCE_NEXT)?.unwrap_or(ROOT_INO + 1))
+    }
+
+    /// Moves the sequence on: numbers below `next` count as handed out.
+    pub(crate) fn set_sequence_next(&self, next: u64) -> StateResult<()> {
+        self.set_meta(SEQUENCE_NEXT, next as i64)
+    }
+
     /// The next number of the device's sequence (persisted, never reused).
     pub(crate) fn next_ino(&self) -> StateResult<u64> {
-        let next = self.meta_u64("next_ino")?.unwrap_or(ROOT_INO + 1);
+        let next = self.sequence_next()?;
         if next >= STABLE_INO_BASE {
             return Err(self.corrupt("the inode sequence reached the stable numbers"));
         }
-        self.set_meta("next_ino", (next + 1) as i64)?;
+        self.set_sequence_next(next + 1)?;
         Ok(next)
     }
 
     /// Makes sure none of `inos` (numbers kept copies still use) is ever handed out again.
     pub fn reserve_inos(&self, inos: &[u64]) -> StateResult<()> {
-        if let Some(&max) = inos.iter().filter(|&&i| i < STABLE_INO_BASE).max() {
-            let next = self.meta_u64("next_ino")?.unwrap_or(ROOT_INO + 1);
-            if next <= max {
-                self.set_meta("next_ino", (max + 1) as i64)?;
-            }
+        if let Some(&max) = inos.iter().filter(|&&i| i < STABLE_INO_BASE).max()
+            && self.sequence_next()? <= max
+        {
+            self.set_sequence_next(max + 1)?;
         }
         let mut insert = self
             .conn()
