@@ -76,6 +76,18 @@ impl PresignedServer {
         add_user(&self.dir.path().join("server"), user, device)
     }
 
+    /// `bvfs admin gc --json` on this server's backends with `--grace grace`: its report.
+    fn gc(&self, grace: &str) -> serde_json::Value {
+        let data = self.dir.path().join("server");
+        let args = [
+            "--chunks".to_string(),
+            CHUNKS.to_string(),
+            "--data".to_string(),
+            data.display().to_string(),
+        ];
+        common::gc_race::run_gc_report(&args, &self.s3.env(), grace)
+    }
+
     fn counter(&self, name: &str) -> f64 {
         sample(&scrape(&self.metrics), name)
     }
@@ -208,19 +220,7 @@ async fn a_file_syncs_through_the_object_store_without_crossing_grpc() {
     assert!(s.counter("bvfs_presigned_urls_total{method=\"GET\"}") >= 12.0);
 
     // Confirmed uploads left no pending objects behind.
-    let out = bvfs()
-        .args(["admin", "gc", "--grace", "0s", "--json", "--chunks", CHUNKS])
-        .arg("--data")
-        .arg(s.dir.path().join("server"))
-        .envs(s.s3.env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = s.gc("0s");
     assert_eq!(report["pending_uploads_deleted"], 0, "{report}");
     assert_eq!(report["chunks_deleted"], 0, "{report}");
 }
@@ -378,29 +378,12 @@ async fn unknown_and_collected_uploads_are_refused_at_confirmation() {
 
     // Uploaded, never confirmed, and collected after its grace period by `bvfs admin gc`.
     http.put(&upload.url, data.clone()).await.unwrap();
-    let gc = |grace: &str| {
-        let out = bvfs()
-            .args([
-                "admin", "gc", "--grace", grace, "--json", "--chunks", CHUNKS,
-            ])
-            .arg("--data")
-            .arg(s.dir.path().join("server"))
-            .envs(s.s3.env())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
     assert_eq!(
-        gc("1h")["pending_uploads_deleted"],
+        s.gc("1h")["pending_uploads_deleted"],
         0,
         "within the grace period"
     );
-    let report = gc("0s");
+    let report = s.gc("0s");
     assert_eq!(report["pending_uploads_deleted"], 1, "{report}");
     assert_eq!(report["pending_bytes_freed"], data.len(), "{report}");
     assert_eq!(
