@@ -145,12 +145,16 @@ impl Vfs {
             }
         }
         if dir.position < FIRST_ENTRY - 1 {
-            let this = self.getattr(dir.ino)?;
+            // Not `getattr`: for a directory removed while listed it would look for an open file
+            // among the handles, locking each one, this listing's own included (a deadlock).
             let read_at = self.engine.content_epoch();
+            let entry = self.entry(dir.ino)?;
+            let this = self.attr_of(&entry, read_at);
             let parent = self
-                .entry(dir.ino)
+                .engine
+                .getattr_by_id(entry.node.parent)
                 .ok()
-                .and_then(|e| self.engine.getattr_by_id(e.node.parent).ok().flatten())
+                .flatten()
                 .map_or(this, |p| self.attr_of(&p, read_at));
             let dots = [(1, ".", this), (2, "..", parent)];
             let start = dir.position;
