@@ -321,8 +321,12 @@ fn offline_reads_fail_fast_and_writes_catch_up(mut s: Setup) {
     fs::write(a.path("local.txt"), b"hydrated").unwrap();
     fs::write(a.path("remote.bin"), random_bytes(300_000, 7)).unwrap();
     let b = s.mount(1, &[]);
-    eventually(20, "B has both", || {
-        b.path("remote.bin").exists() && b.path("local.txt").exists()
+    // Wait for the written sizes, not only the names: A may sync each file's create before its
+    // bytes (the round may run between `open(O_CREAT)` and the write), and an empty `remote.bin`
+    // on B would then "read" fine offline.
+    eventually(20, "B has both with their bytes", || {
+        fs::metadata(b.path("remote.bin")).is_ok_and(|m| m.len() == 300_000)
+            && fs::metadata(b.path("local.txt")).is_ok_and(|m| m.len() == 8)
     });
     assert_eq!(fs::read(b.path("local.txt")).unwrap(), b"hydrated");
     s.server.terminate();
