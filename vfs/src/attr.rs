@@ -240,31 +240,14 @@ impl Vfs {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use bvfs_engine::api::{Engine, EngineConfig};
-    use bvfs_engine::remote::{GrpcRemote, RemoteConfig};
-
-    use crate::{Caller, Vfs, VfsOptions};
+    use crate::Caller;
 
     /// An entry read before a commit of written bytes ended (on another FUSE thread: the close's
     /// release) is not trusted for the size once the copy no longer counts as newer: without this,
     /// `chmod` right after `close` answered, and the kernel cached, an empty file.
     #[test]
     fn an_entry_read_before_a_commit_ended_is_read_again() {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let _entered = runtime.enter();
-        let dir = tempfile::tempdir().unwrap();
-        // Never reached: the test only writes locally.
-        let remote =
-            Arc::new(GrpcRemote::new(&RemoteConfig::new("http://127.0.0.1:9", "token")).unwrap());
-        let engine = Engine::open(EngineConfig::new(dir.path(), "laptop"), remote).unwrap();
-        let options = VfsOptions {
-            read_only: false,
-            uid: 0,
-            gid: 0,
-        };
-        let vfs = Vfs::new(engine, runtime.handle().clone(), options);
+        let (vfs, _dir, _runtime) = crate::testing::local_vfs();
         let (attr, fh) = vfs
             .create(1, "object", 0o644, Caller { uid: 0, gid: 0 })
             .unwrap();

@@ -148,7 +148,12 @@ impl Vfs {
             // Not `getattr`: for a directory removed while listed it would look for an open file
             // among the handles, locking each one, this listing's own included (a deadlock).
             let read_at = self.engine.content_epoch();
-            let entry = self.entry(dir.ino)?;
+            let entry = match self.entry(dir.ino) {
+                Ok(entry) => entry,
+                // Removed while open: the listing is empty, as ext4 answers (not even dots).
+                Err(Errno::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
+            };
             let this = self.attr_of(&entry, read_at);
             let parent = self
                 .engine
@@ -337,5 +342,46 @@ impl Vfs {
             .mknod(parent, name, kind, rdev, new)
             .map_err(Errno::from)?;
         Ok(self.special_attr(&special))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::{Caller, Vfs};
+
+    /// A directory removed while a process lists it: the listing ends (empty, as on ext4) instead
+    /// of deadlocking. The dot entries once came from `getattr`, which for a removed inode looks
+    /// for an open file by locking every handle, the listing's own (held by `readdir`) included;
+    /// a `rm -rf` racing a `find` hung the whole mount.
+    #[test]
+    fn a_directory_removed_while_listed_ends_its_listing_without_a_deadlock() {
+        let (vfs, _dir, _runtime) = crate::testing::local_vfs();
+        let vfs = Arc::new(vfs);
+        let root = Caller { uid: 0, gid: 0 };
+        let gone = vfs.mkdir(1, "gone", 0o755, root).unwrap();
+        vfs.mkdir(gone.ino, "child", 0o755, root).unwrap();
+        let fh = vfs.opendir(gone.ino).unwrap();
+        vfs.remove(gone.ino, "child", true).unwrap();
+        vfs.remove(1, "gone", true).unwrap();
+
+        let (done, finished) = std::sync::mpsc::channel();
+        let listing = vfs.clone();
+        std::thread::spawn(move || {
+            let mut names = Vec::new();
+            let result = listing.readdir(fh, 0, |entry| {
+                names.push(entry.name.clone());
+                false
+            });
+            let _ = done.send((result, names));
+        });
+        let (result, names) = finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("readdir of a removed directory deadlocked");
+        result.unwrap();
+        assert!(names.is_empty(), "{names:?}");
+        vfs.releasedir(fh).unwrap();
     }
 }

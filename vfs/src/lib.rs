@@ -17,6 +17,8 @@ mod errno;
 mod file;
 pub mod guard;
 pub mod projection;
+#[cfg(test)]
+mod testing;
 mod xattr;
 
 use std::collections::HashMap;
