@@ -791,7 +791,7 @@ fn a_guarded_process_gets_a_fast_error_while_cat_reads() {
     let b = s.mount(1, &["--guard-process", "my-indexer"]);
     common::eventually(30, "B lists the files", || {
         fs::metadata(b.path("other.bin")).is_ok_and(|m| m.len() == 300_000)
-            && b.path("big.bin").exists()
+            && fs::metadata(b.path("big.bin")).is_ok_and(|m| m.len() == 1 << 20)
     });
     // `cat` under an indexer's names: one from the defaults, one given to the mount.
     let bin = tempfile::tempdir().unwrap();

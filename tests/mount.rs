@@ -265,8 +265,9 @@ fn cache_limit_pins_and_unsynced_data(mut s: Setup) {
         fs::write(a.path(&format!("f{i}.bin")), random_bytes(1 << 20, 100 + i)).unwrap();
     }
     let b = s.mount(1, &["--cache-size", "3M"]);
-    eventually(30, "B lists the files", || {
-        (0..8).all(|i| b.path(&format!("f{i}.bin")).exists())
+    // Sizes, not names: a file's create may sync before its bytes.
+    eventually(30, "B lists the files with their sizes", || {
+        (0..8).all(|i| fs::metadata(b.path(&format!("f{i}.bin"))).is_ok_and(|m| m.len() == 1 << 20))
     });
     // Pin one file: it is fetched and stays, whatever else is read.
     sh(&b.mountpoint, "setfattr -n user.bvfs.pin -v 1 f0.bin");

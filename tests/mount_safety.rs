@@ -41,7 +41,10 @@ fn closing_a_large_write_while_a_remote_edit_waits_keeps_both_versions() {
     let a = s.mount(0, &[]);
     let b = s.mount(1, &[]);
     fs::write(a.path("f.bin"), random_bytes(MIB, 1)).unwrap();
-    eventually(30, "B sees f.bin", || b.path("f.bin").exists());
+    // Its size, not its name: a file's create may sync before its bytes.
+    eventually(30, "B sees f.bin", || {
+        fs::metadata(b.path("f.bin")).is_ok_and(|m| m.len() == MIB as u64)
+    });
 
     // A holds f.bin open for writing; B edits it meanwhile, and A's rounds hold B's update back.
     let mut writer = fs::OpenOptions::new()
@@ -133,8 +136,10 @@ fn concurrent_first_opens_for_writing_share_one_copy() {
         )
         .unwrap();
     }
-    eventually(60, "A sees every file", || {
-        (0..FILES).all(|i| a.path(&format!("f{i}")).exists())
+    eventually(60, "A sees every file with its size", || {
+        (0..FILES).all(|i| {
+            fs::metadata(a.path(&format!("f{i}"))).is_ok_and(|m| m.len() == 4 * MIB as u64)
+        })
     });
 
     for i in 0..FILES {

@@ -194,12 +194,12 @@ fn modification_times_set_by_tools_are_kept_and_synced_to_the_nanosecond() {
         assert_eq!(mtime_ns(&a.path(path)), ns, "{path} on A");
     }
     synced(&a, "");
-    eventually(30, "B has the files", || {
-        b.path("tree/untarred.txt").exists()
+    // The times, not the names: a file's create may sync before the times set on it.
+    eventually(30, "B has the files with their times", || {
+        expected
+            .iter()
+            .all(|(path, ns)| fs::metadata(b.path(path)).is_ok() && mtime_ns(&b.path(path)) == *ns)
     });
-    for (path, ns) in expected {
-        assert_eq!(mtime_ns(&b.path(path)), ns, "{path} on B");
-    }
     // Still so on A once the attribute cache has gone (the kernel asks again).
     sh(&a.mountpoint, "sync; echo 2 > /proc/sys/vm/drop_caches");
     for (path, ns) in expected {
@@ -454,7 +454,17 @@ fn rsync_finds_nothing_to_copy_on_its_second_run() {
         "the second finds every file up to date"
     );
     synced(&a, "");
-    eventually(30, "B has the files", || b.path("d3/f19.txt").exists());
+    // Every file with the size and time rsync compares (as A has them), not only the last name: a
+    // file's create may sync before the time rsync sets on it.
+    eventually(30, "B has the files with their sizes and times", || {
+        (0..20).all(|i| {
+            let path = format!("d{}/f{i}.txt", i % 4);
+            let want = fs::metadata(a.path(&path)).unwrap();
+            fs::metadata(b.path(&path)).is_ok_and(|got| {
+                got.len() == want.len() && mtime_ns(&b.path(&path)) == mtime_ns(&a.path(&path))
+            })
+        })
+    });
     assert_eq!(
         rsync(&b.mountpoint),
         0,
