@@ -350,7 +350,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use crate::{Caller, Vfs};
+    use crate::Caller;
 
     /// A directory removed while a process lists it: the listing ends (empty, as on ext4) instead
     /// of deadlocking. The dot entries once came from `getattr`, which for a removed inode looks
