@@ -205,9 +205,9 @@ impl Vfs {
             mtime_ns: change.mtime_ns,
         };
         let only_size = meta == bvfs_engine::api::MetaChange::default();
-        if self.entry(ino).is_err()
-            && let Some(special) = self.engine.special(ino).map_err(Errno::from)?
-        {
+        // Whether `ino` has an entry (not a special file, nor a file unlinked while open).
+        let has_entry = self.engine.getattr(ino).map_err(Errno::from)?.is_some();
+        if !has_entry && let Some(special) = self.engine.special(ino).map_err(Errno::from)? {
             if change.size.is_some() {
                 return Err(Errno::EINVAL);
             }
@@ -220,7 +220,7 @@ impl Vfs {
         if let Some(size) = change.size {
             self.truncate(ino, size)?;
         }
-        if !only_size && self.entry(ino).is_ok() {
+        if !only_size && has_entry {
             // A file being written keeps the time in its copy, which the last close records (a
             // write after it moves it on, as on any disk). The copy first, then LOCAL: a commit
             // of the copy racing this (the close's release) reads the copy's time inside its
@@ -232,7 +232,9 @@ impl Vfs {
             {
                 let _ = file.set_modified(time_of(ns));
             }
-            self.engine.set_meta(ino, meta).map_err(Errno::from)?;
+            let read_at = self.engine.content_epoch();
+            let entry = self.engine.set_meta(ino, meta).map_err(Errno::from)?;
+            return Ok(self.attr_of(&entry, read_at));
         }
         self.getattr(ino)
     }

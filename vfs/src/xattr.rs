@@ -17,6 +17,7 @@
 //! not stored: reading one is `ENODATA`, setting one `ENOTSUP`.
 
 use bvfs_engine::model::NodeKind;
+use bvfs_engine::state::local::LocalEntry;
 use bvfs_proto::{MAX_XATTR_BYTES, MAX_XATTR_VALUE_BYTES, SYNCED_XATTR_PREFIX};
 
 use crate::{Errno, Vfs, VfsResult};
@@ -47,15 +48,20 @@ pub const XATTR_NAMES: [&str; 3] = [STATE, SYNC, PIN];
 impl Vfs {
     /// `getxattr`.
     pub fn getxattr(&self, ino: u64, name: &str) -> VfsResult<Vec<u8>> {
-        if self.is_special(ino)? {
+        // No other namespace is stored, so this is answered before any lookup: the kernel asks
+        // for `security.capability` before every write to a file (FUSE mounts never mark an
+        // inode as having no security attributes), which puts this on the write path.
+        if !name.starts_with("user.") {
+            return Err(Errno::ENODATA);
+        }
+        let Some(entry) = self.entry_unless_special(ino)? else {
             // This device's only: never synced, nothing to download.
             return match name {
                 STATE => Ok(b"local".to_vec()),
                 SYNC => Ok(b"local-only".to_vec()),
                 _ => Err(Errno::ENODATA),
             };
-        }
-        let entry = self.entry(ino)?;
+        };
         let value = match name {
             STATE => self
                 .engine
@@ -97,13 +103,12 @@ impl Vfs {
 
     /// `listxattr`: the names, each NUL-terminated.
     pub fn listxattr(&self, ino: u64) -> VfsResult<Vec<u8>> {
-        if self.is_special(ino)? {
+        let Some(entry) = self.entry_unless_special(ino)? else {
             return Ok([STATE, SYNC]
                 .iter()
                 .flat_map(|name| name.bytes().chain([0]))
                 .collect());
-        }
-        let entry = self.entry(ino)?;
+        };
         let mut out = Vec::new();
         for name in XATTR_NAMES
             .into_iter()
@@ -121,7 +126,7 @@ impl Vfs {
 
     /// `setxattr` (`flags`: `XATTR_CREATE`, `XATTR_REPLACE`).
     pub fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> VfsResult<()> {
-        if self.is_special(ino)? {
+        if self.entry_unless_special(ino)?.is_none() {
             // Linux keeps no user attributes on special files either.
             return Err(Errno::EPERM);
         }
@@ -154,12 +159,16 @@ impl Vfs {
         }
     }
 
-    /// Whether `ino` is one of this device's special files (FIFO, socket, device).
-    fn is_special(&self, ino: u64) -> VfsResult<bool> {
-        if self.engine.getattr(ino).map_err(Errno::from)?.is_some() {
-            return Ok(false);
+    /// The entry of `ino`, or `None` when it is one of this device's special files (FIFO,
+    /// socket, device); `ENOENT` when it is neither. One lookup for a synced node.
+    fn entry_unless_special(&self, ino: u64) -> VfsResult<Option<LocalEntry>> {
+        if let Some(entry) = self.engine.getattr(ino).map_err(Errno::from)? {
+            return Ok(Some(entry));
         }
-        Ok(self.engine.special(ino).map_err(Errno::from)?.is_some())
+        match self.engine.special(ino).map_err(Errno::from)? {
+            Some(_) => Ok(None),
+            None => Err(Errno::ENOENT),
+        }
     }
 
     /// Sets (`Some`) or removes (`None`) a user attribute.
@@ -241,6 +250,36 @@ fn held_deletes_listing(held: &[(String, String)]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::{Caller, Errno};
+
+    /// Other namespaces are answered without a lookup (the kernel asks `security.capability`
+    /// before every write); user attributes still need the node.
+    #[test]
+    fn other_namespaces_are_enodata_and_user_attributes_need_the_node() {
+        let (vfs, _dir, _runtime) = crate::testing::local_vfs();
+        let (attr, fh) = vfs
+            .create(1, "file", 0o644, Caller { uid: 0, gid: 0 })
+            .unwrap();
+        vfs.setxattr(attr.ino, "user.color", b"blue", 0).unwrap();
+        assert_eq!(vfs.getxattr(attr.ino, "user.color").unwrap(), b"blue");
+        for name in [
+            "security.capability",
+            "trusted.x",
+            "system.posix_acl_access",
+        ] {
+            assert_eq!(vfs.getxattr(attr.ino, name), Err(Errno::ENODATA), "{name}");
+        }
+        assert_eq!(vfs.getxattr(attr.ino, "user.other"), Err(Errno::ENODATA));
+        let missing = attr.ino + 1_000;
+        assert_eq!(vfs.getxattr(missing, "user.color"), Err(Errno::ENOENT));
+        assert_eq!(vfs.listxattr(missing), Err(Errno::ENOENT));
+        assert_eq!(
+            vfs.setxattr(missing, "user.color", b"x", 0),
+            Err(Errno::ENOENT)
+        );
+        vfs.release(fh).unwrap();
+    }
+
     #[test]
     fn a_long_held_deletes_listing_fits_an_attribute_value() {
         let held: Vec<(String, String)> = (0..5_000)

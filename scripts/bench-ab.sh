@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# A/B of two bvfs builds on the write-heavy rows of scripts/bench-mount.sh, each workload run in
+# a fresh mount of a fresh loopback server, the two builds alternating round by round (so both see
+# the same machine state). Prints each round and the medians, with new ÷ old. Workloads:
+#   untar        untar of /usr/share/doc + `sync`
+#   clone        `git clone` of a repository of that tree + `sync`
+#   small-writes `dd bs=4k` of 200 MB into one file (a FUSE write request per 4 KiB)
+#
+#   cargo build --release && cp target/release/bvfs /tmp/bvfs-new
+#   git stash && cargo build --release && cp target/release/bvfs /tmp/bvfs-old && git stash pop
+#   WORKLOADS="untar clone small-writes" scripts/bench-ab.sh /tmp/bvfs-old /tmp/bvfs-new [ROUNDS]
+#   (as root: FUSE; default: all three workloads, 3 rounds)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OLD=$(realpath "$1")
+NEW=$(realpath "$2")
+ROUNDS=${3:-3}
+WORKLOADS=${WORKLOADS:-untar clone small-writes}
+W=$(mktemp -d /tmp/bvfs-ab.XXXXXX)
+PIDS=()
+cleanup() {
+  mountpoint -q "$W/mnt" 2>/dev/null && umount -l "$W/mnt" || true
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+source scripts/bench-lib.sh
+
+tar -C /usr/share --hard-dereference -chf "$W/src.tar" doc 2>/dev/null || true
+mkdir -p "$W/repo" && tar -C "$W/repo" -xf "$W/src.tar"
+git -C "$W/repo" init -q && git -C "$W/repo" add -A \
+  && git -C "$W/repo" -c user.email=b@e -c user.name=b commit -qm tree
+
+# one BVFS WORKLOAD: seconds for WORKLOAD in a fresh mount of a fresh server.
+one() {
+  local bvfs=$1 workload=$2 token url t0 t1
+  rm -rf "$W/srv" "$W/state" && mkdir -p "$W/srv" "$W/mnt"
+  token=$("$bvfs" admin add-user --data "$W/srv" ab --device a 2>/dev/null)
+  "$bvfs" serve --data "$W/srv" --listen 127.0.0.1:0 > "$W/serve.out" 2>/dev/null &
+  local server=$!
+  PIDS+=("$server")
+  for _ in $(seq 1 50); do grep -q http "$W/serve.out" 2>/dev/null && break; sleep 0.1; done
+  url=$(grep -o 'http://[0-9.:]*' "$W/serve.out" | head -1)
+  "$bvfs" mount --server "$url" --token "$token" --device a --data "$W/state" "$W/mnt" >/dev/null
+  t0=$(now)
+  case $workload in
+    untar) tar -C "$W/mnt" -xf "$W/src.tar"; sync ;;
+    clone) git clone -q "$W/repo" "$W/mnt/repo"; sync ;;
+    small-writes) dd if=/dev/zero of="$W/mnt/small-writes.bin" bs=4k count=50000 status=none ;;
+    *) echo "bench-ab: unknown workload $workload" >&2; exit 2 ;;
+  esac
+  t1=$(now)
+  wait_synced "$W/mnt"
+  "$bvfs" umount "$W/mnt" >/dev/null
+  kill "$server" && wait "$server" 2>/dev/null || true
+  elapsed "$t0" "$t1"
+}
+
+declare -A RESULTS
+for round in $(seq 1 "$ROUNDS"); do
+  for workload in $WORKLOADS; do
+    for side in old new; do
+      bin=$OLD; [ "$side" = new ] && bin=$NEW
+      t=$(one "$bin" "$workload")
+      RESULTS[$workload.$side]+="$t "
+      echo "round $round: $workload $side ${t} s"
+    done
+  done
+done
+echo "| workload | old (s) | new (s) | new ÷ old |"
+echo "| --- | --- | --- | --- |"
+for workload in $WORKLOADS; do
+  python3 - "$workload" "${RESULTS[$workload.old]}" "${RESULTS[$workload.new]}" <<'PY'
+import statistics, sys
+name, old, new = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
+mo, mn = statistics.median(old), statistics.median(new)
+print(f"| {name} (median of {len(old)}) | {mo:.3f} | {mn:.3f} | {mn / mo:.2f} |")
+PY
+done
