@@ -5,18 +5,19 @@
 #   untar        untar of /usr/share/doc + `sync`
 #   clone        `git clone` of a repository of that tree + `sync`
 #   small-writes `dd bs=4k` of 200 MB into one file (a FUSE write request per 4 KiB)
+#   small-files  5,000 files of 100 bytes, each created, written and closed (no sync)
 #
 #   cargo build --release && cp target/release/bvfs /tmp/bvfs-new
 #   git stash && cargo build --release && cp target/release/bvfs /tmp/bvfs-old && git stash pop
-#   WORKLOADS="untar clone small-writes" scripts/bench-ab.sh /tmp/bvfs-old /tmp/bvfs-new [ROUNDS]
-#   (as root: FUSE; default: all three workloads, 3 rounds)
+#   WORKLOADS="untar small-files" scripts/bench-ab.sh /tmp/bvfs-old /tmp/bvfs-new [ROUNDS]
+#   (as root: FUSE; default: every workload, 3 rounds; BENCH_DIR=/dev/shm keeps the disk out of it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD=$(realpath "$1")
 NEW=$(realpath "$2")
 ROUNDS=${3:-3}
-WORKLOADS=${WORKLOADS:-untar clone small-writes}
-W=$(mktemp -d /tmp/bvfs-ab.XXXXXX)
+WORKLOADS=${WORKLOADS:-untar clone small-writes small-files}
+W=$(mktemp -d "${BENCH_DIR:-/tmp}/bvfs-ab.XXXXXX")
 PIDS=()
 cleanup() {
   mountpoint -q "$W/mnt" 2>/dev/null && umount -l "$W/mnt" || true
@@ -39,18 +40,26 @@ one() {
   "$bvfs" serve --data "$W/srv" --listen 127.0.0.1:0 > "$W/serve.out" 2>/dev/null &
   local server=$!
   PIDS+=("$server")
-  for _ in $(seq 1 50); do grep -q http "$W/serve.out" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 100); do grep -q http "$W/serve.out" 2>/dev/null && break; sleep 0.1; done
   url=$(grep -o 'http://[0-9.:]*' "$W/serve.out" | head -1)
-  "$bvfs" mount --server "$url" --token "$token" --device a --data "$W/state" "$W/mnt" >/dev/null
+  [ -n "$url" ] || { echo "bench-ab: $bvfs serve did not start" >&2; return 1; }
+  "$bvfs" mount --server "$url" --token "$token" --device a --data "$W/state" "$W/mnt" >/dev/null \
+    && mountpoint -q "$W/mnt" || { echo "bench-ab: $bvfs mount did not start" >&2; return 1; }
   t0=$(now)
   case $workload in
     untar) tar -C "$W/mnt" -xf "$W/src.tar"; sync ;;
     clone) git clone -q "$W/repo" "$W/mnt/repo"; sync ;;
     small-writes) dd if=/dev/zero of="$W/mnt/small-writes.bin" bs=4k count=50000 status=none ;;
+    small-files) python3 -c '
+import os, sys
+for i in range(5000):
+    fd = os.open(f"{sys.argv[1]}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, b"x" * 100)
+    os.close(fd)' "$W/mnt" ;;
     *) echo "bench-ab: unknown workload $workload" >&2; exit 2 ;;
   esac
   t1=$(now)
-  wait_synced "$W/mnt"
+  wait_synced "$W/mnt" || return 1
   "$bvfs" umount "$W/mnt" >/dev/null
   kill "$server" && wait "$server" 2>/dev/null || true
   elapsed "$t0" "$t1"
@@ -61,7 +70,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for workload in $WORKLOADS; do
     for side in old new; do
       bin=$OLD; [ "$side" = new ] && bin=$NEW
-      t=$(one "$bin" "$workload")
+      t=$(one "$bin" "$workload") || exit 1
       RESULTS[$workload.$side]+="$t "
       echo "round $round: $workload $side ${t} s"
     done
