@@ -18,10 +18,8 @@ NEW=$(realpath "$2")
 ROUNDS=${3:-3}
 WORKLOADS=${WORKLOADS:-untar clone small-writes small-files}
 W=$(mktemp -d "${BENCH_DIR:-/tmp}/bvfs-ab.XXXXXX")
-PIDS=()
 cleanup() {
   mountpoint -q "$W/mnt" 2>/dev/null && umount -l "$W/mnt" || true
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -32,19 +30,25 @@ mkdir -p "$W/repo" && tar -C "$W/repo" -xf "$W/src.tar"
 git -C "$W/repo" init -q && git -C "$W/repo" add -A \
   && git -C "$W/repo" -c user.email=b@e -c user.name=b commit -qm tree
 
-# one BVFS WORKLOAD: seconds for WORKLOAD in a fresh mount of a fresh server.
+# one BVFS WORKLOAD: seconds for WORKLOAD in a fresh mount of a fresh server. Runs in a subshell
+# (`$(one …)`), so it stops its own server and mount, also when it fails.
 one() {
-  local bvfs=$1 workload=$2 token url t0 t1
+  local bvfs=$1 workload=$2 token url t0 t1 server
   rm -rf "$W/srv" "$W/state" && mkdir -p "$W/srv" "$W/mnt"
   token=$("$bvfs" admin add-user --data "$W/srv" ab --device a 2>/dev/null)
   "$bvfs" serve --data "$W/srv" --listen 127.0.0.1:0 > "$W/serve.out" 2>/dev/null &
-  local server=$!
-  PIDS+=("$server")
+  server=$!
+  fail() {
+    echo "bench-ab: $bvfs: $1" >&2
+    mountpoint -q "$W/mnt" 2>/dev/null && umount -l "$W/mnt"
+    kill "$server" 2>/dev/null
+    return 1
+  }
   for _ in $(seq 1 100); do grep -q http "$W/serve.out" 2>/dev/null && break; sleep 0.1; done
   url=$(grep -o 'http://[0-9.:]*' "$W/serve.out" | head -1)
-  [ -n "$url" ] || { echo "bench-ab: $bvfs serve did not start" >&2; return 1; }
+  [ -n "$url" ] || { fail "the server did not start"; return 1; }
   "$bvfs" mount --server "$url" --token "$token" --device a --data "$W/state" "$W/mnt" >/dev/null \
-    && mountpoint -q "$W/mnt" || { echo "bench-ab: $bvfs mount did not start" >&2; return 1; }
+    && mountpoint -q "$W/mnt" || { fail "the mount did not start"; return 1; }
   t0=$(now)
   case $workload in
     untar) tar -C "$W/mnt" -xf "$W/src.tar"; sync ;;
@@ -56,10 +60,10 @@ for i in range(5000):
     fd = os.open(f"{sys.argv[1]}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     os.write(fd, b"x" * 100)
     os.close(fd)' "$W/mnt" ;;
-    *) echo "bench-ab: unknown workload $workload" >&2; exit 2 ;;
+    *) fail "unknown workload $workload"; return 1 ;;
   esac
   t1=$(now)
-  wait_synced "$W/mnt" || return 1
+  wait_synced "$W/mnt" || { fail "the mount did not finish syncing"; return 1; }
   "$bvfs" umount "$W/mnt" >/dev/null
   kill "$server" && wait "$server" 2>/dev/null || true
   elapsed "$t0" "$t1"
