@@ -51,7 +51,7 @@ impl Vfs {
         // No other namespace is stored, so this is answered before any lookup: the kernel asks
         // for `security.capability` before every write to a file (FUSE mounts never mark an
         // inode as having no security attributes), which puts this on the write path.
-        if !name.starts_with("user.") {
+        if !name.starts_with(SYNCED_XATTR_PREFIX) {
             return Err(Errno::ENODATA);
         }
         let Some(entry) = self.entry_unless_special(ino)? else {
