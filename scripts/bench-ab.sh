@@ -25,7 +25,7 @@ cleanup() {
 trap cleanup EXIT
 source scripts/bench-lib.sh
 
-tar -C /usr/share --hard-dereference -chf "$W/src.tar" doc 2>/dev/null || true
+make_doc_tar "$W/src.tar"
 mkdir -p "$W/repo" && tar -C "$W/repo" -xf "$W/src.tar"
 git -C "$W/repo" init -q && git -C "$W/repo" add -A \
   && git -C "$W/repo" -c user.email=b@e -c user.name=b commit -qm tree
@@ -44,9 +44,7 @@ one() {
     kill "$server" 2>/dev/null
     return 1
   }
-  for _ in $(seq 1 100); do grep -q http "$W/serve.out" 2>/dev/null && break; sleep 0.1; done
-  url=$(grep -o 'http://[0-9.:]*' "$W/serve.out" | head -1)
-  [ -n "$url" ] || { fail "the server did not start"; return 1; }
+  url=$(server_url "$W/serve.out") || { fail "the server did not start"; return 1; }
   "$bvfs" mount --server "$url" --token "$token" --device a --data "$W/state" "$W/mnt" >/dev/null \
     && mountpoint -q "$W/mnt" || { fail "the mount did not start"; return 1; }
   t0=$(now)

@@ -1,4 +1,5 @@
-# Shell helpers shared by scripts/bench-mount.sh and scripts/profile-mount.sh (sourced, not run).
+# Shell helpers shared by scripts/bench-mount.sh, scripts/profile-mount.sh and scripts/bench-ab.sh
+# (sourced, not run).
 
 now() { date +%s.%N; }
 # Seconds between two `now` readings, to the millisecond.
@@ -26,4 +27,19 @@ for i in range(n):
     with open(os.path.join(d, f"f{i}.txt"), "w") as f:
         f.write(f"file {i}\n" * ((1 + i % 50) if varied else 1))
 PY
+}
+# make_doc_tar FILE: /usr/share/doc as a tarball, links dereferenced (rclone mount cannot make
+# symlinks on WebDAV, and BitVault has no hard links).
+make_doc_tar() {
+  tar -C /usr/share --hard-dereference -chf "$1" doc 2>/dev/null || true
+}
+# server_url FILE: the address a starting `bvfs serve` printed to FILE (its stdout), once it has
+# (up to 10 s); fails when it never does.
+server_url() {
+  for _ in $(seq 1 100); do
+    grep -q http "$1" 2>/dev/null && break
+    sleep 0.1
+  done
+  # -m 1, not `| head -1`: under pipefail, head closing the pipe early can fail the pipeline.
+  grep -o -m 1 'http://[0-9.:]*' "$1"
 }

@@ -38,8 +38,7 @@ t = time.perf_counter(); os.pread(fd, 4096, int(sys.argv[2])); print(f"{time.per
 PY
 }
 SRC_TAR=$W/src.tar
-# Links dereferenced: rclone mount cannot make symlinks on WebDAV, and BitVault has no hard links.
-tar -C /usr/share --hard-dereference -chf "$SRC_TAR" doc 2>/dev/null || true
+make_doc_tar "$SRC_TAR"
 
 echo "== setting up: native data, bvfs server + writer device, rclone WebDAV remote"
 mkdir -p "$W/native" "$W/srv" "$W/bvfs-a" "$W/bvfs-b" "$W/rclone-src" "$W/rclone"
@@ -49,8 +48,7 @@ TA=$("$BVFS" admin add-user --data "$W/srv" bench --device writer 2>/dev/null)
 TB=$("$BVFS" admin add-user --data "$W/srv" bench --device reader 2>/dev/null)
 "$BVFS" serve --data "$W/srv" --listen 127.0.0.1:0 > "$W/serve.out" 2>"$W/serve.log" &
 PIDS+=($!)
-sleep 1
-URL=$(grep -o 'http://[0-9.:]*' "$W/serve.out" | head -1)
+URL=$(server_url "$W/serve.out")
 "$BVFS" mount --server "$URL" --token "$TA" --device writer --data "$W/state-a" "$W/bvfs-a" >/dev/null
 cp "$W/native/big.bin" "$W/bvfs-a/big.bin"
 cp -r "$W/native/tree" "$W/bvfs-a/tree"

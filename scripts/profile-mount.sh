@@ -65,12 +65,11 @@ profile() {
 "$BVFS" admin add-user --data "$W/srv" prof --device b > "$W/tb" 2>/dev/null
 "$BVFS" serve --data "$W/srv" --listen 127.0.0.1:0 > "$W/serve.out" 2>"$W/serve.log" &
 PIDS+=($!)
-sleep 1
-URL=$(grep -o 'http://[0-9.:]*' "$W/serve.out" | head -1)
+URL=$(server_url "$W/serve.out")
 mkdir -p "$W/a" "$W/b" "$W/native"
 "$BVFS" mount --server "$URL" --token "$(cat "$W/ta")" --device a --data "$W/state-a" "$W/a" >/dev/null
 "$BVFS" mount --server "$URL" --token "$(cat "$W/tb")" --device b --data "$W/state-b" "$W/b" >/dev/null
-tar -C /usr/share --hard-dereference -chf "$W/src.tar" doc 2>/dev/null || true
+make_doc_tar "$W/src.tar"
 
 # Writes: untar (every created file), on device A.
 n=0
