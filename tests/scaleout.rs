@@ -1563,11 +1563,11 @@ async fn retention_on_postgres_and_s3_never_deletes_a_chunk_a_kept_version_names
     );
 }
 
-/// Commits one new small file after another through `api` for `secs` (uploading its chunk again
-/// when a collection deleted it first: `missing-chunks`); returns how many.
-async fn commit_files_for(api: &mut SyncApi, secs: Duration) -> usize {
+/// Commits one new small file after another through `api` for `how_long` (uploading its chunk
+/// again when a collection deleted it first: `missing-chunks`); returns how many.
+async fn commit_files_for(api: &mut SyncApi, how_long: Duration) -> usize {
     let mut n = 0;
-    let deadline = Instant::now() + secs;
+    let deadline = Instant::now() + how_long;
     while Instant::now() < deadline {
         n += 1;
         let data = format!("phone {n} {}", uuid::Uuid::new_v4()).repeat(64);
