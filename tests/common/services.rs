@@ -20,13 +20,49 @@ use std::time::{Duration, Instant};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-/// A free loopback port (bound, then released).
+/// Ports handed to services are taken from here: below the kernel's ephemeral range (32768 and
+/// up by default), so no outgoing connection of any process can take one while its service starts.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// The lock files of the ports this test process holds (closing one would free its port).
+static HELD_PORTS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// A loopback port that is free and stays this process's until it exits.
+///
+/// Binding port 0 and releasing it is not enough: nextest runs tests as parallel processes, each
+/// starting several servers, and the kernel may hand the released port to another bind(0) or to
+/// an outgoing connection before the service binds it. (CI once saw a test's moto port answered by
+/// another test's server.) Each port here is claimed by `flock` on a file under
+/// `$TMPDIR/bvfs-test-ports`, held for the life of the process (the kernel drops the lock when it
+/// exits, however it exits), and checked to be bindable.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::os::fd::AsRawFd;
+    let dir = std::env::temp_dir().join("bvfs-test-ports");
+    std::fs::create_dir_all(&dir).expect("create the test port lock directory");
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.subsec_nanos());
+    for step in 0..span {
+        let port = TEST_PORTS.start + ((seed.wrapping_add(step)) % span) as u16;
+        let Ok(lock) = std::fs::File::create(dir.join(port.to_string())) else {
+            continue;
+        };
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        HELD_PORTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(lock);
+        return port;
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}");
 }
 
 /// Waits until `port` accepts connections.
@@ -356,8 +392,17 @@ impl Moto {
 impl MotoStarting {
     /// Waits until moto answers, then makes the user, its key and the bucket.
     pub fn ready(self) -> Moto {
-        let Self { child, port, log } = self;
+        let Self {
+            mut child,
+            port,
+            log,
+        } = self;
         wait_for_port(port, "moto", 30);
+        // Whatever answers on the port must be this moto, not a server that took the port first.
+        if let Ok(Some(status)) = child.0.try_wait() {
+            let output = std::fs::read_to_string(log.path().join("moto.log")).unwrap_or_default();
+            panic!("moto exited ({status}) yet port {port} answers:\n{output}");
+        }
         let iam = |body: &str| moto_bootstrap(port, "POST", "/", "iam", body);
         iam("Action=CreateUser&UserName=bvfs&Version=2010-05-08");
         iam(
