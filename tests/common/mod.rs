@@ -31,7 +31,8 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts a server on a free loopback port with the given data directory.
+    /// Starts a server on a free loopback port (`services::free_port`) with the given data
+    /// directory.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
         Self::start_with(data, extra, &[], &[])
     }
@@ -46,7 +47,10 @@ impl ServerProcess {
         let mut command = bvfs();
         command.arg("serve");
         if !extra.contains(&"--listen") {
-            command.args(["--listen", "127.0.0.1:0"]);
+            // A claimed port below the ephemeral range, not port 0: a test that stops the server
+            // and starts it again on its address must find that address free (a device retrying
+            // a connection to it could otherwise be handed it as its own port).
+            command.args(["--listen", &format!("127.0.0.1:{}", services::free_port())]);
         }
         let mut child = command
             .arg("--data")
