@@ -244,7 +244,8 @@ fn status_hydrate_pin_evict_and_unpin_on_a_real_mount() {
     fs::write(a.path("pinme/y.bin"), random_bytes(1 << 20, 3)).unwrap();
     let b = s.mount(1, &[]);
     common::eventually(30, "B lists everything", || {
-        fs::metadata(b.path("pinme/y.bin")).is_ok_and(|m| m.len() == 1 << 20)
+        fs::metadata(b.path("pinme/x.bin")).is_ok_and(|m| m.len() == 1 << 20)
+            && fs::metadata(b.path("pinme/y.bin")).is_ok_and(|m| m.len() == 1 << 20)
             && fs::metadata(b.path("big.bin")).is_ok_and(|m| m.len() == 3 << 20)
     });
 
@@ -873,12 +874,22 @@ fn ctrl_c_stops_a_hydration_not_the_mount() {
     }
     let status = child.wait().unwrap();
     assert!(!status.success(), "the CLI stops at Ctrl-C");
-    // The transfer stops with the CLI: the cache stops growing well short of the file.
+    // The transfer stops with the CLI: the cache stops growing well short of the file. (Calls
+    // already sent finish, each within its timeout of a few seconds: wait until the cache has not
+    // grown for 1 s, then check that it stays so.)
+    let cached_bytes = || common::dir_usage(&b.data.join("chunks/chunks")).1;
+    let mut cached = cached_bytes();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let now = cached_bytes();
+        if now == cached || std::time::Instant::now() > deadline {
+            break;
+        }
+        cached = now;
+    }
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let (_, cached) = common::dir_usage(&b.data.join("chunks/chunks"));
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    let (_, later) = common::dir_usage(&b.data.join("chunks/chunks"));
-    assert_eq!(cached, later, "still downloading after Ctrl-C");
+    assert_eq!(cached, cached_bytes(), "still downloading after Ctrl-C");
     assert!(
         cached < 32 << 20,
         "{cached} bytes fetched: the transfer did not stop"

@@ -128,8 +128,12 @@ fn permission_bits_sync_are_enforced_and_ownership_stays_on_each_device() {
     std::os::unix::fs::chown(a.path("public.txt"), Some(1234), Some(5678)).unwrap();
     let meta = fs::metadata(a.path("public.txt")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+    // A change made after the chown: once B has it, B has had every chance to take the chown too.
+    fs::write(a.path("after-chown"), b"marker").unwrap();
     synced(&a, "");
-    thread_sleep(500);
+    eventually(30, "B has the change made after the chown", || {
+        fs::read(b.path("after-chown")).is_ok_and(|bytes| bytes == b"marker")
+    });
     let meta = fs::metadata(b.path("public.txt")).unwrap();
     // SAFETY: getuid/getgid have no preconditions.
     let me = unsafe { (libc::getuid(), libc::getgid()) };
@@ -304,18 +308,19 @@ fn user_extended_attributes_sync_with_ext4_limits() {
     let out = set(&a.path("tagged.txt"), "trusted.secret", "x");
     assert!(!out.status.success());
     synced(&a, "tagged.txt");
+    // Both attributes: the two setfattr calls may reach the server in two rounds.
+    let value_on_b = |name: &str| {
+        Command::new("getfattr")
+            .args(["--only-values", "-n", name])
+            .arg(b.path("tagged.txt"))
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default()
+    };
     eventually(30, "B sees the attributes", || {
-        b.path("tagged.txt").exists()
-            && Command::new("getfattr")
-                .args(["--only-values", "-n", "user.color"])
-                .arg(b.path("tagged.txt"))
-                .output()
-                .is_ok_and(|o| o.stdout == b"red")
+        value_on_b("user.color") == b"red"
+            && value_on_b("user.xdg.origin.url") == b"https://example.invalid/"
     });
-    assert_eq!(
-        xattr(&b.path("tagged.txt"), "user.xdg.origin.url"),
-        "https://example.invalid/"
-    );
     // Removed on B, gone on A.
     let out = Command::new("setfattr")
         .args(["-x", "user.color"])

@@ -148,13 +148,15 @@ async fn versions_past_the_window_are_dropped_and_their_chunks_freed() {
     let (g, g1) = new_file(&mut api, "g", b"g, deleted long ago").await;
     let g_deleted = commit(&mut api, vec![delete(&g, g1)]).await.unwrap().cursor;
     let old_cursor = g_deleted;
-    std::thread::sleep(Duration::from_millis(4_000));
+    // A window of 8 s: what follows (two fsynced edits, two CLI runs) must end inside it even on a
+    // slow machine, or f3 would fall out of the window too.
+    std::thread::sleep(Duration::from_millis(9_000));
     // Inside the window: two more versions of f.
     let f3 = edit(&mut api, &f, f2, b"f, third version (recent)").await;
     let f4 = edit(&mut api, &f, f3, b"f, fourth version (current)").await;
 
-    let set = retention(&data, &["--window-secs", "3"]);
-    assert_eq!(set["keep_versions_s"], 3, "{set}");
+    let set = retention(&data, &["--window-secs", "8"]);
+    assert_eq!(set["keep_versions_s"], 8, "{set}");
     let report = gc(&data);
     // f's first version, and g's create and delete.
     assert_eq!(report["versions_dropped"], 3, "{report}");

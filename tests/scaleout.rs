@@ -190,7 +190,7 @@ async fn changes_through_one_server_reach_a_device_on_the_other_by_push() {
     // The device polls every 30 s: anything under a few seconds came by push through NATS.
     assert!(p50 < Duration::from_secs(1), "p50 {p50:?}");
     assert!(
-        delays.iter().all(|d| *d < Duration::from_secs(5)),
+        delays.iter().all(|d| *d < Duration::from_secs(10)),
         "{delays:?}"
     );
 
@@ -318,8 +318,10 @@ async fn a_server_killed_mid_commit_loses_nothing_acknowledged() {
     );
 
     // Large commits (1,000 creates each) through server 0, acknowledged ones recorded.
+    let landed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let committer = tokio::spawn({
         let token = token.clone();
+        let landed = Arc::clone(&landed);
         async move {
             let mut api = client(&url0, &token).await;
             let mut acknowledged = Vec::new();
@@ -331,15 +333,23 @@ async fn a_server_killed_mid_commit_loses_nothing_acknowledged() {
                     .map(|(k, id)| mkdir(id, &root(), &format!("r{round}-{k}")))
                     .collect();
                 match commit(&mut api, ops).await {
-                    Ok(resp) => acknowledged.push((resp.cursor, ids)),
+                    Ok(resp) => {
+                        acknowledged.push((resp.cursor, ids));
+                        landed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Err(_) => return acknowledged,
                 }
             }
             unreachable!()
         }
     });
-    // Let a few land, then kill server 0 while its next commit is in flight.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Let a few land (however slow the machine), then kill server 0 while its next commit is in
+    // flight.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while landed.load(std::sync::atomic::Ordering::Relaxed) < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     cluster.servers[0].kill9();
     let acknowledged = committer.await.unwrap();
     assert!(
@@ -1423,21 +1433,26 @@ async fn a_flooding_tenant_does_not_hold_up_another() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut api = client(&url, &steady).await;
-    let mut worst = Duration::ZERO;
+    let mut times = Vec::new();
     for i in 0..20 {
         let started = Instant::now();
         commit(&mut api, vec![mkdir(&new_id(), &root(), &format!("s{i}"))])
             .await
             .unwrap();
-        worst = worst.max(started.elapsed());
+        times.push(started.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for f in flooders {
         f.await.unwrap();
     }
-    eprintln!("the steady tenant's slowest commit during the flood: {worst:?}");
-    // Measured here: 4 ms; 1.0 s when the flood's queued commits each held a pooled connection.
-    assert!(worst < Duration::from_millis(400), "{worst:?}");
+    times.sort();
+    let (median, worst) = (times[times.len() / 2], times[times.len() - 1]);
+    eprintln!("the steady tenant's commits during the flood: median {median:?}, slowest {worst:?}");
+    // Measured here: 4 ms at worst; every commit took 1.0 s when the flood's queued commits each
+    // held a pooled connection. The median catches that; the slowest only has to stay well under
+    // it, since one commit may meet a scheduling stall on a loaded two-core machine.
+    assert!(median < Duration::from_millis(400), "median {median:?}");
+    assert!(worst < Duration::from_secs(3), "slowest {worst:?}");
 }
 
 /// PostgreSQL crashes and comes back: while it is down nothing is acknowledged and readiness says

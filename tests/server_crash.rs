@@ -4,6 +4,8 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bvfs_proto::v1;
@@ -17,27 +19,34 @@ async fn acknowledged_commits_survive_kill_9() {
     let url = server.url.clone();
 
     // Four writers commit single creates as fast as they can; each remembers what was acknowledged.
+    let acknowledged = Arc::new(AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..4 {
         let (url, token) = (url.clone(), token.clone());
+        let acknowledged = Arc::clone(&acknowledged);
         writers.push(tokio::spawn(async move {
             let mut api = client(&url, &token).await;
             let mut acked: Vec<(Vec<u8>, u64)> = Vec::new();
             for i in 0.. {
                 let id = new_id();
                 match commit(&mut api, vec![mkdir(&id, &root(), &format!("w{w}-{i}"))]).await {
-                    Ok(resp) => acked.push((id, resp.nodes[0].revision)),
+                    Ok(resp) => {
+                        acked.push((id, resp.nodes[0].revision));
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(_) => return acked,
                 }
             }
             unreachable!()
         }));
     }
-    // Let commits flow, then crash the server mid-stream.
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(1500) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Let commits flow (a few hundred milliseconds more once 40 are in, however slow the disk),
+    // then crash the server mid-stream.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acknowledged.load(Ordering::Relaxed) < 40 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill9();
     let mut acked = HashMap::new();
     for writer in writers {
@@ -46,7 +55,7 @@ async fn acknowledged_commits_survive_kill_9() {
         }
     }
     assert!(
-        acked.len() > 10,
+        acked.len() >= 40,
         "only {} commits were acknowledged before the crash",
         acked.len()
     );
