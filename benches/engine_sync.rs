@@ -196,6 +196,9 @@ impl Remote for CountingRemote {
             .fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(chunks)
     }
+    fn last_progress(&self) -> Option<std::time::Instant> {
+        self.inner.last_progress()
+    }
     async fn get_manifest(
         &self,
         id: Vec<u8>,

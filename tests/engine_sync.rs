@@ -64,6 +64,9 @@ impl Remote for CountingRemote {
     async fn get_chunks(&self, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
         self.inner.get_chunks(ids).await
     }
+    fn last_progress(&self) -> Option<std::time::Instant> {
+        self.inner.last_progress()
+    }
     async fn get_manifest(
         &self,
         id: Vec<u8>,
@@ -346,4 +349,28 @@ async fn editing_the_middle_of_a_1gib_file_uploads_only_nearby_chunks() {
         second >= MIB as u64,
         "the edited bytes themselves must be sent ({second})"
     );
+}
+
+/// The real remote tells the fetcher when chunk bytes arrive (so a slow download is waited for
+/// rather than taken for an unreachable server); uploads do not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_downloads_report_progress_to_the_fetcher() {
+    let data = tempfile::tempdir().unwrap();
+    let token = add_user(data.path(), "alice", "laptop");
+    let server = ServerProcess::start(data.path(), &[]);
+    let remote = GrpcRemote::new(&RemoteConfig::new(&server.url, &token)).unwrap();
+    assert!(remote.last_progress().is_none());
+    let chunk: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let id = ChunkId::of(&chunk);
+    remote.put_chunks(vec![(id, chunk.clone())]).await.unwrap();
+    assert!(
+        remote.last_progress().is_none(),
+        "an upload is not a download"
+    );
+    let asked = std::time::Instant::now();
+    assert_eq!(
+        remote.get_chunks(vec![id]).await.unwrap(),
+        vec![(id, chunk)]
+    );
+    assert!(remote.last_progress().is_some_and(|at| at >= asked));
 }

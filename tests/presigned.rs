@@ -472,6 +472,29 @@ async fn a_device_falls_back_to_grpc_when_the_store_refuses_presigned_requests()
     assert_eq!(s.counter("bvfs_chunk_bytes_confirmed_total"), 0.0);
 }
 
+/// Presigned downloads tell the fetcher when bytes arrive, as gRPC ones do (a slow store is waited
+/// for, not taken for an unreachable server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_downloads_report_progress_to_the_fetcher() {
+    use bvfs_engine::chunking::ChunkId;
+    use bvfs_engine::remote::Remote;
+    let s = PresignedServer::start(true, false);
+    let token = s.add_user("alice", "laptop");
+    let remote = GrpcRemote::new(&RemoteConfig::new(&s.server.url, &token)).unwrap();
+    let chunk = noise(100_000, 3);
+    let id = ChunkId::of(&chunk);
+    remote.put_chunks(vec![(id, chunk.clone())]).await.unwrap();
+    assert!(remote.last_progress().is_none());
+    let asked = std::time::Instant::now();
+    assert!(remote.get_chunks(vec![id]).await.unwrap() == vec![(id, chunk)]);
+    assert!(remote.last_progress().is_some_and(|at| at >= asked));
+    assert_eq!(
+        s.counter("bvfs_chunk_bytes_sent_total"),
+        0.0,
+        "the bytes came from the store"
+    );
+}
+
 /// The device checks what it downloads through a presigned URL, as it does over gRPC: bytes
 /// altered in the store (here written over the chunk's object directly) are never returned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

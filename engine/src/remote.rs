@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bvfs_proto::v1::{self, sync_client::SyncClient};
@@ -338,6 +338,12 @@ pub trait Remote: Send + Sync + 'static {
     async fn put_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<(), RemoteError>;
     /// Downloads chunks, in the order asked.
     async fn get_chunks(&self, ids: Vec<ChunkId>) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError>;
+    /// When chunk bytes last arrived from the server, on any call (`None`: not tracked). The
+    /// fetcher lets a download run past its timeout while this stays recent: a server that is
+    /// slow (a thin link, a loaded store) is not an unreachable one.
+    fn last_progress(&self) -> Option<Instant> {
+        None
+    }
     /// The whole chunk list of node `id` at journal sequence `revision` (for a list the server
     /// elided). Remotes that do not pass it on refuse it, so content past the inline bound fails.
     async fn get_manifest(&self, id: Vec<u8>, revision: u64) -> Result<Vec<ChunkRef>, RemoteError> {
@@ -400,6 +406,38 @@ fn unimplemented_call(call: &str) -> RemoteError {
 pub struct GrpcRemote {
     api: SyncApi,
     presigned: Arc<PresignedPath>,
+    progress: Arc<ProgressClock>,
+}
+
+/// When chunk bytes last arrived ([`Remote::last_progress`]): updated by every download message
+/// and presigned GET, read by the fetcher's timeouts, so lock-free.
+struct ProgressClock {
+    base: Instant,
+    /// Nanoseconds after `base` of the last arrival, plus one (0: nothing arrived yet).
+    last: AtomicU64,
+}
+
+impl Default for ProgressClock {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ProgressClock {
+    fn mark(&self) {
+        let since = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.last.fetch_max(since + 1, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Option<Instant> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.base + Duration::from_nanos(n - 1)),
+        }
+    }
 }
 
 /// Whether, and how, chunk bytes take the presigned path.
@@ -459,6 +497,7 @@ impl GrpcRemote {
         Self {
             api,
             presigned: Arc::default(),
+            progress: Arc::default(),
         }
     }
 
@@ -611,8 +650,14 @@ impl GrpcRemote {
             let urls: Vec<String> = answer.downloads.into_iter().map(|d| d.url).collect();
             let fetched: Vec<Vec<u8>> = futures::stream::iter(urls)
                 .map(|url| {
-                    let http = http.clone();
-                    async move { http.get(&url).await }
+                    let (http, progress) = (http.clone(), Arc::clone(&self.progress));
+                    async move {
+                        let got = http.get(&url).await;
+                        if got.is_ok() {
+                            progress.mark();
+                        }
+                        got
+                    }
                 })
                 .buffered(PRESIGNED_CONCURRENCY)
                 .try_collect()
@@ -656,9 +701,11 @@ impl GrpcRemote {
             })
             .await?
             .into_inner();
+        self.progress.mark();
         let mut out = Vec::with_capacity(ids.len());
         while let Some(message) = stream.next().await {
             let message = message?;
+            self.progress.mark();
             out.push((chunk_id(&message.id)?, message.data));
         }
         if out.len() != ids.len() {
@@ -798,6 +845,10 @@ impl Remote for GrpcRemote {
             }
         }
         self.get_chunks_grpc(ids).await
+    }
+
+    fn last_progress(&self) -> Option<Instant> {
+        self.progress.last()
     }
 
     async fn get_manifest(&self, id: Vec<u8>, revision: u64) -> Result<Vec<ChunkRef>, RemoteError> {

@@ -25,6 +25,10 @@ struct FakeRemote {
     /// How many of the next calls return corrupted bytes.
     corrupt_calls: AtomicUsize,
     delay: Mutex<Duration>,
+    /// Whether a delayed call reports bytes arriving all along (a slow link, not a dead server).
+    trickle: AtomicBool,
+    /// When bytes last "arrived" ([`Remote::last_progress`]).
+    progress: Mutex<Option<Instant>>,
 }
 
 impl FakeRemote {
@@ -53,7 +57,13 @@ impl Remote for FakeRemote {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         let delay = *self.delay.lock();
-        if !delay.is_zero() {
+        if self.trickle.load(Ordering::SeqCst) {
+            let until = Instant::now() + delay;
+            while Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                *self.progress.lock() = Some(Instant::now());
+            }
+        } else if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         let corrupt = self
@@ -78,6 +88,10 @@ impl Remote for FakeRemote {
                 }),
             })
             .collect()
+    }
+
+    fn last_progress(&self) -> Option<Instant> {
+        *self.progress.lock()
     }
 
     async fn hello(&self) -> Result<Hello, RemoteError> {
@@ -428,6 +442,35 @@ async fn a_server_that_never_answers_times_out_as_offline() {
         started.elapsed()
     );
     assert!(!f.cache.contains(&f.id(1)));
+}
+
+/// A thin link or a loaded server: the call takes five times its timeout, but bytes keep arriving.
+/// The read waits for them; the server is not taken for offline. (It was: every call slower than
+/// 1 s + 250 ms a chunk failed the read with "unreachable" and failed all reads for 2 s more.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_that_keeps_sending_is_waited_for_not_taken_for_offline() {
+    let config = FetchConfig {
+        call_timeout: Duration::from_millis(300),
+        per_chunk_timeout: Duration::from_millis(50),
+        stall_timeout: Duration::from_millis(500),
+        ..FetchConfig::default()
+    };
+    let f = fixture(30_000, 1 << 30, config);
+    *f.remote.delay.lock() = Duration::from_millis(1_750);
+    f.remote.trickle.store(true, Ordering::SeqCst);
+    let (offset, len) = f.span(1);
+    let started = Instant::now();
+    assert_eq!(f.read(offset, len).await.unwrap(), f.expected(offset, len));
+    assert!(started.elapsed() >= Duration::from_millis(1_750));
+    assert!(!f.fetcher.is_offline());
+    assert!(f.cache.contains(&f.id(1)));
+
+    // The same delay without a byte arriving: a stalled server, offline after the stall timeout.
+    f.remote.trickle.store(false, Ordering::SeqCst);
+    let (offset, len) = f.span(2);
+    let err = f.read(offset, len).await.unwrap_err();
+    assert!(matches!(err, FetchError::Offline(_)), "{err}");
+    assert!(f.fetcher.is_offline());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

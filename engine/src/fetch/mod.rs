@@ -85,9 +85,14 @@ pub struct FetchConfig {
     pub readahead_calls: usize,
     /// Of those, how many background hydration may use.
     pub background_calls: usize,
-    /// Timeout of a call: this plus `per_chunk_timeout` for each chunk in it.
+    /// Timeout of a call: this plus `per_chunk_timeout` for each chunk in it. A call past it goes
+    /// on, a timeout at a time, while the server delivered chunk bytes (to any call) within
+    /// `stall_timeout` ([`crate::remote::Remote::last_progress`]), up to `max_call_time`: a slow
+    /// server or a thin link is not an unreachable server.
     pub call_timeout: Duration,
     pub per_chunk_timeout: Duration,
+    pub stall_timeout: Duration,
+    pub max_call_time: Duration,
     /// After the server is found unreachable, how long requests fail at once without trying it.
     pub offline_backoff: Duration,
     /// How many chunks [`ChunkFetcher::hydrate`] has in flight at once.
@@ -103,6 +108,8 @@ impl Default for FetchConfig {
             background_calls: 2,
             call_timeout: Duration::from_millis(1000),
             per_chunk_timeout: Duration::from_millis(250),
+            stall_timeout: Duration::from_secs(5),
+            max_call_time: Duration::from_secs(300),
             offline_backoff: Duration::from_secs(2),
             hydrate_window: 64,
         }

@@ -378,20 +378,46 @@ impl Shared {
         }
     }
 
-    /// `get_chunks` with a timeout; updates the online state.
+    /// `get_chunks` with a timeout; updates the online state. Past its timeout the call goes on
+    /// while the server still delivers chunk bytes (see [`FetchConfig::stall_timeout`]).
     async fn get_chunks(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
         let limit = self.config.call_timeout + self.config.per_chunk_timeout * ids.len() as u32;
-        let result = match tokio::time::timeout(limit, self.remote.get_chunks(ids.to_vec())).await {
-            Ok(result) => result,
-            Err(_) => Err(RemoteError::Unavailable(format!(
-                "no answer within {limit:?}"
-            ))),
+        let started = Instant::now();
+        let call = self.remote.get_chunks(ids.to_vec());
+        tokio::pin!(call);
+        let result = loop {
+            match tokio::time::timeout(limit, &mut call).await {
+                Ok(result) => break result,
+                Err(_) if self.still_delivering(started) => {
+                    tracing::debug!(
+                        chunks = ids.len(),
+                        elapsed = ?started.elapsed(),
+                        "a slow chunk download goes on: the server is still sending"
+                    );
+                }
+                Err(_) => {
+                    break Err(RemoteError::Unavailable(format!(
+                        "no answer within {:?}",
+                        started.elapsed()
+                    )));
+                }
+            }
         };
         match &result {
             Err(RemoteError::Unavailable(reason)) => self.mark_offline(reason),
             _ => self.mark_online(),
         }
         result
+    }
+
+    /// Whether a call that started at `started` and is past its timeout may go on: the server
+    /// delivered chunk bytes within the stall timeout, and the call is not past its longest.
+    fn still_delivering(&self, started: Instant) -> bool {
+        started.elapsed() < self.config.max_call_time
+            && self
+                .remote
+                .last_progress()
+                .is_some_and(|at| at.elapsed() < self.config.stall_timeout)
     }
 
     /// Fetches `ids`, verifies and caches them; an outcome for every id. Chunks that arrive corrupt
