@@ -6,6 +6,8 @@
 #   clone        `git clone` of a repository of that tree + `sync`
 #   small-writes `dd bs=4k` of 200 MB into one file (a FUSE write request per 4 KiB)
 #   small-files  5,000 files of 100 bytes, each created, written and closed (no sync)
+#   upload       a 256 MiB file of random bytes copied in, until the server has it all
+#   cold-read    that file, uploaded and evicted, read back with `cat` (from the server)
 #
 #   cargo build --release && cp target/release/bvfs /tmp/bvfs-new
 #   git stash && cargo build --release && cp target/release/bvfs /tmp/bvfs-old && git stash pop
@@ -26,6 +28,7 @@ trap cleanup EXIT
 source scripts/bench-lib.sh
 
 make_doc_tar "$W/src.tar"
+head -c 256M /dev/urandom > "$W/random.bin"
 mkdir -p "$W/repo" && tar -C "$W/repo" -xf "$W/src.tar"
 git -C "$W/repo" init -q && git -C "$W/repo" add -A \
   && git -C "$W/repo" -c user.email=b@e -c user.name=b commit -qm tree
@@ -47,6 +50,12 @@ one() {
   url=$(server_url "$W/serve.out") || { fail "the server did not start"; return 1; }
   "$bvfs" mount --server "$url" --token "$token" --device a --data "$W/state" "$W/mnt" >/dev/null \
     && mountpoint -q "$W/mnt" || { fail "the mount did not start"; return 1; }
+  if [ "$workload" = cold-read ]; then
+    cp "$W/random.bin" "$W/mnt/big.bin"
+    wait_synced "$W/mnt" || { fail "the upload did not finish"; return 1; }
+    "$bvfs" evict "$W/mnt/big.bin" >/dev/null || { fail "evict refused"; return 1; }
+    drop_caches
+  fi
   t0=$(now)
   case $workload in
     untar) tar -C "$W/mnt" -xf "$W/src.tar"; sync ;;
@@ -58,6 +67,9 @@ for i in range(5000):
     fd = os.open(f"{sys.argv[1]}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     os.write(fd, b"x" * 100)
     os.close(fd)' "$W/mnt" ;;
+    upload) cp "$W/random.bin" "$W/mnt/big.bin"
+      wait_synced "$W/mnt" || { fail "the upload did not finish"; return 1; } ;;
+    cold-read) cat "$W/mnt/big.bin" > /dev/null ;;
     *) fail "unknown workload $workload"; return 1 ;;
   esac
   t1=$(now)
