@@ -20,9 +20,30 @@ use std::time::{Duration, Instant};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-/// Ports handed to services are taken from here: below the kernel's ephemeral range (32768 and
-/// up by default), so no outgoing connection of any process can take one while its service starts.
-const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+/// The kernel's ephemeral port range (where bind(0) and outgoing connections take their ports).
+pub fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = range.split_whitespace().map(|b| b.parse::<u16>());
+    match (bounds.next(), bounds.next()) {
+        (Some(Ok(low)), Some(Ok(high))) => low..=high,
+        _ => 32768..=60999,
+    }
+}
+
+/// Where ports for services are taken from: outside the ephemeral range (below it if there is
+/// room, as by default, else above it), so that no outgoing connection of any process can take
+/// one while its service starts.
+fn test_ports() -> std::ops::Range<u16> {
+    let ephemeral = ephemeral_ports();
+    if *ephemeral.start() >= 12_000 {
+        10_000..(*ephemeral.start()).min(32_000)
+    } else if *ephemeral.end() <= 55_000 {
+        (*ephemeral.end() + 1)..65_000
+    } else {
+        20_000..32_000
+    }
+}
 
 /// The lock files of the ports this test process holds (closing one would free its port).
 static HELD_PORTS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
@@ -39,13 +60,14 @@ pub fn free_port() -> u16 {
     use std::os::fd::AsRawFd;
     let dir = std::env::temp_dir().join("bvfs-test-ports");
     std::fs::create_dir_all(&dir).expect("create the test port lock directory");
-    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let ports = test_ports();
+    let span = u32::from(ports.end - ports.start);
     let seed = std::process::id().wrapping_mul(2_654_435_761)
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.subsec_nanos());
     for step in 0..span {
-        let port = TEST_PORTS.start + ((seed.wrapping_add(step)) % span) as u16;
+        let port = ports.start + ((seed.wrapping_add(step)) % span) as u16;
         let Ok(lock) = std::fs::File::create(dir.join(port.to_string())) else {
             continue;
         };
@@ -62,7 +84,7 @@ pub fn free_port() -> u16 {
             .push(lock);
         return port;
     }
-    panic!("no free loopback port in {TEST_PORTS:?}");
+    panic!("no free loopback port in {ports:?}");
 }
 
 /// Waits until `port` accepts connections.
