@@ -724,7 +724,7 @@ impl MetaStore for PgMetaStore {
 const GC_LOCK: i64 = 0x6276_6763;
 
 /// The collection lock on PostgreSQL: a session advisory lock on a connection of its own, so it
-/// goes when the connection does (also when the process dies).
+/// goes when the connection does (also when the process dies); unlocked explicitly when dropped.
 struct PgGcLock {
     client: Option<deadpool_postgres::Object>,
     rt: Arc<IoRuntime>,
@@ -745,8 +745,17 @@ impl crate::store::GcLock for PgGcLock {
 
 impl Drop for PgGcLock {
     fn drop(&mut self) {
-        // Closed, not returned to the pool: closing the session releases the lock.
         if let Some(client) = self.client.take() {
+            // Unlocked first: PostgreSQL ends a closed session asynchronously, so a collection
+            // starting right after this one could still find the lock held. (If the unlock fails,
+            // the connection is broken and its end releases the lock.)
+            if let Err(e) = self
+                .rt
+                .block_on(client.execute("SELECT pg_advisory_unlock($1)", &[&GC_LOCK]))
+            {
+                tracing::debug!("unlocking the collection lock: {e}");
+            }
+            // Closed, not returned to the pool: a session that held the lock does not serve on.
             drop(deadpool_postgres::Object::take(client));
         }
     }
