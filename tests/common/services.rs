@@ -34,7 +34,9 @@ pub fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
 /// Where ports for services are taken from: outside the ephemeral range (below it if there is
 /// room, as by default, else above it), so that no outgoing connection of any process can take
 /// one while its service starts.
-fn test_ports() -> std::ops::Range<u16> {
+/// (On a kernel whose ephemeral range leaves no such room, a range inside it: ports are still
+/// never handed out twice.)
+pub fn test_ports() -> std::ops::Range<u16> {
     let ephemeral = ephemeral_ports();
     if *ephemeral.start() >= 12_000 {
         10_000..(*ephemeral.start()).min(32_000)
