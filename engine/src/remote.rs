@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use bvfs_proto::v1::{self, sync_client::SyncClient};
@@ -406,38 +406,14 @@ fn unimplemented_call(call: &str) -> RemoteError {
 pub struct GrpcRemote {
     api: SyncApi,
     presigned: Arc<PresignedPath>,
-    progress: Arc<ProgressClock>,
+    /// When chunk bytes last arrived ([`Remote::last_progress`]), stamped by every download
+    /// message and presigned GET.
+    progress: Arc<parking_lot::Mutex<Option<Instant>>>,
 }
 
-/// When chunk bytes last arrived ([`Remote::last_progress`]): updated by every download message
-/// and presigned GET, read by the fetcher's timeouts, so lock-free.
-struct ProgressClock {
-    base: Instant,
-    /// Nanoseconds after `base` of the last arrival, plus one (0: nothing arrived yet).
-    last: AtomicU64,
-}
-
-impl Default for ProgressClock {
-    fn default() -> Self {
-        Self {
-            base: Instant::now(),
-            last: AtomicU64::new(0),
-        }
-    }
-}
-
-impl ProgressClock {
-    fn mark(&self) {
-        let since = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-        self.last.fetch_max(since + 1, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Option<Instant> {
-        match self.last.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(self.base + Duration::from_nanos(n - 1)),
-        }
-    }
+/// Stamps `progress` with now: chunk bytes arrived.
+fn mark_progress(progress: &parking_lot::Mutex<Option<Instant>>) {
+    *progress.lock() = Some(Instant::now());
 }
 
 /// Whether, and how, chunk bytes take the presigned path.
@@ -654,7 +630,7 @@ impl GrpcRemote {
                     async move {
                         let got = http.get(&url).await;
                         if got.is_ok() {
-                            progress.mark();
+                            mark_progress(&progress);
                         }
                         got
                     }
@@ -701,11 +677,11 @@ impl GrpcRemote {
             })
             .await?
             .into_inner();
-        self.progress.mark();
+        mark_progress(&self.progress);
         let mut out = Vec::with_capacity(ids.len());
         while let Some(message) = stream.next().await {
             let message = message?;
-            self.progress.mark();
+            mark_progress(&self.progress);
             out.push((chunk_id(&message.id)?, message.data));
         }
         if out.len() != ids.len() {
@@ -848,7 +824,7 @@ impl Remote for GrpcRemote {
     }
 
     fn last_progress(&self) -> Option<Instant> {
-        self.progress.last()
+        *self.progress.lock()
     }
 
     async fn get_manifest(&self, id: Vec<u8>, revision: u64) -> Result<Vec<ChunkRef>, RemoteError> {
