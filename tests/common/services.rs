@@ -59,7 +59,6 @@ static HELD_PORTS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(
 /// `$TMPDIR/bvfs-test-ports`, held for the life of the process (the kernel drops the lock when it
 /// exits, however it exits), and checked to be bindable.
 pub fn free_port() -> u16 {
-    use std::os::fd::AsRawFd;
     let dir = std::env::temp_dir().join("bvfs-test-ports");
     std::fs::create_dir_all(&dir).expect("create the test port lock directory");
     let ports = test_ports();
@@ -73,8 +72,7 @@ pub fn free_port() -> u16 {
         let Ok(lock) = std::fs::File::create(dir.join(port.to_string())) else {
             continue;
         };
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if lock.try_lock().is_err() {
             continue;
         }
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
